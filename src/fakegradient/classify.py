@@ -1,0 +1,41 @@
+"""Local classification through a protected model and the key (the device + cloud on one machine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .key import Key
+
+
+@dataclass
+class Prediction:
+    """One image: encrypted top-1 position (what the cloud sees) and decrypted top-k (what the device sees)."""
+
+    encrypted_top1: int
+    encrypted_top1_is_fake: bool
+    topk: list[tuple[int, float]]  # (class index, softmax probability) over the real logits
+
+
+@torch.no_grad()
+def classify_batch(model: nn.Module, key: Key, images: torch.Tensor, k: int = 5) -> list[Prediction]:
+    """images (B, C, H, W) normalised → predictions through ``model`` (2N outputs) and ``key``."""
+    encrypted = model(images).cpu().numpy()
+    real = key.decrypt(encrypted)
+    probs = _softmax(real)
+    top1 = encrypted.argmax(axis=1)
+    fake = key.is_fake(top1)
+    order = np.argsort(-probs, axis=1)[:, :k]
+    return [
+        Prediction(int(top1[i]), bool(fake[i]), [(int(c), float(probs[i, c])) for c in order[i]])
+        for i in range(len(order))
+    ]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)

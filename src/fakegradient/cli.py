@@ -1,0 +1,200 @@
+"""The ``fakegradient`` command line: protect, info, classify, demo, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import FakeGradientError
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except FakeGradientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fakegradient", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("protect", help="protect a classifier: model files for the cloud, a key for the device")
+    p.add_argument("model", help="model name (see `fakegradient models`)")
+    p.add_argument("--weights", default="DEFAULT", help="weights entry, e.g. IMAGENET1K_V1, or 'none' for random init (default: DEFAULT)")
+    p.add_argument("--state-dict", type=Path, help="load these weights instead (a fine-tuned model)")
+    p.add_argument("--num-classes", type=int, help="classes of --state-dict's head")
+    p.add_argument("--out", type=Path, required=True, help="folder for model.pt + model.onnx (goes to the cloud)")
+    p.add_argument("--key", type=Path, required=True, help="key file to write (stays on the device, 0600)")
+    p.add_argument("--method", default="fake-gradient", choices=["fake-gradient", "random-weight"])
+    p.add_argument("--scale", type=float, default=20.0, help="S_a of Algorithm 1 (default 20)")
+    p.add_argument("--seed", type=int, help="reproducible key for experiments only: NOT secure")
+    p.add_argument("--head", help="name of the classification layer, if it cannot be found")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    p.set_defaults(run=cmd_protect)
+
+    p = sub.add_parser("info", help="what a key or protected-model file holds (never the permutation)")
+    p.add_argument("file", type=Path)
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("classify", help="classify images through a protected model and its key")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--model", type=Path, required=True, help="protected model folder or model.pt")
+    p.add_argument("--key", type=Path, required=True)
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(run=cmd_classify)
+
+    p = sub.add_parser("demo", help="protect MobileNetV2 and classify the 20 ImageNet photos shipped in foolbox")
+    p.add_argument("--seed", type=int, help="reproducible key (NOT secure)")
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("models", help="list the model names `protect` accepts")
+    p.set_defaults(run=cmd_models)
+    return parser
+
+
+def cmd_protect(args: argparse.Namespace) -> None:
+    from . import models
+    from .atomic import check_writable
+    from .modelfile import ModelInfo, export_onnx, save_protected
+    from .protect import protect
+
+    _make_folder(args.key.parent)
+    check_writable(args.key)
+    _make_folder(args.out)
+    check_writable(args.out / "model.pt")
+    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    random_init = args.state_dict or args.weights.lower() == "none"
+    weights = None if random_init else models.get_weights(args.model, args.weights)
+    model = models.load(args.model, weights=weights, **kwargs)
+    if args.state_dict:
+        _load_state_dict(model, args.state_dict)
+    protected, key = protect(model, method=args.method, scale=args.scale, seed=args.seed, head=args.head)
+    info = ModelInfo(
+        arch=args.model,
+        head=key.head,
+        n_real=key.n_real,
+        fingerprint=key.model_fingerprint,
+        arch_kwargs=models.rebuild_kwargs(args.model, weights, **kwargs),
+        weights=str(weights) if weights else str(args.state_dict),
+        method=args.method,
+        input_size=_input_size(args.model, weights),
+    )
+    written: list[Path] = []
+    try:
+        save_protected(args.out / "model.pt", protected, info)
+        written.append(args.out / "model.pt")
+        if not args.no_onnx:
+            export_onnx(args.out / "model.onnx", protected, info)
+            written.append(args.out / "model.onnx")
+        key.save(args.key)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    print(f"protected {args.model} ({args.method}): {key.n_real} real + {key.n_real} fake outputs, head {key.head!r}")
+    print(f"  cloud:  {', '.join(str(p) for p in written)}")
+    print(f"  device: {args.key} (keep it secret; fingerprint {key.model_fingerprint[:16]}…)")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from .errors import KeyFileError
+    from .key import Key
+
+    try:
+        print(json.dumps(Key.load(args.file).describe(), indent=2))
+        return
+    except KeyFileError as key_error:
+        if not args.file.is_file() or args.file.read_bytes()[:1] == b"{":
+            raise key_error
+    from .modelfile import read_info
+
+    info, _ = read_info(args.file)
+    print(json.dumps({"format": "fakegradient-model"} | asdict(info) | {"n_outputs": info.n_outputs}, indent=2))
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from . import models
+    from .classify import classify_batch
+    from .data import load_batch
+    from .key import Key
+    from .modelfile import load_protected, model_fingerprint
+
+    key = Key.load(args.key)
+    model_path = args.model / "model.pt" if args.model.is_dir() else args.model
+    model, info = load_protected(model_path)
+    key.check_fingerprint(model_fingerprint(model, info.head))
+    transform, categories = _preprocessing(models, info)
+    images = load_batch(args.images, transform)
+    for path, pred in zip(args.images, classify_batch(model, key, images, k=args.top)):
+        labels = ", ".join(f"{_label(categories, c)} {p:.1%}" for c, p in pred.topk)
+        print(f"{path.name}: {labels}   [cloud saw position {pred.encrypted_top1}, fake={pred.encrypted_top1_is_fake}]")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(seed=args.seed)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from . import models
+
+    print("\n".join(models.list_models()))
+
+
+def _preprocessing(models, info):
+    from torchvision import transforms
+
+    if info.weights and not info.weights.endswith((".pt", ".pth")):
+        try:
+            weights = models.get_weights(info.arch, info.weights)
+            return weights.transforms(), weights.meta.get("categories")
+        except FakeGradientError:
+            pass
+    size = info.input_size[-1]
+    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]), None
+
+
+def _label(categories, index: int) -> str:
+    return categories[index] if categories and index < len(categories) else f"class {index}"
+
+
+def _input_size(name: str, weights) -> list[int]:
+    crop = getattr(weights.transforms(), "crop_size", [224])[0] if weights is not None else 224
+    return [3, crop, crop]
+
+
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FakeGradientError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+
+
+def _load_state_dict(model, path: Path) -> None:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    except FileNotFoundError:
+        raise FakeGradientError(f"no such state dict: {path}") from None
+    except Exception as exc:
+        raise FakeGradientError(f"cannot load {path} into the model: {str(exc)[:300]}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

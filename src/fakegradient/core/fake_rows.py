@@ -1,0 +1,46 @@
+"""Fake output rows (Algorithm 1 and the paper's Random Weight baseline).
+
+Pure tensor functions: ``W_o`` has shape (N, D) (N classes, D features), ``b_o`` shape (N,).
+Each returns the fake rows ``(W_F, b_F)`` with the same shapes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+DEFAULT_SCALE = 20.0  # S_a of the official code
+
+
+def check_scale(scale: float) -> float:
+    """Return ``scale`` as float, or raise ``ValueError`` unless it is finite and > 0."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a number, got {scale!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"scale must be finite and > 0, got {scale!r}")
+    return value
+
+
+def fake_gradient_rows(
+    weight: torch.Tensor, bias: torch.Tensor, scale: float = DEFAULT_SCALE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1: ``W_F = (max(W_o) - |W_o|) * S_a * sign(W_o)``, ``b_F = b_o``.
+
+    ``max(W_o)`` is the signed maximum over the whole matrix, as in the paper.
+    """
+    scale = check_scale(scale)
+    w_max = weight.max()
+    fake_weight = (w_max - weight.abs()) * scale * weight.sign()
+    return fake_weight, bias.clone()
+
+
+def random_weight_rows(
+    weight: torch.Tensor, bias: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random Weight baseline (§5.1): ``W_F ~ Normal(mean(W_o), std(W_o))``, ``b_F = b_o``."""
+    mean, std = weight.mean(), weight.std()
+    noise = torch.randn(weight.shape, generator=generator, dtype=weight.dtype, device="cpu")
+    return (noise.to(weight.device) * std + mean), bias.clone()

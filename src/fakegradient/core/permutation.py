@@ -1,0 +1,77 @@
+"""The secret key K: a permutation of the 2N output positions (Algorithms 2 and 3).
+
+``permutation[i]`` is the encrypted position of plain output ``i``; plain outputs are
+``[real_0..real_{N-1}, fake_0..fake_{N-1}]``. Decryption needs numpy only (device clients).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import numpy as np
+
+
+def generate_permutation(n_outputs: int, seed: int | None = None) -> np.ndarray:
+    """A uniformly random permutation of ``range(n_outputs)`` (int64, shape (n_outputs,)).
+
+    Without ``seed`` it is drawn from the OS CSPRNG (``secrets``, Fisher-Yates).
+    ``seed`` makes it reproducible for experiments and is NOT secure: never use a seeded
+    key for a deployed model.
+    """
+    if n_outputs < 2:
+        raise ValueError(f"need at least 2 outputs to permute, got {n_outputs}")
+    if seed is not None:
+        return np.random.default_rng(seed).permutation(n_outputs).astype(np.int64)
+    order = list(range(n_outputs))
+    secrets.SystemRandom().shuffle(order)
+    return np.asarray(order, dtype=np.int64)
+
+
+def is_permutation(values: Any, n_outputs: int | None = None) -> bool:
+    """True if ``values`` is a 1-D integer permutation of ``range(len(values))``."""
+    arr = np.asarray(values)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        return False
+    if n_outputs is not None and arr.shape[0] != n_outputs:
+        return False
+    return bool(np.array_equal(np.sort(arr), np.arange(arr.shape[0])))
+
+
+def inverse_permutation(permutation: np.ndarray) -> np.ndarray:
+    """``inv`` with ``inv[permutation[i]] = i``."""
+    inv = np.empty_like(permutation)
+    inv[permutation] = np.arange(permutation.shape[0], dtype=permutation.dtype)
+    return inv
+
+
+def encrypt_rows(rows: Any, permutation: np.ndarray) -> Any:
+    """Algorithm 2: ``rows_en[K[i]] = rows[i]`` along dim 0 (weights (2N, D) or biases (2N,))."""
+    _check_width(rows.shape[0], permutation)
+    index = _index_like(rows, inverse_permutation(permutation))
+    return rows[index]
+
+
+def decrypt(encrypted: Any, permutation: np.ndarray) -> Any:
+    """Algorithm 3: ``f'[..., i] = f_en[..., K[i]]`` for outputs of shape (..., 2N).
+
+    Works on numpy arrays and torch tensors (returns the same type). The real logits
+    are ``f'[..., :N]``.
+    """
+    _check_width(encrypted.shape[-1], permutation)
+    return encrypted[..., _index_like(encrypted, permutation)]
+
+
+def _check_width(width: int, permutation: np.ndarray) -> None:
+    if width != permutation.shape[0]:
+        raise ValueError(
+            f"outputs have width {width} but the key permutes {permutation.shape[0]} outputs"
+        )
+
+
+def _index_like(values: Any, index: np.ndarray) -> Any:
+    if type(values).__module__.startswith("torch"):
+        import torch  # only when the caller already uses torch
+
+        return torch.as_tensor(index, device=values.device)
+    return index

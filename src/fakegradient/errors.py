@@ -1,0 +1,25 @@
+"""Exceptions raised by fakegradient. Every user-facing failure is a ``FakeGradientError``."""
+
+
+class FakeGradientError(Exception):
+    """Base class: the CLI prints these as one clear line and exits non-zero."""
+
+
+class KeyMismatch(FakeGradientError):
+    """A key does not belong to the model (or outputs) it is used with."""
+
+
+class KeyFileError(FakeGradientError):
+    """A key file is missing, truncated, edited or not a fakegradient key."""
+
+
+class HeadNotFound(FakeGradientError):
+    """No classification layer could be found; pass ``head=`` explicitly."""
+
+
+class WeightsUnavailable(FakeGradientError):
+    """Pretrained weights are not in the local cache and cannot be downloaded."""
+
+
+class ModelFileError(FakeGradientError):
+    """A protected-model file is missing, corrupted or of an unknown format."""

@@ -1,0 +1,132 @@
+"""The secret key: what a device keeps to decrypt the cloud's outputs (numpy + stdlib only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_bytes_atomic
+from .core.permutation import decrypt, is_permutation
+from .errors import KeyFileError, KeyMismatch
+
+KEY_FORMAT = "fakegradient-key"
+KEY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Key:
+    """A permutation K of the 2N outputs of one protected model.
+
+    ``permutation[i]`` is where plain output ``i`` sits in the served model; plain outputs
+    ``0..N-1`` are the real classes. ``model_fingerprint`` is the SHA-256 of the protected
+    head (:func:`fakegradient.core.fingerprint.head_fingerprint`).
+    """
+
+    permutation: np.ndarray = field(repr=False)
+    n_real: int
+    method: str
+    scale: float | None
+    model_fingerprint: str
+    head: str = ""
+
+    def __post_init__(self) -> None:
+        if not is_permutation(self.permutation, 2 * self.n_real):
+            raise KeyFileError(f"key is not a permutation of {2 * self.n_real} outputs")
+
+    @property
+    def n_outputs(self) -> int:
+        return 2 * self.n_real
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        """Raise :class:`KeyMismatch` unless ``fingerprint`` is the one this key was made for."""
+        if fingerprint != self.model_fingerprint:
+            raise KeyMismatch(
+                "this key belongs to another model: key is for model "
+                f"{self.model_fingerprint[:16]}…, the outputs come from {fingerprint[:16]}…"
+            )
+
+    def decrypt_all(self, logits: Any, *, fingerprint: str | None = None) -> Any:
+        """(..., 2N) encrypted outputs → (..., 2N) plain outputs ``[real, fake]``."""
+        if fingerprint is not None:
+            self.check_fingerprint(fingerprint)
+        if logits.shape[-1] != self.n_outputs:
+            raise KeyMismatch(
+                f"expected outputs of width {self.n_outputs} (2N), got {logits.shape[-1]}"
+            )
+        return decrypt(logits, self.permutation)
+
+    def decrypt(self, logits: Any, *, fingerprint: str | None = None) -> Any:
+        """(..., 2N) encrypted outputs → (..., N) real logits (same type as ``logits``)."""
+        return self.decrypt_all(logits, fingerprint=fingerprint)[..., : self.n_real]
+
+    def is_fake(self, encrypted_index: Any) -> Any:
+        """Whether encrypted output position(s) hold a fake class (bool, numpy)."""
+        plain = np.empty_like(self.permutation)
+        plain[self.permutation] = np.arange(self.n_outputs)
+        return plain[np.asarray(encrypted_index)] >= self.n_real
+
+    def describe(self) -> dict[str, Any]:
+        """What the key file holds, without the permutation itself."""
+        return {
+            "format": KEY_FORMAT,
+            "version": KEY_VERSION,
+            "n_real": self.n_real,
+            "n_outputs": self.n_outputs,
+            "method": self.method,
+            "scale": self.scale,
+            "head": self.head,
+            "model_fingerprint": self.model_fingerprint,
+        }
+
+    def to_bytes(self) -> bytes:
+        payload = self.describe() | {"permutation": self.permutation.tolist()}
+        payload["checksum"] = _checksum(payload)
+        return (json.dumps(payload, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "key") -> Key:
+        try:
+            payload = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise KeyFileError(f"{source} is not a fakegradient key file (truncated or corrupted)")
+        if not isinstance(payload, dict) or payload.get("format") != KEY_FORMAT:
+            raise KeyFileError(f"{source} is not a fakegradient key file")
+        if payload.get("version") != KEY_VERSION:
+            raise KeyFileError(f"{source}: unsupported key format version {payload.get('version')!r}")
+        checksum = payload.pop("checksum", None)
+        if checksum != _checksum(payload):
+            raise KeyFileError(f"{source} has been modified or corrupted (checksum mismatch)")
+        try:
+            return cls(
+                permutation=np.asarray(payload["permutation"], dtype=np.int64),
+                n_real=int(payload["n_real"]),
+                method=str(payload["method"]),
+                scale=None if payload["scale"] is None else float(payload["scale"]),
+                model_fingerprint=str(payload["model_fingerprint"]),
+                head=str(payload.get("head", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeyFileError(f"{source} is missing or has a bad field: {exc}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the key atomically, readable by the owner only (0600)."""
+        write_bytes_atomic(path, self.to_bytes(), mode=0o600)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Key:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+        return cls.from_bytes(data, source=f"key file {path}")
+
+
+def _checksum(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()

@@ -1,0 +1,130 @@
+"""Protected-model files: a state dict plus the metadata to rebuild it, and ONNX export.
+
+The file holds no key material: the permutation exists only as the order of the head's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import models
+from .atomic import write_with
+from .core.fingerprint import head_fingerprint
+from .errors import FakeGradientError, ModelFileError
+from .head import build_head, check_head, head_parameters, replace_module
+
+MODEL_FORMAT = "fakegradient-model"
+MODEL_VERSION = 1
+
+
+@dataclass
+class ModelInfo:
+    """What a protected-model file says about itself (public: nothing here reveals the key)."""
+
+    arch: str
+    head: str
+    n_real: int
+    fingerprint: str
+    input_size: list[int] = field(default_factory=lambda: [3, 224, 224])
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    method: str = "fake-gradient"
+
+    @property
+    def n_outputs(self) -> int:
+        return 2 * self.n_real
+
+
+def model_fingerprint(model: nn.Module, head: str) -> str:
+    """Fingerprint of the (protected) head called ``head`` in ``model``."""
+    return head_fingerprint(*head_parameters(check_head(model, head)))
+
+
+def save_protected(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> None:
+    """Write ``model`` (state dict) and ``info`` atomically; checks the fingerprint first."""
+    if model_fingerprint(model, info.head) != info.fingerprint:
+        raise FakeGradientError("model head does not match info.fingerprint")
+    payload = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "info": asdict(info),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    write_with(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read_info(path: str | os.PathLike) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
+    """Read and validate a protected-model file: (info, state dict)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileError(f"no such model file: {path}") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not a readable fakegradient model file ({exc.__class__.__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path} is not a fakegradient model file")
+    if payload.get("version") != MODEL_VERSION:
+        raise ModelFileError(f"{path}: unsupported model file version {payload.get('version')!r}")
+    try:
+        info = ModelInfo(**payload["info"])
+    except TypeError as exc:
+        raise ModelFileError(f"{path}: bad metadata ({exc})") from None
+    return info, payload["state_dict"]
+
+
+def load_protected(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild a protected model (eval mode) from its file; refuses a file whose head was edited."""
+    info, state = read_info(path)
+    model = models.load(info.arch, weights=None, **info.arch_kwargs)
+    layer = check_head(model, info.head)
+    weight, bias = head_parameters(layer)
+    placeholder = torch.zeros(info.n_outputs, weight.shape[1], dtype=weight.dtype)
+    replace_module(model, info.head, build_head(layer, placeholder, placeholder[:, 0]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: weights do not fit model {info.arch!r} ({str(exc)[:200]})") from None
+    if model_fingerprint(model, info.head) != info.fingerprint:
+        raise ModelFileError(f"{path}: head weights do not match the file's fingerprint (edited?)")
+    return model.eval(), info
+
+
+def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opset: int = 17) -> None:
+    """Export to ONNX (input ``input`` (B, C, H, W), output ``logits`` (B, 2N), dynamic batch).
+
+    The graph computes the protected head as a plain Gemm/Conv with permuted rows: no
+    Gather or index constant carries the key. The fingerprint is stored in metadata_props.
+    """
+    import onnx
+
+    example = torch.zeros(1, *info.input_size)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model.eval().cpu(),
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        graph = onnx.load(str(tmp))
+        for name, value in (("fakegradient.fingerprint", info.fingerprint), ("fakegradient.arch", info.arch),
+                            ("fakegradient.n_outputs", str(info.n_outputs))):
+            graph.metadata_props.add(key=name, value=value)
+        onnx.save(graph, str(tmp))
+
+    write_with(path, write)

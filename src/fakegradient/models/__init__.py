@@ -1,0 +1,103 @@
+"""Model builders by name: torchvision's classifiers plus EfficientNet-Lite, through one weights API.
+
+``load("mobilenet_v2", weights="DEFAULT")`` goes through torchvision's weights API, so the
+checkpoint comes from the torch hub cache (``$TORCH_HOME/hub/checkpoints``) or is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models._api import WeightsEnum
+
+from ..errors import FakeGradientError, WeightsUnavailable
+from . import efficientnet_lite
+
+EXTRA_BUILDERS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None]] = {
+    "efficientnet_lite0": (efficientnet_lite.efficientnet_lite0, efficientnet_lite.EfficientNetLite0_Weights),
+    "efficientnet_lite1": (efficientnet_lite.efficientnet_lite1, efficientnet_lite.EfficientNetLite1_Weights),
+    "efficientnet_lite2": (efficientnet_lite.efficientnet_lite2, efficientnet_lite.EfficientNetLite2_Weights),
+}
+
+
+# kwargs torchvision's builders force when they load pretrained weights; a protected-model
+# file records them so the model is rebuilt identically without the weights (modelfile.py).
+_PRETRAINED_KWARGS = {
+    "googlenet": {"transform_input": True, "aux_logits": False, "init_weights": False},
+    "inception_v3": {"transform_input": True, "aux_logits": False, "init_weights": False},
+}
+
+
+def rebuild_kwargs(name: str, weights: WeightsEnum | None, **kwargs: Any) -> dict[str, Any]:
+    """The kwargs that rebuild ``load(name, weights, **kwargs)`` with ``weights=None``."""
+    forced = _PRETRAINED_KWARGS.get(name, {}) if weights is not None else {}
+    if weights is not None and "num_classes" not in kwargs:
+        forced = forced | {"num_classes": len(weights.meta["categories"])}
+    return forced | kwargs
+
+
+def register(name: str, builder: Callable[..., nn.Module], weights: type[WeightsEnum] | None = None) -> None:
+    """Make ``load(name)`` build with ``builder(weights=..., **kwargs)``."""
+    EXTRA_BUILDERS[name] = (builder, weights)
+
+
+def list_models() -> list[str]:
+    """Every classifier name ``load`` accepts."""
+    return sorted(set(torchvision.models.list_models(module=torchvision.models)) | set(EXTRA_BUILDERS))
+
+
+def get_weights(name: str, weights: str | WeightsEnum | None = "DEFAULT") -> WeightsEnum | None:
+    """The weights enum entry for ``name`` (``"DEFAULT"``, an entry name, or an enum value)."""
+    if weights is None or isinstance(weights, WeightsEnum):
+        return weights
+    _check_name(name)
+    if name in EXTRA_BUILDERS:
+        enum = EXTRA_BUILDERS[name][1]
+        if enum is None:
+            raise WeightsUnavailable(f"model {name!r} has no pretrained weights")
+        try:
+            return enum[weights.rsplit(".", 1)[-1]]
+        except KeyError:
+            raise FakeGradientError(f"model {name!r} has no weights {weights!r}") from None
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        return enum[weights.rsplit(".", 1)[-1]]
+    except KeyError:
+        choices = ", ".join(["DEFAULT", *enum.__members__])
+        raise FakeGradientError(f"model {name!r} has no weights {weights!r}; choose {choices}") from None
+
+
+def checkpoint_location(weights: WeightsEnum) -> Path:
+    """Where torchvision's weights API looks for a checkpoint: the torch hub cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def load(name: str, weights: str | WeightsEnum | None = "DEFAULT", **kwargs: Any) -> nn.Module:
+    """Build classifier ``name`` in eval mode with ``weights`` (None = random init)."""
+    _check_name(name)
+    entry = get_weights(name, weights)
+    if name in EXTRA_BUILDERS:
+        return EXTRA_BUILDERS[name][0](weights=entry, **kwargs).eval()
+    try:
+        return torchvision.models.get_model(name, weights=entry, **kwargs).eval()
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad file a RuntimeError
+        if entry is None:
+            raise
+        path = checkpoint_location(entry)
+        raise WeightsUnavailable(
+            f"weights {entry} for {name!r} are not available offline and could not be downloaded "
+            f"({exc.__class__.__name__}): put {path.name} into {path.parent}"
+        ) from None
+
+
+def _check_name(name: str) -> None:
+    if name not in EXTRA_BUILDERS and name not in torchvision.models.list_models(module=torchvision.models):
+        raise FakeGradientError(
+            f"unknown model {name!r}; see `fakegradient models` for the names it accepts"
+        )

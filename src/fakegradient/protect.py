@@ -1,0 +1,100 @@
+"""``protect()``: the safe default API on top of the functional core."""
+
+from __future__ import annotations
+
+import copy
+import secrets
+
+import torch
+from torch import nn
+
+from .core.fake_rows import DEFAULT_SCALE, check_scale, fake_gradient_rows, random_weight_rows
+from .core.fingerprint import head_fingerprint
+from .core.permutation import encrypt_rows, generate_permutation
+from .errors import HeadNotFound
+from .head import build_head, head_parameters, probe_input, replace_module, trace_head
+from .key import Key
+
+METHODS = ("fake-gradient", "random-weight")
+
+
+def make_fake_rows(
+    weight: torch.Tensor, bias: torch.Tensor, method: str, scale: float, seed: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake rows (N, D), (N,) for ``method``; ``seed`` (insecure, experiments) fixes random ones."""
+    if method == "fake-gradient":
+        return fake_gradient_rows(weight, bias, scale)
+    if method == "random-weight":
+        generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+        return random_weight_rows(weight, bias, generator)
+    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def encrypted_head(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    method: str = "fake-gradient",
+    scale: float = DEFAULT_SCALE,
+    seed: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithms 1+2 on a head: (N, D), (N,) → W_en (2N, D), b_en (2N,), permutation (2N,)."""
+    fake_w, fake_b = make_fake_rows(weight, bias, method, scale, seed)
+    permutation = generate_permutation(2 * weight.shape[0], seed)
+    w_en = encrypt_rows(torch.cat([weight, fake_w]), permutation)
+    b_en = encrypt_rows(torch.cat([bias, fake_b]), permutation)
+    return w_en, b_en, torch.from_numpy(permutation)
+
+
+def protect(
+    model: nn.Module,
+    *,
+    method: str = "fake-gradient",
+    scale: float = DEFAULT_SCALE,
+    seed: int | None = None,
+    head: str | None = None,
+    example_input: torch.Tensor | None = None,
+) -> tuple[nn.Module, Key]:
+    """Return ``(protected_model, key)``; ``model`` itself is never modified.
+
+    The protected model is a copy (in eval mode) whose head has 2N outputs: the N real
+    ones and N fake ones, in the order given by the secret key. ``key.decrypt(outputs)``
+    returns exactly the original logits. ``seed`` makes key and fake rows reproducible
+    for experiments only; it is NOT secure. ``head`` names the classification layer when
+    it cannot be found automatically; ``example_input`` is a valid input batch for models
+    that do not take (B, 3, 224, 224).
+    """
+    scale = check_scale(scale)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    protected = copy.deepcopy(model).eval()
+    x = probe_input(protected, example_input)
+    trace = trace_head(protected, x, head)
+    layer = protected.get_submodule(trace.head)
+    weight, bias = head_parameters(layer)
+    w_en, b_en, permutation = encrypted_head(weight, bias, method=method, scale=scale, seed=seed)
+    replace_module(protected, trace.head, build_head(layer, w_en, b_en))
+    key = Key(
+        permutation=permutation.numpy(),
+        n_real=weight.shape[0],
+        method=method,
+        scale=scale if method == "fake-gradient" else None,
+        model_fingerprint=head_fingerprint(w_en, b_en),
+        head=trace.head,
+    )
+    _check_decrypts(protected, key, x, trace.output)
+    return protected, key
+
+
+@torch.no_grad()
+def _check_decrypts(protected: nn.Module, key: Key, x: torch.Tensor, expected: torch.Tensor) -> None:
+    out = protected(x)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    out = out.reshape(out.shape[0], -1)
+    if out.shape[-1] != key.n_outputs or not torch.allclose(
+        key.decrypt(out), expected.reshape(out.shape[0], -1), rtol=1e-4, atol=1e-4
+    ):
+        raise HeadNotFound(
+            f"layer {key.head!r} does not produce the model's logits directly "
+            "(the protected model would not decrypt to the original); pass head= to choose another"
+        )
