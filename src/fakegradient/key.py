@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_bytes_atomic
-from .core.permutation import decrypt, is_permutation
+from .core.permutation import decrypt, decrypt_real, is_permutation, real_top1, top1_tables
 from .errors import KeyFileError, KeyMismatch
 
 KEY_FORMAT = "fakegradient-key"
 KEY_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Key:
     """A permutation K of the 2N outputs of one protected model.
 
@@ -37,6 +37,7 @@ class Key:
     def __post_init__(self) -> None:
         if not is_permutation(self.permutation, 2 * self.n_real):
             raise KeyFileError(f"key is not a permutation of {2 * self.n_real} outputs")
+        object.__setattr__(self, "_top1_tables", top1_tables(self.permutation, self.n_real))
 
     @property
     def n_outputs(self) -> int:
@@ -50,25 +51,33 @@ class Key:
                 f"{self.model_fingerprint[:16]}…, the outputs come from {fingerprint[:16]}…"
             )
 
-    def decrypt_all(self, logits: Any, *, fingerprint: str | None = None) -> Any:
-        """(..., 2N) encrypted outputs → (..., 2N) plain outputs ``[real, fake]``."""
+    def _check(self, logits: Any, fingerprint: str | None) -> None:
         if fingerprint is not None:
             self.check_fingerprint(fingerprint)
         if logits.shape[-1] != self.n_outputs:
             raise KeyMismatch(
                 f"expected outputs of width {self.n_outputs} (2N), got {logits.shape[-1]}"
             )
+
+    def decrypt_all(self, logits: Any, *, fingerprint: str | None = None) -> Any:
+        """(..., 2N) encrypted outputs → (..., 2N) plain outputs ``[real, fake]``."""
+        self._check(logits, fingerprint)
         return decrypt(logits, self.permutation)
 
     def decrypt(self, logits: Any, *, fingerprint: str | None = None) -> Any:
         """(..., 2N) encrypted outputs → (..., N) real logits (same type as ``logits``)."""
-        return self.decrypt_all(logits, fingerprint=fingerprint)[..., : self.n_real]
+        self._check(logits, fingerprint)
+        return decrypt_real(logits, self.permutation, self.n_real)
+
+    def top1(self, logits: np.ndarray, *, fingerprint: str | None = None) -> np.ndarray:
+        """(..., 2N) numpy encrypted outputs → (...,) real top-1 class (fast path for clients)."""
+        self._check(logits, fingerprint)
+        return real_top1(np.asarray(logits), self._top1_tables)
 
     def is_fake(self, encrypted_index: Any) -> Any:
         """Whether encrypted output position(s) hold a fake class (bool, numpy)."""
-        plain = np.empty_like(self.permutation)
-        plain[self.permutation] = np.arange(self.n_outputs)
-        return plain[np.asarray(encrypted_index)] >= self.n_real
+        plain_of = self._top1_tables[1]
+        return plain_of[np.asarray(encrypted_index)] >= self.n_real
 
     def describe(self) -> dict[str, Any]:
         """What the key file holds, without the permutation itself."""

@@ -88,13 +88,17 @@ def protect(
 
 @torch.no_grad()
 def _check_decrypts(protected: nn.Module, key: Key, x: torch.Tensor, expected: torch.Tensor) -> None:
-    out = protected(x)
+    message = (
+        f"layer {key.head!r} does not produce the model's logits directly "
+        "(the protected model would not decrypt to the original); pass head= to choose another"
+    )
+    try:
+        out = protected(x)
+    except RuntimeError:  # e.g. a later layer cannot take 2N inputs
+        raise HeadNotFound(message) from None
     out = out[0] if isinstance(out, (tuple, list)) else out
     out = out.reshape(out.shape[0], -1)
     if out.shape[-1] != key.n_outputs or not torch.allclose(
         key.decrypt(out), expected.reshape(out.shape[0], -1), rtol=1e-4, atol=1e-4
     ):
-        raise HeadNotFound(
-            f"layer {key.head!r} does not produce the model's logits directly "
-            "(the protected model would not decrypt to the original); pass head= to choose another"
-        )
+        raise HeadNotFound(message)

@@ -62,6 +62,38 @@ def decrypt(encrypted: Any, permutation: np.ndarray) -> Any:
     return encrypted[..., _index_like(encrypted, permutation)]
 
 
+def decrypt_real(encrypted: Any, permutation: np.ndarray, n_real: int) -> Any:
+    """The real logits ``decrypt(encrypted, K)[..., :n_real]`` (..., N), gathering only N columns."""
+    _check_width(encrypted.shape[-1], permutation)
+    index = permutation[:n_real]
+    if isinstance(encrypted, np.ndarray):
+        return np.take(encrypted, index, axis=-1)
+    return encrypted[..., _index_like(encrypted, index)]
+
+
+def top1_tables(permutation: np.ndarray, n_real: int) -> tuple[np.ndarray, np.ndarray]:
+    """(penalty (2N,) float32: 0 at real positions, -inf at fake ones; K⁻¹ (2N,)) for ``real_top1``."""
+    penalty = np.full(permutation.shape[0], -np.inf, dtype=np.float32)
+    penalty[permutation[:n_real]] = 0
+    return penalty, inverse_permutation(permutation)
+
+
+def real_top1(encrypted: np.ndarray, tables: tuple[np.ndarray, np.ndarray], chunk: int = 512) -> np.ndarray:
+    """Top-1 real class of numpy outputs (..., 2N) → (...,) without materialising the real logits.
+
+    Masks the fake positions with -inf and maps the winning encrypted position back through
+    K⁻¹ (``tables`` from :func:`top1_tables`), in cache-sized chunks of rows. Same answer as
+    ``decrypt_real(...).argmax(-1)``.
+    """
+    penalty, plain_of = tables
+    _check_width(encrypted.shape[-1], plain_of)
+    flat = encrypted.reshape(-1, encrypted.shape[-1])
+    out = np.empty(flat.shape[0], dtype=np.int64)
+    for start in range(0, flat.shape[0], chunk):
+        out[start : start + chunk] = plain_of[(flat[start : start + chunk] + penalty).argmax(axis=1)]
+    return out.reshape(encrypted.shape[:-1])
+
+
 def _check_width(width: int, permutation: np.ndarray) -> None:
     if width != permutation.shape[0]:
         raise ValueError(

@@ -1,0 +1,166 @@
+"""Key files, protected-model files and ONNX export."""
+
+import os
+import stat
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from fakegradient import FakeGradientError, Key, KeyFileError, KeyMismatch, ModelFileError, models, protect
+from fakegradient.modelfile import ModelInfo, export_onnx, load_protected, model_fingerprint, save_protected
+
+
+@pytest.fixture
+def protected_tiny(tiny, tiny_input):
+    return protect(tiny, example_input=tiny_input)
+
+
+def test_key_round_trip_and_mode(tmp_path, protected_tiny):
+    _, key = protected_tiny
+    path = tmp_path / "key.json"
+    key.save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    loaded = Key.load(path)
+    assert np.array_equal(loaded.permutation, key.permutation)
+    assert loaded.describe() == key.describe()
+    assert "permutation" not in key.describe()
+    assert [p.name for p in tmp_path.iterdir()] == ["key.json"]  # no temp file left
+
+
+def test_key_file_corruption_is_detected(tmp_path, protected_tiny):
+    _, key = protected_tiny
+    data = key.to_bytes()
+    cases = {
+        "truncated": data[: len(data) // 2],
+        "empty": b"",
+        "binary": bytes(range(256)),
+        "other json": b'{"hello": 1}',
+    }
+    # flip one bit in every digit of the permutation section: each must be caught
+    start = data.index(b'"permutation"')
+    for offset in range(start + 16, start + 40):
+        if chr(data[offset]).isdigit():
+            flipped = bytearray(data)
+            flipped[offset] ^= 0x01
+            cases[f"bitflip@{offset}"] = bytes(flipped)
+    assert len(cases) > 8
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_bytes(content)
+        with pytest.raises(KeyFileError):
+            Key.load(path)
+    with pytest.raises(KeyFileError, match="cannot read"):
+        Key.load(tmp_path / "missing.json")
+
+
+def test_key_of_another_model_and_wrong_width(protected_tiny, tiny, tiny_input):
+    protected, key = protected_tiny
+    other, _ = protect(tiny, example_input=tiny_input)
+    with torch.no_grad():
+        out = protected(tiny_input)
+    assert torch.equal(key.decrypt(out, fingerprint=model_fingerprint(protected, "fc")), key.decrypt(out))
+    with pytest.raises(KeyMismatch, match="another model"):
+        key.decrypt(out, fingerprint=model_fingerprint(other, "fc"))
+    with pytest.raises(KeyMismatch, match="width"):
+        key.decrypt(np.zeros((1, key.n_outputs + 1)))
+
+
+def test_unwritable_key_path_leaves_nothing(tmp_path, protected_tiny):
+    _, key = protected_tiny
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with pytest.raises(FakeGradientError):
+        key.save(tmp_path / "missing-folder" / "key.json")
+    if os.geteuid() != 0:  # root may write anywhere
+        locked.chmod(0o500)
+        with pytest.raises(FakeGradientError):
+            key.save(locked / "key.json")
+    with pytest.raises(FakeGradientError, match="folder"):
+        key.save(locked)
+    assert list(locked.iterdir()) == []
+
+
+def test_failed_write_keeps_previous_file(tmp_path, protected_tiny, monkeypatch):
+    _, key = protected_tiny
+    path = tmp_path / "key.json"
+    path.write_bytes(b"previous")
+
+    def boom(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        key.save(path)
+    assert path.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["key.json"]
+
+
+@pytest.fixture(scope="module")
+def protected_mobilenet():
+    model = models.load("mobilenet_v2", weights=None)
+    protected, key = protect(model, seed=3)
+    info = ModelInfo(arch="mobilenet_v2", head=key.head, n_real=key.n_real,
+                     fingerprint=key.model_fingerprint, arch_kwargs={"num_classes": 1000})
+    return protected, key, info
+
+
+def test_model_file_round_trip_and_tamper(tmp_path, protected_mobilenet):
+    protected, key, info = protected_mobilenet
+    path = tmp_path / "model.pt"
+    save_protected(path, protected, info)
+    loaded, loaded_info = load_protected(path)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), protected(x))
+    assert loaded_info == info
+    # edit one head weight: the fingerprint no longer matches
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["classifier.1.weight"][0, 0] += 1.0
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(ModelFileError, match="fingerprint"):
+        load_protected(tmp_path / "edited.pt")
+    (tmp_path / "trunc.pt").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelFileError):
+        load_protected(tmp_path / "trunc.pt")
+    with pytest.raises(ModelFileError):
+        load_protected(tmp_path / "none.pt")
+
+
+def _integer_arrays(graph):
+    for init in graph.initializer:
+        yield numpy_helper.to_array(init)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield numpy_helper.to_array(attr.t)
+            elif attr.type == onnx.AttributeProto.INTS:
+                yield np.array(attr.ints)
+
+
+def test_onnx_has_no_key_material_and_matches_torch(tmp_path, protected_mobilenet):
+    protected, key, info = protected_mobilenet
+    path = tmp_path / "model.onnx"
+    export_onnx(path, protected, info)
+    graph = onnx.load(str(path)).graph
+    onnx.checker.check_model(onnx.load(str(path)))
+    ops = {node.op_type for node in graph.node}
+    assert not ops & {"Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements", "TopK"}
+    inverse = np.argsort(key.permutation)
+    for array in _integer_arrays(graph):
+        flat = np.asarray(array).reshape(-1)
+        if flat.size == key.n_outputs and flat.dtype.kind in "iu":
+            assert not np.array_equal(flat, key.permutation) and not np.array_equal(flat, inverse)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["fakegradient.fingerprint"] == key.model_fingerprint
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # dynamic batch
+        x = torch.rand(batch, 3, 224, 224)
+        (onnx_out,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            torch_out = protected(x).numpy()
+        np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=1e-4)
+        assert np.array_equal(key.decrypt(onnx_out).argmax(1), key.decrypt(torch_out).argmax(1))
