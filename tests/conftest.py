@@ -43,3 +43,34 @@ def tiny():
 @pytest.fixture
 def tiny_input():
     return torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    """A small CNN trained (seconds, deterministic) on sklearn's 8x8 digits: (model, images (B,1,8,8) in [0,1], labels)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target)
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(32 * 16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
+    )
+    order = torch.randperm(len(x), generator=g)
+    train, test = order[:1400], order[1400:]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(15):
+        for batch in torch.randperm(len(train), generator=g).split(64):
+            idx = train[batch]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
+    assert accuracy > 0.9, accuracy
+    return model, x[test], y[test]

@@ -1,0 +1,34 @@
+"""A small typed base for attacks: batched tensors in pixel space, per-sample results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AttackResult:
+    """Per-sample outcome of an attack on a batch of B images (B, C, H, W) in [0, 1]."""
+
+    adversarial: torch.Tensor  # (B, C, H, W)
+    success: torch.Tensor  # (B,) bool: the attacked model's top-1 changed
+    iterations: torch.Tensor  # (B,) int64
+    clean_label: torch.Tensor  # (B,) the attacked model's top-1 on the clean image
+    adversarial_label: torch.Tensor  # (B,) its top-1 on the adversarial image
+
+    def perturbation(self, images: torch.Tensor) -> torch.Tensor:
+        return self.adversarial - images
+
+
+class Attack(Protocol):
+    def __call__(self, model: nn.Module, images: torch.Tensor) -> AttackResult: ...
+
+
+def norms(perturbation: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample ‖r‖₂, ‖r‖∞ and ρ = ‖r‖₂/‖x‖₂ (the DeepFool paper's and Table 1's "L2")."""
+    r = perturbation.flatten(1)
+    l2 = r.norm(dim=1)
+    return {"l2": l2, "linf": r.abs().amax(dim=1), "rho": l2 / images.flatten(1).norm(dim=1)}

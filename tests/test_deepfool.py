@@ -1,0 +1,75 @@
+"""Our batched DeepFool: succeeds on undefended models, stops per sample, agrees with foolbox."""
+
+import foolbox as fb
+import torch
+
+from fakegradient.attacks.base import norms
+from fakegradient.attacks.deepfool import DeepFool, _rowwise_grads
+
+
+def test_unbounded_deepfool_fools_an_undefended_model(digits_model):
+    model, x, _ = digits_model
+    result = DeepFool()(model, x[:100])
+    assert result.success.all()
+    with torch.no_grad():
+        assert torch.equal(model(result.adversarial).argmax(1), result.adversarial_label)
+    assert (result.adversarial_label != result.clean_label).all()
+    assert (norms(result.perturbation(x[:100]), x[:100])["rho"] < 1).all()  # small, not a destroyed image
+
+
+def test_stops_per_sample(digits_model):
+    model, x, _ = digits_model
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, inp):
+            calls.append(inp.shape[0])
+            return self.inner(inp)
+
+    result = DeepFool()(Counting(), x[:64])
+    iterations = result.iterations
+    assert iterations.min() >= 1 and iterations.max() > iterations.min()  # samples need different counts
+    # each iteration passes only the samples still being attacked: two forwards (step + check) per iteration
+    expected = [(iterations > i).sum().item() for i in range(iterations.max().item()) for _ in range(2)]
+    assert calls[1:] == expected
+    # a finished sample is frozen: re-running it alone gives the same perturbation
+    alone = DeepFool()(model, x[:1])
+    assert torch.allclose(alone.adversarial, result.adversarial[:1], atol=1e-5)
+
+
+def test_max_iter_bounds_the_attack(digits_model):
+    model, x, _ = digits_model
+    result = DeepFool(max_iter=1, overshoot=0.0)(model, x[:50])
+    assert (result.iterations == 1).all()
+    assert not result.success.all()  # one linearised step without overshoot rarely suffices for all
+
+
+def test_batched_gradients_equal_sequential(digits_model):
+    model, x, _ = digits_model
+    xs = x[:5].clone().requires_grad_(True)
+    out = model(xs)[:, :4]
+    batched = _rowwise_grads(out, xs)
+    for j in range(4):
+        (single,) = torch.autograd.grad(model(xs)[:, j].sum(), xs)
+        assert torch.allclose(batched[:, j], single, atol=1e-6)
+
+
+def test_agrees_with_foolbox(digits_model):
+    model, x, _ = digits_model
+    x = x[:200]
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    ours = DeepFool(candidates=10, overshoot=0.02, max_iter=50, clip=(0.0, 1.0))(model, x)
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    attack = fb.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02)
+    _, theirs, theirs_success = attack(fmodel, x, labels, epsilons=None)
+    agreement = (ours.success == theirs_success).float().mean().item()
+    assert agreement >= 0.95, agreement
+    both = ours.success & theirs_success
+    ours_l2 = norms(ours.perturbation(x), x)["l2"][both].median()
+    theirs_l2 = (theirs - x).flatten(1).norm(dim=1)[both].median()
+    assert abs(ours_l2 - theirs_l2) / theirs_l2 < 0.05, (ours_l2, theirs_l2)
