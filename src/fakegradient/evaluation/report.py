@@ -1,0 +1,172 @@
+"""Writing an evaluation: report.md (Table 1 beside the paper's), results.json, per_image.csv, PNGs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from ..atomic import write_bytes_atomic
+from ..errors import FakeGradientError
+from . import figures
+from .paper import paper_value
+from .records import aggregate_by, fake_class_table
+from .runner import EvaluationResult, config_dict
+
+TABLE1_ROWS = [
+    ("Fake Output (%)", "fake_output_pct", ("random-weight", "fake-gradient"), "{:.0f}"),
+    ("Original Functionality (%)", "original_functionality_pct", ("random-weight", "fake-gradient"), "{:.0f}"),
+    ("Defense Success Rate (%)", "defense_success_pct", ("original", "random-weight", "fake-gradient"), "{:.1f}"),
+    ("Perturbation ρ = ‖r‖₂/‖x‖₂ (mean)", "rho_mean", ("random-weight", "fake-gradient", "original"), "{:.4f}"),
+]
+METHOD_NAMES = {"original": "Original Model", "fake-gradient": "Fake Gradient", "random-weight": "Random Weight"}
+
+
+def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradient evaluation") -> list[Path]:
+    """Write every output into ``out``; returns the paths written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FakeGradientError(f"cannot create {out}: {exc.strerror or exc}") from None
+    aggregates = aggregate_by(result.records)
+    written = [*_figures(result, out)]
+    written.append(_write(out / "per_image.csv", _csv(result)))
+    payload = {
+        "config": config_dict(result.config),
+        "environment": result.environment,
+        "skipped": result.skipped,
+        "aggregates": [{"model": m, "method": k} | v for (m, k), v in aggregates.items()],
+        "overhead": {e.name: e.overhead for e in result.evaluations},
+    }
+    written.append(_write(out / "results.json", json.dumps(payload, indent=2).encode()))
+    written.append(_write(out / "report.md", _markdown(result, aggregates, title).encode()))
+    return written
+
+
+def _write(path: Path, data: bytes) -> Path:
+    write_bytes_atomic(path, data)
+    return path
+
+
+def _csv(result: EvaluationResult) -> bytes:
+    buffer = io.StringIO()
+    records = result.records
+    if records:
+        fields = [*asdict(records[0]).keys(), "functionality", "defense_success"]
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        for r in records:
+            writer.writerow(asdict(r) | {"functionality": r.functionality, "defense_success": r.defense_success})
+    return buffer.getvalue().encode()
+
+
+def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
+    config = result.config
+    names = [e.name for e in result.evaluations]
+    lines = [f"# {title}", ""]
+    n_images = len({r.image for r in result.records})
+    lines += [
+        f"Data: `{config.data}` ({n_images} images). Attack: our DeepFool (top-{config.candidates} candidates "
+        f"among the served model's outputs, overshoot {config.overshoot}, ≤ {config.max_iter} iterations, "
+        f"clipping to [0, 1] {'on' if config.clip else 'off (as in the reference)'}), on the *served* model. "
+        f"Keys: {'seed ' + str(config.seed) + ' (reproducible experiment — not secure)' if config.seed is not None else 'CSPRNG'}; "
+        f"S_a = {config.scale}.",
+        "",
+        "Defense success = the decrypted real top-1 on the attacked image equals the original model's clean "
+        "top-1 (for the original model: 100 % − the attack's success rate). Paper values (ImageNet, "
+        "Table 1) in parentheses where the paper has the model.",
+        "",
+        "## Table 1",
+        "",
+        "| Metric | Method | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for label, metric, methods, fmt in TABLE1_ROWS:
+        for method in methods:
+            if not any((n, method) in aggregates for n in names):
+                continue
+            cells = []
+            for n in names:
+                ours = aggregates.get((n, method), {}).get(metric)
+                paper = paper_value(metric, method, n)
+                cell = "—" if ours is None else fmt.format(ours)
+                cells.append(cell + (f" ({fmt.format(paper)})" if paper is not None else ""))
+            lines.append(f"| {label} | {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
+    lines += ["", "## Perturbation and attack detail", "",
+              "| Model | Method | images | attack changed served top-1 (%) | median ρ | median ‖r‖₂ | "
+              "median ‖r‖∞ | mean iterations | original accuracy (%) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for (n, method), a in aggregates.items():
+        lines.append(f"| {n} | {METHOD_NAMES[method]} | {a['images']} | {a['attack_changed_served_pct']:.1f} | "
+                     f"{a['rho_median']:.5f} | {a['l2_median']:.4f} | {a['linf_median']:.4f} | "
+                     f"{a['iterations_mean']:.2f} | {a['original_accuracy_pct']:.0f} |")
+    lines += _table2(result) + _overhead(result)
+    if result.skipped:
+        lines += ["", "## Skipped models", ""] + [f"- `{s['model']}`: {s['reason']}" for s in result.skipped]
+    env = result.environment
+    lines += ["", f"Environment: torch {env['torch']}, torchvision {env['torchvision']}, "
+                  f"Python {env['python']}, {env['cpu_threads']} CPU threads, CUDA: {env['cuda']}.",
+              "Files: `results.json` (config, versions, aggregates), `per_image.csv`, "
+              "`fig6_*.png`, `fig7_size.png`, `fig8_time.png`.", ""]
+    return "\n".join(lines)
+
+
+def _table2(result: EvaluationResult) -> list[str]:
+    lines = ["", "## Table 2: fake classes without the key permutation", "",
+             "Top-1 index among the 2N un-permuted outputs `[real 0..N-1, fake N..2N-1]` of the Fake Gradient "
+             "model, grouped by the original model's class. Index N + c would mean the fake output mirrors "
+             "the real class c.", ""]
+    for e in result.evaluations:
+        records = [r for r in e.records if r.method == "fake-gradient"]
+        if not records:
+            continue
+        table = fake_class_table(records, e.n_real)
+        mirrors = sum(r.plain_top1 == e.n_real + r.original_top1 for r in records)
+        distinct = len({r.plain_top1 for r in records})
+        lines += [f"**{e.name}**: {distinct} distinct fake indices for {len(table)} classes over {len(records)} "
+                  f"images; the fake index mirrors the real class for {mirrors}.", "",
+                  "| original class | images → un-permuted top-1 index |", "|---|---|"]
+        for cls, items in table.items():
+            lines.append(f"| {cls} | " + ", ".join(f"{img} → {idx}" for img, idx in items) + " |")
+        lines.append("")
+    return lines
+
+
+def _overhead(result: EvaluationResult) -> list[str]:
+    lines = ["## Figures 7 and 8: size and inference time", "",
+             "| Model | Variant | parameters | bytes (state dict) | size increase | median time, batch 1 (ms) "
+             "| IQR (ms) | time increase |", "|---|---|---|---|---|---|---|---|"]
+    for e in result.evaluations:
+        size, time = e.overhead["size"], e.overhead["time"]
+        base_b, base_t = size["original"]["bytes"], time["original"]["median_s"]
+        for variant in size:
+            s, t = size[variant], time[variant]
+            lines.append(
+                f"| {e.name} | {METHOD_NAMES[variant]} | {s['parameters']:,} | {s['bytes']:,} | "
+                f"{100 * (s['bytes'] / base_b - 1):+.1f} % | {1e3 * t['median_s']:.2f} | "
+                f"{1e3 * t['q1_s']:.2f}–{1e3 * t['q3_s']:.2f} | {100 * (t['median_s'] / base_t - 1):+.1f} % |")
+    return lines + [""]
+
+
+def _figures(result: EvaluationResult, out: Path) -> list[Path]:
+    written = []
+    for e in result.evaluations:
+        if {"fake-gradient", "original"} <= e.heatmaps.keys():
+            path = out / f"fig6_{e.name.split(':')[0]}.png"
+            figures.perturbation_heatmaps(path, e.heatmap_images, e.heatmaps["fake-gradient"],
+                                          e.heatmaps["original"], f"DeepFool perturbations, {e.name}")
+            written.append(path)
+    if not result.evaluations:
+        return written
+    names = [e.name.split(":")[0] for e in result.evaluations]
+    variants = list(result.evaluations[0].overhead["size"])
+    sizes = {METHOD_NAMES[v]: [e.overhead["size"][v]["bytes"] / 2**20 for e in result.evaluations] for v in variants}
+    figures.grouped_bars(out / "fig7_size.png", names, sizes, "MiB (state dict)", "Model size")
+    times = {METHOD_NAMES[v]: [1e3 * e.overhead["time"][v]["median_s"] for e in result.evaluations] for v in variants}
+    spreads = {METHOD_NAMES[v]: [(1e3 * e.overhead["time"][v]["q1_s"], 1e3 * e.overhead["time"][v]["q3_s"])
+                                 for e in result.evaluations] for v in variants}
+    figures.grouped_bars(out / "fig8_time.png", names, times, "ms per image (median, IQR)",
+                         "Inference time, batch 1", spreads)
+    return written + [out / "fig7_size.png", out / "fig8_time.png"]

@@ -1,0 +1,100 @@
+"""Evaluation: metrics from per-image records (known answers), skipped models, a small end-to-end run."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fakegradient.data import Sample
+from fakegradient.evaluation.records import ImageRecord, aggregate, aggregate_by, fake_class_table
+from fakegradient.evaluation.report import write_report
+from fakegradient.evaluation.runner import EvaluationConfig, EvaluationResult, environment, evaluate, evaluate_model
+from fakegradient.evaluation.pipeline import Normalized
+
+
+def record(**overrides):
+    base = dict(model="m", method="fake-gradient", image="a.jpg", label=3, original_top1=3, served_top1=17,
+                served_top1_fake=True, plain_top1=13, decrypted_top1=3, adversarial_top1=3,
+                attack_changed_served=True, rho=0.001, l2=1.0, linf=0.1, iterations=2)
+    return ImageRecord(**(base | overrides))
+
+
+def test_metrics_known_answers():
+    records = [
+        record(),  # fake output, functional, defended
+        record(image="b", served_top1_fake=False, adversarial_top1=4, rho=0.003, iterations=4),  # attack won
+        record(image="c", decrypted_top1=5, label=5, adversarial_top1=5, rho=0.002),  # broken functionality
+        record(image="d", attack_changed_served=False, rho=0.010, label=None),
+    ]
+    a = aggregate(records)
+    assert a["images"] == 4
+    assert a["fake_output_pct"] == 75.0
+    assert a["original_functionality_pct"] == 75.0
+    # defense success compares with the ORIGINAL clean top-1: c's adversarial 5 != original 3
+    assert a["defense_success_pct"] == 50.0
+    assert a["attack_changed_served_pct"] == 75.0
+    assert a["rho_mean"] == pytest.approx(0.004)
+    assert a["rho_median"] == pytest.approx(0.0025)
+    assert a["iterations_mean"] == 2.5
+    assert a["original_accuracy_pct"] == pytest.approx(100 * 2 / 3)  # c's label 5 != original 3; d unlabelled
+
+
+def test_original_defense_is_100_minus_attack_success():
+    records = [record(method="original", served_top1_fake=False, adversarial_top1=t, attack_changed_served=t != 3)
+               for t in (3, 4, 5, 3, 6)]
+    a = aggregate(records)
+    assert a["defense_success_pct"] == 100 - a["attack_changed_served_pct"] == 40.0
+
+
+def test_grouping_and_table2():
+    records = [record(model="x"), record(model="y", method="original"), record(model="x", image="q", plain_top1=13)]
+    groups = aggregate_by(records)
+    assert list(groups) == [("x", "fake-gradient"), ("y", "original")] and groups[("x", "fake-gradient")]["images"] == 2
+    assert fake_class_table(records[::2], n_real=10) == {3: [("a.jpg", 13), ("q", 13)]}
+    with pytest.raises(ValueError):
+        aggregate([])
+
+
+def test_missing_weights_are_reported_as_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    config = EvaluationConfig(models=["resnet18", "nope_net"], limit=1)
+    result = evaluate(config, progress=False)
+    assert result.evaluations == []
+    assert [s["model"] for s in result.skipped] == ["resnet18", "nope_net"]
+    assert "resnet18-f37072fd.pth" in result.skipped[0]["reason"]
+    assert "unknown model" in result.skipped[1]["reason"]
+    write_report(result, tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Skipped models" in report and "resnet18" in report
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="method"):
+        EvaluationConfig(methods=["nope"])
+    with pytest.raises(ValueError, match="limit"):
+        EvaluationConfig(limit=0)
+
+
+def test_small_end_to_end(digits_model, tmp_path):
+    model, x, y = digits_model
+    images = torch.nn.functional.interpolate(x[:12], size=16)  # (12, 1, 16, 16)
+    samples = [Sample(Path(f"digit_{i}.png"), int(label)) for i, label in enumerate(y[:12])]
+    config = EvaluationConfig(models=["digits"], seed=0, batch_size=5, timing_repeats=3)
+    pipeline = Normalized(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(8), model), (0.0,), (1.0,))
+    evaluation = evaluate_model("digits", pipeline, images, samples, config, progress=False)
+    by_method = aggregate_by(evaluation.records)
+    original = by_method[("digits", "original")]
+    fg = by_method[("digits", "fake-gradient")]
+    assert original["defense_success_pct"] == 0.0  # unbounded DeepFool always wins on an undefended model
+    assert fg["fake_output_pct"] == 100.0 and fg["original_functionality_pct"] == 100.0
+    assert by_method[("digits", "random-weight")]["original_functionality_pct"] == 100.0
+    assert len(evaluation.records) == 36
+    result = EvaluationResult(config, [evaluation], [], environment())
+    written = write_report(result, tmp_path)
+    names = {p.name for p in written}
+    assert {"report.md", "results.json", "per_image.csv", "fig6_digits.png", "fig7_size.png", "fig8_time.png"} <= names
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["config"]["seed"] == 0 and payload["environment"]["torch"] == torch.__version__
+    assert len((tmp_path / "per_image.csv").read_text().strip().splitlines()) == 37
+    assert "| Defense Success Rate (%) | Fake Gradient |" in (tmp_path / "report.md").read_text()
