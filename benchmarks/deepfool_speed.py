@@ -70,7 +70,10 @@ def main() -> None:
     rows.append(show("foolbox L2DeepFoolAttack", n, t_fb, fb_success, norms(fb_adv - x, x)["rho"]))
     if args.art_images:
         k = min(args.art_images, n)
-        show("ART DeepFool", k, *art_row(model, x[:k], labels[:k], args.device))
+        try:
+            show("ART DeepFool", k, *art_row(model, x[:k], labels[:k], args.device))
+        except ImportError:
+            print("ART DeepFool: adversarial-robustness-toolbox is not installed, skipped")
     ratio = t_fb / t_ours
     agreement = (ours.success.cpu() == fb_success.cpu()).float().mean().item()
     both = (ours.success & fb_success).cpu()

@@ -118,7 +118,7 @@ def main() -> None:
         print(name, training[name])
         evaluations.append(evaluate_model(name, pipeline, x_test[: args.eval].to(args.device), samples, config))
     result = EvaluationResult(config, evaluations, [], environment())
-    write_report(result, args.out, title="Fake Gradient on the paper's seven architectures (MNIST, trained offline)")
+    write_report(result, args.out, title="Fake Gradient on the paper's seven architectures (MNIST, trained offline; paper values in parentheses are ImageNet)")
     (args.out / "seven_mnist.json").write_text(json.dumps({"command_args": vars(args) | {
         "out": str(args.out), "mnist_npz": None}, "training": training}, indent=2))
     print(f"report: {args.out / 'report.md'}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,18 @@ def load_samples(config: EvaluationConfig) -> list[Sample]:
     return image_folder(config.data, config.limit)
 
 
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """No TF32 on CUDA while evaluating: borderline adversarial decisions must not depend on batch size."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def evaluate(config: EvaluationConfig, progress: bool = True) -> EvaluationResult:
     """Load each model by name (skipping those whose weights are absent) and evaluate it."""
     samples = load_samples(config)
@@ -120,6 +134,12 @@ def evaluate_model(
     Every protected variant is made from ``pipeline.model`` with :func:`protect`; the attack sees
     only the served (protected) pipeline, the device decrypts with the key.
     """
+    with full_fp32():
+        return _evaluate_model(name, pipeline, images, samples, config, progress)
+
+
+def _evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, samples: list[Sample],
+                    config: EvaluationConfig, progress: bool) -> ModelEvaluation:
     attack = DeepFool(config.candidates, config.overshoot, config.max_iter, (0.0, 1.0) if config.clip else None)
     original = pipeline.eval()
     with torch.no_grad():
@@ -147,6 +167,7 @@ def evaluate_model(
             result = attack(served, xb)
             with torch.no_grad():
                 adversarial = served(result.adversarial)
+            changed = adversarial.argmax(1) != clean.argmax(1)  # judged by the same forward as the metrics
             plain = clean if key is None else key.decrypt_all(clean)
             n_real = plain.shape[1] if key is None else key.n_real
             real_adv = adversarial if key is None else key.decrypt(adversarial)
@@ -163,7 +184,7 @@ def evaluate_model(
                     served_top1=int(clean[i].argmax()), served_top1_fake=bool(fake[i]),
                     plain_top1=int(plain[i].argmax()), decrypted_top1=int(plain[i, :n_real].argmax()),
                     adversarial_top1=int(real_adv[i].argmax()),
-                    attack_changed_served=bool(result.success[i]),
+                    attack_changed_served=bool(changed[i]),
                     rho=float(sizes["rho"][i]), l2=float(sizes["l2"][i]), linf=float(sizes["linf"][i]),
                     iterations=int(result.iterations[i]),
                 ))
