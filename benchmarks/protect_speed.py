@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fakegradient.core.permutation import decrypt, decrypt_real, generate_permutation, real_top1, top1_tables
-from fakegradient.protect import encrypted_head
+from fakegradient.protection import encrypted_head
 
 
 def best_of(fn, repeats: int = 7) -> tuple[float, float]:

@@ -1,4 +1,10 @@
-"""fakegradient: the Fake Gradient defence (Feng et al., ACM MM 2021) for PyTorch classifiers."""
+"""fakegradient: the Fake Gradient defence (Feng et al., ACM MM 2021) for PyTorch classifiers.
+
+Importing the package needs numpy only (device clients); ``protect`` loads torch on first use.
+"""
+
+import importlib
+from typing import Any
 
 from .errors import (
     FakeGradientError,
@@ -9,7 +15,6 @@ from .errors import (
     WeightsUnavailable,
 )
 from .key import Key
-from .protect import METHODS, protect
 
 __all__ = [
     "METHODS",
@@ -23,3 +28,9 @@ __all__ = [
     "protect",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("protect", "METHODS"):
+        return getattr(importlib.import_module(".protection", __name__), name)
+    raise AttributeError(f"module 'fakegradient' has no attribute {name!r}")

@@ -47,12 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.set_defaults(run=cmd_info)
 
-    p = sub.add_parser("classify", help="classify images through a protected model and its key")
+    p = sub.add_parser("classify", help="classify images through a protected model (local or a server) and its key")
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--model", type=Path, required=True, help="protected model folder or model.pt")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", type=Path, help="local: protected model folder or model.pt")
+    where.add_argument("--server", help="remote: URL of a v2 inference server, e.g. http://127.0.0.1:8000")
+    p.add_argument("--model-name", help="with --server: the served model (default: the only one)")
     p.add_argument("--key", type=Path, required=True)
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(run=cmd_classify)
+
+    p = sub.add_parser("serve", help="serve protected model folders over the Open Inference Protocol v2 (no key)")
+    p.add_argument("model_dirs", nargs="+", type=Path, metavar="MODEL_DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch accepted (default 64)")
+    p.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("export-triton", help="write a Triton model repository for a protected model folder")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--name", help="model name in the repository (default: the folder's name)")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.set_defaults(run=cmd_export_triton)
 
     p = sub.add_parser("demo", help="protect MobileNetV2 and classify the 20 ImageNet photos shipped in foolbox")
     p.add_argument("--seed", type=int, help="reproducible key (NOT secure)")
@@ -83,7 +102,7 @@ def cmd_protect(args: argparse.Namespace) -> None:
     from . import models
     from .atomic import check_writable
     from .modelfile import ModelInfo, export_onnx, save_protected
-    from .protect import protect
+    from .protection import protect
 
     _make_folder(args.key.parent)
     check_writable(args.key)
@@ -111,7 +130,9 @@ def cmd_protect(args: argparse.Namespace) -> None:
         save_protected(args.out / "model.pt", protected, info)
         written.append(args.out / "model.pt")
         if not args.no_onnx:
-            export_onnx(args.out / "model.onnx", protected, info)
+            extra = {"preprocess": models.preprocess_spec(weights),
+                     "categories": weights.meta.get("categories")} if weights is not None else {}
+            export_onnx(args.out / "model.onnx", protected, info, extra=extra)
             written.append(args.out / "model.onnx")
         key.save(args.key)
     except BaseException:
@@ -142,6 +163,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
+    if args.server:
+        return _classify_remote(args)
     from . import models
     from .classify import classify_batch
     from .data import load_batch
@@ -157,6 +180,33 @@ def cmd_classify(args: argparse.Namespace) -> None:
     for path, pred in zip(args.images, classify_batch(model, key, images, k=args.top)):
         labels = ", ".join(f"{_label(categories, c)} {p:.1%}" for c, p in pred.topk)
         print(f"{path.name}: {labels}   [cloud saw position {pred.encrypted_top1}, fake={pred.encrypted_top1_is_fake}]")
+
+
+def _classify_remote(args: argparse.Namespace) -> None:
+    from .key import Key
+    from .serving.client import classify
+
+    key = Key.load(args.key)
+    for result in classify(args.server, key, args.images, model_name=args.model_name, k=args.top):
+        labels = ", ".join(f"{label} {p:.1%}" for _, label, p in result.topk)
+        print(f"{result.image}: {labels}   [cloud saw position {result.server_top1}, "
+              f"fake={result.server_top1_is_fake}]")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serving.server import Limits, serve
+
+    if args.max_batch < 1 or args.max_body_mb <= 0:
+        raise FakeGradientError("--max-batch and --max-body-mb must be positive")
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_batch=args.max_batch)
+    serve(args.model_dirs, args.host, args.port, limits, threads=args.threads)
+
+
+def cmd_export_triton(args: argparse.Namespace) -> None:
+    from .serving.triton import export_triton
+
+    path = export_triton(args.model_dir, args.out, name=args.name, max_batch=args.max_batch)
+    print(f"Triton model repository: {args.out} (model {path.parent.parent.name!r})")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ import torch
 from . import models
 from .classify import classify_batch
 from .data import foolbox_imagenet, load_batch
-from .protect import protect
+from .protection import protect
 
 EMBEDDED_MODEL = "mobilenet_v2"
 EMBEDDED_WEIGHTS = "IMAGENET1K_V1"  # the checkpoint that exists offline (torchvision's DEFAULT is V2)

@@ -5,6 +5,7 @@ The file holds no key material: the permutation exists only as the order of the 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import warnings
@@ -98,11 +99,13 @@ def load_protected(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
     return model.eval(), info
 
 
-def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opset: int = 17) -> None:
+def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opset: int = 17,
+                extra: dict[str, Any] | None = None) -> None:
     """Export to ONNX (input ``input`` (B, C, H, W), output ``logits`` (B, 2N), dynamic batch).
 
     The graph computes the protected head as a plain Gemm/Conv with permuted rows: no
-    Gather or index constant carries the key. The fingerprint is stored in metadata_props.
+    Gather or index constant carries the key. The fingerprint and ``extra`` (public: e.g.
+    preprocessing, class names; JSON-encoded) are stored in metadata_props as ``fakegradient.*``.
     """
     import onnx
 
@@ -122,9 +125,10 @@ def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opse
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
         graph = onnx.load(str(tmp))
-        for name, value in (("fakegradient.fingerprint", info.fingerprint), ("fakegradient.arch", info.arch),
-                            ("fakegradient.n_outputs", str(info.n_outputs))):
-            graph.metadata_props.add(key=name, value=value)
+        props = {"fingerprint": info.fingerprint, "arch": info.arch, "n_outputs": str(info.n_outputs)}
+        props |= {k: json.dumps(v) for k, v in (extra or {}).items()}
+        for name, value in props.items():
+            graph.metadata_props.add(key=f"fakegradient.{name}", value=value)
         onnx.save(graph, str(tmp))
 
     write_with(path, write)

@@ -18,7 +18,7 @@ from ..attacks.base import norms
 from ..attacks.deepfool import DeepFool
 from ..data import Sample, foolbox_imagenet, image_folder, load_batch
 from ..errors import FakeGradientError
-from ..protect import protect
+from ..protection import protect
 from .overhead import inference_times, model_size
 from .pipeline import Normalized, pixel_preprocessing
 from .records import ImageRecord

@@ -73,6 +73,13 @@ def get_weights(name: str, weights: str | WeightsEnum | None = "DEFAULT") -> Wei
         raise FakeGradientError(f"model {name!r} has no weights {weights!r}; choose {choices}") from None
 
 
+def preprocess_spec(weights: WeightsEnum) -> dict[str, Any]:
+    """torchvision's preset for ``weights`` as plain data (for clients without torch)."""
+    preset = weights.transforms()
+    return {"resize": preset.resize_size[0], "crop": preset.crop_size[0], "mean": list(preset.mean),
+            "std": list(preset.std), "interpolation": preset.interpolation.value}
+
+
 def checkpoint_location(weights: WeightsEnum) -> Path:
     """Where torchvision's weights API looks for a checkpoint: the torch hub cache."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
