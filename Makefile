@@ -30,6 +30,7 @@ test: install
 bench: install
 	$(PY) benchmarks/protect_speed.py
 	$(PY) benchmarks/deepfool_speed.py
+	$(PY) benchmarks/serving.py
 
 # the committed report of the embedded default (seeded: reproducible, not secure)
 report: install

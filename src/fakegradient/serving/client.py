@@ -93,6 +93,14 @@ class InferenceClient:
             raise FakeGradientError(f"the server has models {names}: name the one to use (--model-name)")
         return names[0]
 
+    def max_batch(self, name: str) -> int | None:
+        """The server's batch limit, from Triton's config endpoint (our server has it too)."""
+        try:
+            body, _ = self._call(f"/v2/models/{name}/config")
+            return int(json.loads(body).get("max_batch_size")) or None
+        except (FakeGradientError, TypeError, ValueError):
+            return None
+
     def infer(self, model: ServerModel, batch: np.ndarray) -> np.ndarray:
         """(B, C, H, W) float32 → (B, outputs) float32, tensors sent and received as binary data."""
         data = np.ascontiguousarray(batch, dtype="<f4").tobytes()
@@ -132,6 +140,7 @@ def classify(url: str, key: Key, images: list[str | Path], *, model_name: str | 
     if spec is None:
         raise FakeGradientError(f"model {model.name!r} publishes no preprocessing parameters")
     categories = model.parameters.get("categories") or []
+    batch_size = min(batch_size, client.max_batch(model.name) or batch_size)
     results = []
     for start in range(0, len(images), batch_size):
         paths = images[start : start + batch_size]

@@ -1,0 +1,223 @@
+"""The offloading workflow for real: a v2 server subprocess holding only the protected model."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from fakegradient import Key
+from fakegradient.cli import main
+from fakegradient.data import foolbox_imagenet, load_batch
+from fakegradient.serving.client import InferenceClient, classify, preprocess
+from fakegradient.serving.triton import export_triton
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cloud")
+    for name, seed in (("mnv2", None), ("other", None)):
+        assert main(["protect", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--out", str(root / name),
+                     "--key", str(root / f"{name}.key")]) == 0
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fakegradient.cli", "serve", str(root / "mnv2"), "--port", str(port),
+         "--max-batch", "8", "--max-body-mb", "8", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
+            break
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(server.stdout.read())
+            time.sleep(0.5)
+    yield {"root": root, "url": url, "key": Key.load(root / "mnv2.key"), "server": server}
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def post(url, body: bytes, headers=None):
+    request = urllib.request.Request(url, data=body, headers=headers or {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def json_request(x, name="input", datatype="FP32"):
+    return json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype,
+                                   "data": x.reshape(-1).tolist()}]}).encode()
+
+
+def test_end_to_end_20_photos_match_the_local_original(cloud, mobilenet_imagenet, imagenet_photos):
+    model, weights = mobilenet_imagenet
+    images, _ = imagenet_photos
+    with torch.no_grad():
+        expected = model(images).argmax(1).tolist()
+    paths = [s.path for s in foolbox_imagenet()]
+    results = classify(cloud["url"], cloud["key"], paths, k=1)
+    assert [r.topk[0][0] for r in results] == expected  # decrypted top-1 == original top-1, all 20
+    assert all(r.server_top1_is_fake for r in results)  # the cloud's top-1 is always a fake output
+    assert results[0].topk[0][1] == "bull mastiff"
+
+
+def test_client_preprocessing_equals_torchvision(mobilenet_imagenet):
+    _, weights = mobilenet_imagenet
+    from fakegradient import models
+
+    spec = models.preprocess_spec(weights)
+    paths = [s.path for s in foolbox_imagenet()]
+    ours = np.stack([preprocess(p, spec) for p in paths])
+    theirs = load_batch(paths, weights.transforms()).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_tritonclient_talks_to_the_server(cloud):
+    import tritonclient.http as httpclient
+
+    host = cloud["url"].removeprefix("http://")
+    triton = httpclient.InferenceServerClient(host)
+    assert triton.is_server_live() and triton.is_model_ready("mnv2")
+    meta = triton.get_model_metadata("mnv2")
+    assert meta["outputs"][0]["shape"] == [-1, 2000]
+    x = np.random.default_rng(0).random((2, 3, 224, 224), dtype=np.float32)
+    ours = InferenceClient(cloud["url"]).infer(InferenceClient(cloud["url"]).model("mnv2"), x)
+    for binary in (True, False):
+        tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        out = triton.infer("mnv2", [tensor], outputs=[httpclient.InferRequestedOutput("logits", binary_data=binary)])
+        np.testing.assert_allclose(out.as_numpy("logits"), ours, rtol=1e-6, atol=1e-5)
+    config = triton.get_model_config("mnv2")
+    assert config["parameters"]["fingerprint"]["string_value"] == cloud["key"].model_fingerprint
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_working(cloud):
+    url = cloud["url"] + "/v2/models/mnv2/infer"
+    good = np.random.default_rng(1).random((1, 3, 224, 224), dtype=np.float32)
+    nan = good.copy()
+    nan[0, 0, 0, 0] = np.nan
+    cases = {
+        "malformed JSON": (b'{"inputs": [', 400),
+        "no inputs": (b'{"outputs": []}', 400),
+        "wrong shape": (json_request(good[:, :, :100]), 400),
+        "wrong dtype": (json_request(good, datatype="INT64"), 400),
+        "wrong input name": (json_request(good, name="x"), 400),
+        "non-finite": (json_request(nan).replace(b"NaN", b"NaN"), 400),
+        "batch over limit": (json_request(np.zeros((9, 3, 224, 224), np.float32)), 413),
+        "body over limit": (b" " * (9 * 2**20), 413),
+        "strings as data": (json.dumps({"inputs": [{"name": "input", "shape": [1], "datatype": "FP32",
+                                                    "data": ["a"]}]}).encode(), 400),
+    }
+    for name, (body, status) in cases.items():
+        code, payload = post(url, body)
+        assert code == status, (name, code, payload)
+        assert isinstance(payload.get("error"), str) and payload["error"], name
+        ok, answer = post(url, json_request(good))  # still up, still right
+        assert ok == 200 and answer["outputs"][0]["shape"] == [1, 2000], name
+    code, payload = post(cloud["url"] + "/v2/models/nope/infer", json_request(good))
+    assert code == 404 and "unknown model" in payload["error"]
+    assert cloud["server"].poll() is None
+
+
+def run_client(*args, block_torch=False):
+    prelude = ("import sys\nclass _Block:\n    def find_spec(self, name, *a):\n"
+               "        if name == 'torch' or name.startswith('torch.'):\n"
+               "            raise ImportError('torch is blocked in this test')\n"
+               "sys.meta_path.insert(0, _Block())\n") if block_torch else "import sys\n"
+    code = prelude + "from fakegradient.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_device_client_runs_without_torch(cloud):
+    photos = [s.path for s in foolbox_imagenet()[:2]]
+    result = run_client("classify", "--server", cloud["url"], "--key", cloud["root"] / "mnv2.key", "--top", "1",
+                        *photos, block_torch=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("imagenet_00_243.jpg: bull mastiff")
+    blocked = run_client("demo", block_torch=True)  # the blocker really blocks torch
+    assert blocked.returncode != 0 and "torch is blocked" in blocked.stderr
+
+
+def test_client_errors(cloud, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    bad = run_client("classify", "--server", cloud["url"], "--key", cloud["root"] / "mnv2.key", text)
+    assert bad.returncode != 0 and "not a readable image" in bad.stderr and "Traceback" not in bad.stderr
+    photo = foolbox_imagenet()[0].path
+    wrong = run_client("classify", "--server", cloud["url"], "--key", cloud["root"] / "other.key", photo)
+    assert wrong.returncode != 0 and "another model" in wrong.stderr and "Traceback" not in wrong.stderr
+    down = run_client("classify", "--server", "http://127.0.0.1:1", "--key", cloud["root"] / "mnv2.key", photo)
+    assert down.returncode != 0 and "cannot reach" in down.stderr
+
+
+def test_per_cloud_keys_differ(cloud):
+    a, b = Key.load(cloud["root"] / "mnv2.key"), Key.load(cloud["root"] / "other.key")
+    assert not np.array_equal(a.permutation, b.permutation)
+    assert a.model_fingerprint != b.model_fingerprint
+    assert (cloud["root"] / "mnv2" / "model.onnx").read_bytes() != (cloud["root"] / "other" / "model.onnx").read_bytes()
+
+
+def test_load_8_clients_25_requests(cloud):
+    key = cloud["key"]
+    client = InferenceClient(cloud["url"])
+    model = client.model("mnv2")
+    from fakegradient import models
+
+    spec = models.preprocess_spec(models.get_weights("mobilenet_v2", "IMAGENET1K_V1"))
+    photos = [preprocess(s.path, spec)[None] for s in foolbox_imagenet()[:8]]
+    expected = [int(key.top1(client.infer(model, p))[0]) for p in photos]
+
+    def worker(i: int) -> tuple[int, int]:
+        failures = wrong = 0
+        c = InferenceClient(cloud["url"])
+        for _ in range(25):
+            try:
+                wrong += int(key.top1(c.infer(model, photos[i]))[0]) != expected[i]
+            except Exception:
+                failures += 1
+        return failures, wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(worker, range(8)))
+    assert sum(f for f, _ in results) == 0
+    assert sum(w for _, w in results) == 0
+
+
+def test_triton_export(cloud, tmp_path):
+    path = export_triton(cloud["root"] / "mnv2", tmp_path / "repo", max_batch=16)
+    assert path == tmp_path / "repo" / "mnv2" / "1" / "model.onnx" and path.is_file()
+    config = (tmp_path / "repo" / "mnv2" / "config.pbtxt").read_text()
+    for expected in ('platform: "onnxruntime_onnx"', "max_batch_size: 16", "dims: [ 3, 224, 224 ]",
+                     "dims: [ 2000 ]", "dynamic_batching", cloud["key"].model_fingerprint):
+        assert expected in config
+
+
+def test_server_and_export_refuse_a_folder_holding_a_key(cloud, tmp_path):
+    from fakegradient import FakeGradientError
+    from fakegradient.serving.onnx_model import load_model_dir
+
+    leaky = tmp_path / "leaky"
+    leaky.mkdir()
+    (leaky / "model.onnx").write_bytes((cloud["root"] / "mnv2" / "model.onnx").read_bytes())
+    (leaky / "key.json").write_bytes((cloud["root"] / "mnv2.key").read_bytes())
+    with pytest.raises(FakeGradientError, match="keys must never reach the server"):
+        load_model_dir(leaky)
+    result = run_client("serve", leaky, "--port", str(free_port()))
+    assert result.returncode != 0 and "key file" in result.stderr
