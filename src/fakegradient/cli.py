@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="classes of --state-dict's head")
     p.add_argument("--out", type=Path, required=True, help="folder for model.pt + model.onnx (goes to the cloud)")
     p.add_argument("--key", type=Path, required=True, help="key file to write (stays on the device, 0600)")
-    p.add_argument("--method", default="fake-gradient", choices=["fake-gradient", "random-weight"])
+    p.add_argument("--method", default="fake-gradient",
+                   choices=["fake-gradient", "random-weight", "fake-gradient-hardened"])
     p.add_argument("--scale", type=float, default=20.0, help="S_a of Algorithm 1 (default 20)")
     p.add_argument("--seed", type=int, help="reproducible key for experiments only: NOT secure")
     p.add_argument("--head", help="name of the classification layer, if it cannot be found")
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="Table 1/2 and Figures 6-8: DeepFool on original / protected models")
     p.add_argument("--models", default="mobilenet_v2:IMAGENET1K_V1",
                    help="comma-separated name[:weights] (default: mobilenet_v2:IMAGENET1K_V1)")
-    p.add_argument("--methods", default="original,fake-gradient,random-weight")
+    p.add_argument("--methods", default="original,fake-gradient,random-weight",
+                   help="comma-separated: original, fake-gradient, random-weight, fake-gradient-hardened")
     p.add_argument("--data", default="foolbox-imagenet",
                    help="an ImageFolder (ImageNet val layout) or the 20 photos in foolbox (default)")
     p.add_argument("--limit", type=int, help="use the first N images")
@@ -91,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", action="store_true", help="clip adversarial images to [0, 1] (reference: off)")
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--adaptive", action="store_true",
+                   help="also run the adaptive attackers: transfer, key recovery, feature space, black box, sanity")
+    p.add_argument("--blackbox-queries", type=int, default=300)
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("models", help="list the model names `protect` accepts")
@@ -223,7 +228,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         models=[m.strip() for m in args.models.split(",") if m.strip()],
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         data=args.data, limit=args.limit, seed=args.seed, scale=args.scale, max_iter=args.max_iter,
-        clip=args.clip, batch_size=args.batch_size, device=_device(args.device),
+        clip=args.clip, batch_size=args.batch_size, device=_device(args.device), adaptive=args.adaptive,
+        blackbox_queries=args.blackbox_queries,
     )
     result = evaluate(config)
     written = write_report(result, args.out)

@@ -8,14 +8,14 @@ import secrets
 import torch
 from torch import nn
 
-from .core.fake_rows import DEFAULT_SCALE, check_scale, fake_gradient_rows, random_weight_rows
+from .core.fake_rows import DEFAULT_SCALE, check_scale, fake_gradient_rows, hardened_rows, random_weight_rows
 from .core.fingerprint import head_fingerprint
 from .core.permutation import encrypt_rows, generate_permutation
 from .errors import HeadNotFound
 from .head import build_head, head_parameters, probe_input, replace_module, trace_head
 from .key import Key
 
-METHODS = ("fake-gradient", "random-weight")
+METHODS = ("fake-gradient", "random-weight", "fake-gradient-hardened")
 
 
 def make_fake_rows(
@@ -24,9 +24,10 @@ def make_fake_rows(
     """Fake rows (N, D), (N,) for ``method``; ``seed`` (insecure, experiments) fixes random ones."""
     if method == "fake-gradient":
         return fake_gradient_rows(weight, bias, scale)
-    if method == "random-weight":
+    if method in ("random-weight", "fake-gradient-hardened"):
         generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
-        return random_weight_rows(weight, bias, generator)
+        rows = random_weight_rows if method == "random-weight" else hardened_rows
+        return rows(weight, bias, generator)
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -78,7 +79,7 @@ def protect(
         permutation=permutation.numpy(),
         n_real=weight.shape[0],
         method=method,
-        scale=scale if method == "fake-gradient" else None,
+        scale=scale if method == "fake-gradient" else None,  # the other methods do not use S_a
         model_fingerprint=head_fingerprint(w_en, b_en),
         head=trace.head,
     )

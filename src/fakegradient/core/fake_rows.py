@@ -44,3 +44,32 @@ def random_weight_rows(
     mean, std = weight.mean(), weight.std()
     noise = torch.randn(weight.shape, generator=generator, dtype=weight.dtype, device="cpu")
     return (noise.to(weight.device) * std + mean), bias.clone()
+
+
+def hardened_rows(
+    weight: torch.Tensor, bias: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake rows with no pairing oracle (our hardened variant, not in the paper).
+
+    Fake row j mixes two real rows a_j, c_j, each with its entries shuffled by its own random
+    permutation (so no sign pattern or magnitude relation ties it to a real row), rescaled to
+    the norm of a third random real row (so row norms follow the real rows' distribution).
+    Fake biases are real biases of random rows plus Gaussian noise of half their spread (no
+    exact bias equality). Shapes as the inputs: (N, D), (N,).
+    """
+    n, d = weight.shape
+    cpu_w = weight.detach().cpu()
+
+    def shuffled_rows() -> torch.Tensor:
+        rows = cpu_w[torch.randint(n, (n,), generator=generator)]
+        order = torch.rand((n, d), generator=generator).argsort(dim=1)
+        return rows.gather(1, order)
+
+    mix = torch.rand((n, 1), generator=generator, dtype=cpu_w.dtype) * 0.4 + 0.3
+    fake = (1 - mix) * shuffled_rows() + mix * shuffled_rows()
+    target_norm = cpu_w.norm(dim=1)[torch.randint(n, (n,), generator=generator)]
+    fake = fake * (target_norm / fake.norm(dim=1).clamp_min(1e-12)).unsqueeze(1)
+    cpu_b = bias.detach().cpu()
+    fake_b = cpu_b[torch.randint(n, (n,), generator=generator)] + torch.randn(
+        n, generator=generator, dtype=cpu_b.dtype) * (0.5 * cpu_b.std() if n > 1 else 0.0)
+    return fake.to(weight.device, weight.dtype), fake_b.to(bias.device, bias.dtype)

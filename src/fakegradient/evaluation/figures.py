@@ -72,3 +72,21 @@ def grouped_bars(path: Path, names: list[str], series: dict[str, list[float]], y
     ax.set_title(title)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def budget_curves(path: Path, curves: dict[str, dict[str, list[tuple[float, float]]]], titles: dict[str, str],
+                  title: str) -> None:
+    """One panel per method: defense success (%) against the L2 budget for each attacker."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
+    for ax, (method, by_attacker) in zip(axes[0], curves.items()):
+        for attacker, points in by_attacker.items():
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=attacker)
+        ax.set_xscale("log")
+        ax.set_ylim(-5, 105)
+        ax.set_xlabel("L2 budget ‖r‖₂")
+        ax.set_ylabel("defense success (%)")
+        ax.set_title(titles[method], fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, path)

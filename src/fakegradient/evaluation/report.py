@@ -12,16 +12,19 @@ from ..atomic import write_bytes_atomic
 from ..errors import FakeGradientError
 from . import figures
 from .paper import paper_value
+from .adaptive import summarize
 from .records import aggregate_by, fake_class_table
 from .runner import EvaluationResult, config_dict
 
+HARD = "fake-gradient-hardened"
 TABLE1_ROWS = [
-    ("Fake Output (%)", "fake_output_pct", ("random-weight", "fake-gradient"), "{:.0f}"),
-    ("Original Functionality (%)", "original_functionality_pct", ("random-weight", "fake-gradient"), "{:.0f}"),
-    ("Defense Success Rate (%)", "defense_success_pct", ("original", "random-weight", "fake-gradient"), "{:.1f}"),
-    ("Perturbation ρ = ‖r‖₂/‖x‖₂ (mean)", "rho_mean", ("random-weight", "fake-gradient", "original"), "{:.4f}"),
+    ("Fake Output (%)", "fake_output_pct", ("random-weight", "fake-gradient", HARD), "{:.0f}"),
+    ("Original Functionality (%)", "original_functionality_pct", ("random-weight", "fake-gradient", HARD), "{:.0f}"),
+    ("Defense Success Rate (%)", "defense_success_pct", ("original", "random-weight", "fake-gradient", HARD), "{:.1f}"),
+    ("Perturbation ρ = ‖r‖₂/‖x‖₂ (mean)", "rho_mean", ("random-weight", "fake-gradient", HARD, "original"), "{:.4f}"),
 ]
-METHOD_NAMES = {"original": "Original Model", "fake-gradient": "Fake Gradient", "random-weight": "Random Weight"}
+METHOD_NAMES = {"original": "Original Model", "fake-gradient": "Fake Gradient", "random-weight": "Random Weight",
+                HARD: "Fake Gradient, hardened (ours)"}
 
 
 def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradient evaluation") -> list[Path]:
@@ -32,13 +35,21 @@ def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradien
         raise FakeGradientError(f"cannot create {out}: {exc.strerror or exc}") from None
     aggregates = aggregate_by(result.records)
     written = [*_figures(result, out)]
-    written.append(_write(out / "per_image.csv", _csv(result)))
+    written.append(_write(out / "per_image.csv", _csv(result.records)))
+    adaptive_records = [r for e in result.evaluations if e.adaptive for r in e.adaptive.records]
+    if adaptive_records:
+        written.append(_write(out / "attackers.csv", _csv(adaptive_records)))
     payload = {
         "config": config_dict(result.config),
         "environment": result.environment,
         "skipped": result.skipped,
         "aggregates": [{"model": m, "method": k} | v for (m, k), v in aggregates.items()],
         "overhead": {e.name: e.overhead for e in result.evaluations},
+        "adaptive": {e.name: {"attackers": [{"method": m, "attacker": a} | v for (_, m, a), v in
+                                            summarize(e.adaptive.records).items()],
+                              "key_recovery": e.adaptive.key_recovery, "budgets": e.adaptive.budgets,
+                              "curves": e.adaptive.curves}
+                     for e in result.evaluations if e.adaptive},
     }
     written.append(_write(out / "results.json", json.dumps(payload, indent=2).encode()))
     written.append(_write(out / "report.md", _markdown(result, aggregates, title).encode()))
@@ -50,15 +61,16 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _csv(result: EvaluationResult) -> bytes:
+def _csv(records: list) -> bytes:
+    """Rows of dataclass records, with their derived properties (functionality, defense_success)."""
     buffer = io.StringIO()
-    records = result.records
     if records:
-        fields = [*asdict(records[0]).keys(), "functionality", "defense_success"]
-        writer = csv.DictWriter(buffer, fieldnames=fields)
+        extra = [p for p in ("functionality", "defense_success")
+                 if p not in asdict(records[0]) and hasattr(records[0], p)]
+        writer = csv.DictWriter(buffer, fieldnames=[*asdict(records[0]).keys(), *extra])
         writer.writeheader()
         for r in records:
-            writer.writerow(asdict(r) | {"functionality": r.functionality, "defense_success": r.defense_success})
+            writer.writerow(asdict(r) | {p: getattr(r, p) for p in extra})
     return buffer.getvalue().encode()
 
 
@@ -102,7 +114,7 @@ def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
         lines.append(f"| {n} | {METHOD_NAMES[method]} | {a['images']} | {a['attack_changed_served_pct']:.1f} | "
                      f"{a['rho_median']:.5f} | {a['l2_median']:.4f} | {a['linf_median']:.4f} | "
                      f"{a['iterations_mean']:.2f} | {a['original_accuracy_pct']:.0f} |")
-    lines += _table2(result) + _overhead(result)
+    lines += _adaptive(result) + _table2(result) + _overhead(result)
     if result.skipped:
         lines += ["", "## Skipped models", ""] + [f"- `{s['model']}`: {s['reason']}" for s in result.skipped]
     env = result.environment
@@ -113,6 +125,42 @@ def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def _adaptive(result: EvaluationResult) -> list[str]:
+    lines = []
+    for e in result.evaluations:
+        if not e.adaptive:
+            continue
+        summary = summarize(e.adaptive.records)
+        methods = list(e.adaptive.key_recovery)
+        budgets = e.adaptive.budgets
+        lines += ["", f"## Adaptive attackers: {e.name}", "",
+                  "Defense success (%) — the decrypted real top-1 on the attacked image equals the original clean "
+                  "top-1 — and median ρ, per attacker. Lower is worse for the defense.", "",
+                  "| Attacker | What it holds | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |",
+                  "|---|---|" + "---|" * len(methods)]
+        holds = {
+            "naive": "served model (the paper's threat model), DeepFool",
+            "transfer": "public unprotected base model, DeepFool; images sent through the protected pipeline",
+            "key-recovery": "served model file: guesses the real rows, DeepFool on them",
+            "feature-space": "served model minus its head; L2 PGD on the penultimate features, "
+                             "budget = naive median ‖r‖₂",
+            "black-box": f"served outputs only; ART Square attack, L2 ≤ {budgets['black_box_l2']:.3f}, "
+                         f"{budgets['black_box_queries']} queries",
+            "sanity": "the key (decrypted pipeline), DeepFool: shows the evaluation can fail the defense",
+        }
+        for attacker, held in holds.items():
+            cells = [summary.get((e.name, m, attacker)) for m in methods]
+            lines.append(f"| {attacker} | {held} | " + " | ".join(
+                "—" if c is None else f"{c['defense_success_pct']:.1f} (ρ {c['rho_median']:.5f})" for c in cells) + " |")
+        lines += ["", "Key recovery from the served model file alone (chance = 50 %):", "",
+                  "| Method | oracle that decided | real rows recovered (%) | time (s) |", "|---|---|---|---|"]
+        for m, k in e.adaptive.key_recovery.items():
+            lines.append(f"| {METHOD_NAMES[m]} | {k['oracle']} | {k['recovered_pct']:.1f} | {k['seconds']:.3f} |")
+        lines += ["", f"Success-vs-budget curves: `fig_adaptive_{e.name.split(':')[0]}.png` (budgets are multiples of "
+                      f"the median DeepFool ‖r‖₂ on the original model, {budgets['curve_base_l2']:.4f}).", ""]
+    return lines
+
+
 def _table2(result: EvaluationResult) -> list[str]:
     lines = ["", "## Table 2: fake classes without the key permutation", "",
              "Top-1 index among the 2N un-permuted outputs `[real 0..N-1, fake N..2N-1]` of the Fake Gradient "
@@ -120,7 +168,7 @@ def _table2(result: EvaluationResult) -> list[str]:
              "the real class c.", ""]
     for e in result.evaluations:
         records = [r for r in e.records if r.method == "fake-gradient"]
-        if not records:
+        if not records or e.n_real == 0:
             continue
         table = fake_class_table(records, e.n_real)
         mirrors = sum(r.plain_top1 == e.n_real + r.original_top1 for r in records)
@@ -157,6 +205,12 @@ def _figures(result: EvaluationResult, out: Path) -> list[Path]:
             path = out / f"fig6_{e.name.split(':')[0]}.png"
             figures.perturbation_heatmaps(path, e.heatmap_images, e.heatmaps["fake-gradient"],
                                           e.heatmaps["original"], f"DeepFool perturbations, {e.name}")
+            written.append(path)
+    for e in result.evaluations:
+        if e.adaptive:
+            path = out / f"fig_adaptive_{e.name.split(':')[0]}.png"
+            figures.budget_curves(path, e.adaptive.curves, {m: METHOD_NAMES[m] for m in e.adaptive.curves},
+                                  f"Defense success vs L2 budget, {e.name}")
             written.append(path)
     if not result.evaluations:
         return written

@@ -18,12 +18,14 @@ from ..attacks.base import norms
 from ..attacks.deepfool import DeepFool
 from ..data import Sample, foolbox_imagenet, image_folder, load_batch
 from ..errors import FakeGradientError
+from ..key import Key
 from ..protection import protect
+from .adaptive import AdaptiveResult, run_adaptive
 from .overhead import inference_times, model_size
 from .pipeline import Normalized, pixel_preprocessing
 from .records import ImageRecord
 
-METHODS = ("original", "fake-gradient", "random-weight")
+METHODS = ("original", "fake-gradient", "random-weight", "fake-gradient-hardened")
 EMBEDDED_DATA = "foolbox-imagenet"
 
 
@@ -43,6 +45,10 @@ class EvaluationConfig:
     device: str = "cpu"
     heatmap_images: int = 3
     timing_repeats: int = 15
+    adaptive: bool = False  # also run the adaptive attackers (evaluation/adaptive.py)
+    blackbox_queries: int = 300
+    blackbox_factor: float = 2.0  # black-box L2 budget = factor x the median DeepFool ‖r‖₂ on the original
+    feature_steps: int = 20
 
     def __post_init__(self) -> None:
         unknown = set(self.methods) - set(METHODS)
@@ -66,6 +72,7 @@ class ModelEvaluation:
     overhead: dict[str, Any]
     heatmaps: dict[str, torch.Tensor]  # method → (k, C, H, W) perturbations of the first k images
     heatmap_images: torch.Tensor  # (k, C, H, W) the clean images
+    adaptive: AdaptiveResult | None = None
 
 
 @dataclass
@@ -147,6 +154,7 @@ def _evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, sampl
     records: list[ImageRecord] = []
     heatmaps: dict[str, torch.Tensor] = {}
     served_models: dict[str, nn.Module] = {"original": original.model}
+    protected_pipelines: dict[str, tuple[Normalized, Key]] = {}
     n_real = 0
     bar = tqdm(total=len(images) * len(config.methods), desc=f"DeepFool {name}", unit="img", disable=not progress)
     for method in config.methods:
@@ -159,6 +167,7 @@ def _evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, sampl
             served = Normalized(protected, original.mean.flatten().tolist(), original.std.flatten().tolist())
             served = served.to(images.device).eval()
             served_models[method] = protected
+            protected_pipelines[method] = (served, key)
         perturbations = []
         batches = list(zip(images.split(config.batch_size), range(0, len(images), config.batch_size)))
         for xb, start in batches:
@@ -191,8 +200,14 @@ def _evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, sampl
             bar.update(len(xb))
         heatmaps[method] = torch.cat(perturbations)[: config.heatmap_images]
     bar.close()
+    adaptive = None
+    if config.adaptive and protected_pipelines:
+        naive = {m: [(r.defense_success, r.rho, r.l2) for r in records if r.method == m] for m in protected_pipelines}
+        adaptive = run_adaptive(name, original, protected_pipelines, images, [s.path.name for s in samples],
+                                naive, original_top1, config, progress)
     overhead = measure_overhead(served_models, images[:1], original, config.timing_repeats)
-    return ModelEvaluation(name, n_real, records, overhead, heatmaps, images[: config.heatmap_images].cpu())
+    return ModelEvaluation(name, n_real, records, overhead, heatmaps, images[: config.heatmap_images].cpu(),
+                           adaptive)
 
 
 def measure_overhead(served: dict[str, nn.Module], x: torch.Tensor, pipeline: Normalized,

@@ -1,0 +1,110 @@
+"""Adaptive attackers with known answers on small models and the real MobileNetV2 head."""
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fakegradient import Key, protect
+from fakegradient.attacks.deepfool import DeepFool
+from fakegradient.attacks.feature_space import FeatureSpacePGD
+from fakegradient.attacks.key_recovery import recover_real_rows
+from fakegradient.data import Sample
+from fakegradient.evaluation.adaptive import Decrypted, summarize
+from fakegradient.evaluation.pipeline import Normalized
+from fakegradient.evaluation.report import write_report
+from fakegradient.evaluation.runner import EvaluationConfig, EvaluationResult, environment, evaluate_model
+from fakegradient.head import head_parameters
+
+
+def served_head(model, key):
+    return head_parameters(model.get_submodule(key.head))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_key_recovery_breaks_the_paper_scheme_and_not_the_hardened_one(mobilenet_imagenet, seed):
+    model, _ = mobilenet_imagenet
+    for method, low, high in (("fake-gradient", 0.99, 1.0), ("fake-gradient-hardened", 0.40, 0.60)):
+        protected, key = protect(model, method=method, seed=seed)
+        recovered = recover_real_rows(*served_head(protected, key))
+        fraction = recovered.recovered_fraction(key.permutation[: key.n_real])
+        assert low <= fraction <= high, (method, recovered.oracle, fraction)
+        if method == "fake-gradient-hardened":
+            assert recovered.oracle == "row-norm"  # no bias or sign pairing exists
+
+
+def test_key_recovery_uses_sign_patterns_when_biases_differ(tiny, tiny_input):
+    protected, key = protect(tiny, example_input=tiny_input, seed=0)
+    weight, bias = served_head(protected, key)
+    noisy_bias = bias + torch.randn(bias.shape, generator=torch.Generator().manual_seed(0)) * 1e-3
+    recovered = recover_real_rows(weight, noisy_bias)
+    assert recovered.oracle == "sign-pattern"
+    assert recovered.recovered_fraction(key.permutation[: key.n_real]) == 1.0
+
+
+def test_hardened_keeps_exact_functionality(mobilenet_imagenet, imagenet_photos):
+    model, _ = mobilenet_imagenet
+    images, _ = imagenet_photos
+    protected, key = protect(model, method="fake-gradient-hardened")
+    with torch.no_grad():
+        assert torch.equal(key.decrypt(protected(images)).argmax(1), model(images).argmax(1))
+        assert (key.decrypt(protected(images)) - model(images)).abs().max() < 1e-4
+    weight, bias = served_head(protected, key)
+    assert len(torch.unique(bias)) == len(bias)  # no bias equality oracle
+    norms = weight.norm(dim=1).numpy()
+    real = np.zeros(len(norms), bool)
+    real[key.permutation[: key.n_real]] = True
+    # row norms of fake rows follow the real rows' distribution
+    assert abs(np.median(norms[real]) - np.median(norms[~real])) < 0.1 * np.median(norms[real])
+
+
+def test_sanity_attacker_with_the_key_always_wins(digits_model):
+    model, x, _ = digits_model
+    pipeline = Normalized(model, (0.0,), (1.0,))
+    served, key = protect(model, example_input=x[:2], seed=0)
+    served = Normalized(served, (0.0,), (1.0,))
+    result = DeepFool()(Decrypted(served, key), x[:40])
+    with torch.no_grad():
+        decrypted = key.decrypt(served(result.adversarial)).argmax(1)
+        clean = pipeline(x[:40]).argmax(1)
+    assert (decrypted != clean).all()  # 100 % attack success: the evaluation can fail the defense
+
+
+def test_feature_space_attack_never_reads_the_key(digits_model, monkeypatch):
+    params = inspect.signature(FeatureSpacePGD.__call__).parameters
+    assert set(params) == {"self", "served", "head", "images", "eps"}
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("the feature-space attack touched the key")
+
+    model, x, _ = digits_model
+    served, key = protect(model, example_input=x[:2], seed=0)
+    for name in ("decrypt", "decrypt_all", "top1", "is_fake", "check_fingerprint"):
+        monkeypatch.setattr(Key, name, forbidden)
+    monkeypatch.setattr(Key, "permutation", property(forbidden), raising=False)
+    adversarial = FeatureSpacePGD(steps=5)(served, key.head, x[:8], torch.full((8,), 0.5))
+    r = (adversarial - x[:8]).flatten(1).norm(dim=1)
+    assert (r <= 0.5 + 1e-5).all() and (r > 0).all()
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+def test_adaptive_report_on_a_small_model(digits_model, tmp_path):
+    model, x, y = digits_model
+    images = x[:10]
+    samples = [Sample(Path(f"d{i}.png"), int(label)) for i, label in enumerate(y[:10])]
+    config = EvaluationConfig(models=["digits"], methods=["original", "fake-gradient", "fake-gradient-hardened"],
+                              seed=0, timing_repeats=3, adaptive=True, blackbox_queries=10, feature_steps=3)
+    evaluation = evaluate_model("digits", Normalized(model, (0.0,), (1.0,)), images, samples, config, progress=False)
+    summary = summarize(evaluation.adaptive.records)
+    for method in ("fake-gradient", "fake-gradient-hardened"):
+        assert summary[("digits", method, "sanity")]["defense_success_pct"] == 0.0
+        assert summary[("digits", method, "transfer")]["defense_success_pct"] == 0.0  # decrypts to the original
+        assert {a for (_, m, a) in summary if m == method} == {
+            "naive", "transfer", "key-recovery", "feature-space", "black-box", "sanity"}
+    assert evaluation.adaptive.key_recovery["fake-gradient"]["recovered_pct"] == 100.0
+    write_report(EvaluationResult(config, [evaluation], [], environment()), tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Adaptive attackers: digits" in report and (tmp_path / "fig_adaptive_digits.png").is_file()
+    assert (tmp_path / "attackers.csv").read_text().count("\n") == 1 + 2 * 6 * 10
