@@ -83,6 +83,8 @@ def budget_curves(path: Path, curves: dict[str, dict[str, list[tuple[float, floa
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", label=attacker)
         ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:.3g}" for x in xs], fontsize=7)
+        ax.minorticks_off()
         ax.set_ylim(-5, 105)
         ax.set_xlabel("L2 budget ‖r‖₂")
         ax.set_ylabel("defense success (%)")
