@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adaptive", action="store_true",
                    help="also run the adaptive attackers: transfer, key recovery, feature space, black box, sanity")
     p.add_argument("--blackbox-queries", type=int, default=300)
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run shards on Ray: a local instance, or ADDRESS (auto, ray://host:10001)")
+    p.add_argument("--ray-workers", type=int, help="CPUs of a local Ray instance (default: all)")
+    p.add_argument("--resume", action="store_true", help="reuse the finished shards of an interrupted run in --out")
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("models", help="list the model names `protect` accepts")
@@ -221,8 +225,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    import shutil
+
     from .evaluation.report import write_report
     from .evaluation.runner import EvaluationConfig, evaluate
+    from .evaluation.shards import ShardStore
 
     config = EvaluationConfig(
         models=[m.strip() for m in args.models.split(",") if m.strip()],
@@ -231,8 +238,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         clip=args.clip, batch_size=args.batch_size, device=_device(args.device), adaptive=args.adaptive,
         blackbox_queries=args.blackbox_queries,
     )
-    result = evaluate(config)
+    shards = args.out / ".shards"
+    if args.resume and not shards.is_dir():
+        raise FakeGradientError(f"--resume: no unfinished run in {args.out}")
+    executor = None
+    if args.ray:
+        from .evaluation.ray_executor import RayExecutor
+
+        executor = RayExecutor(args.ray, args.ray_workers)
+    try:
+        result = evaluate(config, store=ShardStore(shards, resume=args.resume), executor=executor)
+    finally:
+        if executor is not None:
+            executor.shutdown()
     written = write_report(result, args.out)
+    shutil.rmtree(shards)  # complete: the resume state is no longer needed
     for (model, method), a in _aggregates(result).items():
         print(f"{model:<28} {method:<14} fake output {a['fake_output_pct']:5.1f}%  functionality "
               f"{a['original_functionality_pct']:5.1f}%  defense success {a['defense_success_pct']:5.1f}%  "

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .. import models as model_zoo
-from ..attacks.base import norms
 from ..attacks.deepfool import DeepFool
 from ..data import Sample, foolbox_imagenet, image_folder, load_batch
 from ..errors import FakeGradientError
@@ -24,6 +24,10 @@ from .adaptive import AdaptiveResult, run_adaptive
 from .overhead import inference_times, model_size
 from .pipeline import Normalized, pixel_preprocessing
 from .records import ImageRecord
+from .shards import Shard, ShardStore, attack_batch, plan
+
+if TYPE_CHECKING:
+    from .ray_executor import RayExecutor
 
 METHODS = ("original", "fake-gradient", "random-weight", "fake-gradient-hardened")
 EMBEDDED_DATA = "foolbox-imagenet"
@@ -32,7 +36,7 @@ EMBEDDED_DATA = "foolbox-imagenet"
 @dataclass
 class EvaluationConfig:
     models: list[str] = field(default_factory=lambda: ["mobilenet_v2:IMAGENET1K_V1"])  # name[:weights]
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(METHODS[:3]))  # the paper's three
     data: str = EMBEDDED_DATA  # or an ImageFolder path
     limit: int | None = None
     seed: int | None = None  # keys and random rows; None = CSPRNG (secure, not reproducible)
@@ -106,8 +110,13 @@ def full_fp32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
-def evaluate(config: EvaluationConfig, progress: bool = True) -> EvaluationResult:
-    """Load each model by name (skipping those whose weights are absent) and evaluate it."""
+def evaluate(config: EvaluationConfig, progress: bool = True, store: ShardStore | None = None,
+             executor: RayExecutor | None = None) -> EvaluationResult:
+    """Load each model by name (skipping those whose weights are absent) and evaluate it.
+
+    ``store`` keeps finished shards on disk (resume); ``executor`` runs shards on Ray, where the
+    workers load model and images themselves and the driver loads only what it plots or times.
+    """
     samples = load_samples(config)
     device = torch.device(config.device)
     evaluations, skipped = [], []
@@ -120,10 +129,11 @@ def evaluate(config: EvaluationConfig, progress: bool = True) -> EvaluationResul
             skipped.append({"model": spec, "reason": str(exc)})
             continue
         pixel, mean, std = pixel_preprocessing(weights)
-        images = load_batch([s.path for s in samples], pixel)
+        on_driver = samples if executor is None or config.adaptive else samples[: max(1, config.heatmap_images)]
+        images = load_batch([s.path for s in on_driver], pixel)
         evaluations.append(
             evaluate_model(spec, Normalized(model, mean, std).to(device).eval(), images.to(device),
-                           samples, config, progress=progress)
+                           samples, config, progress=progress, store=store, executor=executor)
         )
     return EvaluationResult(config, evaluations, skipped, environment())
 
@@ -135,74 +145,78 @@ def evaluate_model(
     samples: list[Sample],
     config: EvaluationConfig,
     progress: bool = True,
+    store: ShardStore | None = None,
+    executor: RayExecutor | None = None,
 ) -> ModelEvaluation:
     """Evaluate one pixel-space pipeline (normalisation + classifier) on images (B, C, H, W) in [0, 1].
 
     Every protected variant is made from ``pipeline.model`` with :func:`protect`; the attack sees
-    only the served (protected) pipeline, the device decrypts with the key.
+    only the served (protected) pipeline, the device decrypts with the key. With an ``executor``
+    ``images`` may hold only the first images (for heatmaps): the workers load the rest.
     """
     with full_fp32():
-        return _evaluate_model(name, pipeline, images, samples, config, progress)
+        return _evaluate_model(name, pipeline, images, samples, config, progress, store or ShardStore(None),
+                               executor)
 
 
 def _evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, samples: list[Sample],
-                    config: EvaluationConfig, progress: bool) -> ModelEvaluation:
+                    config: EvaluationConfig, progress: bool, store: ShardStore,
+                    executor: RayExecutor | None) -> ModelEvaluation:
     attack = DeepFool(config.candidates, config.overshoot, config.max_iter, (0.0, 1.0) if config.clip else None)
     original = pipeline.eval()
-    with torch.no_grad():
-        original_top1 = torch.cat([original(b).argmax(1) for b in images.split(config.batch_size)])
-    records: list[ImageRecord] = []
-    heatmaps: dict[str, torch.Tensor] = {}
+    # evaluation keys: seeded so that every worker builds the same protected model (they are
+    # experiment keys, never deployed); a run without --seed draws one from the CSPRNG
+    seed = config.seed if config.seed is not None else secrets.randbits(63)
+    served: dict[str, tuple[Normalized, Key | None]] = {}
     served_models: dict[str, nn.Module] = {"original": original.model}
-    protected_pipelines: dict[str, tuple[Normalized, Key]] = {}
-    n_real = 0
-    bar = tqdm(total=len(images) * len(config.methods), desc=f"DeepFool {name}", unit="img", disable=not progress)
     for method in config.methods:
-        bar.set_postfix_str(method)
         if method == "original":
-            served, key = original, None
-        else:
-            protected, key = protect(original.model, method=method, scale=config.scale, seed=config.seed,
-                                     example_input=((images[:1] - original.mean) / original.std))
-            served = Normalized(protected, original.mean.flatten().tolist(), original.std.flatten().tolist())
-            served = served.to(images.device).eval()
-            served_models[method] = protected
-            protected_pipelines[method] = (served, key)
-        perturbations = []
-        batches = list(zip(images.split(config.batch_size), range(0, len(images), config.batch_size)))
-        for xb, start in batches:
-            with torch.no_grad():
-                clean = served(xb)
-            result = attack(served, xb)
-            with torch.no_grad():
-                adversarial = served(result.adversarial)
-            changed = adversarial.argmax(1) != clean.argmax(1)  # judged by the same forward as the metrics
-            plain = clean if key is None else key.decrypt_all(clean)
-            n_real = plain.shape[1] if key is None else key.n_real
-            real_adv = adversarial if key is None else key.decrypt(adversarial)
-            fake = torch.zeros(len(xb), dtype=torch.bool) if key is None else \
-                torch.as_tensor(key.is_fake(clean.argmax(1).cpu().numpy()))
-            r = result.perturbation(xb)
-            sizes = norms(r, xb)
-            perturbations.append(r.cpu())
-            for i in range(len(xb)):
-                sample = samples[start + i]
-                records.append(ImageRecord(
-                    model=name, method=method, image=sample.path.name, label=sample.label,
-                    original_top1=int(original_top1[start + i]),
-                    served_top1=int(clean[i].argmax()), served_top1_fake=bool(fake[i]),
-                    plain_top1=int(plain[i].argmax()), decrypted_top1=int(plain[i, :n_real].argmax()),
-                    adversarial_top1=int(real_adv[i].argmax()),
-                    attack_changed_served=bool(changed[i]),
-                    rho=float(sizes["rho"][i]), l2=float(sizes["l2"][i]), linf=float(sizes["linf"][i]),
-                    iterations=int(result.iterations[i]),
-                ))
-            bar.update(len(xb))
-        heatmaps[method] = torch.cat(perturbations)[: config.heatmap_images]
+            served[method] = (original, None)
+            continue
+        protected, key = protect(original.model, method=method, scale=config.scale, seed=seed,
+                                 example_input=((images[:1] - original.mean) / original.std))
+        pipe = Normalized(protected, original.mean.flatten().tolist(), original.std.flatten().tolist())
+        served[method] = (pipe.to(images.device).eval(), key)
+        served_models[method] = protected
+
+    shards = plan(name, config.methods, len(samples), config.batch_size)
+    results: dict[str, tuple[list[ImageRecord], torch.Tensor | None]] = {}
+    for shard in shards:
+        cached = store.get(shard)
+        if cached is not None:
+            results[shard.id] = cached
+    todo = [shard for shard in shards if shard.id not in results]
+    bar = tqdm(total=len(samples) * len(config.methods), initial=sum(len(s) for s in shards) - sum(len(s) for s in todo),
+               desc=f"DeepFool {name}", unit="img", disable=not progress)
+
+    def finish(shard: Shard, records: list[ImageRecord], perturbation: torch.Tensor | None) -> None:
+        keep = max(0, config.heatmap_images - shard.start)
+        perturbation = perturbation[:keep] if perturbation is not None and keep else None
+        store.put(shard, records, perturbation)
+        results[shard.id] = (records, perturbation)
+        bar.set_postfix_str(shard.method)
+        bar.update(len(shard))
+
+    if executor is None:
+        for shard in todo:
+            pipe, key = served[shard.method]
+            finish(shard, *attack_batch(shard, original, pipe, key, images[shard.start : shard.stop],
+                                        samples[shard.start : shard.stop], attack))
+    else:
+        for shard, records, perturbation in executor.run(config, todo, seed):
+            finish(shard, [ImageRecord(**r) for r in records],
+                   None if perturbation is None else torch.from_numpy(perturbation))
     bar.close()
+
+    records = [r for shard in shards for r in results[shard.id][0]]  # plan order: no duplicates, no gaps
+    heatmaps = {m: torch.cat([results[s.id][1] for s in shards if s.method == m and results[s.id][1] is not None])
+                for m in config.methods if any(s.method == m and results[s.id][1] is not None for s in shards)}
+    protected_pipelines = {m: (p, k) for m, (p, k) in served.items() if k is not None}
+    n_real = next((k.n_real for _, k in protected_pipelines.values()), 0)
     adaptive = None
     if config.adaptive and protected_pipelines:
         naive = {m: [(r.defense_success, r.rho, r.l2) for r in records if r.method == m] for m in protected_pipelines}
+        original_top1 = torch.tensor([r.original_top1 for r in records if r.method == config.methods[0]])
         adaptive = run_adaptive(name, original, protected_pipelines, images, [s.path.name for s in samples],
                                 naive, original_top1, config, progress)
     overhead = measure_overhead(served_models, images[:1], original, config.timing_repeats)
