@@ -83,7 +83,7 @@ def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
         f"Data: `{config.data}` ({n_images} images). Attack: our DeepFool (top-{config.candidates} candidates "
         f"among the served model's outputs, overshoot {config.overshoot}, ≤ {config.max_iter} iterations, "
         f"clipping to [0, 1] {'on' if config.clip else 'off (as in the reference)'}), on the *served* model. "
-        f"Keys: {'seed ' + str(config.seed) + ' (reproducible experiment — not secure)' if config.seed is not None else 'CSPRNG'}; "
+        f"Keys: {'seed ' + str(config.seed) + ' (reproducible experiment — not secure)' if config.seed is not None else 'seeded from the CSPRNG per run (not reproducible)'}; "
         f"S_a = {config.scale}.",
         "",
         "Defense success = the decrypted real top-1 on the attacked image equals the original model's clean "

@@ -39,7 +39,7 @@ class EvaluationConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS[:3]))  # the paper's three
     data: str = EMBEDDED_DATA  # or an ImageFolder path
     limit: int | None = None
-    seed: int | None = None  # keys and random rows; None = CSPRNG (secure, not reproducible)
+    seed: int | None = None  # evaluation keys and random rows; None = a seed drawn from the CSPRNG per run
     scale: float = 20.0
     candidates: int = 10
     overshoot: float = 0.02
