@@ -1,6 +1,7 @@
 """Our batched DeepFool: succeeds on undefended models, stops per sample, agrees with foolbox."""
 
 import foolbox as fb
+import pytest
 import torch
 
 from fakegradient.attacks.base import norms
@@ -48,14 +49,16 @@ def test_max_iter_bounds_the_attack(digits_model):
     assert not result.success.all()  # one linearised step without overshoot rarely suffices for all
 
 
-def test_batched_gradients_equal_sequential(digits_model):
+@pytest.mark.parametrize("batched", [True, False])
+def test_rowwise_gradients_equal_per_column_gradients(digits_model, batched):
     model, x, _ = digits_model
     xs = x[:5].clone().requires_grad_(True)
     out = model(xs)[:, :4]
-    batched = _rowwise_grads(out, xs)
+    grads = _rowwise_grads(out, xs, batched=batched)
+    assert grads.shape == (5, 4, *xs.shape[1:])
     for j in range(4):
         (single,) = torch.autograd.grad(model(xs)[:, j].sum(), xs)
-        assert torch.allclose(batched[:, j], single, atol=1e-6)
+        assert torch.allclose(grads[:, j], single, atol=1e-6)
 
 
 def test_agrees_with_foolbox(digits_model):

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=20.0)
     p.add_argument("--max-iter", type=int, default=50)
     p.add_argument("--clip", action="store_true", help="clip adversarial images to [0, 1] (reference: off)")
-    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--batch-size", type=int,
+                   help="images per attack batch / shard (default: 4 on CPU, where larger is slower; 64 on CUDA)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--adaptive", action="store_true",
                    help="also run the adaptive attackers: transfer, key recovery, feature space, black box, sanity")
@@ -235,7 +236,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         models=[m.strip() for m in args.models.split(",") if m.strip()],
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         data=args.data, limit=args.limit, seed=args.seed, scale=args.scale, max_iter=args.max_iter,
-        clip=args.clip, batch_size=args.batch_size, device=_device(args.device), adaptive=args.adaptive,
+        clip=args.clip, device=_device(args.device), adaptive=args.adaptive,
+        batch_size=args.batch_size or (64 if args.device.startswith("cuda") else 4),
         blackbox_queries=args.blackbox_queries,
     )
     shards = args.out / ".shards"

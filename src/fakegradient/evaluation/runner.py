@@ -45,7 +45,7 @@ class EvaluationConfig:
     overshoot: float = 0.02
     max_iter: int = 50
     clip: bool = False  # the reference DeepFool does not clip to [0, 1]
-    batch_size: int = 20
+    batch_size: int = 4  # images per DeepFool batch and per shard; small is faster on CPU, use ~64+ on a GPU
     device: str = "cpu"
     heatmap_images: int = 3
     timing_repeats: int = 15
