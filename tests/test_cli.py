@@ -121,3 +121,6 @@ def test_bad_inputs_in_process(tmp_path, protected_dir, capsys):
                                 "--out", tmp_path / "o2", "--key", blocker / "k.json")
     assert not (tmp_path / "k2.json").exists() and not (tmp_path / "o2").exists()
     assert "fakegradient model file" in error_of("info", text)
+    assert "inside --out" in error_of("protect", "mobilenet_v2", "--weights", "IMAGENET1K_V1",
+                                      "--out", tmp_path / "cloud", "--key", tmp_path / "cloud" / "k.json")
+    assert not (tmp_path / "cloud").exists()

@@ -114,6 +114,9 @@ def cmd_protect(args: argparse.Namespace) -> None:
     from .modelfile import ModelInfo, export_onnx, save_protected
     from .protection import protect
 
+    if args.key.resolve().is_relative_to(args.out.resolve()):
+        raise FakeGradientError(f"--key {args.key} is inside --out {args.out}, which goes to the cloud: "
+                                "keep the key elsewhere")
     _make_folder(args.key.parent)
     check_writable(args.key)
     _make_folder(args.out)
