@@ -1,7 +1,6 @@
 """The offloading workflow for real: a v2 server subprocess holding only the protected model."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
     root = tmp_path_factory.mktemp("cloud")
-    for name, seed in (("mnv2", None), ("other", None)):
+    for name in ("mnv2", "other"):
         assert main(["protect", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--out", str(root / name),
                      "--key", str(root / f"{name}.key")]) == 0
     port = free_port()

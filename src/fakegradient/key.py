@@ -102,7 +102,7 @@ class Key:
         try:
             payload = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise KeyFileError(f"{source} is not a fakegradient key file (truncated or corrupted)")
+            raise KeyFileError(f"{source} is not a fakegradient key file (truncated or corrupted)") from None
         if not isinstance(payload, dict) or payload.get("format") != KEY_FORMAT:
             raise KeyFileError(f"{source} is not a fakegradient key file")
         if payload.get("version") != KEY_VERSION:
