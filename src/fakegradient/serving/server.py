@@ -80,11 +80,14 @@ def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str = "1"):
+        try:
+            body = await _read_limited(request, limits.max_body_bytes)  # read first: errors reach the client
+        except ProtocolError as exc:
+            return error(exc.status, str(exc))
         model = model_or_404(name)
         if isinstance(model, JSONResponse):
             return model
         try:
-            body = await _read_limited(request, limits.max_body_bytes)
             header = request.headers.get(HEADER_LENGTH)
             try:
                 header_length = None if header is None else int(header)
