@@ -96,5 +96,6 @@ def test_small_end_to_end(digits_model, tmp_path):
     assert {"report.md", "results.json", "per_image.csv", "fig6_digits.png", "fig7_size.png", "fig8_time.png"} <= names
     payload = json.loads((tmp_path / "results.json").read_text())
     assert payload["config"]["seed"] == 0 and payload["environment"]["torch"] == torch.__version__
+    assert payload["evaluation_seeds"] == {"digits": 0}
     assert len((tmp_path / "per_image.csv").read_text().strip().splitlines()) == 37
     assert "| Defense Success Rate (%) | Fake Gradient |" in (tmp_path / "report.md").read_text()

@@ -43,6 +43,7 @@ def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradien
         "config": config_dict(result.config),
         "environment": result.environment,
         "skipped": result.skipped,
+        "evaluation_seeds": {e.name: e.seed for e in result.evaluations},  # experiment keys, never deployed
         "aggregates": [{"model": m, "method": k} | v for (m, k), v in aggregates.items()],
         "overhead": {e.name: e.overhead for e in result.evaluations},
         "adaptive": {e.name: {"attackers": [{"method": m, "attacker": a} | v for (_, m, a), v in

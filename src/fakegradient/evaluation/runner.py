@@ -77,6 +77,7 @@ class ModelEvaluation:
     heatmaps: dict[str, torch.Tensor]  # method → (k, C, H, W) perturbations of the first k images
     heatmap_images: torch.Tensor  # (k, C, H, W) the clean images
     adaptive: AdaptiveResult | None = None
+    seed: int | None = None  # the seed the evaluation keys and random rows were drawn with
 
 
 @dataclass
@@ -221,7 +222,7 @@ def _evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, sampl
                                 naive, original_top1, config, progress)
     overhead = measure_overhead(served_models, images[:1], original, config.timing_repeats)
     return ModelEvaluation(name, n_real, records, overhead, heatmaps, images[: config.heatmap_images].cpu(),
-                           adaptive)
+                           adaptive, seed)
 
 
 def measure_overhead(served: dict[str, nn.Module], x: torch.Tensor, pipeline: Normalized,
