@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .key import Key
+from .key import Key, softmax
 
 
 @dataclass
@@ -25,7 +25,7 @@ def classify_batch(model: nn.Module, key: Key, images: torch.Tensor, k: int = 5)
     """images (B, C, H, W) normalised → predictions through ``model`` (2N outputs) and ``key``."""
     encrypted = model(images).cpu().numpy()
     real = key.decrypt(encrypted)
-    probs = _softmax(real)
+    probs = softmax(real)
     top1 = encrypted.argmax(axis=1)
     fake = key.is_fake(top1)
     order = np.argsort(-probs, axis=1)[:, :k]
@@ -34,8 +34,3 @@ def classify_batch(model: nn.Module, key: Key, images: torch.Tensor, k: int = 5)
         for i in range(len(order))
     ]
 
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)

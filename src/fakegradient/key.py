@@ -136,6 +136,12 @@ class Key:
         return cls.from_bytes(data, source=f"key file {path}")
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of numpy logits (..., N): the device's class probabilities."""
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def _checksum(payload: dict[str, Any]) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()

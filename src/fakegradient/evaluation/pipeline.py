@@ -9,6 +9,8 @@ from torch import nn
 from torchvision.models._api import WeightsEnum
 from torchvision.transforms._presets import ImageClassification
 
+from ..key import Key
+
 
 class Normalized(nn.Module):
     """``model((x - mean) / std)`` for pixel images x (B, C, H, W) in [0, 1]."""
@@ -35,3 +37,27 @@ def pixel_preprocessing(weights: WeightsEnum) -> tuple[Callable, tuple[float, ..
         antialias=preset.antialias,
     )
     return pixel, tuple(preset.mean), tuple(preset.std)
+
+
+def load_pipeline(spec: str, device: str = "cpu") -> tuple[Normalized, Callable]:
+    """``name[:weights]`` → (pixel-space pipeline in eval mode on ``device``, pixel preprocessing)."""
+    from .. import models
+
+    name, _, weights_name = spec.partition(":")
+    weights = models.get_weights(name, weights_name or "DEFAULT")
+    pixel, mean, std = pixel_preprocessing(weights)
+    return Normalized(models.load(name, weights=weights), mean, std).to(device).eval(), pixel
+
+
+def protected_pipeline(original: Normalized, method: str, *, scale: float, seed: int,
+                       probe: torch.Tensor) -> tuple[Normalized, Key]:
+    """The served pipeline for ``method``: ``original``'s classifier protected, same normalisation.
+
+    ``probe`` is one pixel image (1, C, H, W) the head is traced on.
+    """
+    from ..protection import protect
+
+    protected, key = protect(original.model, method=method, scale=scale, seed=seed,
+                             example_input=(probe - original.mean) / original.std)
+    served = Normalized(protected, original.mean.flatten().tolist(), original.std.flatten().tolist())
+    return served.to(probe.device).eval(), key

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
 from ..errors import FakeGradientError
 from .shards import Shard
@@ -24,31 +23,24 @@ CRASH_ONCE_ENV = "FAKEGRADIENT_TEST_CRASH_ONCE_DIR"  # tests: a worker dies once
 @functools.lru_cache(maxsize=4)
 def _context(config_items: tuple, spec: str):
     """Per worker process: the model, its pixel preprocessing and the sample list (built once)."""
-    from .. import models
-    from .pipeline import Normalized, pixel_preprocessing
+    from .pipeline import load_pipeline
     from .runner import EvaluationConfig, load_samples
 
     config = EvaluationConfig(**dict(config_items))
-    name, _, weights_name = spec.partition(":")
-    weights = models.get_weights(name, weights_name or "DEFAULT")
-    pixel, mean, std = pixel_preprocessing(weights)
-    pipeline = Normalized(models.load(name, weights=weights), mean, std).to(config.device).eval()
+    pipeline, pixel = load_pipeline(spec, config.device)
     return config, pipeline, pixel, load_samples(config)
 
 
 @functools.lru_cache(maxsize=8)
 def _served(config_items: tuple, spec: str, method: str, seed: int):
-    from ..protection import protect
-    from .pipeline import Normalized
+    from ..data import load_batch
+    from .pipeline import protected_pipeline
 
-    config, original, _, _ = _context(config_items, spec)
+    config, original, pixel, samples = _context(config_items, spec)
     if method == "original":
         return original, None
-    probe = torch.zeros(1, 3, 224, 224, device=config.device)  # a head probe; any valid input works
-    protected, key = protect(original.model, method=method, scale=config.scale, seed=seed,
-                             example_input=(probe - original.mean) / original.std)
-    served = Normalized(protected, original.mean.flatten().tolist(), original.std.flatten().tolist())
-    return served.to(config.device).eval(), key
+    probe = load_batch([samples[0].path], pixel).to(config.device)  # the driver traces on image 0 too
+    return protected_pipeline(original, method, scale=config.scale, seed=seed, probe=probe)
 
 
 def run_shard(config_items: tuple, shard: Shard, seed: int, heatmap_images: int):

@@ -14,15 +14,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import models as model_zoo
 from ..attacks.deepfool import DeepFool
 from ..data import Sample, foolbox_imagenet, image_folder, load_batch
 from ..errors import FakeGradientError
 from ..key import Key
-from ..protection import protect
 from .adaptive import AdaptiveResult, run_adaptive
 from .overhead import inference_times, model_size
-from .pipeline import Normalized, pixel_preprocessing
+from .pipeline import Normalized, load_pipeline, protected_pipeline
 from .records import ImageRecord
 from .shards import Shard, ShardStore, attack_batch, plan
 
@@ -122,20 +120,15 @@ def evaluate(config: EvaluationConfig, progress: bool = True, store: ShardStore 
     device = torch.device(config.device)
     evaluations, skipped = [], []
     for spec in config.models:
-        name, _, weights_name = spec.partition(":")
         try:
-            weights = model_zoo.get_weights(name, weights_name or "DEFAULT")
-            model = model_zoo.load(name, weights=weights)
+            pipeline, pixel = load_pipeline(spec, config.device)
         except FakeGradientError as exc:
             skipped.append({"model": spec, "reason": str(exc)})
             continue
-        pixel, mean, std = pixel_preprocessing(weights)
         on_driver = samples if executor is None or config.adaptive else samples[: max(1, config.heatmap_images)]
         images = load_batch([s.path for s in on_driver], pixel)
-        evaluations.append(
-            evaluate_model(spec, Normalized(model, mean, std).to(device).eval(), images.to(device),
-                           samples, config, progress=progress, store=store, executor=executor)
-        )
+        evaluations.append(evaluate_model(spec, pipeline, images.to(device), samples, config, progress=progress,
+                                          store=store, executor=executor))
     return EvaluationResult(config, evaluations, skipped, environment())
 
 
@@ -174,11 +167,8 @@ def _evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, sampl
         if method == "original":
             served[method] = (original, None)
             continue
-        protected, key = protect(original.model, method=method, scale=config.scale, seed=seed,
-                                 example_input=((images[:1] - original.mean) / original.std))
-        pipe = Normalized(protected, original.mean.flatten().tolist(), original.std.flatten().tolist())
-        served[method] = (pipe.to(images.device).eval(), key)
-        served_models[method] = protected
+        served[method] = protected_pipeline(original, method, scale=config.scale, seed=seed, probe=images[:1])
+        served_models[method] = served[method][0].model
 
     shards = plan(name, config.methods, len(samples), config.batch_size)
     results: dict[str, tuple[list[ImageRecord], torch.Tensor | None]] = {}

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import FakeGradientError, KeyMismatch
-from ..key import Key
+from ..key import Key, softmax
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -147,8 +147,7 @@ def classify(url: str, key: Key, images: list[str | Path], *, model_name: str | 
         batch = np.stack([preprocess(p, spec) for p in paths])
         encrypted = client.infer(model, batch)
         real = key.decrypt(encrypted)
-        probs = np.exp(real - real.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = softmax(real)
         top = encrypted.argmax(axis=1)
         fake = key.is_fake(top)
         for i, path in enumerate(paths):
