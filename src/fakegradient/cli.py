@@ -79,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("evaluate", help="Table 1/2 and Figures 6-8: DeepFool on original / protected models")
-    p.add_argument("--models", default="mobilenet_v2:IMAGENET1K_V1",
-                   help="comma-separated name[:weights] (default: mobilenet_v2:IMAGENET1K_V1)")
+    p.add_argument("--models", help="comma-separated name[:weights] (default: the embedded mobilenet_v2:IMAGENET1K_V1)")
     p.add_argument("--methods", default="original,fake-gradient,random-weight",
                    help="comma-separated: original, fake-gradient, random-weight, fake-gradient-hardened")
     p.add_argument("--data", default="foolbox-imagenet",
@@ -235,8 +234,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation.runner import EvaluationConfig, evaluate
     from .evaluation.shards import ShardStore
 
+    from .models import EMBEDDED_SPEC
+
     config = EvaluationConfig(
-        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        models=[m.strip() for m in (args.models or EMBEDDED_SPEC).split(",") if m.strip()],
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         data=args.data, limit=args.limit, seed=args.seed, scale=args.scale, max_iter=args.max_iter,
         clip=args.clip, device=_device(args.device), adaptive=args.adaptive,

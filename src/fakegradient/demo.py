@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 
 from . import models
+from .models import EMBEDDED_MODEL, EMBEDDED_WEIGHTS
 from .classify import classify_batch
 from .data import foolbox_imagenet, load_batch
 from .protection import protect
 
-EMBEDDED_MODEL = "mobilenet_v2"
-EMBEDDED_WEIGHTS = "IMAGENET1K_V1"  # the checkpoint that exists offline (torchvision's DEFAULT is V2)
 
 
 @torch.no_grad()

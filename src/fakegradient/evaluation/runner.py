@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks.deepfool import DeepFool
+from ..models import EMBEDDED_SPEC
 from ..data import Sample, foolbox_imagenet, image_folder, load_batch
 from ..errors import FakeGradientError
 from ..key import Key
@@ -33,7 +34,7 @@ EMBEDDED_DATA = "foolbox-imagenet"
 
 @dataclass
 class EvaluationConfig:
-    models: list[str] = field(default_factory=lambda: ["mobilenet_v2:IMAGENET1K_V1"])  # name[:weights]
+    models: list[str] = field(default_factory=lambda: [EMBEDDED_SPEC])  # name[:weights]
     methods: list[str] = field(default_factory=lambda: list(METHODS[:3]))  # the paper's three
     data: str = EMBEDDED_DATA  # or an ImageFolder path
     limit: int | None = None

@@ -19,6 +19,10 @@ from torchvision.models._api import WeightsEnum
 from ..errors import FakeGradientError, WeightsUnavailable
 from . import efficientnet_lite
 
+# the embedded default: the ImageNet checkpoint that exists offline (torchvision's DEFAULT is V2)
+EMBEDDED_MODEL, EMBEDDED_WEIGHTS = "mobilenet_v2", "IMAGENET1K_V1"
+EMBEDDED_SPEC = f"{EMBEDDED_MODEL}:{EMBEDDED_WEIGHTS}"
+
 EXTRA_BUILDERS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None]] = {
     "efficientnet_lite0": (efficientnet_lite.efficientnet_lite0, efficientnet_lite.EfficientNetLite0_Weights),
     "efficientnet_lite1": (efficientnet_lite.efficientnet_lite1, efficientnet_lite.EfficientNetLite1_Weights),
@@ -57,15 +61,9 @@ def get_weights(name: str, weights: str | WeightsEnum | None = "DEFAULT") -> Wei
     if weights is None or isinstance(weights, WeightsEnum):
         return weights
     _check_name(name)
-    if name in EXTRA_BUILDERS:
-        enum = EXTRA_BUILDERS[name][1]
-        if enum is None:
-            raise WeightsUnavailable(f"model {name!r} has no pretrained weights")
-        try:
-            return enum[weights.rsplit(".", 1)[-1]]
-        except KeyError:
-            raise FakeGradientError(f"model {name!r} has no weights {weights!r}") from None
-    enum = torchvision.models.get_model_weights(name)
+    enum = EXTRA_BUILDERS[name][1] if name in EXTRA_BUILDERS else torchvision.models.get_model_weights(name)
+    if enum is None:
+        raise WeightsUnavailable(f"model {name!r} has no pretrained weights")
     try:
         return enum[weights.rsplit(".", 1)[-1]]
     except KeyError:
