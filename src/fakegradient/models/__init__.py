@@ -67,7 +67,7 @@ def get_weights(name: str, weights: str | WeightsEnum | None = "DEFAULT") -> Wei
     try:
         return enum[weights.rsplit(".", 1)[-1]]
     except KeyError:
-        choices = ", ".join(["DEFAULT", *enum.__members__])
+        choices = ", ".join(enum.__members__)  # includes the DEFAULT alias
         raise FakeGradientError(f"model {name!r} has no weights {weights!r}; choose {choices}") from None
 
 
