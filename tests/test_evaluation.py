@@ -99,3 +99,15 @@ def test_small_end_to_end(digits_model, tmp_path):
     assert payload["evaluation_seeds"] == {"digits": 0}
     assert len((tmp_path / "per_image.csv").read_text().strip().splitlines()) == 37
     assert "| Defense Success Rate (%) | Fake Gradient |" in (tmp_path / "report.md").read_text()
+
+
+def test_report_without_the_original_method(digits_model, tmp_path):
+    """Figures 7/8 compare with the unprotected model even when only protected methods are attacked."""
+    model, x, y = digits_model
+    samples = [Sample(Path(f"digit_{i}.png"), int(label)) for i, label in enumerate(y[:4])]
+    config = EvaluationConfig(models=["digits"], methods=["fake-gradient"], seed=0, timing_repeats=2)
+    evaluation = evaluate_model("digits", Normalized(model, (0.0,), (1.0,)), x[:4], samples, config, progress=False)
+    assert set(evaluation.overhead["size"]) == {"original", "fake-gradient"}
+    write_report(EvaluationResult(config, [evaluation], [], environment()), tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Figures 7 and 8" in report and report.count("| digits | ") >= 2

@@ -1,21 +1,25 @@
 """Scale-out on Ray: same numbers as a single process, survives dying workers, resumes."""
 
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from fakegradient.evaluation import runner
+from fakegradient.data import foolbox_imagenet
+from fakegradient.errors import FakeGradientError
+from fakegradient.evaluation import shards
 from fakegradient.evaluation.runner import EvaluationConfig, evaluate
-from fakegradient.evaluation.shards import ShardStore
+from fakegradient.evaluation.shards import Shard, ShardResult, ShardStore
 
 ray = pytest.importorskip("ray")  # an optional extra; `make test` installs it
 
 
-def small_config():
+def small_config(adaptive: bool = False):
     return EvaluationConfig(models=["mobilenet_v2:IMAGENET1K_V1"], methods=["original", "fake-gradient"],
-                            limit=4, batch_size=2, seed=0, timing_repeats=2)
+                            limit=4, batch_size=2, seed=0, timing_repeats=2, adaptive=adaptive,
+                            blackbox_queries=10, feature_steps=2)
 
 
 @pytest.fixture
@@ -27,13 +31,18 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def single_process_records():
+def single_process():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return evaluate(small_config(), progress=False).records
+        return evaluate(small_config(adaptive=True), progress=False).evaluations[0]
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def single_process_records(single_process):
+    return single_process.records
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +57,48 @@ def crashing_ray(tmp_path_factory):
     ray.shutdown()
 
 
-def test_ray_matches_single_process_despite_dying_workers(crashing_ray, single_process_records, tmp_path):
+def test_ray_matches_single_process_despite_dying_workers(crashing_ray, single_process, tmp_path):
+    """Naive DeepFool and the adaptive attackers on Ray Data actors, each of which dies once per shard."""
     from fakegradient.evaluation.ray_executor import RayExecutor
 
     store = ShardStore(tmp_path / "shards")
-    result = evaluate(small_config(), progress=False, store=store, executor=RayExecutor("local"))
-    assert len(list(crashing_ray.iterdir())) == 4  # every shard's first worker died
-    assert result.records == single_process_records  # complete, in order, no duplicates, same numbers
-    assert len({(r.method, r.image) for r in result.records}) == len(result.records) == 8
-    assert len(list((tmp_path / "shards").glob("*.json"))) == 4
+    on_ray = evaluate(small_config(adaptive=True), progress=False, store=store,
+                      executor=RayExecutor("local")).evaluations[0]
+    shard_ids = {path.stem for path in (tmp_path / "shards").glob("*.json")}
+    assert len(shard_ids) == 4 + 2 + 2  # naive DeepFool, transfer, adaptive
+    assert {path.name for path in crashing_ray.iterdir()} == shard_ids  # every shard's first worker died
+    assert on_ray.records == single_process.records  # complete, in order, no duplicates, same numbers
+    assert len({(r.method, r.image) for r in on_ray.records}) == len(on_ray.records) == 8
+    assert on_ray.adaptive.records == single_process.adaptive.records
+    assert len(on_ray.adaptive.records) == 6 * 4  # six attackers x four images on fake-gradient
+    assert on_ray.adaptive.curves == single_process.adaptive.curves
+    assert on_ray.adaptive.budgets == single_process.adaptive.budgets
+    assert on_ray.adaptive.key_recovery["fake-gradient"]["recovered_pct"] == 100.0
+    assert torch.equal(on_ray.heatmaps["fake-gradient"], single_process.heatmaps["fake-gradient"])
+
+
+def test_a_cpu_decode_stage_feeds_the_actors(crashing_ray, single_process_records):
+    """One actor on two CPUs: images are decoded by Ray Data tasks on the free CPU (the GPU layout)."""
+    from fakegradient.evaluation.ray_executor import RayExecutor
+
+    executor = RayExecutor("local", workers=1)
+    assert evaluate(small_config(), progress=False, executor=executor).records == single_process_records
+    assert executor.decode_stage
+
+
+def test_a_bad_image_on_a_worker_is_a_clear_error(crashing_ray, tmp_path):
+    folder = tmp_path / "data" / "n01"
+    folder.mkdir(parents=True)
+    for i, sample in enumerate(foolbox_imagenet()[:2]):
+        shutil.copy(sample.path, folder / f"a{i}.jpg")
+    (folder / "z.jpg").write_bytes(b"not a jpeg")  # past the driver's heatmap images: only a worker reads it
+    config = EvaluationConfig(models=["mobilenet_v2:IMAGENET1K_V1"], methods=["original"], data=str(tmp_path / "data"),
+                              batch_size=1, max_iter=2, heatmap_images=1, seed=0, timing_repeats=1)
+    from fakegradient.evaluation.ray_executor import RayExecutor
+
+    store = ShardStore(tmp_path / "shards")
+    with pytest.raises(FakeGradientError, match=r"z\.jpg is not a readable image.*--resume"):
+        evaluate(config, progress=False, store=store, executor=RayExecutor("local"))
 
 
 def test_resume_skips_finished_shards(tmp_path, monkeypatch, single_process_records, one_thread):
@@ -64,14 +106,25 @@ def test_resume_skips_finished_shards(tmp_path, monkeypatch, single_process_reco
     first = evaluate(small_config(), progress=False, store=ShardStore(folder)).records
     (folder / "mobilenet_v2_IMAGENET1K_V1__fake-gradient__0000002-0000004.json").unlink()  # "interrupted"
     calls = []
-    real_attack_batch = runner.attack_batch
-    monkeypatch.setattr(runner, "attack_batch", lambda shard, *a: calls.append(shard.id) or real_attack_batch(shard, *a))
+    real_attack_batch = shards.attack_batch
+    monkeypatch.setattr(shards, "attack_batch", lambda shard, *a: calls.append(shard.id) or real_attack_batch(shard, *a))
     second = evaluate(small_config(), progress=False, store=ShardStore(folder, resume=True)).records
     assert calls == ["mobilenet_v2_IMAGENET1K_V1__fake-gradient__0000002-0000004"]
     assert second == first == single_process_records
     calls.clear()
     evaluate(small_config(), progress=False, store=ShardStore(folder, resume=False))
     assert len(calls) == 4  # without --resume everything is recomputed
+
+
+def test_a_stored_shard_is_reused_only_for_the_same_budgets(tmp_path):
+    shard = Shard("m", "fake-gradient", 0, 2, "adaptive", (("base_l2", 0.5), ("naive_l2", 0.1)))
+    store = ShardStore(tmp_path)
+    store.put(shard, ShardResult([{"a": 1}], None, {"feature_curve": [[True, False]]}))
+    assert ShardStore(tmp_path, resume=True).get(shard) == ShardResult([{"a": 1}], None, {"feature_curve": [[True, False]]})
+    other = Shard("m", "fake-gradient", 0, 2, "adaptive", (("base_l2", 0.6), ("naive_l2", 0.1)))
+    assert other.id == shard.id and store.get(other) is None  # budgets changed: recomputed
+    (tmp_path / f"{shard.id}.json").write_text("{not json")
+    assert store.get(shard) is None  # damaged: recomputed
 
 
 def test_nothing_imports_ray_without_the_flag():

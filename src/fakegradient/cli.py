@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blackbox-queries", type=int, default=300)
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run shards on Ray: a local instance, or ADDRESS (auto, ray://host:10001)")
-    p.add_argument("--ray-workers", type=int, help="CPUs of a local Ray instance (default: all)")
+    p.add_argument("--ray-workers", type=int,
+                   help="Ray actors, one CPU or GPU each (default: one per GPU with --device cuda, else per CPU)")
     p.add_argument("--resume", action="store_true", help="reuse the finished shards of an interrupted run in --out")
     p.set_defaults(run=cmd_evaluate)
 

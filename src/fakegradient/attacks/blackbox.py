@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import warnings
 
 import numpy as np
@@ -26,12 +27,15 @@ def square_attack(served: nn.Module, images: torch.Tensor, eps: float, queries: 
         clip_values=(0.0, 1.0), device_type="gpu" if images.is_cuda else "cpu")
     attack = SquareAttack(classifier, norm=norm, eps=eps, max_iter=queries, nb_restarts=1,
                           batch_size=len(images), verbose=False)
-    state = np.random.get_state()  # ART draws from numpy's global generator: fix it, then restore
+    # ART draws from numpy's and Python's global generators: fix both, then restore them
+    numpy_state, python_state = np.random.get_state(), random.getstate()
     np.random.seed(seed)
+    random.seed(seed)
     try:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             adversarial = attack.generate(images.detach().cpu().numpy())
     finally:
-        np.random.set_state(state)
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
     return torch.from_numpy(np.asarray(adversarial, dtype=np.float32)).to(images.device)

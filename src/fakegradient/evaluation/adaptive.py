@@ -1,25 +1,30 @@
 """Adaptive attackers (the paper tried only the naive one): transfer, key recovery, feature space,
-black box, and a sanity attacker holding the key. Defense success = decrypted top-1 unchanged."""
+black box, and a sanity attacker holding the key. Defense success = decrypted top-1 unchanged.
+
+They run as shards (evaluation/shards.py) like the naive DeepFool, on the driver or on Ray:
+``transfer`` shards first, whose ‖r‖₂ sizes set the budgets of the ``adaptive`` shards.
+"""
 
 from __future__ import annotations
 
 import copy
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..attacks.base import norms
 from ..attacks.blackbox import square_attack
-from ..attacks.deepfool import DeepFool
 from ..attacks.feature_space import FeatureSpacePGD
 from ..attacks.key_recovery import recover_real_rows
+from ..data import Sample
 from ..head import build_head, head_parameters, replace_module, trace_head
 from ..key import Key
 from .pipeline import Normalized
+from .records import ImageRecord
+from .shards import Shard, ShardResult, Workbench, deepfool
 
 ATTACKERS = ("naive", "transfer", "key-recovery", "feature-space", "black-box", "sanity")
 CURVE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -41,7 +46,8 @@ class AdaptiveResult:
     records: list[AttackerRecord] = field(default_factory=list)
     key_recovery: dict[str, dict] = field(default_factory=dict)  # method → recovered %, oracle, seconds
     budgets: dict[str, float] = field(default_factory=dict)  # what each budgeted attacker was given
-    curves: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)  # method → attacker → (eps, %)
+    # method → attacker → [(eps, defense success %)]
+    curves: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
 
 
 class Decrypted(nn.Module):
@@ -55,14 +61,9 @@ class Decrypted(nn.Module):
         return self.key.decrypt(self.served(x))
 
 
-def _batched(fn, images: torch.Tensor, batch: int, *extra: torch.Tensor) -> torch.Tensor:
-    return torch.cat([fn(images[i : i + batch], *(e[i : i + batch] for e in extra))
-                      for i in range(0, len(images), batch)])
-
-
 @torch.no_grad()
-def _decrypted_top1(served: nn.Module, key: Key, x: torch.Tensor, batch: int) -> torch.Tensor:
-    return _batched(lambda xb: key.decrypt(served(xb)).argmax(1), x, batch)
+def _decrypted_top1(served: nn.Module, key: Key, x: torch.Tensor) -> torch.Tensor:
+    return key.decrypt(served(x)).argmax(1)
 
 
 def restricted_to_rows(served: Normalized, head: str, positions: np.ndarray) -> Normalized:
@@ -81,83 +82,114 @@ def public_head(served: Normalized, probe: torch.Tensor) -> str:
         return trace_head(served.model, (probe - served.mean) / served.std).head
 
 
-def run_adaptive(name: str, original: Normalized, served: dict[str, tuple[Normalized, Key]], images: torch.Tensor,
-                 image_names: list[str], naive: dict[str, list[tuple[bool, float, float]]],
-                 original_top1: torch.Tensor, config, progress: bool = True) -> AdaptiveResult:
-    """All attackers against every protected method of one model. ``naive[method]`` holds the naive
-    attack's per-image (defense success, ρ, ‖r‖₂) from the main evaluation."""
-    result = AdaptiveResult()
-    batch = config.batch_size
-    attack = DeepFool(config.candidates, config.overshoot, config.max_iter, (0.0, 1.0) if config.clip else None)
-    bar = tqdm(total=len(served) * 5 + 1, desc=f"adaptive {name}", unit="attack", disable=not progress)
+def _records(shard: Shard, method: str, attacker: str, samples: list[Sample], defended: torch.Tensor,
+             adversarial: torch.Tensor, images: torch.Tensor) -> list[dict]:
+    size = norms(adversarial - images, images)
+    return [asdict(AttackerRecord(shard.model, method, attacker, sample.path.name, bool(defended[i]),
+                                  float(size["rho"][i]), float(size["l2"][i])))
+            for i, sample in enumerate(samples)]
 
-    transfer_adv = _batched(lambda xb: attack(original, xb).adversarial, images, batch)
-    transfer_size = norms(transfer_adv - images, images)
-    base = statistics.median(transfer_size["l2"].tolist())  # the natural DeepFool scale on this model
-    grid = [f * base for f in CURVE_FACTORS]
-    result.budgets = {"curve_base_l2": base, "black_box_l2": config.blackbox_factor * base,
-                      "black_box_queries": config.blackbox_queries, "feature_space_steps": config.feature_steps}
-    bar.update()
-    truth = original_top1.to(images.device)
 
-    def add(method: str, attacker: str, adv: torch.Tensor, key: Key, serving: nn.Module) -> torch.Tensor:
-        defended = _decrypted_top1(serving, key, adv, batch) == truth
-        size = norms(adv - images, images)
-        for i, image in enumerate(image_names):
-            result.records.append(AttackerRecord(name, method, attacker, image, bool(defended[i]),
-                                                 float(size["rho"][i]), float(size["l2"][i])))
+def transfer_shard(bench: Workbench, shard: Shard, images: torch.Tensor,
+                   samples: list[Sample]) -> ShardResult:
+    """DeepFool on the original model (public weights), replayed on every protected method.
+    Values: ``l2`` (b,) sizes, whose median over all images sets the other attackers' budgets."""
+    with torch.no_grad():
+        truth = bench.original(images).argmax(1)
+    adversarial = deepfool(bench.config)(bench.original, images).adversarial
+    records = []
+    for method, (pipeline, key) in bench.protected.items():
+        defended = _decrypted_top1(pipeline, key, adversarial) == truth
+        records += _records(shard, method, "transfer", samples, defended, adversarial, images)
+    return ShardResult(records, values={"l2": norms(adversarial - images, images)["l2"].tolist()})
+
+
+def adaptive_shard(bench: Workbench, shard: Shard, images: torch.Tensor,
+                   samples: list[Sample]) -> ShardResult:
+    """Key recovery, feature space, black box and sanity on one method. Values: ``feature_curve``
+    (len(CURVE_FACTORS), b) defended flags of the feature-space attack at each curve budget."""
+    config, budgets = bench.config, dict(shard.budgets)
+    pipeline, key = bench.served[shard.method]
+    attack = deepfool(config)
+    with torch.no_grad():
+        truth = bench.original(images).argmax(1)
+    records = []
+
+    def add(attacker: str, adversarial: torch.Tensor) -> torch.Tensor:
+        defended = _decrypted_top1(pipeline, key, adversarial) == truth
+        records.extend(_records(shard, shard.method, attacker, samples, defended, adversarial, images))
         return defended
 
-    for method, (pipeline, key) in served.items():
-        bar.set_postfix_str(method)
-        naive_flags = naive[method]
-        for i, image in enumerate(image_names):
-            ok, rho, l2 = naive_flags[i]
-            result.records.append(AttackerRecord(name, method, "naive", image, ok, rho, l2))
-        transfer_ok = add(method, "transfer", transfer_adv, key, pipeline)
+    head = public_head(pipeline, images[:1])
+    memo = ("key-recovery", shard.method)  # the attacker's cut-down model, built once per worker
+    if memo not in bench.memo:
+        recovered = recover_real_rows(*head_parameters(pipeline.model.get_submodule(head)))
+        bench.memo[memo] = restricted_to_rows(pipeline, head, recovered.real_positions)
+    add("key-recovery", attack(bench.memo[memo], images).adversarial)
+    pgd, head_name = FeatureSpacePGD(steps=config.feature_steps), "model." + head
 
-        head = public_head(pipeline, images[:1])
+    def eps(value: float) -> torch.Tensor:
+        return torch.full((len(images),), value)
+
+    add("feature-space", pgd(pipeline, head_name, images, eps(budgets["naive_l2"])))
+    add("black-box", square_attack(pipeline, images, config.blackbox_factor * budgets["base_l2"],
+                                   config.blackbox_queries))
+    add("sanity", attack(Decrypted(pipeline, key), images).adversarial)
+    curve = []
+    for factor in CURVE_FACTORS:
+        adversarial = pgd(pipeline, head_name, images, eps(factor * budgets["base_l2"]))
+        curve.append((_decrypted_top1(pipeline, key, adversarial) == truth).tolist())
+    return ShardResult(records, values={"feature_curve": curve})
+
+
+def adaptive_budgets(naive: list[ImageRecord], transfer: list[ShardResult]) -> dict[str, dict[str, float]]:
+    """method → what its adaptive shards get: ``base_l2``, the median ‖r‖₂ of DeepFool on the
+    original (the natural scale on this model), and ``naive_l2``, the naive attack's median ‖r‖₂."""
+    base = statistics.median(l2 for result in transfer for l2 in result.values["l2"])
+    methods = dict.fromkeys(r.method for r in naive if r.method != "original")
+    return {m: {"base_l2": base, "naive_l2": statistics.median(r.l2 for r in naive if r.method == m)}
+            for m in methods}
+
+
+def collect_adaptive(bench: Workbench, naive: list[ImageRecord], transfer: list[ShardResult],
+                     adaptive: list[tuple[Shard, ShardResult]],
+                     budgets: dict[str, dict[str, float]]) -> AdaptiveResult:
+    """The driver's summary of the transfer and adaptive shards (in plan order) of one model."""
+    config, methods = bench.config, list(bench.protected)
+    base = next(iter(budgets.values()))["base_l2"]
+    result = AdaptiveResult(budgets={"curve_base_l2": base, "black_box_l2": config.blackbox_factor * base,
+                                     "black_box_queries": config.blackbox_queries,
+                                     "feature_space_steps": config.feature_steps}
+                            | {f"feature_space_l2[{m}]": budgets[m]["naive_l2"] for m in methods})
+    attacker_records = [AttackerRecord(r.model, r.method, "naive", r.image, r.defense_success, r.rho, r.l2)
+                        for r in naive if r.method in methods]
+    parts = transfer + [part for _, part in adaptive]
+    attacker_records += [AttackerRecord(**r) for part in parts for r in part.records]
+    order = {(m, a): i for i, (m, a) in enumerate((m, a) for m in methods for a in ATTACKERS)}
+    # stable sort: within (method, attacker) the images stay in plan order
+    result.records = sorted(attacker_records, key=lambda r: order[r.method, r.attacker])
+    grid = [f * base for f in CURVE_FACTORS]
+    for method, (pipeline, key) in bench.protected.items():
+        head = public_head(pipeline, bench.first_image())
         recovered = recover_real_rows(*head_parameters(pipeline.model.get_submodule(head)))
         result.key_recovery[method] = {
             "recovered_pct": 100 * recovered.recovered_fraction(key.permutation[: key.n_real]),
             "oracle": recovered.oracle, "seconds": recovered.seconds}
-        attacked = restricted_to_rows(pipeline, head, recovered.real_positions)
-        add(method, "key-recovery", _batched(lambda xb: attack(attacked, xb).adversarial, images, batch), key, pipeline)
-        bar.update()
-
-        head_name = "model." + head
-        naive_l2 = statistics.median(l2 for _, _, l2 in naive_flags)
-        result.budgets[f"feature_space_l2[{method}]"] = naive_l2
-        pgd = FeatureSpacePGD(steps=config.feature_steps)
-        eps = torch.full((len(images),), naive_l2)
-        add(method, "feature-space", _batched(lambda xb, e: pgd(pipeline, head_name, xb, e), images, batch, eps),
-            key, pipeline)
-        bar.update()
-
-        bb = _batched(lambda xb: square_attack(pipeline, xb, config.blackbox_factor * base,
-                                               config.blackbox_queries), images, batch)
-        add(method, "black-box", bb, key, pipeline)
-        bar.update()
-
-        sanity = Decrypted(pipeline, key)
-        add(method, "sanity", _batched(lambda xb: attack(sanity, xb).adversarial, images, batch), key, pipeline)
-        bar.update()
-
-        naive_ok = torch.tensor([ok for ok, _, _ in naive_flags])
-        naive_l2s = torch.tensor([l2 for _, _, l2 in naive_flags])
-        curves = {"naive": [], "transfer": [], "feature-space": []}
-        for eps_value in grid:
-            curves["naive"].append((eps_value, 100 * (naive_ok | (naive_l2s > eps_value)).float().mean().item()))
-            within = transfer_size["l2"].cpu() <= eps_value
-            curves["transfer"].append((eps_value, 100 * (transfer_ok.cpu() | ~within).float().mean().item()))
-            e = torch.full((len(images),), eps_value)
-            adv = _batched(lambda xb, ee: pgd(pipeline, head_name, xb, ee), images, batch, e)
-            defended = _decrypted_top1(pipeline, key, adv, batch) == truth
-            curves["feature-space"].append((eps_value, 100 * defended.float().mean().item()))
-        result.curves[method] = curves
-        bar.update()
-    bar.close()
+        of = [r for r in result.records if r.method == method]
+        naive_m = [r for r in of if r.attacker == "naive"]
+        transfer_m = [r for r in of if r.attacker == "transfer"]
+        flags = np.concatenate([np.array(r.values["feature_curve"], bool).reshape(len(grid), -1)
+                                for shard, r in adaptive if shard.method == method], axis=1)
+        result.curves[method] = {
+            "naive": [(eps, _pct([r.defense_success or r.l2 > eps for r in naive_m])) for eps in grid],
+            "transfer": [(eps, _pct([r.defense_success or r.l2 > eps for r in transfer_m])) for eps in grid],
+            "feature-space": [(eps, _pct(flags[i])) for i, eps in enumerate(grid)],
+        }
     return result
+
+
+def _pct(flags) -> float:
+    return 100 * float(np.mean(flags))
 
 
 def summarize(records: list[AttackerRecord]) -> dict[tuple[str, str, str], dict[str, float]]:

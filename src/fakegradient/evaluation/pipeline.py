@@ -39,14 +39,21 @@ def pixel_preprocessing(weights: WeightsEnum) -> tuple[Callable, tuple[float, ..
     return pixel, tuple(preset.mean), tuple(preset.std)
 
 
+def spec_weights(spec: str) -> WeightsEnum:
+    """``name[:weights]`` → the weights enum member (``DEFAULT`` when none is named)."""
+    from .. import models
+
+    name, _, weights_name = spec.partition(":")
+    return models.get_weights(name, weights_name or "DEFAULT")
+
+
 def load_pipeline(spec: str, device: str = "cpu") -> tuple[Normalized, Callable]:
     """``name[:weights]`` → (pixel-space pipeline in eval mode on ``device``, pixel preprocessing)."""
     from .. import models
 
-    name, _, weights_name = spec.partition(":")
-    weights = models.get_weights(name, weights_name or "DEFAULT")
+    weights = spec_weights(spec)
     pixel, mean, std = pixel_preprocessing(weights)
-    return Normalized(models.load(name, weights=weights), mean, std).to(device).eval(), pixel
+    return Normalized(models.load(spec.partition(":")[0], weights=weights), mean, std).to(device).eval(), pixel
 
 
 def protected_pipeline(original: Normalized, method: str, *, scale: float, seed: int,

@@ -1,99 +1,156 @@
 """Running shards on Ray (optional extra ``fakegradient[ray]``; nothing imports ray without ``--ray``).
 
-Workers load the model from the torch hub cache and their slice of images from the data path
-themselves: nothing but the configuration and the shard travels from the driver. A shard whose
-worker dies or raises is retried by Ray (``max_retries``) and recorded once by the driver.
+Shards go through Ray Data ``map_batches`` to a pool of actors — one GPU each on CUDA, one CPU
+each otherwise — that load the model from the torch hub cache and their images from the data
+path themselves (or from a CPU stage that decodes images ahead of them, when CPUs are left over)
+and keep the model between shards: only the configuration and the shards travel from the driver. A worker that dies is restarted and its shard retried (Ray Data's actor fault
+tolerance); the driver records each shard once, as it finishes. A shard that raises stops the run;
+``--resume`` then continues from the shards already written.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
+import pickle
+import re
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 
+from ..data import Sample
 from ..errors import FakeGradientError
-from .shards import Shard
+from .shards import Shard, ShardResult
 
 CRASH_ONCE_ENV = "FAKEGRADIENT_TEST_CRASH_ONCE_DIR"  # tests: a worker dies once per shard
 
 
-@functools.lru_cache(maxsize=4)
-def _context(config_items: tuple, spec: str):
-    """Per worker process: the model, its pixel preprocessing and the sample list (built once)."""
-    from .pipeline import load_pipeline
-    from .runner import EvaluationConfig, load_samples
+class ShardWorker:
+    """A Ray Data actor: batches of shards (rows ``shard``: JSON) → rows ``result`` (pickled ShardResult)."""
 
-    config = EvaluationConfig(**dict(config_items))
-    pipeline, pixel = load_pipeline(spec, config.device)
-    return config, pipeline, pixel, load_samples(config)
+    def __init__(self, config: dict, seed: int):
+        from .runner import EvaluationConfig
+
+        self.config, self.seed, self.benches = EvaluationConfig(**config), seed, {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from .shards import Workbench, run_shard
+
+        results = []
+        for i, text in enumerate(batch["shard"]):
+            shard = Shard.from_json(str(text))
+            _crash_once_for_tests(shard)
+            if shard.model not in self.benches:
+                self.benches[shard.model] = Workbench.load(self.config, shard.model, self.seed)
+            images = None
+            if "images" in batch:  # decoded by the CPU stage
+                images = torch.from_numpy(pickle.loads(batch["images"][i])).to(self.config.device)
+            results.append(pickle.dumps(run_shard(self.benches[shard.model], shard, images)))
+        return {"shard": batch["shard"], "result": np.array(results, dtype=object)}
+
+
+def decode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The CPU stage: each shard's images (rows ``paths``: JSON) decoded and preprocessed for its
+    model → rows ``images`` (pickled (b, C, H, W) float32), so GPU actors never wait on JPEG decoding."""
+    from ..data import load_batch
+
+    images = []
+    for text, paths in zip(batch["shard"], batch["paths"]):
+        pixel = _pixel_preprocessing(Shard.from_json(str(text)).model)
+        images.append(pickle.dumps(load_batch([Path(p) for p in json.loads(str(paths))], pixel).numpy()))
+    return {"shard": batch["shard"], "images": np.array(images, dtype=object)}
 
 
 @functools.lru_cache(maxsize=8)
-def _served(config_items: tuple, spec: str, method: str, seed: int):
-    from ..data import load_batch
-    from .pipeline import protected_pipeline
+def _pixel_preprocessing(spec: str):
+    from .pipeline import pixel_preprocessing, spec_weights
 
-    config, original, pixel, samples = _context(config_items, spec)
-    if method == "original":
-        return original, None
-    probe = load_batch([samples[0].path], pixel).to(config.device)  # the driver traces on image 0 too
-    return protected_pipeline(original, method, scale=config.scale, seed=seed, probe=probe)
+    return pixel_preprocessing(spec_weights(spec))[0]
 
 
-def run_shard(config_items: tuple, shard: Shard, seed: int, heatmap_images: int):
-    """One shard on a worker → (records as dicts, perturbations of heatmap images or None)."""
+def _root_cause(exc: BaseException) -> str:
+    """The worker's own error from a Ray error, whose text holds the remote traceback (the
+    original exception is not kept as an object): our message if it is ours, else the first
+    exception line, which is the root of the chain."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    ours = re.search(r"FakeGradientError: (.+)", text)
+    if ours:
+        return ours.group(1)
+    first = re.search(r"^\s*([\w.]+(?:Error|Exception|Exit)): (.+)$", text, re.MULTILINE)
+    return f"{first.group(1)}: {first.group(2)}" if first else text.splitlines()[0] if text else type(exc).__name__
+
+
+def _crash_once_for_tests(shard: Shard) -> None:
     crash_dir = os.environ.get(CRASH_ONCE_ENV)
     if crash_dir:
         marker = Path(crash_dir) / shard.id
         if not marker.exists():
             marker.touch()
-            os._exit(1)  # simulate a worker killed mid-run
-    from ..attacks.deepfool import DeepFool
-    from ..data import load_batch
-    from .runner import full_fp32
-    from .shards import attack_batch
-
-    config, original, pixel, samples = _context(config_items, shard.model)
-    served, key = _served(config_items, shard.model, shard.method, seed)
-    part = samples[shard.start : shard.stop]
-    images = load_batch([s.path for s in part], pixel).to(config.device)
-    attack = DeepFool(config.candidates, config.overshoot, config.max_iter, (0.0, 1.0) if config.clip else None)
-    with full_fp32():
-        records, perturbation = attack_batch(shard, original, served, key, images, part, attack)
-    keep = max(0, heatmap_images - shard.start)
-    return [asdict(r) for r in records], (perturbation[:keep].numpy() if keep else None)
+            os._exit(1)  # a worker killed mid-run
 
 
 class RayExecutor:
-    """Submits shards as Ray tasks and yields (shard, records, perturbation) as they finish."""
+    """Runs shards on a local Ray instance or a cluster and yields (shard, result) as they finish."""
 
     def __init__(self, address: str | None, workers: int | None = None):
+        if workers is not None and workers < 1:
+            raise FakeGradientError(f"--ray-workers must be >= 1, got {workers}")
         try:
             import ray
+            import ray.data
         except ImportError:
-            raise FakeGradientError("--ray needs Ray: pip install 'fakegradient[ray]'") from None
-        self.ray = ray
+            raise FakeGradientError("--ray needs Ray Data: pip install 'fakegradient[ray]'") from None
+        self.ray, self.workers, self.decode_stage = ray, workers, False
+        local = address in (None, "", "local")
         if not ray.is_initialized():
-            kwargs = {"num_cpus": workers} if address in (None, "", "local") and workers else {}
-            ray.init(address=None if address in (None, "", "local") else address, include_dashboard=False,
-                     log_to_driver=False, logging_level="ERROR", **kwargs)
-        self.remote = ray.remote(max_retries=3, retry_exceptions=True)(run_shard)
+            ray.init(address=None if local else address, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR", **({"num_cpus": workers} if local and workers else {}))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the driver shows one bar of its own
+        context.execution_options.preserve_order = False  # results as they finish
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
 
-    def run(self, config, shards: list[Shard], seed: int) -> Iterator[tuple[Shard, list[dict], object]]:
+    def pool_size(self, gpu: bool) -> int:
+        """Actors: ``--ray-workers``, else one per GPU of the cluster (CUDA) or one per CPU."""
+        resource = "GPU" if gpu else "CPU"
+        available = int(self.ray.cluster_resources().get(resource, 0))
+        if available < 1 or (self.workers or 0) > available:
+            raise FakeGradientError(f"the Ray cluster has {available} {resource}(s); each worker needs one"
+                                    + (f" (--ray-workers {self.workers})" if self.workers else ""))
+        return self.workers or available
+
+    def run(self, config, samples: list[Sample], shards: list[Shard],
+            seed: int) -> Iterator[tuple[Shard, ShardResult]]:
+        """Shards of ``samples`` through the actors; when the actors leave CPUs free (always with GPU
+        actors on a node with more CPUs than GPUs), a CPU stage decodes the next shards' images."""
         from .runner import config_dict
 
-        items = tuple(sorted(config_dict(config).items(), key=lambda kv: kv[0]))
-        items = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in items)
-        pending = {self.remote.options(num_gpus=1 if config.device.startswith("cuda") else 0)
-                   .remote(items, shard, seed, config.heatmap_images): shard for shard in shards}
-        while pending:
-            done, _ = self.ray.wait(list(pending), num_returns=1)
-            shard = pending.pop(done[0])
-            records, perturbation = self.ray.get(done[0])
-            yield shard, records, perturbation
+        if not shards:
+            return
+        gpu = config.device.startswith("cuda")
+        size = min(self.pool_size(gpu), len(shards))
+        decode = self.decode_stage = int(self.ray.cluster_resources().get("CPU", 0)) > size
+        items = [{"shard": shard.to_json(),
+                  "paths": json.dumps([str(sample.path) for sample in samples[shard.start : shard.stop]])}
+                 for shard in shards]
+        data = self.ray.data.from_items(items, override_num_blocks=len(items))  # a block (one call) a shard
+        if decode:
+            data = data.map_batches(decode_images, batch_size=1, num_cpus=1)
+        arguments = (json.loads(json.dumps(config_dict(config))), seed)
+        results = data.map_batches(
+            ShardWorker, fn_constructor_args=arguments, batch_size=1, num_gpus=1 if gpu else 0, num_cpus=1,
+            compute=self.ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1))
+        try:
+            for row in results.iter_rows():
+                yield Shard.from_json(str(row["shard"])), pickle.loads(row["result"])
+        except self.ray.exceptions.RayError as exc:
+            raise FakeGradientError(f"a shard failed on a Ray worker: {_root_cause(exc)}. The finished shards "
+                                    "are kept: fix the cause and rerun with --resume") from None
 
     def shutdown(self) -> None:
         self.ray.shutdown()

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import secrets
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..attacks.deepfool import DeepFool
-from ..models import EMBEDDED_SPEC
 from ..data import Sample, foolbox_imagenet, image_folder, load_batch
 from ..errors import FakeGradientError
-from ..key import Key
-from .adaptive import AdaptiveResult, run_adaptive
+from ..models import EMBEDDED_SPEC
+from .adaptive import AdaptiveResult, adaptive_budgets, collect_adaptive
 from .overhead import inference_times, model_size
-from .pipeline import Normalized, load_pipeline, protected_pipeline
+from .pipeline import Normalized, load_pipeline
 from .records import ImageRecord
-from .shards import Shard, ShardStore, attack_batch, plan
+from .shards import Shard, ShardResult, ShardStore, Workbench, full_fp32, plan, run_shard, served_pipelines
 
 if TYPE_CHECKING:
     from .ray_executor import RayExecutor
@@ -98,18 +95,6 @@ def load_samples(config: EvaluationConfig) -> list[Sample]:
     return image_folder(config.data, config.limit)
 
 
-@contextlib.contextmanager
-def full_fp32() -> Iterator[None]:
-    """No TF32 on CUDA while evaluating: borderline adversarial decisions must not depend on batch size."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-
-
 def evaluate(config: EvaluationConfig, progress: bool = True, store: ShardStore | None = None,
              executor: RayExecutor | None = None) -> EvaluationResult:
     """Load each model by name (skipping those whose weights are absent) and evaluate it.
@@ -126,7 +111,7 @@ def evaluate(config: EvaluationConfig, progress: bool = True, store: ShardStore 
         except FakeGradientError as exc:
             skipped.append({"model": spec, "reason": str(exc)})
             continue
-        on_driver = samples if executor is None or config.adaptive else samples[: max(1, config.heatmap_images)]
+        on_driver = samples if executor is None else samples[: max(1, config.heatmap_images)]
         images = load_batch([s.path for s in on_driver], pixel)
         evaluations.append(evaluate_model(spec, pipeline, images.to(device), samples, config, progress=progress,
                                           store=store, executor=executor))
@@ -157,60 +142,52 @@ def evaluate_model(
 def _evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, samples: list[Sample],
                     config: EvaluationConfig, progress: bool, store: ShardStore,
                     executor: RayExecutor | None) -> ModelEvaluation:
-    attack = DeepFool(config.candidates, config.overshoot, config.max_iter, (0.0, 1.0) if config.clip else None)
     original = pipeline.eval()
     # evaluation keys: seeded so that every worker builds the same protected model (they are
     # experiment keys, never deployed); a run without --seed draws one from the CSPRNG
     seed = config.seed if config.seed is not None else secrets.randbits(63)
-    served: dict[str, tuple[Normalized, Key | None]] = {}
-    served_models: dict[str, nn.Module] = {"original": original.model}
+    bench = Workbench(config, original, served_pipelines(original, config, seed, images[:1]), samples, images)
+    protected = list(bench.protected)
+    n = len(samples)
+
+    def run(shards: list[Shard], desc: str) -> list[ShardResult]:
+        """Stored shards, then the rest on the executor or here; results in plan order."""
+        results = {shard: store.get(shard) for shard in shards}
+        todo = [shard for shard, result in results.items() if result is None]
+        with tqdm(total=sum(map(len, shards)), initial=sum(map(len, shards)) - sum(map(len, todo)), desc=desc,
+                  unit="img", disable=not progress) as bar:
+            done = (executor.run(config, samples, todo, seed) if executor
+                    else ((shard, run_shard(bench, shard)) for shard in todo))
+            for shard, result in done:
+                store.put(shard, result)
+                results[shard] = result
+                finished = sum(r is not None for r in results.values())
+                bar.set_postfix_str(f"{finished}/{len(shards)} shards, last: {shard.stage} {shard.method}")
+                bar.update(len(shard))
+        return [results[shard] for shard in shards]
+
+    deepfool_shards = plan(name, config.methods, n, config.batch_size)
+    adaptive_run = config.adaptive and bool(protected)
+    transfer_shards = plan(name, ["original"], n, config.batch_size, "transfer") if adaptive_run else []
+    first = run(deepfool_shards + transfer_shards, f"DeepFool {name}")
+    results, transfer = first[: len(deepfool_shards)], first[len(deepfool_shards) :]
+    # in plan order: no gaps, no repeats
+    records = [ImageRecord(**r) for result in results for r in result.records]
+    heatmaps = {}
     for method in config.methods:
-        if method == "original":
-            served[method] = (original, None)
-            continue
-        served[method] = protected_pipeline(original, method, scale=config.scale, seed=seed, probe=images[:1])
-        served_models[method] = served[method][0].model
-
-    shards = plan(name, config.methods, len(samples), config.batch_size)
-    results: dict[str, tuple[list[ImageRecord], torch.Tensor | None]] = {}
-    for shard in shards:
-        cached = store.get(shard)
-        if cached is not None:
-            results[shard.id] = cached
-    todo = [shard for shard in shards if shard.id not in results]
-    bar = tqdm(total=len(samples) * len(config.methods), initial=sum(len(s) for s in shards) - sum(len(s) for s in todo),
-               desc=f"DeepFool {name}", unit="img", disable=not progress)
-
-    def finish(shard: Shard, records: list[ImageRecord], perturbation: torch.Tensor | None) -> None:
-        keep = max(0, config.heatmap_images - shard.start)
-        perturbation = perturbation[:keep] if perturbation is not None and keep else None
-        store.put(shard, records, perturbation)
-        results[shard.id] = (records, perturbation)
-        bar.set_postfix_str(shard.method)
-        bar.update(len(shard))
-
-    if executor is None:
-        for shard in todo:
-            pipe, key = served[shard.method]
-            finish(shard, *attack_batch(shard, original, pipe, key, images[shard.start : shard.stop],
-                                        samples[shard.start : shard.stop], attack))
-    else:
-        for shard, records, perturbation in executor.run(config, todo, seed):
-            finish(shard, [ImageRecord(**r) for r in records],
-                   None if perturbation is None else torch.from_numpy(perturbation))
-    bar.close()
-
-    records = [r for shard in shards for r in results[shard.id][0]]  # plan order: no duplicates, no gaps
-    heatmaps = {m: torch.cat([results[s.id][1] for s in shards if s.method == m and results[s.id][1] is not None])
-                for m in config.methods if any(s.method == m and results[s.id][1] is not None for s in shards)}
-    protected_pipelines = {m: (p, k) for m, (p, k) in served.items() if k is not None}
-    n_real = next((k.n_real for _, k in protected_pipelines.values()), 0)
+        parts = [r.perturbation for s, r in zip(deepfool_shards, results) if s.method == method and
+                 r.perturbation is not None]
+        if parts:
+            heatmaps[method] = torch.from_numpy(np.concatenate(parts))
     adaptive = None
-    if config.adaptive and protected_pipelines:
-        naive = {m: [(r.defense_success, r.rho, r.l2) for r in records if r.method == m] for m in protected_pipelines}
-        original_top1 = torch.tensor([r.original_top1 for r in records if r.method == config.methods[0]])
-        adaptive = run_adaptive(name, original, protected_pipelines, images, [s.path.name for s in samples],
-                                naive, original_top1, config, progress)
+    if transfer_shards:
+        budgets = adaptive_budgets(records, transfer)
+        adaptive_shards = plan(name, protected, n, config.batch_size, "adaptive", budgets)
+        adaptive_results = run(adaptive_shards, f"adaptive {name}")
+        adaptive = collect_adaptive(bench, records, transfer, list(zip(adaptive_shards, adaptive_results)),
+                                    budgets)
+    served_models = {"original": original.model} | {m: p.model for m, (p, _) in bench.served.items()}
+    n_real = next((k.n_real for _, k in bench.protected.values()), 0)
     overhead = measure_overhead(served_models, images[:1], original, config.timing_repeats)
     return ModelEvaluation(name, n_real, records, overhead, heatmaps, images[: config.heatmap_images].cpu(),
                            adaptive, seed)
