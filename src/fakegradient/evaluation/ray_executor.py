@@ -3,9 +3,10 @@
 Shards go through Ray Data ``map_batches`` to a pool of actors — one GPU each on CUDA, one CPU
 each otherwise — that load the model from the torch hub cache and their images from the data
 path themselves (or from a CPU stage that decodes images ahead of them, when CPUs are left over)
-and keep the model between shards: only the configuration and the shards travel from the driver. A worker that dies is restarted and its shard retried (Ray Data's actor fault
-tolerance); the driver records each shard once, as it finishes. A shard that raises stops the run;
-``--resume`` then continues from the shards already written.
+and keep the model between shards: only the configuration and the shards travel from the driver.
+A worker that dies is restarted and its shard retried (Ray Data's actor fault tolerance); the
+driver records each shard once, as it finishes. A shard that raises stops the run; ``--resume``
+then continues from the shards already written.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def _root_cause(exc: BaseException) -> str:
     if ours:
         return ours.group(1)
     first = re.search(r"^\s*([\w.]+(?:Error|Exception|Exit)): (.+)$", text, re.MULTILINE)
-    return f"{first.group(1)}: {first.group(2)}" if first else text.splitlines()[0] if text else type(exc).__name__
+    if first:
+        return f"{first.group(1)}: {first.group(2)}"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _crash_once_for_tests(shard: Shard) -> None:
@@ -149,8 +152,8 @@ class RayExecutor:
             for row in results.iter_rows():
                 yield Shard.from_json(str(row["shard"])), pickle.loads(row["result"])
         except self.ray.exceptions.RayError as exc:
-            raise FakeGradientError(f"a shard failed on a Ray worker: {_root_cause(exc)}. The finished shards "
-                                    "are kept: fix the cause and rerun with --resume") from None
+            raise FakeGradientError(f"a shard failed on a Ray worker: {_root_cause(exc)}. The finished "
+                                    "shards are kept: fix the cause and rerun with --resume") from None
 
     def shutdown(self) -> None:
         self.ray.shutdown()

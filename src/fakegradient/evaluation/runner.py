@@ -60,6 +60,8 @@ class EvaluationConfig:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.timing_repeats < 2:
+            raise ValueError(f"timing_repeats must be >= 2 (a median and an IQR), got {self.timing_repeats}")
 
 
 @dataclass
@@ -103,6 +105,8 @@ def evaluate(config: EvaluationConfig, progress: bool = True, store: ShardStore 
     workers load model and images themselves and the driver loads only what it plots or times.
     """
     samples = load_samples(config)
+    if store is not None:
+        store.begin(config_dict(config))
     device = torch.device(config.device)
     evaluations, skipped = [], []
     for spec in config.models:
@@ -144,8 +148,8 @@ def _evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, sampl
                     executor: RayExecutor | None) -> ModelEvaluation:
     original = pipeline.eval()
     # evaluation keys: seeded so that every worker builds the same protected model (they are
-    # experiment keys, never deployed); a run without --seed draws one from the CSPRNG
-    seed = config.seed if config.seed is not None else secrets.randbits(63)
+    # experiment keys, never deployed); a run without --seed draws one from the CSPRNG, once per run
+    seed = config.seed if config.seed is not None else store.seed(name, lambda: secrets.randbits(63))
     bench = Workbench(config, original, served_pipelines(original, config, seed, images[:1]), samples, images)
     protected = list(bench.protected)
     n = len(samples)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .runner import EvaluationConfig
 
 STAGES = ("deepfool", "transfer", "adaptive")
+RESUMABLE_CHANGES = ("device", "timing_repeats", "adaptive")  # settings a resumed run may change
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class Shard:
         model = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model)
         stage = "" if self.stage == "deepfool" else f"{self.stage}-"
         return f"{model}__{stage}{self.method}__{self.start:07d}-{self.stop:07d}"
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown shard stage {self.stage!r}; one of {', '.join(STAGES)}")
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -107,8 +112,9 @@ def served_pipelines(original: Normalized, config: EvaluationConfig, seed: int,
 
 @dataclass
 class Workbench:
-    """What the shards of one model are computed from. The driver hands it all images; a Ray
-    worker builds it with :meth:`load` and reads each shard's images from the data path."""
+    """What the shards of one model are computed from. The driver hands it the images it loaded
+    (all of them without Ray); a Ray worker builds it with :meth:`load` and reads each shard's
+    images from the data path."""
 
     config: EvaluationConfig
     original: Normalized
@@ -194,7 +200,8 @@ def attack_batch(shard: Shard, original: nn.Module, served: nn.Module, key: Key 
 
 class ShardStore:
     """Finished shards as files (``<id>.json``: the shard and its records and values, ``<id>.npy``:
-    heatmap perturbations), written atomically as they finish. ``resume=False`` starts afresh."""
+    heatmap perturbations), written atomically as they finish, and ``run.json``: the run's settings
+    and evaluation seeds, so that a resumed run uses the same ones. ``resume=False`` starts afresh."""
 
     def __init__(self, folder: Path | None, resume: bool = False):
         self.folder = folder
@@ -205,6 +212,43 @@ class ShardStore:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise FakeGradientError(f"cannot use {folder} for shard results: {exc.strerror or exc}") from None
+
+    def begin(self, settings: dict[str, Any]) -> None:
+        """A fresh run records its settings; a resumed run must have the same ones."""
+        if self.folder is None:
+            return
+        kept = {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in RESUMABLE_CHANGES}
+        run = self._run()
+        if run is None:
+            self._write_run({"settings": kept, "seeds": {}})
+        elif run["settings"] != kept:
+            stored = run["settings"]
+            changed = sorted(k for k in kept.keys() | stored.keys() if kept.get(k) != stored.get(k))
+            raise FakeGradientError(f"--resume: the unfinished run in {self.folder.parent} used other "
+                                    f"settings ({', '.join(changed)}); rerun with the same ones, or without "
+                                    "--resume")
+
+    def seed(self, model: str, draw: Callable[[], int]) -> int:
+        """The evaluation seed of ``model`` in this run: the stored one when resuming, else ``draw()``."""
+        run = self._run()
+        if run is None:
+            return draw()
+        if model not in run["seeds"]:
+            run["seeds"][model] = draw()
+            self._write_run(run)
+        return int(run["seeds"][model])
+
+    def _run(self) -> dict[str, Any] | None:
+        if self.folder is None or not (self.folder / "run.json").is_file():
+            return None
+        try:
+            return json.loads((self.folder / "run.json").read_text())
+        except (json.JSONDecodeError, OSError) as exc:
+            raise FakeGradientError(f"--resume: {self.folder / 'run.json'} is damaged ({exc}); "
+                                    "rerun without --resume") from None
+
+    def _write_run(self, run: dict[str, Any]) -> None:
+        write_bytes_atomic(self.folder / "run.json", json.dumps(run).encode())
 
     def get(self, shard: Shard) -> ShardResult | None:
         """The stored result, or None when absent, damaged, or made for other budgets."""
