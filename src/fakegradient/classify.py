@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from .key import Key, softmax
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass
@@ -20,12 +23,9 @@ class Prediction:
     topk: list[tuple[int, float]]  # (class index, softmax probability) over the real logits
 
 
-@torch.no_grad()
-def classify_batch(model: nn.Module, key: Key, images: torch.Tensor, k: int = 5) -> list[Prediction]:
-    """images (B, C, H, W) normalised → predictions through ``model`` (2N outputs) and ``key``."""
-    encrypted = model(images).cpu().numpy()
-    real = key.decrypt(encrypted)
-    probs = softmax(real)
+def predictions(key: Key, encrypted: np.ndarray, k: int = 5) -> list[Prediction]:
+    """Encrypted outputs (B, 2N) → what the cloud saw and the decrypted top-k, per image (numpy only)."""
+    probs = softmax(key.decrypt(encrypted))
     top1 = encrypted.argmax(axis=1)
     fake = key.is_fake(top1)
     order = np.argsort(-probs, axis=1)[:, :k]
@@ -34,3 +34,11 @@ def classify_batch(model: nn.Module, key: Key, images: torch.Tensor, k: int = 5)
         for i in range(len(order))
     ]
 
+
+def classify_batch(model: nn.Module, key: Key, images: torch.Tensor, k: int = 5) -> list[Prediction]:
+    """images (B, C, H, W) normalised → predictions through ``model`` (2N outputs) and ``key``."""
+    import torch
+
+    with torch.no_grad():
+        encrypted = model(images).cpu().numpy()
+    return predictions(key, encrypted, k)

@@ -7,11 +7,14 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import FakeGradientError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -71,4 +74,6 @@ def open_rgb(path: str | Path) -> Image.Image:
 
 def load_batch(paths: list[Path], transform) -> torch.Tensor:
     """Images → (B, C, H, W) float tensor through ``transform`` (e.g. ``weights.transforms()``)."""
+    import torch
+
     return torch.stack([transform(open_rgb(p)) for p in paths])

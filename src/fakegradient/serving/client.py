@@ -14,24 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..classify import predictions
+from ..data import open_rgb
 from ..errors import FakeGradientError, KeyMismatch
-from ..key import Key, softmax
-
-HEADER_LENGTH = "Inference-Header-Content-Length"
+from ..key import Key
+from .protocol import HEADER_LENGTH
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
 def preprocess(path: str | Path, spec: dict[str, Any]) -> np.ndarray:
     """One image → (3, crop, crop) float32, as torchvision's preset ``spec`` would make it."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except FileNotFoundError:
-        raise FakeGradientError(f"no such image: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise FakeGradientError(f"{path} is not a readable image ({exc.__class__.__name__})") from None
+    image = open_rgb(path)
     size, crop = int(spec["resize"]), int(spec["crop"])
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
@@ -145,15 +140,8 @@ def classify(url: str, key: Key, images: list[str | Path], *, model_name: str | 
     for start in range(0, len(images), batch_size):
         paths = images[start : start + batch_size]
         batch = np.stack([preprocess(p, spec) for p in paths])
-        encrypted = client.infer(model, batch)
-        real = key.decrypt(encrypted)
-        probs = softmax(real)
-        top = encrypted.argmax(axis=1)
-        fake = key.is_fake(top)
-        for i, path in enumerate(paths):
-            order = np.argsort(-probs[i])[:k]
+        for path, pred in zip(paths, predictions(key, client.infer(model, batch), k)):
             results.append(Classification(
-                Path(path).name, int(top[i]), bool(fake[i]),
-                [(int(c), categories[c] if c < len(categories) else f"class {c}", float(probs[i, c]))
-                 for c in order]))
+                Path(path).name, pred.encrypted_top1, pred.encrypted_top1_is_fake,
+                [(c, categories[c] if c < len(categories) else f"class {c}", p) for c, p in pred.topk]))
     return results

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import FakeGradientError
+from ..key import KEY_FORMAT
 
-KEY_MARKER = b'"format": "fakegradient-key"'
+KEY_MARKER = f'"format": "{KEY_FORMAT}"'.encode()  # as Key.save writes it
 
 
 @dataclass
