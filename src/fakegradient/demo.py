@@ -11,7 +11,6 @@ from .data import foolbox_imagenet, load_batch
 from .protection import protect
 
 
-
 @torch.no_grad()
 def run_demo(seed: int | None = None) -> dict[str, float]:
     """Print a per-image table and return the fake-output and functionality rates (0..1)."""

@@ -120,12 +120,13 @@ def adaptive_shard(bench: Workbench, shard: Shard, images: torch.Tensor,
         records.extend(_records(shard, shard.method, attacker, samples, defended, adversarial, images))
         return defended
 
-    head = public_head(pipeline, images[:1])
-    memo = ("key-recovery", shard.method)  # the attacker's cut-down model, built once per worker
+    memo = ("key-recovery", shard.method)  # head name and cut-down model, built once per worker
     if memo not in bench.memo:
+        head = public_head(pipeline, images[:1])
         recovered = recover_real_rows(*head_parameters(pipeline.model.get_submodule(head)))
-        bench.memo[memo] = restricted_to_rows(pipeline, head, recovered.real_positions)
-    add("key-recovery", attack(bench.memo[memo], images).adversarial)
+        bench.memo[memo] = head, restricted_to_rows(pipeline, head, recovered.real_positions)
+    head, attacked = bench.memo[memo]
+    add("key-recovery", attack(attacked, images).adversarial)
     pgd, head_name = FeatureSpacePGD(steps=config.feature_steps), "model." + head
 
     def eps(value: float) -> torch.Tensor:
