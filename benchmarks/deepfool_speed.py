@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from fakegradient import models
+from fakegradient.models import EMBEDDED_SPEC
 from fakegradient.attacks.base import norms
 from fakegradient.attacks.deepfool import DeepFool
 from fakegradient.data import foolbox_imagenet, load_batch
-from fakegradient.evaluation.pipeline import Normalized, pixel_preprocessing
+from fakegradient.evaluation.pipeline import load_pipeline
 
 
 def timed(fn):
@@ -33,7 +33,7 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mobilenet_v2:IMAGENET1K_V1")
+    parser.add_argument("--model", default=EMBEDDED_SPEC)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=1, help="repeat the photos to make a larger batch")
@@ -43,10 +43,7 @@ def main() -> None:
 
     import foolbox as fb
 
-    name, _, weights_name = args.model.partition(":")
-    weights = models.get_weights(name, weights_name or "DEFAULT")
-    pixel, mean, std = pixel_preprocessing(weights)
-    model = Normalized(models.load(name, weights=weights), mean, std).to(args.device).eval()
+    model, pixel = load_pipeline(args.model, args.device)
     samples = foolbox_imagenet()[: args.images]
     x = load_batch([s.path for s in samples], pixel).repeat(args.repeat, 1, 1, 1).to(args.device)
     with torch.no_grad():

@@ -29,10 +29,9 @@ from fakegradient.serving.client import InferenceClient
 
 
 def export_models(root: Path) -> None:
-    weights = models.get_weights("mobilenet_v2", "IMAGENET1K_V1")
-    model = models.load("mobilenet_v2", weights=weights)
+    model = models.load(models.EMBEDDED_MODEL, weights=models.EMBEDDED_WEIGHTS)
     protected, key = protect(model)
-    info = ModelInfo("mobilenet_v2", key.head, key.n_real, key.model_fingerprint)
+    info = ModelInfo(models.EMBEDDED_MODEL, key.head, key.n_real, key.model_fingerprint)
     (root / "protected").mkdir()
     export_onnx(root / "protected" / "model.onnx", protected, info)
     (root / "unprotected").mkdir()
