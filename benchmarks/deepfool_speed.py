@@ -2,8 +2,8 @@
 
     python benchmarks/deepfool_speed.py [--model mobilenet_v2:IMAGENET1K_V1] [--images 8] [--device cpu] [--art-images 2]
 
-Same model, same images, same settings (top-10 candidates, overshoot 0.02, 50 steps, clipping
-to [0, 1] as foolbox does). Prints images/s of each, the ratio, the agreement on success and the
+Same model, same images, same settings (fakegradient.defaults: top-10 candidates, overshoot 0.02,
+50 steps; clipping to [0, 1] as foolbox does). Prints images/s of each, the ratio, the agreement on success and the
 median-ρ difference. Goal (issue 3): ≥ 2× foolbox's throughput at ≥ 95 % agreement.
 """
 
@@ -14,10 +14,11 @@ import time
 
 import torch
 
-from fakegradient.models import EMBEDDED_SPEC
+from fakegradient import defaults
 from fakegradient.attacks.base import norms
 from fakegradient.attacks.deepfool import DeepFool
 from fakegradient.data import foolbox_imagenet, load_batch
+from fakegradient.defaults import EMBEDDED_SPEC
 from fakegradient.evaluation.pipeline import load_pipeline
 
 
@@ -62,7 +63,8 @@ def main() -> None:
     ours, t_ours = timed(lambda: DeepFool(clip=(0.0, 1.0))(model, x))
     rows = [show("fakegradient DeepFool", n, t_ours, ours.success, norms(ours.perturbation(x), x)["rho"])]
     fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=args.device)
-    attack = fb.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02)
+    attack = fb.attacks.L2DeepFoolAttack(steps=defaults.MAX_ITER, candidates=defaults.CANDIDATES,
+                                         overshoot=defaults.OVERSHOOT)
     (_, fb_adv, fb_success), t_fb = timed(lambda: attack(fmodel, x, labels, epsilons=None))
     rows.append(show("foolbox L2DeepFoolAttack", n, t_fb, fb_success, norms(fb_adv - x, x)["rho"]))
     if args.art_images:
@@ -88,7 +90,8 @@ def art_row(model, x, labels, device):
         n_classes = model(x[:1]).shape[1]
     classifier = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
                                    nb_classes=n_classes, clip_values=(0.0, 1.0), device_type="gpu" if "cuda" in device else "cpu")
-    attack = ArtDeepFool(classifier, max_iter=50, epsilon=0.02, nb_grads=10, batch_size=len(x), verbose=False)
+    attack = ArtDeepFool(classifier, max_iter=defaults.MAX_ITER, epsilon=defaults.OVERSHOOT,
+                         nb_grads=defaults.CANDIDATES, batch_size=len(x), verbose=False)
     adv, seconds = timed(lambda: attack.generate(x.cpu().numpy()))
     adv = torch.from_numpy(np.asarray(adv)).to(x.device)
     with torch.no_grad():

@@ -24,16 +24,17 @@ import numpy as np
 import torch
 
 from fakegradient import models, protect
-from fakegradient.modelfile import ModelInfo, export_onnx
+from fakegradient.modelfile import write_bundle
 from fakegradient.serving.client import InferenceClient
 
 
 def export_models(root: Path) -> None:
-    model = models.load(models.EMBEDDED_MODEL, weights=models.EMBEDDED_WEIGHTS)
+    weights = models.get_weights(models.EMBEDDED_MODEL, models.EMBEDDED_WEIGHTS)
+    model = models.load(models.EMBEDDED_MODEL, weights=weights)
     protected, key = protect(model)
-    info = ModelInfo(models.EMBEDDED_MODEL, key.head, key.n_real, key.model_fingerprint)
     (root / "protected").mkdir()
-    export_onnx(root / "protected" / "model.onnx", protected, info)
+    write_bundle(root / "protected", protected, key, input_size=[3, 224, 224],
+                 extra={"preprocess": models.preprocess_spec(weights), "categories": weights.meta["categories"]})
     (root / "unprotected").mkdir()
     torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(root / "unprotected" / "model.onnx"),
                       dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"],

@@ -27,9 +27,10 @@ import torchvision
 from tqdm.auto import tqdm
 
 from fakegradient.data import Sample
+from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.report import write_report
-from fakegradient.evaluation.runner import EvaluationConfig, EvaluationResult, environment, evaluate_model
+from fakegradient.evaluation.runner import EvaluationResult, environment, evaluate_model
 
 PAPER_SEVEN = ["resnet34", "resnet18", "densenet121", "vgg19", "vgg11", "mobilenet_v2", "googlenet"]
 MEAN, STD = (0.1307,) * 3, (0.3081,) * 3  # MNIST statistics, inside the attacked pipeline

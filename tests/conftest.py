@@ -1,5 +1,6 @@
 import pytest
 import torch
+from hypothesis import settings
 
 from fakegradient import models
 from fakegradient.data import foolbox_imagenet, load_batch
@@ -74,3 +75,19 @@ def digits_model():
         accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
     assert accuracy > 0.9, accuracy
     return model, x[test], y[test]
+
+
+# hypothesis: fresh examples every run, never the saved database (a test must not depend on past runs)
+settings.register_profile("fakegradient", database=None, deadline=None)
+settings.load_profile("fakegradient")
+
+
+# Module-scoped fixtures that take seconds (a real MobileNetV2 protected and exported, a server subprocess,
+# Ray): every test that uses one is in the slow tier (`make test` runs it, `make test-fast` does not).
+SLOW_FIXTURES = {"cloud", "protected_dir", "crashing_ray", "single_process", "single_process_records"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -1,22 +1,26 @@
 """Adaptive attackers with known answers on small models and the real MobileNetV2 head."""
 
+import copy
 import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_top1
 
 from fakegradient import Key, protect
 from fakegradient.attacks.deepfool import DeepFool
 from fakegradient.attacks.feature_space import FeatureSpacePGD
 from fakegradient.attacks.key_recovery import recover_real_rows
 from fakegradient.data import Sample
-from fakegradient.evaluation.adaptive import Decrypted, summarize
+from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.pipeline import Normalized
+from fakegradient.evaluation.records import summarize
 from fakegradient.evaluation.report import write_report
-from fakegradient.evaluation.runner import EvaluationConfig, EvaluationResult, environment, evaluate_model
-from fakegradient.head import head_parameters
+from fakegradient.evaluation.runner import EvaluationResult, environment, evaluate_model
+from fakegradient.evaluation.stages.adaptive import Decrypted
+from fakegradient.head import head_parameters, replace_module
 
 
 def served_head(model, key):
@@ -49,8 +53,7 @@ def test_hardened_keeps_exact_functionality(mobilenet_imagenet, imagenet_photos)
     images, _ = imagenet_photos
     protected, key = protect(model, method="fake-gradient-hardened")
     with torch.no_grad():
-        assert torch.equal(key.decrypt(protected(images)).argmax(1), model(images).argmax(1))
-        assert (key.decrypt(protected(images)) - model(images)).abs().max() < 1e-4
+        assert_same_top1(key.decrypt(protected(images)), model(images))  # within 1e-4, top-1 unchanged
     weight, bias = served_head(protected, key)
     assert len(torch.unique(bias)) == len(bias)  # no bias equality oracle
     norms = weight.norm(dim=1).numpy()
@@ -73,23 +76,45 @@ def test_sanity_attacker_with_the_key_always_wins(digits_model):
 
 
 def test_feature_space_attack_never_reads_the_key(digits_model, monkeypatch):
+    """The attack's result is a function of the served model alone: it takes no key, and two served models
+    that differ only in their secret row order (keys of different permutations), or a bare copy that no key
+    was ever made for, give the same adversarial images while every way of reading a key raises."""
     params = inspect.signature(FeatureSpacePGD.__call__).parameters
     assert set(params) == {"self", "served", "head", "images", "eps"}
 
-    def forbidden(*_args, **_kwargs):
-        raise AssertionError("the feature-space attack touched the key")
-
     model, x, _ = digits_model
+    images, eps = x[:8], torch.full((8,), 0.5)
     served, key = protect(model, example_input=x[:2], seed=0)
-    for name in ("decrypt", "decrypt_all", "top1", "is_fake", "check_fingerprint"):
-        monkeypatch.setattr(Key, name, forbidden)
-    monkeypatch.setattr(Key, "permutation", property(forbidden), raising=False)
-    adversarial = FeatureSpacePGD(steps=5)(served, key.head, x[:8], torch.full((8,), 0.5))
-    r = (adversarial - x[:8]).flatten(1).norm(dim=1)
+    reordered, other_key = protect(model, example_input=x[:2], seed=1)
+    assert key.head == other_key.head and not np.array_equal(key.permutation, other_key.permutation)
+    with torch.no_grad():  # the two served models really differ: a key-dependent attack would see it
+        assert not torch.equal(served(images), reordered(images))
+    # a bare module with the served weights, built without protect(): no Key is attached to or made for it
+    bare = copy.deepcopy(model)
+    weight, _ = served_head(served, key)
+    replace_module(bare, key.head, torch.nn.Linear(weight.shape[1], weight.shape[0]))
+    bare.load_state_dict(served.state_dict())
+    assert not any(isinstance(v, Key) for m in bare.modules() for v in vars(m).values())
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("the feature-space attack touched a key")
+
+    for name in ("decrypt", "decrypt_all", "decrypt_real", "top1", "is_fake", "check_fingerprint", "describe",
+                 "to_bytes", "save"):
+        monkeypatch.setattr(Key, name, forbidden, raising=False)
+    for name in ("permutation", "n_real", "n_outputs", "model_fingerprint", "_top1_tables"):
+        monkeypatch.setattr(Key, name, property(forbidden), raising=False)
+
+    attack = FeatureSpacePGD(steps=5)
+    adversarial = attack(served, key.head, images, eps)
+    assert torch.equal(attack(reordered, other_key.head, images, eps), adversarial)
+    assert torch.equal(attack(bare, key.head, images, eps), adversarial)
+    r = (adversarial - images).flatten(1).norm(dim=1)
     assert (r <= 0.5 + 1e-5).all() and (r > 0).all()
     assert adversarial.min() >= 0 and adversarial.max() <= 1
 
 
+@pytest.mark.slow
 def test_adaptive_report_on_a_small_model(digits_model, tmp_path):
     model, x, y = digits_model
     images = x[:10]

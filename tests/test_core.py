@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fakegradient.core.fake_rows import check_scale, fake_gradient_rows, random_weight_rows
 from fakegradient import Key
+from fakegradient.core.fake_rows import check_scale, fake_gradient_rows, random_weight_rows
 from fakegradient.core.permutation import (
     decrypt,
     decrypt_real,
@@ -87,11 +87,15 @@ def test_encrypt_decrypt_round_trip(n, d, batch, seed):
     features = rng.normal(size=(batch, d)).astype(np.float32)
     plain = features @ rows.T + bias
     encrypted = features @ w_en.T + b_en
-    np.testing.assert_array_equal(decrypt(encrypted, perm), plain)  # exact: same sums, reordered
-    t = torch.from_numpy(encrypted)
-    out = decrypt(t, perm)
+    # two GEMMs over differently ordered rows: BLAS may sum a row differently wherever it sits (kernel and
+    # edge blocks chosen per CPU), so they agree up to float32 rounding of a d-term dot product plus a bias
+    bound = (d + 1) * np.finfo(np.float32).eps * (np.abs(features) @ np.abs(rows).T + np.abs(bias))
+    assert np.all(np.abs(decrypt(encrypted, perm) - plain) <= bound)
+    # decryption itself is a gather: exact, on numpy and torch alike
+    assert np.array_equal(decrypt(encrypted, perm), encrypted[:, perm])
+    out = decrypt(torch.from_numpy(encrypted), perm)
     assert isinstance(out, torch.Tensor)
-    assert torch.equal(out, torch.from_numpy(plain))
+    assert torch.equal(out, torch.from_numpy(encrypted[:, perm]))
     assert torch.equal(encrypt_rows(torch.from_numpy(rows), perm), torch.from_numpy(w_en))
 
 

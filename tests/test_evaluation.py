@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from fakegradient.data import Sample
+from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.records import ImageRecord, aggregate, aggregate_by, fake_class_table
 from fakegradient.evaluation.report import write_report
-from fakegradient.evaluation.runner import EvaluationConfig, EvaluationResult, environment, evaluate, evaluate_model
-from fakegradient.evaluation.pipeline import Normalized
+from fakegradient.evaluation.runner import EvaluationResult, environment, evaluate, evaluate_model
 
 
 def record(**overrides):

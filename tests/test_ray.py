@@ -1,17 +1,22 @@
 """Scale-out on Ray: same numbers as a single process, survives dying workers, resumes."""
 
+import dataclasses
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from helpers import assert_records_close
 
 from fakegradient.data import foolbox_imagenet
 from fakegradient.errors import FakeGradientError
-from fakegradient.evaluation import shards
-from fakegradient.evaluation.runner import EvaluationConfig, evaluate
-from fakegradient.evaluation.shards import Shard, ShardResult, ShardStore
+from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.plan import Shard, ShardResult
+from fakegradient.evaluation.runner import evaluate
+from fakegradient.evaluation.stages import naive
+from fakegradient.evaluation.store import ShardStore
 
 ray = pytest.importorskip("ray")  # an optional extra; `make test` installs it
 
@@ -57,6 +62,7 @@ def crashing_ray(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_matches_single_process_despite_dying_workers(crashing_ray, single_process, tmp_path):
     """Naive DeepFool and the adaptive attackers on Ray Data actors, each of which dies once per shard."""
     from fakegradient.evaluation.ray_executor import RayExecutor
@@ -67,25 +73,33 @@ def test_ray_matches_single_process_despite_dying_workers(crashing_ray, single_p
     shard_ids = {path.stem for path in (tmp_path / "shards").glob("*.json") if path.name != "run.json"}
     assert len(shard_ids) == 4 + 2 + 2  # naive DeepFool, transfer, adaptive
     assert {path.name for path in crashing_ray.iterdir()} == shard_ids  # every shard's first worker died
-    assert on_ray.records == single_process.records  # complete, in order, no duplicates, same numbers
+    # complete, in order, no duplicates, same decisions; floats equal up to rounding (other processes)
+    assert_records_close(on_ray.records, single_process.records)
     assert len({(r.method, r.image) for r in on_ray.records}) == len(on_ray.records) == 8
-    assert on_ray.adaptive.records == single_process.adaptive.records
+    assert_records_close(on_ray.adaptive.records, single_process.adaptive.records)
     assert len(on_ray.adaptive.records) == 6 * 4  # six attackers x four images on fake-gradient
-    assert on_ray.adaptive.curves == single_process.adaptive.curves
-    assert on_ray.adaptive.budgets == single_process.adaptive.budgets
+    for method, curves in single_process.adaptive.curves.items():
+        for attacker, points in curves.items():
+            np.testing.assert_allclose(on_ray.adaptive.curves[method][attacker], points, rtol=1e-5)
+    assert on_ray.adaptive.budgets.keys() == single_process.adaptive.budgets.keys()
+    np.testing.assert_allclose(list(on_ray.adaptive.budgets.values()),
+                               list(single_process.adaptive.budgets.values()), rtol=1e-5)
     assert on_ray.adaptive.key_recovery["fake-gradient"]["recovered_pct"] == 100.0
-    assert torch.equal(on_ray.heatmaps["fake-gradient"], single_process.heatmaps["fake-gradient"])
+    torch.testing.assert_close(on_ray.heatmaps["fake-gradient"], single_process.heatmaps["fake-gradient"],
+                               rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_cpu_decode_stage_feeds_the_actors(crashing_ray, single_process_records):
     """One actor on two CPUs: images are decoded by Ray Data tasks on the free CPU (the GPU layout)."""
     from fakegradient.evaluation.ray_executor import RayExecutor
 
     executor = RayExecutor("local", workers=1)
-    assert evaluate(small_config(), progress=False, executor=executor).records == single_process_records
+    assert_records_close(evaluate(small_config(), progress=False, executor=executor).records, single_process_records)
     assert executor.decode_stage
 
 
+@pytest.mark.slow
 def test_a_bad_image_on_a_worker_is_a_clear_error(crashing_ray, tmp_path):
     folder = tmp_path / "data" / "n01"
     folder.mkdir(parents=True)
@@ -101,21 +115,24 @@ def test_a_bad_image_on_a_worker_is_a_clear_error(crashing_ray, tmp_path):
         evaluate(config, progress=False, store=store, executor=RayExecutor("local"))
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_shards(tmp_path, monkeypatch, single_process_records, one_thread):
     folder = tmp_path / "shards"
     first = evaluate(small_config(), progress=False, store=ShardStore(folder)).records
     (folder / "mobilenet_v2_IMAGENET1K_V1__fake-gradient__0000002-0000004.json").unlink()  # "interrupted"
     calls = []
-    real_attack_batch = shards.attack_batch
-    monkeypatch.setattr(shards, "attack_batch", lambda shard, *a: calls.append(shard.id) or real_attack_batch(shard, *a))
+    real_attack_batch = naive.attack_batch
+    monkeypatch.setattr(naive, "attack_batch", lambda shard, *a: calls.append(shard.id) or real_attack_batch(shard, *a))
     second = evaluate(small_config(), progress=False, store=ShardStore(folder, resume=True)).records
     assert calls == ["mobilenet_v2_IMAGENET1K_V1__fake-gradient__0000002-0000004"]
-    assert second == first == single_process_records
+    assert_records_close(second, first)
+    assert_records_close(first, single_process_records)
     calls.clear()
     evaluate(small_config(), progress=False, store=ShardStore(folder, resume=False))
     assert len(calls) == 4  # without --resume everything is recomputed
 
 
+@pytest.mark.slow
 def test_resume_without_a_seed_keeps_the_runs_keys_and_settings(tmp_path, one_thread):
     folder = tmp_path / "shards"
     config = EvaluationConfig(models=["mobilenet_v2:IMAGENET1K_V1"], methods=["fake-gradient"], limit=2,
@@ -123,8 +140,9 @@ def test_resume_without_a_seed_keeps_the_runs_keys_and_settings(tmp_path, one_th
     first = evaluate(config, progress=False, store=ShardStore(folder)).evaluations[0]
     (folder / "mobilenet_v2_IMAGENET1K_V1__fake-gradient__0000001-0000002.json").unlink()
     second = evaluate(config, progress=False, store=ShardStore(folder, resume=True)).evaluations[0]
-    assert second.seed == first.seed and second.records == first.records  # the recomputed shard used the same key
-    other = EvaluationConfig(**{**config.__dict__, "max_iter": 4})
+    assert second.seed == first.seed  # the recomputed shard used the same key
+    assert_records_close(second.records, first.records)
+    other = dataclasses.replace(config, max_iter=4)
     with pytest.raises(FakeGradientError, match="other settings.*max_iter"):
         evaluate(other, progress=False, store=ShardStore(folder, resume=True))
 
@@ -140,6 +158,7 @@ def test_a_stored_shard_is_reused_only_for_the_same_budgets(tmp_path):
     assert store.get(shard) is None  # damaged: recomputed
 
 
+@pytest.mark.slow
 def test_nothing_imports_ray_without_the_flag():
     code = ("import sys, fakegradient.cli, fakegradient.evaluation.runner, fakegradient.evaluation.report;"
             "sys.exit('ray' in sys.modules)")

@@ -1,14 +1,15 @@
 """fakegradient: the Fake Gradient defence (Feng et al., ACM MM 2021) for PyTorch classifiers.
 
-Importing the package needs numpy only (device clients); ``protect`` loads torch on first use.
+Importing the package needs numpy only (device clients). ``protect`` and the sub-packages
+``models``, ``core``, ``attacks``, ``evaluation`` and ``serving`` are loaded on first use, as
+``torchvision.models`` is after ``import torchvision``.
 """
 
-import importlib
-from typing import Any
-
+from ._lazy import lazy
 from .errors import (
     FakeGradientError,
     HeadNotFound,
+    InvalidArgument,
     KeyFileError,
     KeyMismatch,
     ModelFileError,
@@ -16,21 +17,9 @@ from .errors import (
 )
 from .key import Key
 
-__all__ = [
-    "METHODS",
-    "FakeGradientError",
-    "HeadNotFound",
-    "Key",
-    "KeyFileError",
-    "KeyMismatch",
-    "ModelFileError",
-    "WeightsUnavailable",
-    "protect",
-]
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("protect", "METHODS"):
-        return getattr(importlib.import_module(".protection", __name__), name)
-    raise AttributeError(f"module 'fakegradient' has no attribute {name!r}")
+_EXPORTS = {"protect": ".protection", "METHODS": ".protection",
+            **dict.fromkeys(("models", "core", "attacks", "evaluation", "serving", "methods", "defaults"), "")}
+__all__ = ["FakeGradientError", "HeadNotFound", "InvalidArgument", "Key", "KeyFileError", "KeyMismatch",
+           "ModelFileError", "WeightsUnavailable", *_EXPORTS]
+__getattr__, __dir__ = lazy(__name__, _EXPORTS, [*__all__, "__version__"])

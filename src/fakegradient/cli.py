@@ -1,25 +1,32 @@
-"""The ``fakegradient`` command line: protect, info, classify, demo, models."""
+"""fakegradient: protect an image classifier for offloading to an untrusted cloud (Fake Gradient,
+Feng et al., ACM MM 2021), serve it without the key, classify through it, and evaluate attacks on it."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import FakeGradientError
+from . import __version__, defaults, methods
+from .errors import FakeGradientError, InvalidArgument
+
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (1: a failure, 2: a bad option or argument)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
+    except InvalidArgument as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except FakeGradientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -27,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fakegradient", description=__doc__)
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND", title="commands")
 
     p = sub.add_parser("protect", help="protect a classifier: model files for the cloud, a key for the device")
     p.add_argument("model", help="model name (see `fakegradient models`)")
@@ -36,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="classes of --state-dict's head")
     p.add_argument("--out", type=Path, required=True, help="folder for model.pt + model.onnx (goes to the cloud)")
     p.add_argument("--key", type=Path, required=True, help="key file to write (stays on the device, 0600)")
-    p.add_argument("--method", default="fake-gradient",
-                   choices=["fake-gradient", "random-weight", "fake-gradient-hardened"])
-    p.add_argument("--scale", type=float, default=20.0, help="S_a of Algorithm 1 (default 20)")
+    p.add_argument("--method", default="fake-gradient", choices=methods.PROTECTIONS,
+                   help="how the fake outputs are made (default: fake-gradient). "
+                        + methods.describe(methods.PROTECTIONS))
+    p.add_argument("--scale", type=float, default=defaults.SCALE,
+                   help=f"S_a of Algorithm 1, for fake-gradient (default {defaults.SCALE:g})")
     p.add_argument("--seed", type=int, help="reproducible key for experiments only: NOT secure")
     p.add_argument("--head", help="name of the classification layer, if it cannot be found")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
@@ -78,24 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="reproducible key (NOT secure)")
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("evaluate", help="Table 1/2 and Figures 6-8: DeepFool on original / protected models")
-    p.add_argument("--models", help="comma-separated name[:weights] (default: the embedded mobilenet_v2:IMAGENET1K_V1)")
-    p.add_argument("--methods", default="original,fake-gradient,random-weight",
-                   help="comma-separated: original, fake-gradient, random-weight, fake-gradient-hardened")
-    p.add_argument("--data", default="foolbox-imagenet",
-                   help="an ImageFolder (ImageNet val layout) or the 20 photos in foolbox (default)")
-    p.add_argument("--limit", type=int, help="use the first N images")
-    p.add_argument("--out", type=Path, default=Path("out/evaluation"))
-    p.add_argument("--seed", type=int, help="reproducible keys and random rows (NOT secure)")
-    p.add_argument("--scale", type=float, default=20.0)
-    p.add_argument("--max-iter", type=int, default=50)
-    p.add_argument("--clip", action="store_true", help="clip adversarial images to [0, 1] (reference: off)")
-    p.add_argument("--batch-size", type=int,
-                   help="images per attack batch / shard (default: 4 on CPU, where larger is slower; 64 on CUDA)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--adaptive", action="store_true",
-                   help="also run the adaptive attackers: transfer, key recovery, feature space, black box, sanity")
-    p.add_argument("--blackbox-queries", type=int, default=300)
+    p = sub.add_parser("evaluate", help="Table 1/2, Figures 6-8 and adaptive attackers: DeepFool and more on "
+                                        "original and protected models")
+    _add_config_flags(p)
+    p.add_argument("--out", type=Path, default=Path("out/evaluation"), help="report folder (default out/evaluation)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run shards on Ray: a local instance, or ADDRESS (auto, ray://host:10001)")
     p.add_argument("--ray-workers", type=int,
@@ -108,50 +104,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per EvaluationConfig field, with its default and help (torch is not imported)."""
+    from .evaluation.config import EvaluationConfig
+
+    for f in dataclasses.fields(EvaluationConfig):
+        flag, meta, default = "--" + f.name.replace("_", "-"), f.metadata, f.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=meta["help"])
+        elif meta.get("list"):
+            parser.add_argument(flag, type=_comma_list, default=default,
+                                help=f"{meta['help']} (default: {','.join(default)})")
+        else:
+            kind = meta.get("type", type(default))
+            shown = "" if default is None else f" (default: {default})"
+            parser.add_argument(flag, type=kind, default=default, help=meta["help"] + shown)
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def cmd_protect(args: argparse.Namespace) -> None:
     from . import models
     from .atomic import check_writable
-    from .modelfile import ModelInfo, export_onnx, save_protected
+    from .modelfile import write_bundle
     from .protection import protect
 
     if args.key.resolve().is_relative_to(args.out.resolve()):
         raise FakeGradientError(f"--key {args.key} is inside --out {args.out}, which goes to the cloud: "
                                 "keep the key elsewhere")
-    _make_folder(args.key.parent)
-    check_writable(args.key)
-    _make_folder(args.out)
-    check_writable(args.out / "model.pt")
-    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
-    random_init = args.state_dict or args.weights.lower() == "none"
-    weights = None if random_init else models.get_weights(args.model, args.weights)
-    model = models.load(args.model, weights=weights, **kwargs)
-    if args.state_dict:
-        _load_state_dict(model, args.state_dict)
-    protected, key = protect(model, method=args.method, scale=args.scale, seed=args.seed, head=args.head)
-    info = ModelInfo(
-        arch=args.model,
-        head=key.head,
-        n_real=key.n_real,
-        fingerprint=key.model_fingerprint,
-        arch_kwargs=models.rebuild_kwargs(args.model, weights, **kwargs),
-        weights=str(weights) if weights else str(args.state_dict),
-        method=args.method,
-        input_size=_input_size(args.model, weights),
-    )
-    written: list[Path] = []
-    try:
-        save_protected(args.out / "model.pt", protected, info)
-        written.append(args.out / "model.pt")
-        if not args.no_onnx:
-            extra = {"preprocess": models.preprocess_spec(weights),
-                     "categories": weights.meta.get("categories")} if weights is not None else {}
-            export_onnx(args.out / "model.onnx", protected, info, extra=extra)
-            written.append(args.out / "model.onnx")
-        key.save(args.key)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+    if args.num_classes is not None and args.num_classes < 1:
+        raise InvalidArgument(f"--num-classes must be >= 1, got {args.num_classes}")
+    with _new_folders(args.key.parent, args.out):  # removed again if anything below fails
+        check_writable(args.key)
+        check_writable(args.out / "model.pt")
+        kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+        random_init = args.state_dict or args.weights.lower() == "none"
+        weights = None if random_init else models.get_weights(args.model, args.weights)
+        model = models.load(args.model, weights=weights, **kwargs)
+        if args.state_dict:
+            _load_state_dict(model, args.state_dict)
+        protected, key = protect(model, method=args.method, scale=args.scale, seed=args.seed, head=args.head)
+        extra = {"preprocess": models.preprocess_spec(weights),
+                 "categories": weights.meta.get("categories")} if weights is not None else {}
+        written = write_bundle(args.out, protected, key, input_size=_input_size(args.model, weights),
+                               arch=args.model, arch_kwargs=models.rebuild_kwargs(args.model, weights, **kwargs),
+                               weights=str(weights) if weights else str(args.state_dict), extra=extra,
+                               onnx=not args.no_onnx)
+        try:
+            key.save(args.key)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
     print(f"protected {args.model} ({args.method}): {key.n_real} real + {key.n_real} fake outputs, head {key.head!r}")
     print(f"  cloud:  {', '.join(str(p) for p in written)}")
     print(f"  device: {args.key} (keep it secret; fingerprint {key.model_fingerprint[:16]}…)")
@@ -176,6 +182,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
+    if args.top < 1:
+        raise InvalidArgument(f"--top must be >= 1, got {args.top}")
     if args.server:
         return _classify_remote(args)
     from . import models
@@ -210,7 +218,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .serving.server import Limits, serve
 
     if args.max_batch < 1 or args.max_body_mb <= 0:
-        raise FakeGradientError("--max-batch and --max-body-mb must be positive")
+        raise InvalidArgument("--max-batch and --max-body-mb must be positive")
+    if args.threads < 0:
+        raise InvalidArgument(f"--threads must be >= 0 (0 = all cores), got {args.threads}")
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_batch=args.max_batch)
     serve(args.model_dirs, args.host, args.port, limits, threads=args.threads)
 
@@ -231,20 +241,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import shutil
 
+    from .evaluation.config import EvaluationConfig, load_samples
     from .evaluation.report import write_report
-    from .evaluation.runner import EvaluationConfig, evaluate
-    from .evaluation.shards import ShardStore
+    from .evaluation.runner import evaluate
+    from .evaluation.store import ShardStore
 
-    from .models import EMBEDDED_SPEC
-
-    config = EvaluationConfig(
-        models=[m.strip() for m in (args.models or EMBEDDED_SPEC).split(",") if m.strip()],
-        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-        data=args.data, limit=args.limit, seed=args.seed, scale=args.scale, max_iter=args.max_iter,
-        clip=args.clip, device=_device(args.device), adaptive=args.adaptive,
-        batch_size=args.batch_size or (64 if args.device.startswith("cuda") else 4),
-        blackbox_queries=args.blackbox_queries,
-    )
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvaluationConfig)}
+    config = EvaluationConfig(**settings | {"device": _device(args.device)})
+    if args.ray_workers is not None and not args.ray:
+        raise InvalidArgument("--ray-workers needs --ray")
+    load_samples(config)  # a bad --data fails here, before anything is written
     shards = args.out / ".shards"
     if args.resume and not shards.is_dir():
         raise FakeGradientError(f"--resume: no unfinished run in {args.out}")
@@ -283,7 +289,7 @@ def _device(name: str) -> str:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise FakeGradientError(f"unknown device {name!r}") from None
+        raise InvalidArgument(f"unknown device {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FakeGradientError("--device cuda given but no CUDA device is available")
     return name
@@ -317,11 +323,23 @@ def _input_size(name: str, weights) -> list[int]:
     return [3, crop, crop]
 
 
-def _make_folder(path: Path) -> None:
+@contextlib.contextmanager
+def _new_folders(*paths: Path) -> Iterator[None]:
+    """Create ``paths`` (with parents); if the block fails, remove the folders this made (when empty)."""
+    created: list[Path] = []
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FakeGradientError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+        for path in paths:
+            created += [p for p in (path, *path.parents) if not p.exists()]
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise FakeGradientError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+        yield
+    except BaseException:
+        for folder in sorted(set(created), key=lambda p: len(p.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def _load_state_dict(model, path: Path) -> None:

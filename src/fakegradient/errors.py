@@ -23,3 +23,7 @@ class WeightsUnavailable(FakeGradientError):
 
 class ModelFileError(FakeGradientError):
     """A protected-model file is missing, corrupted or of an unknown format."""
+
+
+class InvalidArgument(FakeGradientError, ValueError):
+    """A bad option or hyper-parameter (the CLI exits 2, as for a usage error)."""

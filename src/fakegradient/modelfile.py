@@ -1,6 +1,7 @@
-"""Protected-model files: a state dict plus the metadata to rebuild it, and ONNX export.
+"""The cloud folder: ``model.onnx`` (any ``nn.Module``; what the server runs) and, for models of the
+registry, ``model.pt`` (a state dict plus what rebuilds it). :func:`write_bundle` writes both.
 
-The file holds no key material: the permutation exists only as the order of the head's rows.
+No file holds key material: the permutation exists only as the order of the head's rows.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import models
 from .atomic import write_with
 from .core.fingerprint import head_fingerprint
 from .errors import FakeGradientError, ModelFileError
 from .head import build_head, check_head, head_parameters, replace_module
+from .key import Key
 
 MODEL_FORMAT = "fakegradient-model"
 MODEL_VERSION = 1
@@ -31,7 +32,7 @@ MODEL_VERSION = 1
 class ModelInfo:
     """What a protected-model file says about itself (public: nothing here reveals the key)."""
 
-    arch: str
+    arch: str  # a registry name (model.pt can be reloaded), else the module's class name
     head: str
     n_real: int
     fingerprint: str
@@ -84,6 +85,8 @@ def read_info(path: str | os.PathLike) -> tuple[ModelInfo, dict[str, torch.Tenso
 
 def load_protected(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
     """Rebuild a protected model (eval mode) from its file; refuses a file whose head was edited."""
+    from . import models  # model.pt is for registry models; model.onnx needs no registry
+
     info, state = read_info(path)
     model = models.load(info.arch, weights=None, **info.arch_kwargs)
     layer = check_head(model, info.head)
@@ -132,3 +135,36 @@ def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opse
         onnx.save(graph, str(tmp))
 
     write_with(path, write)
+
+
+def write_bundle(folder: str | os.PathLike, protected: nn.Module, key: Key, *, input_size: list[int],
+                 arch: str | None = None, arch_kwargs: dict[str, Any] | None = None, weights: str | None = None,
+                 extra: dict[str, Any] | None = None, onnx: bool = True) -> list[Path]:
+    """Write the cloud folder of ``protected`` (made with ``key``); returns the paths written.
+
+    ``model.onnx`` works for any module: ``input_size`` (C, H, W) is its input without the batch,
+    ``extra`` public metadata (``preprocess``, ``categories``) for clients. ``model.pt`` is written when
+    ``arch`` names a registry model (``arch_kwargs`` rebuild it). Each file is written atomically; if one
+    fails, those already written are removed.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FakeGradientError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    info = ModelInfo(arch=arch or type(protected).__name__, head=key.head, n_real=key.n_real,
+                     fingerprint=key.model_fingerprint, input_size=list(input_size),
+                     arch_kwargs=dict(arch_kwargs or {}), weights=weights, method=key.method)
+    writers = [("model.pt", lambda path: save_protected(path, protected, info))] if arch else []
+    if onnx:
+        writers.append(("model.onnx", lambda path: export_onnx(path, protected, info, extra=extra)))
+    written: list[Path] = []
+    try:
+        for name, write in writers:
+            write(folder / name)
+            written.append(folder / name)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written

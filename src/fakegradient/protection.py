@@ -8,27 +8,23 @@ import secrets
 import torch
 from torch import nn
 
-from .core.fake_rows import DEFAULT_SCALE, check_scale, fake_gradient_rows, hardened_rows, random_weight_rows
+from . import defaults, methods
+from .core.fake_rows import check_scale
 from .core.fingerprint import head_fingerprint
 from .core.permutation import encrypt_rows, generate_permutation
 from .errors import HeadNotFound
 from .head import build_head, head_parameters, probe_input, replace_module, trace_head
 from .key import Key
 
-METHODS = ("fake-gradient", "random-weight", "fake-gradient-hardened")
+METHODS = methods.PROTECTIONS
 
 
 def make_fake_rows(
     weight: torch.Tensor, bias: torch.Tensor, method: str, scale: float, seed: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fake rows (N, D), (N,) for ``method``; ``seed`` (insecure, experiments) fixes random ones."""
-    if method == "fake-gradient":
-        return fake_gradient_rows(weight, bias, scale)
-    if method in ("random-weight", "fake-gradient-hardened"):
-        generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
-        rows = random_weight_rows if method == "random-weight" else hardened_rows
-        return rows(weight, bias, generator)
-    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+    return methods.get(method, protection=True).fake_rows(weight, bias, scale=scale, generator=generator)
 
 
 def encrypted_head(
@@ -36,7 +32,7 @@ def encrypted_head(
     bias: torch.Tensor,
     *,
     method: str = "fake-gradient",
-    scale: float = DEFAULT_SCALE,
+    scale: float = defaults.SCALE,
     seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Algorithms 1+2 on a head: (N, D), (N,) → W_en (2N, D), b_en (2N,), permutation (2N,)."""
@@ -51,7 +47,7 @@ def protect(
     model: nn.Module,
     *,
     method: str = "fake-gradient",
-    scale: float = DEFAULT_SCALE,
+    scale: float = defaults.SCALE,
     seed: int | None = None,
     head: str | None = None,
     example_input: torch.Tensor | None = None,
@@ -60,14 +56,13 @@ def protect(
 
     The protected model is a copy (in eval mode) whose head has 2N outputs: the N real
     ones and N fake ones, in the order given by the secret key. ``key.decrypt(outputs)``
-    returns exactly the original logits. ``seed`` makes key and fake rows reproducible
+    returns the original logits up to float rounding (the head is a different GEMM). ``seed`` makes key and fake rows reproducible
     for experiments only; it is NOT secure. ``head`` names the classification layer when
     it cannot be found automatically; ``example_input`` is a valid input batch for models
     that do not take (B, 3, 224, 224).
     """
     scale = check_scale(scale)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    entry = methods.get(method, protection=True)
     protected = copy.deepcopy(model).eval()
     x = probe_input(protected, example_input)
     trace = trace_head(protected, x, head)
@@ -79,7 +74,7 @@ def protect(
         permutation=permutation.numpy(),
         n_real=weight.shape[0],
         method=method,
-        scale=scale if method == "fake-gradient" else None,  # the other methods do not use S_a
+        scale=scale if entry.takes_scale else None,  # the other methods do not use S_a
         model_fingerprint=head_fingerprint(w_en, b_en),
         head=trace.head,
     )

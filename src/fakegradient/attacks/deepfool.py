@@ -8,11 +8,14 @@ candidate), and finished samples leave the batch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .. import defaults
+from ..errors import InvalidArgument
 from .base import AttackResult
 
 
@@ -20,11 +23,24 @@ from .base import AttackResult
 class DeepFool:
     """L2 DeepFool. ``model`` maps pixel-space images (B, C, H, W) to logits (B, K)."""
 
-    candidates: int = 10
-    overshoot: float = 0.02
-    max_iter: int = 50
+    candidates: int = defaults.CANDIDATES
+    overshoot: float = defaults.OVERSHOOT
+    max_iter: int = defaults.MAX_ITER
     clip: tuple[float, float] | None = None  # the reference does not clip
     eps: float = 1e-4  # added to each step's distance, as in the reference
+
+    def __post_init__(self) -> None:
+        """Validate the hyper-parameters (as ART's ``_check_params``): a bad one is an error, not a no-op."""
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 2:
+            raise InvalidArgument(f"DeepFool candidates must be an integer >= 2, got {self.candidates!r}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise InvalidArgument(f"DeepFool max_iter must be an integer >= 1, got {self.max_iter!r}")
+        for name in ("overshoot", "eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InvalidArgument(f"DeepFool {name} must be finite and >= 0, got {value!r}")
+        if self.clip is not None and not (len(self.clip) == 2 and self.clip[0] < self.clip[1]):
+            raise InvalidArgument(f"DeepFool clip must be None or (low, high) with low < high, got {self.clip!r}")
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> AttackResult:
         x0 = images.detach()
@@ -33,7 +49,7 @@ class DeepFool:
             logits = model(x0)
         k = min(self.candidates, logits.shape[1])
         if k < 2:
-            raise ValueError(f"DeepFool needs at least 2 outputs, got {logits.shape[1]}")
+            raise InvalidArgument(f"DeepFool needs at least 2 outputs, got {logits.shape[1]}")
         classes = logits.argsort(dim=1, descending=True)[:, :k]  # fixed, as in the reference
         label = classes[:, 0]
         r_tot = torch.zeros_like(x0)

@@ -10,17 +10,18 @@ import math
 
 import torch
 
-DEFAULT_SCALE = 20.0  # S_a of the official code
+from ..defaults import SCALE as DEFAULT_SCALE
+from ..errors import InvalidArgument
 
 
 def check_scale(scale: float) -> float:
-    """Return ``scale`` as float, or raise ``ValueError`` unless it is finite and > 0."""
+    """Return ``scale`` as float, or raise :class:`InvalidArgument` unless it is finite and > 0."""
     try:
         value = float(scale)
     except (TypeError, ValueError):
-        raise ValueError(f"scale must be a number, got {scale!r}") from None
+        raise InvalidArgument(f"scale must be a number, got {scale!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"scale must be finite and > 0, got {scale!r}")
+        raise InvalidArgument(f"scale must be finite and > 0, got {scale!r}")
     return value
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InvalidArgument
+
 
 def generate_permutation(n_outputs: int, seed: int | None = None) -> np.ndarray:
     """A uniformly random permutation of ``range(n_outputs)`` (int64, shape (n_outputs,)).
@@ -20,7 +22,7 @@ def generate_permutation(n_outputs: int, seed: int | None = None) -> np.ndarray:
     key for a deployed model.
     """
     if n_outputs < 2:
-        raise ValueError(f"need at least 2 outputs to permute, got {n_outputs}")
+        raise InvalidArgument(f"need at least 2 outputs to permute, got {n_outputs}")
     if seed is not None:
         return np.random.default_rng(seed).permutation(n_outputs).astype(np.int64)
     order = list(range(n_outputs))
@@ -96,7 +98,7 @@ def real_top1(encrypted: np.ndarray, tables: tuple[np.ndarray, np.ndarray], chun
 
 def _check_width(width: int, permutation: np.ndarray) -> None:
     if width != permutation.shape[0]:
-        raise ValueError(
+        raise InvalidArgument(
             f"outputs have width {width} but the key permutes {permutation.shape[0]} outputs"
         )
 

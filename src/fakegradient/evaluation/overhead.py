@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import statistics
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,3 +43,14 @@ def inference_times(
         q1, median, q3 = statistics.quantiles(values, n=4)
         out[name] = {"median_s": median, "q1_s": q1, "q3_s": q3}
     return out
+
+
+def measure_overhead(served: dict[str, nn.Module], x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                     repeats: int) -> dict[str, Any]:
+    """Figures 7/8 inputs: size and batch-1 inference time of each served model on the pixel image x
+    (1, C, H, W), normalised by ``mean`` and ``std`` (1, C, 1, 1) first."""
+    return {
+        "size": {method: model_size(model) for method, model in served.items()},
+        "time": inference_times(served, (x - mean) / std, repeats=repeats),
+        "input_shape": list(x.shape),
+    }

@@ -22,9 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Sample
+from ..data import load_batch
 from ..errors import FakeGradientError
-from .shards import Shard, ShardResult
+from .config import EvaluationConfig
+from .pipeline import pixel_preprocessing, spec_weights
+from .plan import Shard, ShardResult
+from .stages import run_shard
+from .workbench import Workbench
 
 CRASH_ONCE_ENV = "FAKEGRADIENT_TEST_CRASH_ONCE_DIR"  # tests: a worker dies once per shard
 
@@ -33,14 +37,10 @@ class ShardWorker:
     """A Ray Data actor: batches of shards (rows ``shard``: JSON) → rows ``result`` (pickled ShardResult)."""
 
     def __init__(self, config: dict, seed: int):
-        from .runner import EvaluationConfig
-
-        self.config, self.seed, self.benches = EvaluationConfig(**config), seed, {}
+        self.config, self.seed, self.benches = EvaluationConfig.from_dict(config), seed, {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
-
-        from .shards import Workbench, run_shard
 
         results = []
         for i, text in enumerate(batch["shard"]):
@@ -58,8 +58,6 @@ class ShardWorker:
 def decode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The CPU stage: each shard's images (rows ``paths``: JSON) decoded and preprocessed for its
     model → rows ``images`` (pickled (b, C, H, W) float32), so GPU actors never wait on JPEG decoding."""
-    from ..data import load_batch
-
     images = []
     for text, paths in zip(batch["shard"], batch["paths"]):
         pixel = _pixel_preprocessing(Shard.from_json(str(text)).model)
@@ -69,8 +67,6 @@ def decode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=8)
 def _pixel_preprocessing(spec: str):
-    from .pipeline import pixel_preprocessing, spec_weights
-
     return pixel_preprocessing(spec_weights(spec))[0]
 
 
@@ -127,12 +123,11 @@ class RayExecutor:
                                     + (f" (--ray-workers {self.workers})" if self.workers else ""))
         return self.workers or available
 
-    def run(self, config, samples: list[Sample], shards: list[Shard],
-            seed: int) -> Iterator[tuple[Shard, ShardResult]]:
-        """Shards of ``samples`` through the actors; when the actors leave CPUs free (always with GPU
-        actors on a node with more CPUs than GPUs), a CPU stage decodes the next shards' images."""
-        from .runner import config_dict
-
+    def run(self, bench: Workbench, shards: list[Shard]) -> Iterator[tuple[Shard, ShardResult]]:
+        """Shards of ``bench``'s samples through the actors, which build their own workbench from its
+        config and seed; when the actors leave CPUs free (always with GPU actors on a node with more CPUs
+        than GPUs), a CPU stage decodes the next shards' images."""
+        config, samples = bench.config, bench.samples
         if not shards:
             return
         gpu = config.device.startswith("cuda")
@@ -144,7 +139,7 @@ class RayExecutor:
         data = self.ray.data.from_items(items, override_num_blocks=len(items))  # a block (one call) a shard
         if decode:
             data = data.map_batches(decode_images, batch_size=1, num_cpus=1)
-        arguments = (json.loads(json.dumps(config_dict(config))), seed)
+        arguments = (config.to_dict(), bench.seed)
         results = data.map_batches(
             ShardWorker, fn_constructor_args=arguments, batch_size=1, num_gpus=1 if gpu else 0, num_cpus=1,
             compute=self.ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1))

@@ -1,10 +1,12 @@
-"""Per-image records and the aggregates of Table 1 computed from them (pure functions)."""
+"""Per-image records of every attacker and the aggregates computed from them (pure functions)."""
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+
+from ..errors import InvalidArgument
 
 
 @dataclass
@@ -37,10 +39,44 @@ class ImageRecord:
         return self.adversarial_top1 == self.original_top1
 
 
+# attacker → what it holds (the report's column); {placeholders} are filled from the run's budgets
+ATTACKERS = {
+    "naive": "served model (the paper's threat model), DeepFool",
+    "transfer": "public unprotected base model, DeepFool; images sent through the protected pipeline",
+    "key-recovery": "served model file: guesses the real rows, DeepFool on them",
+    "feature-space": "served model minus its head; L2 PGD on the penultimate features, budget = naive median ‖r‖₂",
+    "black-box": "served outputs only; ART Square attack, L2 ≤ {black_box_l2:.3f}, {black_box_queries} queries",
+    "sanity": "the key (decrypted pipeline), DeepFool: shows the evaluation can fail the defense",
+}
+
+
+@dataclass
+class AttackerRecord:
+    """One image attacked by one attacker on one protected method."""
+
+    model: str
+    method: str
+    attacker: str  # a key of ATTACKERS
+    image: str
+    defense_success: bool  # the decrypted top-1 on the attacked image is the original clean top-1
+    rho: float
+    l2: float
+
+
+def summarize(records: list[AttackerRecord]) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(model, method, attacker) → defense success %, median ρ and the number of images."""
+    groups: dict[tuple[str, str, str], list[AttackerRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.model, r.method, r.attacker)].append(r)
+    return {k: {"defense_success_pct": 100 * sum(r.defense_success for r in v) / len(v),
+                "rho_median": statistics.median(r.rho for r in v), "images": len(v)}
+            for k, v in groups.items()}
+
+
 def aggregate(records: list[ImageRecord]) -> dict[str, float]:
     """Table 1's metrics (percentages) and perturbation statistics over ``records``."""
     if not records:
-        raise ValueError("no records to aggregate")
+        raise InvalidArgument("no records to aggregate")
     n = len(records)
 
     def pct(flags) -> float:

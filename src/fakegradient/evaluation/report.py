@@ -10,21 +10,19 @@ from pathlib import Path
 
 from ..atomic import write_bytes_atomic
 from ..errors import FakeGradientError
+from ..methods import METHODS, ORIGINAL, PROTECTIONS
 from . import figures
 from .paper import paper_value
-from .adaptive import summarize
-from .records import aggregate_by, fake_class_table
-from .runner import EvaluationResult, config_dict
+from .records import ATTACKERS, aggregate_by, fake_class_table, summarize
+from .runner import EvaluationResult
 
-HARD = "fake-gradient-hardened"
-TABLE1_ROWS = [
-    ("Fake Output (%)", "fake_output_pct", ("random-weight", "fake-gradient", HARD), "{:.0f}"),
-    ("Original Functionality (%)", "original_functionality_pct", ("random-weight", "fake-gradient", HARD), "{:.0f}"),
-    ("Defense Success Rate (%)", "defense_success_pct", ("original", "random-weight", "fake-gradient", HARD), "{:.1f}"),
-    ("Perturbation ρ = ‖r‖₂/‖x‖₂ (mean)", "rho_mean", ("random-weight", "fake-gradient", HARD, "original"), "{:.4f}"),
+TABLE1_ROWS = [  # label, metric, the methods it is reported for (registry order), format
+    ("Fake Output (%)", "fake_output_pct", PROTECTIONS, "{:.0f}"),
+    ("Original Functionality (%)", "original_functionality_pct", PROTECTIONS, "{:.0f}"),
+    ("Defense Success Rate (%)", "defense_success_pct", tuple(METHODS), "{:.1f}"),
+    ("Perturbation ρ = ‖r‖₂/‖x‖₂ (mean)", "rho_mean", tuple(METHODS), "{:.4f}"),
 ]
-METHOD_NAMES = {"original": "Original Model", "fake-gradient": "Fake Gradient", "random-weight": "Random Weight",
-                HARD: "Fake Gradient, hardened (ours)"}
+METHOD_NAMES = {name: m.display for name, m in METHODS.items()}
 
 
 def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradient evaluation") -> list[Path]:
@@ -40,7 +38,7 @@ def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradien
     if adaptive_records:
         written.append(_write(out / "attackers.csv", _csv(adaptive_records)))
     payload = {
-        "config": config_dict(result.config),
+        "config": result.config.to_dict(),
         "environment": result.environment,
         "skipped": result.skipped,
         "evaluation_seeds": {e.name: e.seed for e in result.evaluations},  # experiment keys, never deployed
@@ -139,17 +137,8 @@ def _adaptive(result: EvaluationResult) -> list[str]:
                   "top-1 — and median ρ, per attacker. Lower is worse for the defense.", "",
                   "| Attacker | What it holds | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |",
                   "|---|---|" + "---|" * len(methods)]
-        holds = {
-            "naive": "served model (the paper's threat model), DeepFool",
-            "transfer": "public unprotected base model, DeepFool; images sent through the protected pipeline",
-            "key-recovery": "served model file: guesses the real rows, DeepFool on them",
-            "feature-space": "served model minus its head; L2 PGD on the penultimate features, "
-                             "budget = naive median ‖r‖₂",
-            "black-box": f"served outputs only; ART Square attack, L2 ≤ {budgets['black_box_l2']:.3f}, "
-                         f"{budgets['black_box_queries']} queries",
-            "sanity": "the key (decrypted pipeline), DeepFool: shows the evaluation can fail the defense",
-        }
-        for attacker, held in holds.items():
+        for attacker, held in ATTACKERS.items():
+            held = held.format(**budgets)
             cells = [summary.get((e.name, m, attacker)) for m in methods]
             lines.append(f"| {attacker} | {held} | " + " | ".join(
                 "—" if c is None else f"{c['defense_success_pct']:.1f} (ρ {c['rho_median']:.5f})" for c in cells) + " |")
@@ -189,7 +178,7 @@ def _overhead(result: EvaluationResult) -> list[str]:
              "| IQR (ms) | time increase |", "|---|---|---|---|---|---|---|---|"]
     for e in result.evaluations:
         size, time = e.overhead["size"], e.overhead["time"]
-        base_b, base_t = size["original"]["bytes"], time["original"]["median_s"]
+        base_b, base_t = size[ORIGINAL]["bytes"], time[ORIGINAL]["median_s"]
         for variant in size:
             s, t = size[variant], time[variant]
             lines.append(
@@ -202,10 +191,10 @@ def _overhead(result: EvaluationResult) -> list[str]:
 def _figures(result: EvaluationResult, out: Path) -> list[Path]:
     written = []
     for e in result.evaluations:
-        if {"fake-gradient", "original"} <= e.heatmaps.keys():
+        if {"fake-gradient", ORIGINAL} <= e.heatmaps.keys():
             path = out / f"fig6_{e.name.split(':')[0]}.png"
             figures.perturbation_heatmaps(path, e.heatmap_images, e.heatmaps["fake-gradient"],
-                                          e.heatmaps["original"], f"DeepFool perturbations, {e.name}")
+                                          e.heatmaps[ORIGINAL], f"DeepFool perturbations, {e.name}")
             written.append(path)
     for e in result.evaluations:
         if e.adaptive:

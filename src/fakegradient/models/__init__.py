@@ -16,12 +16,11 @@ import torchvision
 from torch import nn
 from torchvision.models._api import WeightsEnum
 
+from ..defaults import EMBEDDED_MODEL, EMBEDDED_SPEC, EMBEDDED_WEIGHTS
 from ..errors import FakeGradientError, WeightsUnavailable
 from . import efficientnet_lite
 
-# the embedded default: the ImageNet checkpoint that exists offline (torchvision's DEFAULT is V2)
-EMBEDDED_MODEL, EMBEDDED_WEIGHTS = "mobilenet_v2", "IMAGENET1K_V1"
-EMBEDDED_SPEC = f"{EMBEDDED_MODEL}:{EMBEDDED_WEIGHTS}"
+__all__ = ["EMBEDDED_MODEL", "EMBEDDED_SPEC", "EMBEDDED_WEIGHTS", "get_weights", "list_models", "load", "register"]
 
 EXTRA_BUILDERS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None]] = {
     "efficientnet_lite0": (efficientnet_lite.efficientnet_lite0, efficientnet_lite.EfficientNetLite0_Weights),

@@ -21,6 +21,7 @@ from ..data import open_rgb
 from ..errors import FakeGradientError, KeyMismatch
 from ..key import Key
 from .protocol import HEADER_LENGTH
+
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 

@@ -2,26 +2,22 @@
 
 Pure functions on bytes and numpy arrays. Supports JSON tensors and the binary tensor data
 extension (``Inference-Header-Content-Length``) that ``tritonclient`` uses by default.
+Bad requests raise :class:`InvalidInput` (400) or :class:`PayloadTooLarge` (413).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .errors import InvalidInput, PayloadTooLarge
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DATATYPES = {"FP32": np.float32}
-
-
-class ProtocolError(Exception):
-    """A bad request: ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -31,60 +27,91 @@ class InferRequest:
     request_id: str | None
 
 
+def parse_header_length(value: str | None) -> int | None:
+    """The ``Inference-Header-Content-Length`` header as an int (None when absent)."""
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object, {} if absent; 400 otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be an object")
+    return value
+
+
 def parse_infer_request(body: bytes, header_length: int | None, expected: dict[str, Any],
                         max_batch: int) -> InferRequest:
     """Parse and validate a v2 infer request against ``expected`` = {name, shape (with -1 batch)}."""
-    json_part, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
     if header_length is not None and not 0 < header_length <= len(body):
-        raise ProtocolError(400, f"{HEADER_LENGTH} {header_length} does not fit a body of {len(body)} bytes")
+        raise InvalidInput(f"{HEADER_LENGTH} {header_length} does not fit a body of {len(body)} bytes")
+    json_part, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
     try:
         request = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(400, f"malformed JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError and UnicodeDecodeError
+        raise InvalidInput(f"malformed JSON: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
-        raise ProtocolError(400, "the request needs a non-empty 'inputs' list")
+        raise InvalidInput("the request needs a non-empty 'inputs' list")
     if len(request["inputs"]) != 1:
-        raise ProtocolError(400, f"the model takes exactly one input, got {len(request['inputs'])}")
+        raise InvalidInput(f"the model takes exactly one input, got {len(request['inputs'])}")
     tensor = request["inputs"][0]
     if not isinstance(tensor, dict):
-        raise ProtocolError(400, "each input must be an object")
+        raise InvalidInput("each input must be an object")
     if tensor.get("name") != expected["name"]:
-        raise ProtocolError(400, f"unknown input {tensor.get('name')!r}; the model's input is {expected['name']!r}")
-    if tensor.get("datatype") not in DATATYPES:
-        raise ProtocolError(400, f"datatype {tensor.get('datatype')!r} not supported; send FP32")
+        raise InvalidInput(f"unknown input {tensor.get('name')!r}; the model's input is {expected['name']!r}")
+    datatype = tensor.get("datatype")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidInput(f"datatype {datatype!r} not supported; send FP32")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise ProtocolError(400, "'shape' must be a list of non-negative integers")
+        raise InvalidInput("'shape' must be a list of non-negative integers")
     want = expected["shape"]
     if len(shape) != len(want) or any(w != -1 and w != d for w, d in zip(want, shape)) or shape[0] < 1:
-        raise ProtocolError(400, f"input shape {shape} does not match the model's {want}")
+        raise InvalidInput(f"input shape {shape} does not match the model's {want}")
     if shape[0] > max_batch:
-        raise ProtocolError(413, f"batch of {shape[0]} exceeds the limit of {max_batch}")
-    count = int(np.prod(shape))
-    params = tensor.get("parameters") or {}
+        raise PayloadTooLarge(f"batch of {shape[0]} exceeds the limit of {max_batch}")
+    count = math.prod(shape)
+    params = _object(tensor.get("parameters"), "the input's 'parameters'")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if size != count * 4 or len(binary) != size:
-            raise ProtocolError(400, f"binary data of {len(binary)} bytes does not hold {count} FP32 values")
+            raise InvalidInput(f"binary data of {len(binary)} bytes does not hold {count} FP32 values")
         array = np.frombuffer(binary, dtype="<f4").reshape(shape)
     else:
-        data = tensor.get("data")
-        if data is None:
-            raise ProtocolError(400, "input has neither 'data' nor binary data")
-        try:
-            array = np.asarray(data, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise ProtocolError(400, "'data' must hold numbers only") from None
-        if array.size != count:
-            raise ProtocolError(400, f"'data' holds {array.size} values, shape {shape} needs {count}")
-        array = array.reshape(shape)
+        array = _numbers(tensor.get("data"), shape, count)
     if not np.isfinite(array).all():
-        raise ProtocolError(400, "input holds NaN or infinite values")
+        raise InvalidInput("input holds NaN or infinite values")
     outputs = request.get("outputs") or []
-    binary_outputs = bool((request.get("parameters") or {}).get("binary_data_output")) or any(
-        isinstance(o, dict) and (o.get("parameters") or {}).get("binary_data") for o in outputs)
+    if not isinstance(outputs, list):
+        raise InvalidInput("'outputs' must be a list")
+    request_params = _object(request.get("parameters"), "the request's 'parameters'")
+    binary_outputs = bool(request_params.get("binary_data_output"))
+    for output in outputs:
+        output_params = _object(_object(output, "each output").get("parameters"), "an output's 'parameters'")
+        binary_outputs |= bool(output_params.get("binary_data"))
     return InferRequest({expected["name"]: array}, binary_outputs, request.get("id"))
+
+
+def _numbers(data: Any, shape: list[int], count: int) -> np.ndarray:
+    """JSON ``data`` (flat or nested numbers) as an FP32 array of ``shape``."""
+    if data is None:
+        raise InvalidInput("input has neither 'data' nor binary data")
+    try:
+        raw = np.asarray(data)
+    except (TypeError, ValueError):
+        raw = None
+    if raw is None or raw.dtype.kind not in "iuf":
+        raise InvalidInput("'data' must hold numbers only")
+    if raw.size != count:
+        raise InvalidInput(f"'data' holds {raw.size} values, shape {shape} needs {count}")
+    with np.errstate(over="ignore"):  # out of FP32 range becomes inf, refused below
+        return raw.astype(np.float32).reshape(shape)
 
 
 def build_infer_response(model: str, outputs: dict[str, np.ndarray], binary: bool,

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from .. import __version__
+from .errors import ModelNotFound, PayloadTooLarge, ProtocolError
 from .onnx_model import ServedModel, load_model_dir
-from .protocol import HEADER_LENGTH, ProtocolError, build_infer_response, parse_infer_request
+from .protocol import HEADER_LENGTH, build_infer_response, parse_header_length, parse_infer_request
 
 
 @dataclass(frozen=True)
@@ -24,14 +27,16 @@ class Limits:
 
 
 def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
+    """The v2 REST app serving ``models``. Every error answers ``{"error": "<message>"}``."""
     by_name = {m.name: m for m in models}
     app = FastAPI(title="fakegradient inference server", version=__version__, docs_url=None, redoc_url=None)
+    add_error_handlers(app)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    def model_or_404(name: str) -> ServedModel | JSONResponse:
-        return by_name.get(name) or error(404, f"unknown model {name!r}; served: {sorted(by_name)}")
+    def lookup(name: str) -> ServedModel:
+        """The served model ``name``, or 404."""
+        if name not in by_name:
+            raise ModelNotFound(f"unknown model {name!r}; served: {sorted(by_name)}")
+        return by_name[name]
 
     @app.get("/v2/health/live")
     def live():
@@ -52,9 +57,7 @@ def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     def model_metadata(name: str, version: str = "1"):
-        model = model_or_404(name)
-        if isinstance(model, JSONResponse):
-            return model
+        model = lookup(name)
         return {
             "name": model.name, "versions": ["1"], "platform": "onnxruntime_onnx",
             "inputs": [{"name": model.input_name, "datatype": "FP32", "shape": model.input_shape}],
@@ -64,15 +67,12 @@ def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
 
     @app.get("/v2/models/{name}/ready")
     def model_ready(name: str):
-        model = model_or_404(name)
-        return model if isinstance(model, JSONResponse) else {"name": name, "ready": True}
+        return {"name": lookup(name).name, "ready": True}
 
     @app.get("/v2/models/{name}/config")
     def model_config(name: str):
         """Triton's config endpoint, with the public parameters (fingerprint) as Triton would show them."""
-        model = model_or_404(name)
-        if isinstance(model, JSONResponse):
-            return model
+        model = lookup(name)
         return {"name": model.name, "platform": "onnxruntime_onnx", "max_batch_size": limits.max_batch,
                 "parameters": {k: {"string_value": str(v)} for k, v in model.parameters().items()
                                if k == "fingerprint"}}
@@ -80,23 +80,10 @@ def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str = "1"):
-        try:
-            body = await _read_limited(request, limits.max_body_bytes)  # read first: errors reach the client
-        except ProtocolError as exc:
-            return error(exc.status, str(exc))
-        model = model_or_404(name)
-        if isinstance(model, JSONResponse):
-            return model
-        try:
-            header = request.headers.get(HEADER_LENGTH)
-            try:
-                header_length = None if header is None else int(header)
-            except ValueError:
-                raise ProtocolError(400, f"{HEADER_LENGTH} must be an integer") from None
-            parsed = parse_infer_request(body, header_length,
-                                         {"name": model.input_name, "shape": model.input_shape}, limits.max_batch)
-        except ProtocolError as exc:
-            return error(exc.status, str(exc))
+        body = await _read_limited(request, limits.max_body_bytes)  # read first: errors reach the client
+        model = lookup(name)
+        parsed = parse_infer_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)),
+                                     {"name": model.input_name, "shape": model.input_shape}, limits.max_batch)
         logits = await anyio.to_thread.run_sync(model.infer, parsed.inputs[model.input_name])
         payload, headers = build_infer_response(model.name, {model.output_name: logits}, parsed.binary_outputs,
                                                 parsed.request_id)
@@ -106,12 +93,42 @@ def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
     return app
 
 
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error body the server sends."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Answer every error, ours and FastAPI's own, as ``{"error": "<message>"}`` (what tritonclient reads)."""
+
+    async def protocol_error(request: Request, exc: ProtocolError) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """Starlette's own: unknown route (404), wrong method (405, keeps the Allow header)."""
+        return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", exc.headers)
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}"
+                             for e in exc.errors())
+        return _error(422, f"invalid request: {problems}")
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """A bug: a generic 500 for the client; the traceback goes to the server's log only."""
+        return _error(500, "internal server error")
+
+    app.add_exception_handler(ProtocolError, protocol_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
 async def _read_limited(request: Request, limit: int) -> bytes:
     """The body, or 413. An oversized body is drained (up to 4x the limit, not stored) so that the
     client reads the 413 instead of a reset connection; beyond that the request is cut off."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > 4 * limit:
-        raise ProtocolError(413, f"request body of {declared} bytes exceeds the limit of {limit}")
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -120,7 +137,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
         if size <= limit:
             chunks.append(chunk)
     if size > limit:
-        raise ProtocolError(413, f"request body exceeds the limit of {limit} bytes")
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     return b"".join(chunks)
 
 

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from ..atomic import write_bytes_atomic, write_with
-from ..errors import FakeGradientError
+from ..errors import FakeGradientError, InvalidArgument
 from .onnx_model import load_model_dir
 
 CONFIG = """name: "{name}"
@@ -46,7 +46,7 @@ def export_triton(model_dir: Path, out: Path, name: str | None = None, max_batch
     """Write the repository; returns the path of the copied model.onnx."""
     model = load_model_dir(model_dir, name)  # refuses folders holding a key
     if max_batch < 1:
-        raise FakeGradientError("--max-batch must be >= 1")
+        raise InvalidArgument(f"--max-batch must be >= 1, got {max_batch}")
     if model.input_shape[0] != -1 or model.output_shape[0] != -1:
         raise FakeGradientError("the ONNX model needs a dynamic batch dimension for Triton's batching")
     version = Path(out) / model.name / "1"

@@ -1,0 +1,95 @@
+"""What an evaluation runs: a frozen, fully validated :class:`EvaluationConfig` and its samples.
+
+Every field carries its CLI help (``metadata["help"]``): ``fakegradient evaluate`` builds its flags
+from these fields, so defaults and help live here and in :mod:`fakegradient.defaults` only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .. import defaults
+from ..data import Sample, foolbox_imagenet, image_folder
+from ..errors import InvalidArgument
+from ..methods import METHODS, PAPER_METHODS
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    models: tuple[str, ...] = _opt((defaults.EMBEDDED_SPEC,), "comma-separated name[:weights]", list=True)
+    methods: tuple[str, ...] = _opt(PAPER_METHODS, "comma-separated: " + ", ".join(METHODS), list=True)
+    data: str = _opt(defaults.EMBEDDED_DATA, "an ImageFolder (ImageNet val layout) or the 20 photos in foolbox")
+    limit: int | None = _opt(None, "use the first N images", type=int)
+    seed: int | None = _opt(None, "reproducible keys and random rows (NOT secure); default: drawn per run",
+                            type=int)
+    scale: float = _opt(defaults.SCALE, "S_a of Algorithm 1")
+    candidates: int = _opt(defaults.CANDIDATES, "DeepFool's candidate classes (top-k of the attacked outputs)")
+    overshoot: float = _opt(defaults.OVERSHOOT, "DeepFool's overshoot on the accumulated perturbation")
+    max_iter: int = _opt(defaults.MAX_ITER, "DeepFool's iterations per image")
+    clip: bool = _opt(False, "clip adversarial images to [0, 1] (the reference DeepFool does not)")
+    batch_size: int | None = _opt(None, f"images per attack batch and per shard (default: "
+                                        f"{defaults.BATCH_SIZE_CPU} on CPU, where larger is slower; "
+                                        f"{defaults.BATCH_SIZE_CUDA} on CUDA)", type=int)
+    device: str = _opt("cpu", "cpu, cuda, cuda:1, ...")
+    heatmap_images: int = _opt(defaults.HEATMAP_IMAGES, "images in the Fig. 6 heatmaps")
+    timing_repeats: int = _opt(defaults.TIMING_REPEATS, "timed forward passes per model (Fig. 8)")
+    adaptive: bool = _opt(False, "also run the adaptive attackers: transfer, key recovery, feature space, "
+                                 "black box, sanity")
+    blackbox_queries: int = _opt(defaults.BLACKBOX_QUERIES, "queries of the black-box (Square) attack")
+    blackbox_factor: float = _opt(defaults.BLACKBOX_FACTOR, "black-box L2 budget, in multiples of the median "
+                                                            "DeepFool ‖r‖₂ on the original")
+    feature_steps: int = _opt(defaults.FEATURE_STEPS, "PGD steps of the feature-space attack")
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "models", tuple(self.models))
+        set_(self, "methods", tuple(self.methods))
+        if self.batch_size is None:
+            set_(self, "batch_size", defaults.batch_size(self.device))
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise InvalidArgument(f"--methods: unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        if not self.methods or not self.models:
+            raise InvalidArgument("give at least one model and one method")
+        for name, low in (("limit", 1), ("batch_size", 1), ("max_iter", 1), ("candidates", 2),
+                          ("heatmap_images", 0), ("timing_repeats", 2), ("blackbox_queries", 1),
+                          ("feature_steps", 1)):
+            value = getattr(self, name)
+            if value is None and name == "limit":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                why = " (a median and an IQR)" if name == "timing_repeats" else ""
+                raise InvalidArgument(f"--{name.replace('_', '-')} must be an integer >= {low}{why}, got {value!r}")
+        for name, positive in (("scale", True), ("overshoot", False), ("blackbox_factor", True)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
+                    positive and value == 0):
+                raise InvalidArgument(f"--{name.replace('_', '-')} must be finite and "
+                                      f"{'> 0' if positive else '>= 0'}, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able settings (results.json, Ray workers, --resume)."""
+        data = asdict(self)
+        data["models"], data["methods"] = list(self.models), list(self.methods)
+        data["data"] = self.data if self.data == defaults.EMBEDDED_DATA else str(Path(self.data))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def load_samples(config: EvaluationConfig) -> list[Sample]:
+    """The labelled images ``config`` names, the first ``config.limit`` of them."""
+    if config.data == defaults.EMBEDDED_DATA:
+        samples = foolbox_imagenet()
+        return samples[: config.limit] if config.limit else samples
+    return image_folder(config.data, config.limit)

@@ -1,0 +1,60 @@
+"""Evaluation work as pure data: shards — (model, method, slice of images, stage) — and their results.
+
+A stage (``evaluation/stages``) computes a shard the same way on the driver and on Ray workers.
+Stages run in rounds: ``deepfool`` (Table 1/2) and ``transfer``, then ``adaptive``, whose shards
+carry the budgets the first round determined.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Shard:
+    model: str  # name[:weights]
+    method: str  # for "transfer": "original", the model the attacker uses
+    start: int  # image indices [start, stop)
+    stop: int
+    stage: str = "deepfool"
+    budgets: tuple[tuple[str, float], ...] = ()  # an adaptive shard's budgets, from earlier shards
+
+    @property
+    def id(self) -> str:
+        model = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model)
+        stage = "" if self.stage == "deepfool" else f"{self.stage}-"
+        return f"{model}__{stage}{self.method}__{self.start:07d}-{self.stop:07d}"
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Shard:
+        data = json.loads(text)
+        return cls(**data | {"budgets": tuple((k, v) for k, v in data["budgets"])})
+
+
+@dataclass
+class ShardResult:
+    """What a shard yields: its records as dicts (ImageRecord or AttackerRecord fields), the
+    perturbations of heatmap images (k, C, H, W) if any, and stage-specific values."""
+
+    records: list[dict[str, Any]]
+    perturbation: np.ndarray | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(model: str, methods: list[str], n_images: int, shard_size: int, stage: str = "deepfool",
+         budgets: dict[str, dict[str, float]] | None = None) -> list[Shard]:
+    """Shards of ``shard_size`` images for each method; ``budgets[method]`` goes into its shards."""
+    return [Shard(model, method, start, min(start + shard_size, n_images), stage,
+                  tuple(sorted((budgets or {}).get(method, {}).items())))
+            for method in methods for start in range(0, n_images, shard_size)]

@@ -1,0 +1,100 @@
+"""Finished shards on disk, so that an interrupted evaluation resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import write_bytes_atomic, write_with
+from ..errors import FakeGradientError
+from .plan import Shard, ShardResult
+
+RESUMABLE_CHANGES = ("device", "timing_repeats", "adaptive")  # settings a resumed run may change
+
+
+class ShardStore:
+    """Finished shards as files (``<id>.json``: the shard and its records and values, ``<id>.npy``:
+    heatmap perturbations), written atomically as they finish, and ``run.json``: the run's settings
+    and evaluation seeds, so that a resumed run uses the same ones. ``resume=False`` starts afresh."""
+
+    def __init__(self, folder: Path | None, resume: bool = False):
+        self.folder = folder
+        if folder is not None:
+            try:
+                if folder.exists() and not resume:
+                    shutil.rmtree(folder)
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise FakeGradientError(f"cannot use {folder} for shard results: {exc.strerror or exc}") from None
+
+    def begin(self, settings: dict[str, Any]) -> None:
+        """A fresh run records its settings; a resumed run must have the same ones."""
+        if self.folder is None:
+            return
+        kept = {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in RESUMABLE_CHANGES}
+        run = self._run()
+        if run is None:
+            self._write_run({"settings": kept, "seeds": {}})
+        elif run["settings"] != kept:
+            stored = run["settings"]
+            changed = sorted(k for k in kept.keys() | stored.keys() if kept.get(k) != stored.get(k))
+            raise FakeGradientError(f"--resume: the unfinished run in {self.folder.parent} used other "
+                                    f"settings ({', '.join(changed)}); rerun with the same ones, or without "
+                                    "--resume")
+
+    def seed(self, model: str, draw: Callable[[], int]) -> int:
+        """The evaluation seed of ``model`` in this run: the stored one when resuming, else ``draw()``."""
+        run = self._run()
+        if run is None:
+            return draw()
+        if model not in run["seeds"]:
+            run["seeds"][model] = draw()
+            self._write_run(run)
+        return int(run["seeds"][model])
+
+    def _run(self) -> dict[str, Any] | None:
+        if self.folder is None or not (self.folder / "run.json").is_file():
+            return None
+        try:
+            return json.loads((self.folder / "run.json").read_text())
+        except (json.JSONDecodeError, OSError) as exc:
+            raise FakeGradientError(f"--resume: {self.folder / 'run.json'} is damaged ({exc}); "
+                                    "rerun without --resume") from None
+
+    def _write_run(self, run: dict[str, Any]) -> None:
+        write_bytes_atomic(self.folder / "run.json", json.dumps(run).encode())
+
+    def get(self, shard: Shard) -> ShardResult | None:
+        """The stored result, or None when absent, damaged, or made for other budgets."""
+        if self.folder is None or not (self.folder / f"{shard.id}.json").is_file():
+            return None
+        try:
+            payload = json.loads((self.folder / f"{shard.id}.json").read_text())
+            if Shard.from_json(json.dumps(payload["shard"])) != shard:
+                return None
+            result = ShardResult(payload["records"], None, payload["values"])
+            pert_file = self.folder / f"{shard.id}.npy"
+            if pert_file.is_file():
+                result.perturbation = np.load(pert_file)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, OSError):
+            return None  # a damaged shard file is recomputed
+        return result
+
+    def put(self, shard: Shard, result: ShardResult) -> None:
+        if self.folder is None:
+            return
+        if result.perturbation is not None:  # before the json: a shard counts as done once its json exists
+            write_with(self.folder / f"{shard.id}.npy", lambda tmp: _save_npy(tmp, result.perturbation))
+        payload = {"shard": asdict(shard), "records": result.records, "values": result.values}
+        write_bytes_atomic(self.folder / f"{shard.id}.json", json.dumps(payload).encode())
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array)

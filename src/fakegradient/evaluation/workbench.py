@@ -1,0 +1,77 @@
+"""What the shards of one model are computed from: the original and served pipelines, the samples,
+full-fp32 numerics and the configured DeepFool."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..attacks.deepfool import DeepFool
+from ..data import Sample, load_batch
+from ..key import Key
+from ..methods import ORIGINAL
+from .config import EvaluationConfig, load_samples
+from .pipeline import Normalized, load_pipeline, protected_pipeline
+
+
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """No TF32 on CUDA while evaluating: borderline adversarial decisions must not depend on batch size."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+def deepfool(config: EvaluationConfig) -> DeepFool:
+    """The configured DeepFool (naive, transfer, key-recovery and sanity attackers all use it)."""
+    return DeepFool(config.candidates, config.overshoot, config.max_iter, (0.0, 1.0) if config.clip else None)
+
+
+def served_pipelines(original: Normalized, config: EvaluationConfig, seed: int,
+                     probe: torch.Tensor) -> dict[str, tuple[Normalized, Key | None]]:
+    """method → (served pipeline, key), the original served as is. ``probe`` (1, C, H, W) is image 0."""
+    with full_fp32():
+        return {method: (original, None) if method == ORIGINAL else
+                protected_pipeline(original, method, scale=config.scale, seed=seed, probe=probe)
+                for method in config.methods}
+
+
+@dataclass
+class Workbench:
+    """The driver hands it the images it loaded (all of them without Ray); a Ray worker builds it
+    with :meth:`load` and reads each shard's images from the data path. ``seed`` is the run's
+    evaluation seed (experiment keys and random rows)."""
+
+    config: EvaluationConfig
+    original: Normalized
+    served: dict[str, tuple[Normalized, Key | None]]
+    samples: list[Sample]
+    seed: int
+    images: torch.Tensor | None = None  # (B, C, H, W) in [0, 1], all samples
+    pixel: Callable | None = None  # the pixel preprocessing, when images is None
+    memo: dict[Any, Any] = field(default_factory=dict)  # per-model things shards share
+
+    @classmethod
+    def load(cls, config: EvaluationConfig, spec: str, seed: int) -> Workbench:
+        original, pixel = load_pipeline(spec, config.device)
+        samples = load_samples(config)
+        probe = load_batch([samples[0].path], pixel).to(config.device)  # the driver traces on image 0 too
+        return cls(config, original, served_pipelines(original, config, seed, probe), samples, seed, None, pixel)
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        """Images [start, stop) as (b, C, H, W) on the configured device."""
+        if self.images is not None:
+            return self.images[start:stop]
+        return load_batch([s.path for s in self.samples[start:stop]], self.pixel).to(self.config.device)
+
+    @property
+    def protected(self) -> dict[str, tuple[Normalized, Key]]:
+        return {m: (p, k) for m, (p, k) in self.served.items() if k is not None}

@@ -1,0 +1,88 @@
+"""The one registry of methods: the unprotected baseline and every protection scheme.
+
+``protect``, the CLI's choices, the evaluation and the report all read :data:`METHODS`; adding a
+scheme is one entry here plus its row function in :mod:`fakegradient.core.fake_rows`. Torch-free at
+import (the CLI builds its parser from it); the row functions are imported when first called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArgument
+
+ORIGINAL = "original"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the registry.
+
+    ``rows`` names the function in ``core.fake_rows`` that makes the fake rows (W_F (N, D), b_F (N,))
+    from the head's (W_o, b_o); it takes ``scale=`` when ``takes_scale``, else ``generator=``.
+    ``paper`` holds the paper's Table 1 values, metric → paper column → value, where it has them.
+    """
+
+    name: str
+    display: str
+    help: str
+    rows: str | None = None  # None: the unprotected baseline
+    takes_scale: bool = False
+    in_paper: bool = False  # one of the paper's three columns (the evaluation's default methods)
+    paper: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    @property
+    def protects(self) -> bool:
+        return self.rows is not None
+
+    def fake_rows(self, weight: Any, bias: Any, *, scale: float, generator: Any) -> tuple[Any, Any]:
+        """Fake rows (N, D), (N,) for a head (N, D), (N,)."""
+        if self.rows is None:
+            raise InvalidArgument(f"{self.name!r} is the unprotected baseline: it makes no fake rows")
+        function: Callable = getattr(importlib.import_module(".core.fake_rows", __package__), self.rows)
+        return function(weight, bias, scale) if self.takes_scale else function(weight, bias, generator)
+
+
+_PAPER_COLUMNS = ("ResNet34", "ResNet18", "DenseNet121", "VGG19", "VGG11", "MobileNet", "GoogLeNet")
+
+
+def _paper(**rows: list[float]) -> dict[str, dict[str, float]]:
+    return {metric: dict(zip(_PAPER_COLUMNS, values)) for metric, values in rows.items()}
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method(ORIGINAL, "Original Model", "the unprotected model (the attack's baseline)", in_paper=True,
+           paper=_paper(rho_mean=[0.0018, 0.0016, 0.0017, 0.0017, 0.0020, 0.0012, 0.0018])),
+    Method("fake-gradient", "Fake Gradient", "the paper's Algorithm 1: mirrored, scaled fake rows (S_a)",
+           rows="fake_gradient_rows", takes_scale=True, in_paper=True,
+           paper=_paper(fake_output_pct=[100] * 7, original_functionality_pct=[100] * 7,
+                        defense_success_pct=[90.5, 92.1, 94.9, 79.8, 82.9, 87.1, 84.8],
+                        rho_mean=[0.0010, 0.0009, 0.0008, 0.0015, 0.0015, 0.0012, 0.0015])),
+    Method("random-weight", "Random Weight", "the paper's baseline: Gaussian fake rows fitted to W_o",
+           rows="random_weight_rows", in_paper=True,
+           paper=_paper(fake_output_pct=[1, 1, 0, 0, 0, 0, 6], original_functionality_pct=[100] * 7,
+                        defense_success_pct=[1.2, 11.4, 0, 0, 0, 0, 22.5],
+                        rho_mean=[0.0019, 0.0016, 0.0017, 0.0017, 0.0020, 0.0012, 0.0017])),
+    Method("fake-gradient-hardened", "Fake Gradient, hardened (ours)",
+           "ours: shuffled mixtures of real rows, no pairing oracle in the file", rows="hardened_rows"),
+)}
+
+PROTECTIONS = tuple(name for name, m in METHODS.items() if m.protects)  # what protect() accepts
+PAPER_METHODS = tuple(name for name, m in METHODS.items() if m.in_paper)
+PAPER_COLUMNS = _PAPER_COLUMNS
+
+
+def get(name: str, *, protection: bool = False) -> Method:
+    """The registry entry ``name``; ``protection=True`` refuses the unprotected baseline."""
+    choices = PROTECTIONS if protection else tuple(METHODS)
+    if name not in choices:
+        raise InvalidArgument(f"unknown method {name!r}; choose one of {', '.join(choices)}")
+    return METHODS[name]
+
+
+def describe(choices: tuple[str, ...]) -> str:
+    """One line per method for a CLI help text."""
+    return "; ".join(f"{name}: {METHODS[name].help}" for name in choices)
