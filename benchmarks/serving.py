@@ -1,22 +1,36 @@
 """Protected vs unprotected MobileNetV2 behind the same v2 server, under the same concurrent load.
 
     python benchmarks/serving.py [--clients 8] [--requests 25] [--batch 1] [--rounds 3]
+    python benchmarks/serving.py --hostile [--seconds 30] [--big-json 4] [--slow-bodies 16] [--idle 500]
+                                           [--big-batches 32]
 
 One server process serves both models; client threads send binary-tensor requests. Phases
 alternate (protected, unprotected, ...) so drift hits both alike. Prints throughput and p50/p99
 latency per model and the protected/unprotected throughput ratio (goal >= 0.97).
+
+``--hostile``: the server with its default limits, probed on /v2/health/live (a fresh connection every
+20 ms, as a liveness probe does) and used by one well-behaved client (a 1-image request every 100 ms),
+first alone, then while hostile clients run: ``--big-json`` clients
+sending ~62 MiB JSON requests in a loop, ``--slow-bodies`` connections sending all but the last bytes
+of a ~63 MiB body then stalling, ``--idle`` connections that never send anything, ``--big-batches``
+clients sending 64-image requests. Prints the probe's p50/p99/max both ways, the attackers' answers and
+the server's resident memory (before, peak, after; Linux /proc).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,41 +74,37 @@ def phase(url: str, name: str, clients: int, requests: int, batch: int) -> tuple
     return clients * requests * batch / (time.perf_counter() - start), latencies
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=25)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads in the server")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        export_models(root)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "fakegradient.cli", "serve", str(root / "protected"),
-                                   str(root / "unprotected"), "--port", str(port), "--threads", str(args.threads)])
-        url = f"http://127.0.0.1:{port}"
+def start_server(root: Path, names: list[str], threads: int) -> tuple[subprocess.Popen, str]:
+    """The server (default limits) on a free port, once ready: (process, url)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "fakegradient.cli", "serve", *(str(root / n) for n in names),
+                               "--port", str(port), "--threads", str(threads)])
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
         try:
-            for _ in range(120):
-                try:
-                    urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.5)
+            urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    return server, url
+
+
+def throughput(args: argparse.Namespace, root: Path) -> None:
+    server, url = start_server(root, ["protected", "unprotected"], args.threads)
+    try:
+        for name in ("protected", "unprotected"):
+            phase(url, name, args.clients, 3, args.batch)  # warm-up
+        results: dict[str, tuple[list[float], list[float]]] = {"protected": ([], []), "unprotected": ([], [])}
+        for _ in range(args.rounds):
             for name in ("protected", "unprotected"):
-                phase(url, name, args.clients, 3, args.batch)  # warm-up
-            results: dict[str, tuple[list[float], list[float]]] = {"protected": ([], []), "unprotected": ([], [])}
-            for _ in range(args.rounds):
-                for name in ("protected", "unprotected"):
-                    throughput, latencies = phase(url, name, args.clients, args.requests, args.batch)
-                    results[name][0].append(throughput)
-                    results[name][1].extend(latencies)
-        finally:
-            server.terminate()
-            server.wait()
+                rate, latencies = phase(url, name, args.clients, args.requests, args.batch)
+                results[name][0].append(rate)
+                results[name][1].extend(latencies)
+    finally:
+        server.terminate()
+        server.wait()
     print(f"{args.clients} clients x {args.requests} requests x batch {args.batch}, {args.rounds} interleaved rounds")
     print(f"{'model':<12} {'images/s (median of rounds)':>28} {'p50 ms':>8} {'p99 ms':>8}")
     for name, (throughputs, latencies) in results.items():
@@ -102,6 +112,230 @@ def main() -> None:
         print(f"{name:<12} {statistics.median(throughputs):>28.1f} {p50:>8.1f} {p99:>8.1f}")
     ratio = statistics.median(results["protected"][0]) / statistics.median(results["unprotected"][0])
     print(f"protected / unprotected throughput: {ratio:.3f} (goal >= 0.97)")
+
+
+# --- hostile clients --------------------------------------------------------------------------------------
+
+
+def probe(url: str, seconds: float, failures: Counter, interval: float = 0.02) -> list[float]:
+    """Latencies (s) of GET /v2/health/live on a fresh connection every ``interval`` for ``seconds``;
+    a failed probe counts as 30 s and is tallied in ``failures``."""
+    latencies, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.perf_counter()
+        try:
+            with urllib.request.urlopen(url + "/v2/health/live", timeout=30) as answer:
+                answer.read()
+            latencies.append(time.perf_counter() - start)
+        except OSError as exc:
+            failures[f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"] += 1
+            latencies.append(30.0)
+        time.sleep(max(0.0, interval - (time.perf_counter() - start)))
+    return latencies
+
+
+def legit(address: tuple[str, int], seconds: float, results: list[tuple[int, float]]) -> None:
+    """A well-behaved client: one 1-image binary request every 100 ms for ``seconds``; (status, latency)."""
+    body, headers = binary_body(1)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.perf_counter()
+        results.append((post(address, body, headers, timeout=30), time.perf_counter() - start))
+        time.sleep(max(0.0, 0.1 - (time.perf_counter() - start)))
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of ``pid`` in MiB (Linux); {} elsewhere."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM") if k in fields}
+
+
+def post(address: tuple[str, int], body: bytes, headers: dict[str, str], timeout: float = 120) -> int:
+    """Status of one POST to the protected model (0 when the connection failed)."""
+    conn = http.client.HTTPConnection(*address, timeout=timeout)
+    try:
+        conn.request("POST", "/v2/models/protected/infer", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
+
+
+def json_body(images: int) -> bytes:
+    x = np.random.default_rng(images).random((images, 3, 224, 224), dtype=np.float32)
+    return json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.reshape(-1).tolist()}]}).encode()
+
+
+def binary_body(images: int) -> tuple[bytes, dict[str, str]]:
+    x = np.random.default_rng(images).random((images, 3, 224, 224), dtype=np.float32)
+    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
+
+
+def repeat_post(address, body: bytes, headers: dict[str, str], label: str, stop, tally: Counter) -> None:
+    """The same request, one after the other, until ``stop``."""
+    while not stop.is_set():
+        tally[f"{label}: {post(address, body, headers)}"] += 1
+
+
+def slow_body(address, stop, tally: Counter) -> None:
+    """All but the last 16 bytes of a ~63 MiB body, then nothing: until the server gives up on it."""
+    size, chunk = 63 * 2**20, b"0" * 2**20
+    while not stop.is_set():
+        try:
+            with socket.create_connection(address) as sock:
+                sock.sendall(f"POST /v2/models/protected/infer HTTP/1.1\r\nHost: x\r\n"
+                             f"Content-Length: {size}\r\n\r\n".encode())
+                for _ in range(size // len(chunk) - 1):
+                    sock.sendall(chunk)
+                sock.sendall(chunk[:-16])
+                sock.settimeout(1)
+                answer = b""
+                while not stop.is_set() and not answer:
+                    try:
+                        answer = sock.recv(64) or b"closed"
+                    except TimeoutError:
+                        continue
+                status = answer.split(b"\r\n")[0].decode(errors="replace") or "stopped"
+                tally[f"slow body: {status}"] += 1
+        except OSError as exc:
+            tally[f"slow body: {type(exc).__name__}"] += 1
+
+
+def idle_flood(address, count: int, stop, tally: Counter) -> None:
+    """Keep ``count`` connections open that never send a byte (reopening those the server closes)."""
+    open_: list[socket.socket] = []
+    while not stop.is_set():
+        alive = []
+        for sock in open_:
+            try:
+                if sock.recv(1) == b"":
+                    raise ConnectionResetError
+                alive.append(sock)
+            except BlockingIOError:
+                alive.append(sock)
+            except OSError:
+                sock.close()
+                tally["idle connections closed by the server"] += 1
+        open_ = alive
+        while len(open_) < count and not stop.is_set():
+            try:
+                sock = socket.create_connection(address, timeout=5)
+                sock.setblocking(False)
+                open_.append(sock)
+                tally["idle connections opened"] += 1
+            except OSError:
+                tally["idle connection refused"] += 1
+                break
+        stop.wait(0.5)
+    for sock in open_:
+        sock.close()
+
+
+def attack(address: tuple[str, int], counts: dict[str, int], ready, stop, results) -> None:
+    """The hostile clients, as threads of a process of their own (so the probe does not share their GIL);
+    sets ``ready`` once they run, puts their tally into ``results`` after ``stop``."""
+    tally: Counter = Counter()
+    big, (batch, batch_headers) = json_body(21), binary_body(64)
+    threads = ([threading.Thread(target=repeat_post, args=(address, big, {}, f"big JSON ({len(big) / 2**20:.0f} MiB)",
+                                                          stop, tally)) for _ in range(counts["big_json"])]
+               + [threading.Thread(target=repeat_post, args=(address, batch, batch_headers, "64-image batch", stop,
+                                                             tally)) for _ in range(counts["big_batches"])]
+               + [threading.Thread(target=slow_body, args=(address, stop, tally)) for _ in range(counts["slow_bodies"])]
+               + [threading.Thread(target=idle_flood, args=(address, counts["idle"], stop, tally))])
+    for thread in threads:
+        thread.start()
+    ready.set()
+    for thread in threads:
+        thread.join()
+    results.put(dict(tally))
+
+
+def hostile(args: argparse.Namespace, root: Path) -> None:
+    import multiprocessing
+
+    server, url = start_server(root, ["protected"], args.threads)
+    address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    context = multiprocessing.get_context("spawn")
+    ready, stop, results = context.Event(), context.Event(), context.Queue()
+    counts = {"big_json": args.big_json, "big_batches": args.big_batches, "slow_bodies": args.slow_bodies,
+              "idle": args.idle}
+    try:
+        post(address, *binary_body(1))  # warm-up
+        failures: Counter = Counter()
+        served: dict[str, list[tuple[int, float]]] = {"without attack": [], "under attack": []}
+        client = threading.Thread(target=legit, args=(address, args.seconds, served["without attack"]))
+        client.start()
+        quiet = probe(url, args.seconds, failures)
+        client.join()
+        before = memory_mib(server.pid)
+        attacker = context.Process(target=attack, args=(address, counts, ready, stop, results))
+        attacker.start()
+        ready.wait(timeout=300)
+        time.sleep(2)  # let the attack build up
+        client = threading.Thread(target=legit, args=(address, args.seconds, served["under attack"]))
+        client.start()
+        attacked = probe(url, args.seconds, failures)
+        client.join()
+        peak = memory_mib(server.pid)
+        stop.set()
+        tally = results.get(timeout=300)
+        attacker.join(timeout=60)
+        time.sleep(5)
+        after = memory_mib(server.pid)
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"health probe: GET /v2/health/live on a fresh connection every 20 ms for {args.seconds:g} s each way")
+    print(f"{'':<16} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name, latencies in (("without attack", quiet), ("under attack", attacked)):
+        p50, p99, top = np.percentile(latencies, [50, 99, 100]) * 1e3
+        print(f"{name:<16} {len(latencies):>5} {p50:>8.1f} {p99:>8.1f} {top:>8.1f}")
+    print("a well-behaved client (one 1-image request every 100 ms) meanwhile:")
+    for name, results in served.items():
+        statuses = Counter(status for status, _ in results)
+        p50, p99 = np.percentile([t for _, t in results], [50, 99]) * 1e3
+        print(f"  {name:<16} n {len(results):>4}  answers {dict(sorted(statuses.items()))}  "
+              f"p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+    for failure, count in failures.items():
+        print(f"  failed probes: {failure}: {count}")
+    print(f"attack: {args.big_json} big-JSON clients, {args.slow_bodies} slow bodies, {args.idle} idle connections, "
+          f"{args.big_batches} 64-image clients; their answers:")
+    for outcome, count in sorted(tally.items()):
+        print(f"  {outcome}: {count}")
+    if before:
+        print(f"server memory (MiB): RSS before the attack {before['VmRSS']:.0f}, peak {peak['VmHWM']:.0f}, "
+              f"RSS 5 s after it {after['VmRSS']:.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=25)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads in the server")
+    parser.add_argument("--hostile", action="store_true", help="health latency under hostile clients instead")
+    parser.add_argument("--seconds", type=float, default=30, help="--hostile: probing time, each way")
+    parser.add_argument("--big-json", type=int, default=4, help="--hostile: clients sending ~62 MiB JSON")
+    parser.add_argument("--slow-bodies", type=int, default=16, help="--hostile: stalled ~63 MiB bodies")
+    parser.add_argument("--idle", type=int, default=500, help="--hostile: idle connections")
+    parser.add_argument("--big-batches", type=int, default=32, help="--hostile: clients sending 64 images")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        export_models(root)
+        (hostile if args.hostile else throughput)(args, root)
 
 
 if __name__ == "__main__":

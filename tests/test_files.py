@@ -163,3 +163,37 @@ def test_onnx_has_no_key_material_and_matches_torch(tmp_path, protected_mobilene
         with torch.no_grad():
             torch_out = protected(x).numpy()
         np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=1e-4)
+
+
+def test_atomic_write_syncs_the_folder_after_the_rename(tmp_path, protected_tiny, monkeypatch):
+    """The rename itself must be durable: the folder is fsynced after ``os.replace``."""
+    _, key = protected_tiny
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", lambda *a: events.append("replace") or real_replace(*a))
+    key.save(tmp_path / "key.json")
+    assert events == ["fsync file", "replace", "fsync folder"]
+
+
+def test_keep_copy_never_replaces_an_older_copy(tmp_path):
+    from fakegradient.atomic import drop_copy, keep_copy
+
+    path = tmp_path / "key.json"
+    copies = []
+    for version in range(3):
+        path.write_bytes(f"key {version}".encode())
+        copies.append(keep_copy(path))
+    assert [p.name for p in copies] == ["key.json.old", "key.json.old.1", "key.json.old.2"]
+    assert [p.read_bytes() for p in copies] == [b"key 0", b"key 1", b"key 2"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in copies} == {0o600}
+    drop_copy(copies[-1], path)  # the original is unchanged: the copy goes
+    assert not copies[-1].exists()
+    path.write_bytes(b"key 3")
+    drop_copy(copies[1], path)  # the original was replaced: the copy is the only one left and stays
+    assert copies[1].read_bytes() == b"key 1"

@@ -174,7 +174,23 @@ def test_binary_outputs_flag(request_fields, binary):
     (body({"inputs": [tensor()], "parameters": "binary"}), 400, "the request's 'parameters' must be an"),
     (body({"inputs": [tensor()], "outputs": 5}), 400, "'outputs' must be a list"),
     (body({"inputs": [tensor()], "outputs": ["logits"]}), 400, "each output must be an object"),
-    (body({"inputs": [tensor()], "outputs": [{"parameters": [1]}]}), 400, "an output's 'parameters' must be"),
+    (body({"inputs": [tensor()], "outputs": [{"name": "logits", "parameters": [1]}]}), 400,
+     "an output's 'parameters' must be"),
+    # the issue's 500s, each a 400 now
+    (body({"inputs": [tensor(datatype={"FP32": 1})]}), 400, "datatype {'FP32': 1} not supported"),
+    (body({"inputs": [tensor(parameters={"binary_data_size": {"a": 1}})]}), 400, "the input's 'parameters'"),
+    (body({"inputs": [tensor()], "parameters": {"binary_data_output": [True]}}), 400, "the request's 'param"),
+    (body({"inputs": [tensor()], "parameters": {"binary_data_output": "yes"}}), 400,
+     "parameter 'binary_data_output' must be true or false, got 'yes'"),
+    (body({"inputs": [tensor()], "outputs": [{"name": "logits", "parameters": {"binary_data": 1}}]}), 400,
+     "parameter 'binary_data' must be true or false"),
+    (body({"inputs": [tensor()], "outputs": {"name": "logits"}}), 400, "'outputs' must be a list"),
+    (body({"inputs": [tensor()], "outputs": [{"parameters": {}}]}), 400, "each output must be an object with a"),
+    (body({"inputs": [tensor()], "id": {"a": [1]}}), 400, "'id' must be a string"),
+    (body({"inputs": [tensor()], "id": 7}), 400, "'id' must be a string"),
+    (b'{"inputs": [{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}]}", 400, "malformed JSON"),  # RecursionError
+    (body({"inputs": [tensor(data=[10**400] + [0.5] * 11)]}), 400, "'data' must hold numbers only"),
+    (body({"inputs": [tensor(name="x" * 10**6)]}), 400, "unknown input 'xxxxxxxxxxxx...xxxxxxxxxxxxx'; the"),
 ])
 def test_bad_json_requests(data, status, message):
     error = refused(data)

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_server_support import serve_subprocess
 
 from fakegradient import Key
 from fakegradient.cli import main
@@ -36,23 +38,9 @@ def cloud(tmp_path_factory):
     for name in ("mnv2", "other"):
         assert main(["protect", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--out", str(root / name),
                      "--key", str(root / f"{name}.key")]) == 0
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fakegradient.cli", "serve", str(root / "mnv2"), "--port", str(port),
-         "--max-batch", "8", "--max-body-mb", "8", "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
-            break
-        except OSError:
-            if server.poll() is not None:
-                pytest.fail(server.stdout.read())
-            time.sleep(0.5)
-    yield {"root": root, "url": url, "key": Key.load(root / "mnv2.key"), "server": server}
-    server.terminate()
-    server.wait(timeout=30)
+    with serve_subprocess([root / "mnv2"], "--max-batch", "8", "--max-body-mb", "8", "--threads", "1") as (
+            server, url):
+        yield {"root": root, "url": url, "key": Key.load(root / "mnv2.key"), "server": server}
 
 
 def call(url: str, body: bytes | None = None, method: str | None = None,
@@ -244,6 +232,22 @@ def test_server_and_export_refuse_a_folder_holding_a_key(cloud, tmp_path):
         load_model_dir(leaky)
     result = run_client("serve", leaky, "--port", str(free_port()))
     assert result.returncode != 0 and "key file" in result.stderr
+
+
+def test_a_model_onnx_with_50_flipped_bytes_is_refused(cloud, tmp_path):
+    """The issue's corruption: 50 bytes flipped in the last two thirds of model.onnx. The head's weights
+    (the first half of the file) take some of them: the fingerprint computed at load differs, and `serve`
+    refuses in one line instead of serving confident wrong labels."""
+    folder = tmp_path / "mnv2"
+    shutil.copytree(cloud["root"] / "mnv2", folder)
+    data = bytearray((folder / "model.onnx").read_bytes())
+    for offset in np.random.default_rng(0).choice(np.arange(len(data) // 3, len(data)), 50, replace=False):
+        data[offset] ^= 0xFF
+    (folder / "model.onnx").write_bytes(bytes(data))
+    result = run_client("serve", folder, "--port", "0")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {folder / 'model.onnx'}: the head's weights do not match the "
+                                    "fingerprint in its metadata"), result.stderr
 
 
 class StubSession:

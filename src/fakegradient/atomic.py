@@ -1,9 +1,13 @@
-"""Atomic file writes: a temporary file in the target folder, fsync, then ``os.replace``."""
+"""Atomic file writes: a temporary file in the target folder, fsync, ``os.replace``, fsync of the folder."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import filecmp
+import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,9 +48,62 @@ def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+        fsync_dir(target.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename or file creation in ``folder`` durable (POSIX; a no-op where folders cannot be synced)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder one may write but not read: best effort
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def keep_copy(path: str | os.PathLike) -> Path:
+    """Copy ``path`` to the first free name of ``PATH.old``, ``PATH.old.1``, ``PATH.old.2``, … (0600, synced;
+    an existing file is never replaced) and return that name."""
+    source = Path(path)
+    for n in itertools.count():
+        backup = source.with_name(source.name + (".old" if n == 0 else f".old.{n}"))
+        try:
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise FakeGradientError(f"cannot keep a copy of {source}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out)
+                out.flush()
+                os.fsync(out.fileno())
+            fsync_dir(backup.parent)
+        except BaseException as exc:
+            backup.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise FakeGradientError(f"cannot keep a copy of {source}: {exc.strerror or exc}") from None
+            raise
+        return backup
+    raise AssertionError("unreachable")
+
+
+def drop_copy(backup: Path, original: str | os.PathLike) -> None:
+    """Undo :func:`keep_copy`: remove ``backup`` unless ``original`` has changed since (then it is the only copy)."""
+    with contextlib.suppress(OSError):
+        filecmp.clear_cache()  # its cache is keyed on size and mtime, which a replaced key may share
+        if filecmp.cmp(backup, original, shallow=False):
+            backup.unlink()
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="reproducible key for experiments only: NOT secure")
     p.add_argument("--head", help="name of the classification layer, if it cannot be found")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --key (the old one is kept as KEY.old, or KEY.old.1, KEY.old.2, … "
+                        "when taken) and --out's model files")
     p.set_defaults(run=cmd_protect)
 
     p = sub.add_parser("info", help="what a key or protected-model file holds (never the permutation)")
@@ -75,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64, help="largest batch accepted (default 64)")
     p.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    p.add_argument("--cpu-arena", action="store_true",
+                   help="keep ONNX Runtime's CPU memory arena: large batches run faster, but the memory of "
+                        "peak loads is never returned")
+    p.add_argument("--max-inflight", type=int, default=8,
+                   help="requests in progress (parsed, waiting for or in inference); more get 503 + Retry-After "
+                        "(default 8)")
+    p.add_argument("--max-runs", type=int, default=2,
+                   help="ONNX Runtime runs at once; their memory grows with it (default 2)")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open connections; beyond, those idle the longest are closed (default 256)")
+    p.add_argument("--header-timeout", type=float, default=10,
+                   help="seconds a client has to send a request's headers (default 10)")
+    p.add_argument("--body-timeout", type=float, default=30,
+                   help="seconds a client has to send a request's body; 408 beyond (default 30)")
+    p.add_argument("--keep-alive", type=float, default=5,
+                   help="seconds an idle connection stays open between requests (default 5)")
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("export-triton", help="write a Triton model repository for a protected model folder")
@@ -97,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-workers", type=int,
                    help="Ray actors, one CPU or GPU each (default: one per GPU with --device cuda, else per CPU)")
     p.add_argument("--resume", action="store_true", help="reuse the finished shards of an interrupted run in --out")
+    p.add_argument("--fresh", action="store_true", help="discard the shards of an interrupted run in --out")
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("models", help="list the model names `protect` accepts")
@@ -127,7 +147,7 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 def cmd_protect(args: argparse.Namespace) -> None:
     from . import models
-    from .atomic import check_writable
+    from .atomic import check_writable, drop_copy, keep_copy
     from .modelfile import write_bundle
     from .protection import protect
 
@@ -136,9 +156,18 @@ def cmd_protect(args: argparse.Namespace) -> None:
                                 "keep the key elsewhere")
     if args.num_classes is not None and args.num_classes < 1:
         raise InvalidArgument(f"--num-classes must be >= 1, got {args.num_classes}")
-    with _new_folders(args.key.parent, args.out):  # removed again if anything below fails
+    taken = [p for p in (args.key, args.out / "model.pt", args.out / "model.onnx") if p.is_file() or p.is_symlink()]
+    if taken and not args.force:
+        raise FakeGradientError(f"refusing to overwrite {', '.join(map(str, taken))}: the model deployed with the old "
+                                "key could no longer be decrypted; choose new --key and --out paths, or pass --force "
+                                f"(the old key is then kept as {args.key}.old)")
+    backup = None
+    with _new_folders(args.key.parent, args.out), contextlib.ExitStack() as undo:  # undone if anything fails
         check_writable(args.key)
         check_writable(args.out / "model.pt")
+        if args.force and args.key in taken:
+            backup = keep_copy(args.key)
+            undo.callback(drop_copy, backup, args.key)  # if anything fails, unless the key was replaced
         kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
         random_init = args.state_dict or args.weights.lower() == "none"
         weights = None if random_init else models.get_weights(args.model, args.weights)
@@ -153,14 +182,21 @@ def cmd_protect(args: argparse.Namespace) -> None:
                                weights=str(weights) if weights else str(args.state_dict), extra=extra,
                                onnx=not args.no_onnx)
         try:
+            if args.no_onnx and args.out / "model.onnx" in taken:  # --force: the old model's, not this key's
+                (args.out / "model.onnx").unlink()
             key.save(args.key)
-        except BaseException:
+        except BaseException as exc:
             for path in written:
                 path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # a filesystem failure after check_writable passed
+                raise FakeGradientError(f"cannot write {exc.filename or args.key}: {exc.strerror or exc}") from None
             raise
+        undo.pop_all()  # success: the old key's copy stays
     print(f"protected {args.model} ({args.method}): {key.n_real} real + {key.n_real} fake outputs, head {key.head!r}")
     print(f"  cloud:  {', '.join(str(p) for p in written)}")
     print(f"  device: {args.key} (keep it secret; fingerprint {key.model_fingerprint[:16]}…)")
+    if backup is not None:
+        print(f"  old key kept as {backup}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -173,56 +209,81 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(json.dumps(Key.load(args.file).describe(), indent=2))
         return
     except KeyFileError as key_error:
-        if not args.file.is_file() or args.file.read_bytes()[:1] == b"{":
-            raise key_error
+        if not args.file.is_file():
+            raise
+        try:
+            with open(args.file, "rb") as handle:  # a model file is read only if it is not JSON
+                if handle.read(1) == b"{":
+                    raise
+        except OSError:
+            raise key_error from None
     from .modelfile import read_info
 
     info, _ = read_info(args.file)
     print(json.dumps({"format": "fakegradient-model"} | asdict(info) | {"n_outputs": info.n_outputs}, indent=2))
 
 
-def cmd_classify(args: argparse.Namespace) -> None:
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Print each image's result as it comes, one ``error:`` line per image that fails; 1 if any failed."""
+    from .classify import Failure, model_outputs, stream
+
     if args.top < 1:
         raise InvalidArgument(f"--top must be >= 1, got {args.top}")
     if args.server:
-        return _classify_remote(args)
-    from . import models
-    from .classify import classify_batch
-    from .data import load_batch
-    from .key import Key
-    from .modelfile import load_protected, model_fingerprint
+        results = _classify_remote(args)
+    else:
+        import torch
 
-    key = Key.load(args.key)
-    model_path = args.model / "model.pt" if args.model.is_dir() else args.model
-    model, info = load_protected(model_path)
-    key.check_fingerprint(model_fingerprint(model, info.head))
-    transform, categories = _preprocessing(models, info)
-    images = load_batch(args.images, transform)
-    for path, pred in zip(args.images, classify_batch(model, key, images, k=args.top)):
-        labels = ", ".join(f"{_label(categories, c)} {p:.1%}" for c, p in pred.topk)
-        print(f"{path.name}: {labels}   [cloud saw position {pred.encrypted_top1}, fake={pred.encrypted_top1_is_fake}]")
+        from . import models
+        from .data import open_rgb
+        from .key import Key
+        from .modelfile import load_protected, model_fingerprint
 
-
-def _classify_remote(args: argparse.Namespace) -> None:
-    from .key import Key
-    from .serving.client import classify
-
-    key = Key.load(args.key)
-    for result in classify(args.server, key, args.images, model_name=args.model_name, k=args.top):
+        key = Key.load(args.key)
+        model_path = args.model / "model.pt" if args.model.is_dir() else args.model
+        model, info = load_protected(model_path)
+        key.check_fingerprint(model_fingerprint(model, info.head))
+        transform, categories = _preprocessing(models, info)
+        results = stream(args.images, lambda path: transform(open_rgb(path)),
+                         lambda batch: model_outputs(model, torch.stack(batch)), key, k=args.top,
+                         categories=categories)
+    failed = 0
+    for result in results:
+        if isinstance(result, Failure):
+            failed += 1
+            print(f"error: {result.error}", file=sys.stderr, flush=True)
+            continue
         labels = ", ".join(f"{label} {p:.1%}" for _, label, p in result.topk)
         print(f"{result.image}: {labels}   [cloud saw position {result.server_top1}, "
-              f"fake={result.server_top1_is_fake}]")
+              f"fake={result.server_top1_is_fake}]", flush=True)
+    return 1 if failed else 0
+
+
+def _classify_remote(args: argparse.Namespace) -> Iterator:
+    from .key import Key
+    from .serving.client import classify_iter
+
+    return classify_iter(args.server, Key.load(args.key), args.images, model_name=args.model_name, k=args.top)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from .serving.onnx_model import RuntimeOptions
     from .serving.server import Limits, serve
 
-    if args.max_batch < 1 or args.max_body_mb <= 0:
-        raise InvalidArgument("--max-batch and --max-body-mb must be positive")
+    if not 0 <= args.port <= 65535:
+        raise InvalidArgument(f"--port must be in 0..65535, got {args.port}")
     if args.threads < 0:
         raise InvalidArgument(f"--threads must be >= 0 (0 = all cores), got {args.threads}")
-    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_batch=args.max_batch)
-    serve(args.model_dirs, args.host, args.port, limits, threads=args.threads)
+    for name in ("max_batch", "max_body_mb", "max_inflight", "max_runs", "max_connections", "header_timeout",
+                 "body_timeout", "keep_alive"):
+        value = getattr(args, name)
+        if not 0 < value < float("inf"):  # also refuses NaN
+            raise InvalidArgument(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_batch=args.max_batch,
+                    max_inflight=args.max_inflight, max_runs=args.max_runs, max_connections=args.max_connections,
+                    header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                    keep_alive=args.keep_alive)
+    serve(args.model_dirs, args.host, args.port, limits, RuntimeOptions(args.threads, args.cpu_arena))
 
 
 def cmd_export_triton(args: argparse.Namespace) -> None:
@@ -244,16 +305,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation.config import EvaluationConfig, load_samples
     from .evaluation.report import write_report
     from .evaluation.runner import evaluate
-    from .evaluation.store import ShardStore
+    from .evaluation.store import ShardStore, unfinished_run
 
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvaluationConfig)}
     config = EvaluationConfig(**settings | {"device": _device(args.device)})
     if args.ray_workers is not None and not args.ray:
         raise InvalidArgument("--ray-workers needs --ray")
+    if args.resume and args.fresh:
+        raise InvalidArgument("--resume and --fresh exclude each other")
     load_samples(config)  # a bad --data fails here, before anything is written
     shards = args.out / ".shards"
     if args.resume and not shards.is_dir():
         raise FakeGradientError(f"--resume: no unfinished run in {args.out}")
+    if unfinished_run(shards) and not (args.resume or args.fresh):
+        raise FakeGradientError(f"{args.out} holds an unfinished run ({shards}): pass --resume to finish it, or "
+                                "--fresh to discard its results and start again")
     executor = None
     if args.ray:
         from .evaluation.ray_executor import RayExecutor
@@ -312,10 +378,6 @@ def _preprocessing(models, info):
             pass
     size = info.input_size[-1]
     return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]), None
-
-
-def _label(categories, index: int) -> str:
-    return categories[index] if categories and index < len(categories) else f"class {index}"
 
 
 def _input_size(name: str, weights) -> list[int]:

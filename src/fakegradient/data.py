@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps
 
 from .errors import FakeGradientError
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     import torch
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MAX_ASPECT_RATIO = 20  # longer side / shorter side: resizing the short side of a thinner image explodes
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}  # 16-bit grey (Pillow reads 16-bit RGB(A) as 8)
 
 
 @dataclass(frozen=True)
@@ -62,14 +66,38 @@ def image_folder(root: str | Path, limit: int | None = None) -> list[Sample]:
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """Open an image as RGB, with a clear error for a missing or non-image file."""
+    """Open an image as upright 8-bit RGB: EXIF orientation applied, 16-bit samples scaled, not clipped.
+
+    The size is checked from the header, before decoding: more than ``Image.MAX_IMAGE_PIXELS`` pixels
+    (a decompression bomb) or sides further apart than ``MAX_ASPECT_RATIO`` is refused. Every failure is a
+    one-line :class:`FakeGradientError` naming the file."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _check_size(path, *image.size)
+                upright = ImageOps.exif_transpose(image)
+        if upright.mode in SIXTEEN_BIT_MODES:
+            upright = Image.fromarray((np.asarray(upright).clip(0, 65535) >> 8).astype(np.uint8))
+        return upright.convert("RGB")
     except FileNotFoundError:
         raise FakeGradientError(f"no such image: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise FakeGradientError(f"{path} is refused: {exc}") from None
+    except FakeGradientError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a decoder on a bad file raises OSError, SyntaxError, struct.error, ...
         raise FakeGradientError(f"{path} is not a readable image ({exc.__class__.__name__})") from None
+
+
+def _check_size(path: str | Path, width: int, height: int) -> None:
+    """Refuse what the decoder or the resize would make huge, from the header's size alone."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise FakeGradientError(f"{path} is refused: {width}x{height} pixels exceed the limit of {limit}")
+    if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
+        raise FakeGradientError(f"{path} is refused: {width}x{height} is more elongated than "
+                                f"1:{MAX_ASPECT_RATIO}")
 
 
 def load_batch(paths: list[Path], transform) -> torch.Tensor:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +19,9 @@ from .errors import KeyFileError, KeyMismatch
 
 KEY_FORMAT = "fakegradient-key"
 KEY_VERSION = 1
+MAX_KEY_BYTES = 8 * 2**20  # ~8 bytes per output: room for ~500 000 classes; anything larger is not a key
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +41,8 @@ class Key:
     head: str = ""
 
     def __post_init__(self) -> None:
+        if not _is_int(self.n_real) or self.n_real < 1:
+            raise KeyFileError(f"a key needs a positive number of classes, got n_real={self.n_real!r}")
         if not is_permutation(self.permutation, 2 * self.n_real):
             raise KeyFileError(f"key is not a permutation of {2 * self.n_real} outputs")
         object.__setattr__(self, "_top1_tables", top1_tables(self.permutation, self.n_real))
@@ -99,27 +107,26 @@ class Key:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "key") -> Key:
+        """Parse a key file's bytes; any defect is a one-line :class:`KeyFileError`."""
         try:
             payload = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # bad JSON, too deep, too many digits
             raise KeyFileError(f"{source} is not a fakegradient key file (truncated or corrupted)") from None
         if not isinstance(payload, dict) or payload.get("format") != KEY_FORMAT:
             raise KeyFileError(f"{source} is not a fakegradient key file")
-        if payload.get("version") != KEY_VERSION:
-            raise KeyFileError(f"{source}: unsupported key format version {payload.get('version')!r}")
+        version = payload.get("version")
+        if not _is_int(version) or version != KEY_VERSION:
+            raise KeyFileError(f"{source}: unsupported key format version {repr(version)[:40]}")
         checksum = payload.pop("checksum", None)
-        if checksum != _checksum(payload):
+        try:
+            intact = checksum == _checksum(payload)
+        except (ValueError, RecursionError):
+            intact = False
+        if not intact:
             raise KeyFileError(f"{source} has been modified or corrupted (checksum mismatch)")
         try:
-            return cls(
-                permutation=np.asarray(payload["permutation"], dtype=np.int64),
-                n_real=int(payload["n_real"]),
-                method=str(payload["method"]),
-                scale=None if payload["scale"] is None else float(payload["scale"]),
-                model_fingerprint=str(payload["model_fingerprint"]),
-                head=str(payload.get("head", "")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
+            return cls(**_fields(payload))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise KeyFileError(f"{source} is missing or has a bad field: {exc}") from None
 
     def save(self, path: str | os.PathLike) -> None:
@@ -128,18 +135,55 @@ class Key:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Key:
+        """Read a key file: a regular file of at most :data:`MAX_KEY_BYTES`. On POSIX, logs a warning when
+        group or others may read or write it (as ssh does for private keys)."""
         try:
-            with open(path, "rb") as handle:
-                data = handle.read()
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+            if not stat.S_ISREG(mode := os.fstat(fd).st_mode):  # a folder, a device, a pipe
+                os.close(fd)
+                raise KeyFileError(f"key file {path} is not a regular file")
+            with os.fdopen(fd, "rb") as handle:
+                data = handle.read(MAX_KEY_BYTES + 1)
         except OSError as exc:
             raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-        return cls.from_bytes(data, source=f"key file {path}")
+        if len(data) > MAX_KEY_BYTES:
+            raise KeyFileError(f"key file {path} is larger than {MAX_KEY_BYTES // 2**20} MiB: not a key file")
+        key = cls.from_bytes(data, source=f"key file {path}")
+        if os.name == "posix" and mode & 0o066:
+            _log.warning("key file %s is readable or writable by group or others (mode %04o): whoever reads it "
+                         "can decrypt the model's outputs; run chmod 600 %s", path, stat.S_IMODE(mode), path)
+        return key
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of numpy logits (..., N): the device's class probabilities."""
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`Key` arguments in a parsed key file; KeyError/ValueError for a missing or mistyped field."""
+    n_real, permutation, scale = payload["n_real"], payload["permutation"], payload["scale"]
+    if not _is_int(n_real) or n_real < 1:
+        raise ValueError("n_real must be a positive integer")
+    n = 2 * n_real
+    if not (isinstance(permutation, list) and len(permutation) == n
+            and all(_is_int(v) and 0 <= v < n for v in permutation)):
+        raise ValueError(f"permutation must be a list of {n} integers in [0, {n})")
+    if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)
+                              or not math.isfinite(float(scale))):
+        raise ValueError("scale must be a finite number or null")
+    strings = {name: payload[name] if name != "head" else payload.get(name, "")
+               for name in ("method", "model_fingerprint", "head")}
+    for name, value in strings.items():
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string")
+    return strings | {"permutation": np.asarray(permutation, dtype=np.int64), "n_real": int(n_real),
+                      "scale": None if scale is None else float(scale)}
 
 
 def _checksum(payload: dict[str, Any]) -> str:

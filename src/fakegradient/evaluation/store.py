@@ -21,7 +21,8 @@ RESUMABLE_CHANGES = ("device", "timing_repeats", "adaptive")  # settings a resum
 class ShardStore:
     """Finished shards as files (``<id>.json``: the shard and its records and values, ``<id>.npy``:
     heatmap perturbations), written atomically as they finish, and ``run.json``: the run's settings
-    and evaluation seeds, so that a resumed run uses the same ones. ``resume=False`` starts afresh."""
+    and evaluation seeds, so that a resumed run uses the same ones. ``resume=False`` starts afresh (the CLI
+    first asks for ``--fresh`` when :func:`unfinished_run`)."""
 
     def __init__(self, folder: Path | None, resume: bool = False):
         self.folder = folder
@@ -93,6 +94,14 @@ class ShardStore:
             write_with(self.folder / f"{shard.id}.npy", lambda tmp: _save_npy(tmp, result.perturbation))
         payload = {"shard": asdict(shard), "records": result.records, "values": result.values}
         write_bytes_atomic(self.folder / f"{shard.id}.json", json.dumps(payload).encode())
+
+
+def unfinished_run(folder: Path) -> bool:
+    """Whether ``folder`` holds the shards of an interrupted run (a finished run removes its folder)."""
+    try:
+        return folder.is_dir() and any(folder.iterdir())
+    except OSError:  # unreadable: ShardStore reports it
+        return False
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -6,17 +6,22 @@ shorter side with PIL, centre crop with torchvision's rounding, scale to [0, 1],
 
 from __future__ import annotations
 
+import http.client
 import json
+import math
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..classify import predictions
+from ..classify import Classification, Failure, Unreachable, stream
 from ..data import open_rgb
 from ..errors import FakeGradientError, KeyMismatch
 from ..key import Key
@@ -35,7 +40,7 @@ def preprocess(path: str | Path, spec: dict[str, Any]) -> np.ndarray:
     new_size = (new_short, new_long) if width <= height else (new_long, new_short)
     image = image.resize(new_size, _RESAMPLE[spec.get("interpolation", "bilinear")])
     width, height = image.size
-    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    top, left = round((height - crop) / 2.0), round((width - crop) / 2.0)
     array = np.asarray(image, dtype=np.uint8)[top : top + crop, left : left + crop]
     array = array.astype(np.float32) / 255.0
     mean, std = np.asarray(spec["mean"], np.float32), np.asarray(spec["std"], np.float32)
@@ -51,51 +56,79 @@ class ServerModel:
 
 
 class InferenceClient:
-    """A minimal Open Inference Protocol v2 REST client (binary tensor data extension)."""
+    """A minimal Open Inference Protocol v2 REST client (binary tensor data extension).
+
+    Every answer is validated; a malformed one is a :class:`FakeGradientError`, a server that cannot be
+    reached (or drops the connection) is :class:`Unreachable`."""
 
     def __init__(self, url: str, timeout: float = 60.0):
         self.url = url.rstrip("/")
         self.timeout = timeout
 
-    def _call(self, path: str, body: bytes | None = None, headers: dict[str, str] | None = None):
-        request = urllib.request.Request(self.url + path, data=body, headers=headers or {},
-                                         method="POST" if body is not None else "GET")
+    def _call(self, path: str, body: bytes | None = None,
+              headers: dict[str, str] | None = None) -> tuple[bytes, Message]:
         try:
+            request = urllib.request.Request(self.url + path, data=body, headers=headers or {},
+                                             method="POST" if body is not None else "GET")
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.read(), response.headers
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
+            detail: Any = exc.reason
             try:
+                detail = exc.read().decode(errors="replace")
                 detail = json.loads(detail).get("error", detail)
-            except (json.JSONDecodeError, AttributeError):
+            except (ValueError, AttributeError, OSError, http.client.HTTPException):
                 pass
-            raise FakeGradientError(f"server answered {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise FakeGradientError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
+            one_line = " ".join(str(detail).split())[:300]
+            raise FakeGradientError(f"server answered {exc.code}: {one_line}") from None
+        except (ValueError, http.client.InvalidURL) as exc:  # a space in the URL, a bad port
+            raise FakeGradientError(f"invalid server URL {self.url!r}: {exc}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise Unreachable(f"cannot reach {self.url}: {getattr(exc, 'reason', exc) or type(exc).__name__}") from None
+
+    def _json(self, path: str, body: bytes | None = None) -> Any:
+        answer, _ = self._call(path, body, {"Content-Type": "application/json"} if body is not None else None)
+        try:
+            return json.loads(answer)
+        except ValueError:
+            raise FakeGradientError(f"the server's answer to {path} is not JSON") from None
 
     def model(self, name: str | None = None) -> ServerModel:
         """Metadata of model ``name`` (or the only one served)."""
         if name is None:
             name = self._only_model()
-        body, _ = self._call(f"/v2/models/{name}")
-        meta = json.loads(body)
-        return ServerModel(meta["name"], meta["inputs"][0]["name"], meta["outputs"][0]["name"],
-                           meta.get("parameters") or {})
+        path = _model_path(name)
+        meta = self._json(path)
+        try:
+            return ServerModel(_text(meta["name"]), _text(meta["inputs"][0]["name"]),
+                               _text(meta["outputs"][0]["name"]), dict(meta.get("parameters") or {}))
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise FakeGradientError(f"the server's metadata of model {name!r} is malformed") from None
 
     def _only_model(self) -> str:
-        body, _ = self._call("/v2/repository/index", b"{}", {"Content-Type": "application/json"})
-        names = [entry["name"] for entry in json.loads(body)]
+        index = self._json("/v2/repository/index", b"{}")
+        try:
+            names = [_text(entry["name"]) for entry in index]
+        except (KeyError, TypeError, ValueError):
+            raise FakeGradientError("the server's model index is malformed") from None
         if len(names) != 1:
             raise FakeGradientError(f"the server has models {names}: name the one to use (--model-name)")
         return names[0]
 
     def max_batch(self, name: str) -> int | None:
-        """The server's batch limit, from Triton's config endpoint (our server has it too)."""
+        """The server's batch limit, from Triton's config endpoint (our server has it too); None if unknown."""
         try:
-            body, _ = self._call(f"/v2/models/{name}/config")
-            return int(json.loads(body).get("max_batch_size")) or None
-        except (FakeGradientError, TypeError, ValueError):
+            config = self._json(_model_path(name) + "/config")
+        except Unreachable:
+            raise
+        except FakeGradientError:  # no config endpoint
             return None
+        value = config.get("max_batch_size") if isinstance(config, dict) else None
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise FakeGradientError(f"the server's config has an invalid max_batch_size: {value!r}")
+        return value or None  # 0: Triton's "no batching limit stated"
 
     def infer(self, model: ServerModel, batch: np.ndarray) -> np.ndarray:
         """(B, C, H, W) float32 → (B, outputs) float32, tensors sent and received as binary data."""
@@ -105,44 +138,89 @@ class InferenceClient:
                         "parameters": {"binary_data_size": len(data)}}],
             "outputs": [{"name": model.output_name, "parameters": {"binary_data": True}}],
         }).encode()
-        body, headers = self._call(f"/v2/models/{model.name}/infer", header + data,
+        body, headers = self._call(_model_path(model.name) + "/infer", header + data,
                                    {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"})
-        length = int(headers.get(HEADER_LENGTH, len(body)))
-        response = json.loads(body[:length])
-        (output,) = response["outputs"]
-        if "data" in output:
-            return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
-        return np.frombuffer(body[length:], dtype="<f4").reshape(output["shape"]).copy()
+        try:
+            return _output(body, headers.get(HEADER_LENGTH), model.output_name, len(batch))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise FakeGradientError(f"malformed inference answer: {str(exc)[:200]}") from None
 
 
-@dataclass
-class Classification:
-    image: str
-    server_top1: int  # the position the cloud saw win (a fake output on a protected model)
-    server_top1_is_fake: bool
-    topk: list[tuple[int, str, float]]  # (class, label, probability)
+def _model_path(name: str) -> str:
+    return "/v2/models/" + urllib.parse.quote(name, safe="")
 
 
-def classify(url: str, key: Key, images: list[str | Path], *, model_name: str | None = None, k: int = 5,
-             batch_size: int = 16) -> list[Classification]:
-    """Classify image files through the server and decrypt with ``key``."""
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _output(body: bytes, header_length: str | None, name: str, rows: int) -> np.ndarray:
+    """The output tensor ``name`` of an infer answer (JSON or binary data), checked to hold ``rows`` rows."""
+    length = len(body) if header_length is None else int(header_length)
+    if not 0 < length <= len(body):
+        raise ValueError(f"{HEADER_LENGTH} {length} does not fit an answer of {len(body)} bytes")
+    outputs = [o for o in json.loads(body[:length])["outputs"] if o["name"] == name]
+    if len(outputs) != 1:
+        raise ValueError(f"expected one output {name!r}, got {len(outputs)}")
+    (output,) = outputs
+    shape = [int(d) for d in output["shape"]]
+    if len(shape) != 2 or shape[0] != rows:
+        raise ValueError(f"expected {rows} rows of outputs, got shape {shape}")
+    if "data" in output:
+        values = np.asarray(output["data"], dtype=np.float32)
+    elif output["datatype"] != "FP32" or len(body) - length != 4 * shape[0] * shape[1]:
+        raise ValueError(f"binary output of {len(body) - length} bytes is not {shape} {output['datatype']}")
+    else:
+        values = np.frombuffer(body[length:], dtype="<f4")
+    return values.reshape(shape).copy()
+
+
+def check_spec(spec: Any) -> dict[str, Any]:
+    """The server's preprocessing parameters, refused unless complete and sane."""
+    def positive(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    def three(v: Any, low: float) -> bool:
+        return (isinstance(v, list) and len(v) == 3
+                and all(isinstance(x, (int, float)) and math.isfinite(x) and x > low for x in v))
+
+    if not (isinstance(spec, dict) and positive(spec.get("resize")) and positive(spec.get("crop"))
+            and spec["crop"] <= spec["resize"] and str(spec.get("interpolation", "bilinear")) in _RESAMPLE
+            and three(spec.get("mean"), -math.inf) and three(spec.get("std"), 0)):
+        raise FakeGradientError(f"the server's preprocessing parameters are invalid: {str(spec)[:200]}")
+    return spec
+
+
+def classify_iter(url: str, key: Key, images: Sequence[str | Path], *, model_name: str | None = None,
+                  k: int = 5, batch_size: int = 16) -> Iterator[Classification | Failure]:
+    """Classify image files through the server and decrypt with ``key``, yielding per image as each batch
+    returns: a :class:`Classification`, or a :class:`Failure` (unreadable file, batch refused or answered
+    wrongly) after which the rest goes on. A server that is unreachable, for another key or publishing bad
+    parameters raises :class:`FakeGradientError`, at once or (unreachable) when it happens."""
     client = InferenceClient(url)
     model = client.model(model_name)
     fingerprint = model.parameters.get("fingerprint")
-    if fingerprint is None:
+    if not isinstance(fingerprint, str):
         raise KeyMismatch(f"model {model.name!r} publishes no fakegradient fingerprint: is it protected?")
     key.check_fingerprint(fingerprint)
-    spec = model.parameters.get("preprocess")
-    if spec is None:
+    if model.parameters.get("preprocess") is None:
         raise FakeGradientError(f"model {model.name!r} publishes no preprocessing parameters")
-    categories = model.parameters.get("categories") or []
+    spec = check_spec(model.parameters["preprocess"])
+    categories = model.parameters.get("categories")
+    categories = categories if isinstance(categories, list) else None
     batch_size = min(batch_size, client.max_batch(model.name) or batch_size)
+    yield from stream(images, lambda path: preprocess(path, spec), lambda batch: client.infer(model, np.stack(batch)),
+                      key, k=k, batch_size=batch_size, categories=categories)
+
+
+def classify(url: str, key: Key, images: Sequence[str | Path], *, model_name: str | None = None, k: int = 5,
+             batch_size: int = 16) -> list[Classification]:
+    """Classify image files through the server and decrypt with ``key``; any failure raises (the first one)."""
     results = []
-    for start in range(0, len(images), batch_size):
-        paths = images[start : start + batch_size]
-        batch = np.stack([preprocess(p, spec) for p in paths])
-        for path, pred in zip(paths, predictions(key, client.infer(model, batch), k)):
-            results.append(Classification(
-                Path(path).name, pred.encrypted_top1, pred.encrypted_top1_is_fake,
-                [(c, categories[c] if c < len(categories) else f"class {c}", p) for c, p in pred.topk]))
+    for result in classify_iter(url, key, images, model_name=model_name, k=k, batch_size=batch_size):
+        if isinstance(result, Failure):
+            raise FakeGradientError(result.error)
+        results.append(result)
     return results

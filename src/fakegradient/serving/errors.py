@@ -6,11 +6,14 @@ KServe and Triton send and that ``tritonclient`` decodes.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ProtocolError(Exception):
-    """A request the server refuses; ``status`` is the HTTP status it answers with."""
+    """A request the server refuses; ``status`` is the HTTP status it answers with, plus ``headers``."""
 
     status: int = 400
+    headers: ClassVar[dict[str, str]] = {}
 
 
 class InvalidInput(ProtocolError):
@@ -29,3 +32,17 @@ class PayloadTooLarge(ProtocolError):
     """The body or the batch is over the server's limit."""
 
     status = 413
+
+
+class RequestTimeout(ProtocolError):
+    """The client took longer than the server allows to send its request body; the connection is closed."""
+
+    status = 408
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}
+
+
+class ServerBusy(ProtocolError):
+    """Too many requests are being processed; the client should retry after ``Retry-After`` seconds."""
+
+    status = 503
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +37,32 @@ def parse_header_length(value: str | None) -> int | None:
     return int(value)
 
 
-def _object(value: Any, what: str) -> dict[str, Any]:
-    """``value`` if it is a JSON object, {} if absent; 400 otherwise."""
+def _parameters(value: Any, what: str) -> dict[str, Any]:
+    """A v2 ``parameters`` object (string keys, scalar values), {} if absent; 400 otherwise."""
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be an object")
+    if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
+        raise InvalidInput(f"{what} must be an object of strings, numbers and booleans")
     return value
+
+
+def _flag(params: dict[str, Any], name: str) -> bool:
+    """The boolean parameter ``name`` (False if absent); 400 if it is not a boolean."""
+    value = params.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"parameter {name!r} must be true or false, got {reprlib.repr(value)}")
+    return value
+
+
+def _load_json(data: bytes) -> Any:
+    """The JSON document in ``data``; 400 if it is not valid JSON (pydantic-core's parser: fast, and it
+    refuses nesting deeper than 200 and integers of over 4300 digits instead of crashing)."""
+    from pydantic_core import from_json
+
+    try:
+        return from_json(data)
+    except ValueError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
 
 
 def parse_infer_request(body: bytes, header_length: int | None, expected: dict[str, Any],
@@ -51,51 +71,54 @@ def parse_infer_request(body: bytes, header_length: int | None, expected: dict[s
     if header_length is not None and not 0 < header_length <= len(body):
         raise InvalidInput(f"{HEADER_LENGTH} {header_length} does not fit a body of {len(body)} bytes")
     json_part, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
-    try:
-        request = json.loads(json_part)
-    except (ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError and UnicodeDecodeError
-        raise InvalidInput(f"malformed JSON: {exc}") from None
+    request = _load_json(json_part)
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise InvalidInput("the request needs a non-empty 'inputs' list")
     if len(request["inputs"]) != 1:
         raise InvalidInput(f"the model takes exactly one input, got {len(request['inputs'])}")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
     tensor = request["inputs"][0]
     if not isinstance(tensor, dict):
         raise InvalidInput("each input must be an object")
     if tensor.get("name") != expected["name"]:
-        raise InvalidInput(f"unknown input {tensor.get('name')!r}; the model's input is {expected['name']!r}")
+        raise InvalidInput(f"unknown input {reprlib.repr(tensor.get('name'))}; "
+                           f"the model's input is {expected['name']!r}")
     datatype = tensor.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise InvalidInput(f"datatype {datatype!r} not supported; send FP32")
+        raise InvalidInput(f"datatype {reprlib.repr(datatype)} not supported; send FP32")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
         raise InvalidInput("'shape' must be a list of non-negative integers")
     want = expected["shape"]
     if len(shape) != len(want) or any(w != -1 and w != d for w, d in zip(want, shape)) or shape[0] < 1:
-        raise InvalidInput(f"input shape {shape} does not match the model's {want}")
+        raise InvalidInput(f"input shape {reprlib.repr(shape)} does not match the model's {want}")
     if shape[0] > max_batch:
         raise PayloadTooLarge(f"batch of {shape[0]} exceeds the limit of {max_batch}")
     count = math.prod(shape)
-    params = _object(tensor.get("parameters"), "the input's 'parameters'")
+    params = _parameters(tensor.get("parameters"), "the input's 'parameters'")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if size != count * 4 or len(binary) != size:
+        if type(size) is not int or size != count * 4 or len(binary) != size:
             raise InvalidInput(f"binary data of {len(binary)} bytes does not hold {count} FP32 values")
         array = np.frombuffer(binary, dtype="<f4").reshape(shape)
     else:
         array = _numbers(tensor.get("data"), shape, count)
     if not np.isfinite(array).all():
         raise InvalidInput("input holds NaN or infinite values")
-    outputs = request.get("outputs") or []
+    outputs = request.get("outputs", [])
     if not isinstance(outputs, list):
         raise InvalidInput("'outputs' must be a list")
-    request_params = _object(request.get("parameters"), "the request's 'parameters'")
-    binary_outputs = bool(request_params.get("binary_data_output"))
+    binary_outputs = _flag(_parameters(request.get("parameters"), "the request's 'parameters'"),
+                           "binary_data_output")
     for output in outputs:
-        output_params = _object(_object(output, "each output").get("parameters"), "an output's 'parameters'")
-        binary_outputs |= bool(output_params.get("binary_data"))
-    return InferRequest({expected["name"]: array}, binary_outputs, request.get("id"))
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise InvalidInput("each output must be an object with a 'name'")
+        params = _parameters(output.get("parameters"), "an output's 'parameters'")
+        binary_outputs |= _flag(params, "binary_data")
+    return InferRequest({expected["name"]: array}, binary_outputs, request_id)
 
 
 def _numbers(data: Any, shape: list[int], count: int) -> np.ndarray:

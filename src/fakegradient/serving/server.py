@@ -1,63 +1,90 @@
 """``fakegradient serve``: the cloud side. Runs protected ONNX models; knows nothing of keys.
 
-Open Inference Protocol v2 (KServe / Triton) over REST, served by FastAPI + uvicorn.
+Open Inference Protocol v2 (KServe / Triton) over REST, served by FastAPI + uvicorn. Hostile clients
+are bounded (:class:`Limits`): open connections, time to send a request's head and body, idle time
+between requests, body size, requests in progress (503 + Retry-After beyond), ONNX Runtime runs at
+once. JSON is parsed off the event loop, so health checks stay fast under load.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import __version__
-from .errors import ModelNotFound, PayloadTooLarge, ProtocolError
-from .onnx_model import ServedModel, load_model_dir
+from ..errors import FakeGradientError
+from .errors import InvalidInput, ModelNotFound, PayloadTooLarge, ProtocolError, RequestTimeout, ServerBusy
+from .onnx_model import RuntimeOptions, ServedModel, load_model_dir
 from .protocol import HEADER_LENGTH, build_infer_response, parse_header_length, parse_infer_request
+
+JSON_GIL_BOUND_BYTES = 2**20  # JSON parsed over this size holds the GIL long: one such parse at a time
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_body_bytes: int = 64 * 2**20  # 64 MiB: ~100 images of 3x224x224 FP32 as JSON
+    """What one client, or all of them together, may take of the server."""
+
+    max_body_bytes: int = 64 * 2**20  # 64 MiB: ~21 images of 3x224x224 FP32 as JSON, ~110 as binary data
     max_batch: int = 64
+    max_inflight: int = 8  # requests parsed, waiting for or in inference; 503 + Retry-After beyond
+    max_runs: int = 2  # ONNX Runtime runs at once (each uses all its intra-op threads)
+    max_connections: int = 256  # open connections; beyond, those idle the longest are closed
+    header_timeout: float = 10.0  # s to send a request's head, from connecting or the previous response
+    body_timeout: float = 30.0  # s to send a request's body (408 beyond)
+    keep_alive: float = 5.0  # s an idle connection stays open between requests
 
 
 def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
     """The v2 REST app serving ``models``. Every error answers ``{"error": "<message>"}``."""
     by_name = {m.name: m for m in models}
-    app = FastAPI(title="fakegradient inference server", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(title="fakegradient inference server", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     add_error_handlers(app)
+    inflight = 0
+    gil_bound = anyio.CapacityLimiter(1)  # big JSON work holds the GIL: one at a time, the event loop between
+    runs = anyio.CapacityLimiter(limits.max_runs)
 
-    def lookup(name: str) -> ServedModel:
-        """The served model ``name``, or 404."""
+    def lookup(name: str, version: str = "1") -> ServedModel:
+        """The served model ``name`` (version 1: the only one), or 404."""
         if name not in by_name:
             raise ModelNotFound(f"unknown model {name!r}; served: {sorted(by_name)}")
+        if version != "1":
+            raise ModelNotFound(f"model {name!r} has no version {version!r}; its only version is '1'")
         return by_name[name]
 
     @app.get("/v2/health/live")
-    def live():
+    async def live():
         return {"live": True}
 
     @app.get("/v2/health/ready")
-    def ready():
+    async def ready():
         return {"ready": True}
 
     @app.get("/v2")
-    def server_metadata():
+    async def server_metadata():
         return {"name": "fakegradient", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @app.post("/v2/repository/index")
-    def repository_index():
+    async def repository_index():
         return [{"name": name, "version": "1", "state": "READY"} for name in by_name]
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
-    def model_metadata(name: str, version: str = "1"):
-        model = lookup(name)
+    async def model_metadata(name: str, version: str = "1"):
+        model = lookup(name, version)
         return {
             "name": model.name, "versions": ["1"], "platform": "onnxruntime_onnx",
             "inputs": [{"name": model.input_name, "datatype": "FP32", "shape": model.input_shape}],
@@ -66,11 +93,12 @@ def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
         }
 
     @app.get("/v2/models/{name}/ready")
-    def model_ready(name: str):
-        return {"name": lookup(name).name, "ready": True}
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str = "1"):
+        return {"name": lookup(name, version).name, "ready": True}
 
     @app.get("/v2/models/{name}/config")
-    def model_config(name: str):
+    async def model_config(name: str):
         """Triton's config endpoint, with the public parameters (fingerprint) as Triton would show them."""
         model = lookup(name)
         return {"name": model.name, "platform": "onnxruntime_onnx", "max_batch_size": limits.max_batch,
@@ -80,13 +108,28 @@ def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str = "1"):
-        body = await _read_limited(request, limits.max_body_bytes)  # read first: errors reach the client
-        model = lookup(name)
-        parsed = parse_infer_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)),
-                                     {"name": model.input_name, "shape": model.input_shape}, limits.max_batch)
-        logits = await anyio.to_thread.run_sync(model.infer, parsed.inputs[model.input_name])
-        payload, headers = build_infer_response(model.name, {model.output_name: logits}, parsed.binary_outputs,
-                                                parsed.request_id)
+        body = await _read_limited(request, limits)  # read first: errors reach the client
+        return await run(lookup(name, version), body, request.headers.get(HEADER_LENGTH))
+
+    async def run(model: ServedModel, body: bytes, header_length: str | None) -> Response:
+        """Parse, infer, answer: in threads, so that the event loop stays responsive."""
+        nonlocal inflight
+        length = parse_header_length(header_length)
+        if inflight >= limits.max_inflight:
+            raise ServerBusy(f"{inflight} requests in progress (the limit); retry later")
+        inflight += 1
+        try:
+            big_json = (len(body) if length is None else length) > JSON_GIL_BOUND_BYTES
+            parsed = await anyio.to_thread.run_sync(
+                parse_infer_request, body, length, {"name": model.input_name, "shape": model.input_shape},
+                limits.max_batch, limiter=gil_bound if big_json else None)
+            batch = parsed.inputs[model.input_name]
+            logits = await anyio.to_thread.run_sync(model.infer, batch, limiter=runs)
+            payload, headers = await anyio.to_thread.run_sync(
+                build_infer_response, model.name, {model.output_name: logits}, parsed.binary_outputs,
+                parsed.request_id, limiter=None if parsed.binary_outputs else gil_bound)
+        finally:
+            inflight -= 1
         media = "application/octet-stream" if parsed.binary_outputs else "application/json"
         return Response(payload, media_type=media, headers=headers)
 
@@ -102,7 +145,7 @@ def add_error_handlers(app: FastAPI) -> None:
     """Answer every error, ours and FastAPI's own, as ``{"error": "<message>"}`` (what tritonclient reads)."""
 
     async def protocol_error(request: Request, exc: ProtocolError) -> JSONResponse:
-        return _error(exc.status, str(exc))
+        return _error(exc.status, str(exc), exc.headers)
 
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         """Starlette's own: unknown route (404), wrong method (405, keeps the Allow header)."""
@@ -123,34 +166,131 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, or 413. An oversized body is drained (up to 4x the limit, not stored) so that the
-    client reads the 413 instead of a reset connection; beyond that the request is cut off."""
+async def _read_limited(request: Request, limits: Limits) -> bytes:
+    """The body; 413 over max_body_bytes, 408 after body_timeout. An oversized body is drained (up to 4x
+    the limit, not stored) so that the client reads the 413 instead of a reset connection; beyond that the
+    request is cut off."""
+    limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > 4 * limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > 4 * limit:
-            break
-        if size <= limit:
-            chunks.append(chunk)
+    try:
+        with anyio.fail_after(limits.body_timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > 4 * limit:
+                    break
+                if size <= limit:
+                    chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body took over {limits.body_timeout:g} s to arrive") from None
+    except ClientDisconnect:  # nobody to answer: not worth a traceback in the log
+        raise InvalidInput("the client disconnected before sending its whole body") from None
     if size > limit:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     return b"".join(chunks)
 
 
-def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
-          threads: int = 0) -> None:
-    import uvicorn
+class ConnectionCap:
+    """Shared by a server's connections: while more than ``limit`` are open, closes those waiting the longest
+    for a request head, sparing those younger than ``grace`` seconds: a real client sends its head at once,
+    so a flood of idle connections evicts itself, not the clients."""
 
-    models = [load_model_dir(d, threads=threads) for d in model_dirs]
+    def __init__(self, limit: int, grace: float = 0.1) -> None:
+        self.limit, self.grace, self.pending = limit, grace, False
+
+    def arrived(self, connection: GuardedH11Protocol) -> None:
+        if len(connection.connections) > self.limit and not self.pending:
+            self.pending = True
+            connection.loop.call_later(self.grace, self._enforce, connection.loop, connection.connections)
+
+    def _enforce(self, loop: asyncio.AbstractEventLoop, connections: set) -> None:
+        self.pending = False
+        alive = [c for c in connections if not c.transport.is_closing()]
+        old = loop.time() - self.grace
+        waiting = [c for c in alive if getattr(c, "idle_since", None) is not None]
+        idle = sorted((c for c in waiting if c.idle_since <= old), key=lambda c: c.idle_since)
+        excess = len(alive) - self.limit
+        for connection in idle[:excess]:
+            connection.transport.close()
+        if excess > len(idle):  # the rest are too young yet
+            self.pending = True
+            loop.call_later(self.grace, self._enforce, loop, connections)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a cap on open connections and a deadline for each request's head
+    (uvicorn has neither: idle or slow connections would be kept forever)."""
+
+    def __init__(self, *args: Any, limits: Limits, cap: ConnectionCap, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits, self.cap = limits, cap
+        self.idle_since: float | None = None  # when it began waiting for a request head
+        self.deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+        self.cap.arrived(self)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:  # a head arrived
+            self._stop_waiting()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self._stop_waiting()
+        self.idle_since = self.loop.time()
+        self.deadline = self.loop.call_later(self.limits.header_timeout, self._expire)
+
+    def _stop_waiting(self) -> None:
+        self.idle_since = None
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _expire(self) -> None:
+        if self.idle_since is not None:
+            self.transport.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``, or a one-line error (port in use, unknown host...)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise FakeGradientError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def build_server(models: list[ServedModel], limits: Limits = Limits()) -> uvicorn.Server:
+    """The uvicorn server (not started) for ``models`` under ``limits``; run it with ``.run(sockets=...)``."""
+    protocol = functools.partial(GuardedH11Protocol, limits=limits, cap=ConnectionCap(limits.max_connections))
+    config = uvicorn.Config(create_app(models, limits), log_level="warning",
+                            http=protocol,  # type: ignore[arg-type]  # a factory of protocols works too
+                            timeout_keep_alive=limits.keep_alive)  # type: ignore[arg-type]  # float works
+    return uvicorn.Server(config)
+
+
+def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
+          runtime: RuntimeOptions | None = None) -> None:
+    """Load ``model_dirs`` (each checked: no key file, head matching its fingerprint) and serve them."""
+    models = [load_model_dir(d, runtime=runtime or RuntimeOptions()) for d in model_dirs]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
-        from ..errors import FakeGradientError
-
         raise FakeGradientError(f"two model folders share a name: {names}")
-    app = create_app(models, limits)
-    print(f"serving {', '.join(names)} on http://{host}:{port} (Open Inference Protocol v2)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sock = listen(host, port)
+    print(f"serving {', '.join(names)} on http://{host}:{sock.getsockname()[1]} (Open Inference Protocol v2)",
+          flush=True)
+    build_server(models, limits).run(sockets=[sock])
