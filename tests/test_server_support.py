@@ -84,10 +84,17 @@ def tiny_request(x: np.ndarray, **fields: Any) -> bytes:
 @contextmanager
 def running_server(models: list[ServedModel], limits: Limits) -> Iterator[tuple[str, int]]:
     """The real server (as ``serve`` builds it) in a thread on 127.0.0.1; yields (host, port)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     server = build_server(models, limits)
     server.config.log_config = None
+    with in_thread(server) as address:
+        yield address
+
+
+@contextmanager
+def in_thread(server: Any) -> Iterator[tuple[str, int]]:
+    """A ``uvicorn.Server`` run in a thread on a free 127.0.0.1 port, once started; yields (host, port)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     for _ in range(1000):

@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_server_support import serve_subprocess
+from test_server_support import in_thread, serve_subprocess
 
 from fakegradient import Key
 from fakegradient.cli import main
@@ -280,20 +279,8 @@ def stub_server():
     def probe(n: int):
         return {"n": n}
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    assert server.started
-    yield {"url": "http://127.0.0.1:%d" % sock.getsockname()[1], "weights": weights}
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with in_thread(uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))) as (host, port):
+        yield {"url": f"http://{host}:{port}", "weights": weights}
 
 
 def stub_request(rows: list[list[float]]) -> bytes:
