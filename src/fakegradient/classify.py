@@ -116,7 +116,3 @@ def model_outputs(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return model(images).cpu().numpy()
 
-
-def classify_batch(model: nn.Module, key: Key, images: torch.Tensor, k: int = 5) -> list[Prediction]:
-    """images (B, C, H, W) normalised → predictions through ``model`` (2N outputs) and ``key``."""
-    return predictions(key, model_outputs(model, images), k)

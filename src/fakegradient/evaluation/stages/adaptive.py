@@ -51,12 +51,12 @@ def public_head(served: Normalized, probe: torch.Tensor) -> str:
         return trace_head(served.model, (probe - served.mean) / served.std).head
 
 
-def _key_recovery(bench: Workbench, method: str, probe: torch.Tensor) -> tuple[str, Normalized, dict]:
+def _key_recovery(bench: Workbench, method: str) -> tuple[str, Normalized, dict]:
     """(head name, the pipeline cut down to the recovered rows, how well it went), once per worker."""
     memo = ("key-recovery", method)
     if memo not in bench.memo:
         pipeline, key = bench.served[method]
-        head = public_head(pipeline, probe)
+        head = public_head(pipeline, bench.batch(0, 1))  # traced on image 0, as the driver does
         recovered = recover_real_rows(*head_parameters(pipeline.model.get_submodule(head)))
         outcome = {"recovered_pct": 100 * recovered.recovered_fraction(key.permutation[: key.n_real]),
                    "oracle": recovered.oracle, "seconds": recovered.seconds}
@@ -78,7 +78,7 @@ def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Samp
         defended = decrypted_top1(pipeline, key, adversarial) == truth
         records.extend(attacker_records(shard, shard.method, attacker, samples, defended, adversarial, images))
 
-    head, attacked, key_recovery = _key_recovery(bench, shard.method, bench.batch(0, 1))
+    head, attacked, key_recovery = _key_recovery(bench, shard.method)
     add("key-recovery", attack(attacked, images).adversarial)
     pgd, head_name = FeatureSpacePGD(steps=config.feature_steps), "model." + head
 
