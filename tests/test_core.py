@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fakegradient import Key
-from fakegradient.core.fake_rows import check_scale, fake_gradient_rows, random_weight_rows
+from fakegradient.core.fake_rows import check_scale, fake_gradient_rows, hardened_rows, random_weight_rows
 from fakegradient.core.permutation import (
     decrypt,
     decrypt_real,
@@ -145,3 +145,14 @@ def test_fast_paths_equal_algorithm_3(n, batch, seed):
     assert np.array_equal(key.top1(outputs), full[:, :n].argmax(1))
     positions = np.arange(2 * n)
     assert np.array_equal(key.is_fake(perm), positions >= n)  # plain i sits at K[i]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_hardened_biases_are_all_distinct_on_every_draw(n):
+    # Equal real biases give noise of spread 0: every fake bias would equal a real one without the ULP step.
+    bias = torch.zeros(n)
+    weight = torch.randn((n, 5), generator=torch.Generator().manual_seed(0))
+    for seed in range(5):
+        _, fake_bias = hardened_rows(weight, bias, torch.Generator().manual_seed(seed))
+        assert len(set(fake_bias.tolist()) | {0.0}) == n + 1
+        assert torch.all((fake_bias - bias).abs() < 1e-6)  # moved by ULPs only

@@ -55,8 +55,9 @@ def hardened_rows(
     Fake row j mixes two real rows a_j, c_j, each with its entries shuffled by its own random
     permutation (so no sign pattern or magnitude relation ties it to a real row), rescaled to
     the norm of a third random real row (so row norms follow the real rows' distribution).
-    Fake biases are real biases of random rows plus Gaussian noise of half their spread (no
-    exact bias equality). Shapes as the inputs: (N, D), (N,).
+    Fake biases are real biases of random rows plus Gaussian noise of half their spread, then
+    moved to the next representable value until no two of the 2N biases are equal (no bias
+    equality oracle, whatever the draw). Shapes as the inputs: (N, D), (N,).
     """
     n, d = weight.shape
     cpu_w = weight.detach().cpu()
@@ -73,4 +74,22 @@ def hardened_rows(
     cpu_b = bias.detach().cpu()
     fake_b = cpu_b[torch.randint(n, (n,), generator=generator)] + torch.randn(
         n, generator=generator, dtype=cpu_b.dtype) * (0.5 * cpu_b.std() if n > 1 else 0.0)
+    fake_b = _distinct_from(fake_b.to(cpu_b.dtype), cpu_b)
     return fake.to(weight.device, weight.dtype), fake_b.to(bias.device, bias.dtype)
+
+
+def _distinct_from(values: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+    """``values`` (M,) with each entry stepped up by one ULP until it differs from ``taken`` (N,)
+    and from the entries before it. A continuous draw collides rarely (a few % of 2000 float32
+    biases), so this changes almost nothing but makes distinctness hold on every draw."""
+    seen = set(taken.tolist())
+    out = values.clone()
+    inf = torch.tensor(float("inf"), dtype=values.dtype)
+    for i, value in enumerate(values.tolist()):
+        current = values[i]
+        while value in seen:
+            current = torch.nextafter(current, inf)
+            value = current.item()
+        seen.add(value)
+        out[i] = current
+    return out
