@@ -1,12 +1,16 @@
-"""Protected vs unprotected MobileNetV2 behind the same v2 server, under the same concurrent load.
+"""Served throughput against the limit: protected vs unprotected MobileNetV2, with and without dynamic batching.
 
-    python benchmarks/serving.py [--clients 8] [--requests 25] [--batch 1] [--rounds 3]
+    python benchmarks/serving.py [--clients 32] [--requests 20] [--rounds 2] [--threads 0]
     python benchmarks/serving.py --hostile [--seconds 30] [--big-json 4] [--slow-bodies 16] [--idle 500]
                                            [--big-batches 32]
 
-One server process serves both models; client threads send binary-tensor requests. Phases
-alternate (protected, unprotected, ...) so drift hits both alike. Prints throughput and p50/p99
-latency per model and the protected/unprotected throughput ratio (goal >= 0.97).
+The limit: in-process ONNX Runtime throughput of the same model file, with the server's session options and
+threads, at the best batch size (``--batch-sizes``). Then one server process per batching setting serves
+both models; ``--clients`` client threads (one keep-alive connection each) send ``--requests`` batch-1
+requests each with the binary tensor extension. Phases alternate (protected, unprotected, ...) so drift
+hits both alike. Prints per setting and model: images/s (median of rounds), served / in-process, p50/p99
+latency, and protected / unprotected (goal >= 0.97; served / in-process goal >= 0.8 on CPU). The client
+threads share the machine with the server: on a small machine they take part of the CPU the server needs.
 
 ``--hostile``: the server with its default limits, probed on /v2/health/live (a fresh connection every
 20 ms, as a liveness probe does) and used by one well-behaved client (a 1-image request every 100 ms),
@@ -39,7 +43,10 @@ import torch
 
 from fakegradient import models, protect
 from fakegradient.modelfile import write_bundle
-from fakegradient.serving.client import InferenceClient
+from fakegradient.serving.integrity import seal_file
+from fakegradient.serving.onnx_model import RuntimeOptions, load_model_dir
+
+MODELS = ("protected", "unprotected")
 
 
 def export_models(root: Path) -> None:
@@ -53,34 +60,72 @@ def export_models(root: Path) -> None:
     torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(root / "unprotected" / "model.onnx"),
                       dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    seal_file(root / "unprotected" / "model.onnx")  # the whole-model digest the server checks
 
 
-def phase(url: str, name: str, clients: int, requests: int, batch: int) -> tuple[float, list[float]]:
-    x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
+def in_process(root: Path, name: str, args: argparse.Namespace) -> dict[tuple[int, int], float]:
+    """(batch size, concurrent runs) → images/s of ONNX Runtime on the model file as the server opens it (same
+    session options and threads), 1 or ``--max-runs`` runs at once as the server may; median of
+    ``--rounds`` interleaved measurements of ``--seconds-per-size`` each."""
+    model = load_model_dir(root / name, runtime=RuntimeOptions(threads=args.threads, cpu_arena=args.cpu_arena))
+    inputs = {size: np.random.default_rng(size).random((size, 3, 224, 224), dtype=np.float32)
+              for size in args.batch_sizes}
+    samples: dict[tuple[int, int], list[float]] = {}
+
+    def loop(x: np.ndarray, end: float) -> int:
+        count = 0
+        while time.perf_counter() < end:
+            model.infer(x)
+            count += len(x)
+        return count
+
+    for _ in range(args.rounds):
+        for size, x in inputs.items():
+            model.infer(x)  # warm-up
+            for runs in sorted({1, args.max_runs}):
+                start = time.perf_counter()
+                with ThreadPoolExecutor(runs) as pool:
+                    counts = list(pool.map(loop, [x] * runs, [start + args.seconds_per_size] * runs))
+                samples.setdefault((size, runs), []).append(sum(counts) / (time.perf_counter() - start))
+    return {setting: statistics.median(rates) for setting, rates in samples.items()}
+
+
+def phase(address: tuple[str, int], name: str, clients: int, requests: int, batch: int) -> tuple[float, list[float]]:
+    """(images/s, latencies) of ``clients`` threads each sending ``requests`` binary requests of ``batch`` images
+    on one keep-alive connection; every answer is checked to be a 200 holding the outputs."""
+    body, headers = binary_body(batch)
+    barrier = threading.Barrier(clients + 1)
 
     def worker(_):
-        client = InferenceClient(url)
-        model = client.model(name)
+        conn = http.client.HTTPConnection(*address, timeout=120)
         times = []
+        barrier.wait()
         for _ in range(requests):
             start = time.perf_counter()
-            client.infer(model, x)
+            conn.request("POST", f"/v2/models/{name}/infer", body=body, headers=headers)
+            response = conn.getresponse()
+            answer = response.read()
             times.append(time.perf_counter() - start)
+            if response.status != 200 or len(answer) < batch * 1000 * 4:
+                raise RuntimeError(f"{name}: answer {response.status}: {answer[:200]!r}")
+        conn.close()
         return times
 
-    start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        latencies = [t for times in pool.map(worker, range(clients)) for t in times]
+        futures = [pool.submit(worker, i) for i in range(clients)]
+        barrier.wait()  # connections made, threads ready: the clock starts
+        start = time.perf_counter()
+        latencies = [t for future in futures for t in future.result()]
     return clients * requests * batch / (time.perf_counter() - start), latencies
 
 
-def start_server(root: Path, names: list[str], threads: int) -> tuple[subprocess.Popen, str]:
-    """The server (default limits) on a free port, once ready: (process, url)."""
+def start_server(root: Path, names: list[str], threads: int, *options: str) -> tuple[subprocess.Popen, str]:
+    """The server (default limits unless ``options``) on a free port, once ready: (process, url)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "fakegradient.cli", "serve", *(str(root / n) for n in names),
-                               "--port", str(port), "--threads", str(threads)])
+                               "--port", str(port), "--threads", str(threads), *options])
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -91,27 +136,49 @@ def start_server(root: Path, names: list[str], threads: int) -> tuple[subprocess
     return server, url
 
 
-def throughput(args: argparse.Namespace, root: Path) -> None:
-    server, url = start_server(root, ["protected", "unprotected"], args.threads)
+def served(args: argparse.Namespace, root: Path, options: list[str]) -> dict[str, tuple[float, list[float]]]:
+    """model → (median images/s over the rounds, all latencies) for one server started with ``options``."""
+    server, url = start_server(root, list(MODELS), args.threads, *options)
+    address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in MODELS}
     try:
-        for name in ("protected", "unprotected"):
-            phase(url, name, args.clients, 3, args.batch)  # warm-up
-        results: dict[str, tuple[list[float], list[float]]] = {"protected": ([], []), "unprotected": ([], [])}
+        for name in MODELS:
+            phase(address, name, args.clients, 2, args.batch)  # warm-up
         for _ in range(args.rounds):
-            for name in ("protected", "unprotected"):
-                rate, latencies = phase(url, name, args.clients, args.requests, args.batch)
+            for name in MODELS:
+                rate, latencies = phase(address, name, args.clients, args.requests, args.batch)
                 results[name][0].append(rate)
                 results[name][1].extend(latencies)
     finally:
         server.terminate()
         server.wait()
-    print(f"{args.clients} clients x {args.requests} requests x batch {args.batch}, {args.rounds} interleaved rounds")
-    print(f"{'model':<12} {'images/s (median of rounds)':>28} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, (throughputs, latencies) in results.items():
-        p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
-        print(f"{name:<12} {statistics.median(throughputs):>28.1f} {p50:>8.1f} {p99:>8.1f}")
-    ratio = statistics.median(results["protected"][0]) / statistics.median(results["unprotected"][0])
-    print(f"protected / unprotected throughput: {ratio:.3f} (goal >= 0.97)")
+    return {name: (statistics.median(rates), latencies) for name, (rates, latencies) in results.items()}
+
+
+def throughput(args: argparse.Namespace, root: Path) -> None:
+    limits = {}
+    for name in MODELS:
+        rates = in_process(root, name, args)
+        best = max(rates, key=rates.get)
+        limits[name] = rates[best]
+        print(f"in-process ONNX Runtime, {name} (images/s at batch size x runs at once): "
+              + ", ".join(f"{b}x{r}: {rate:.1f}" for (b, r), rate in rates.items())
+              + f" -> limit {rates[best]:.1f} at {best[0]}x{best[1]}")
+    common = ["--max-runs", str(args.max_runs)] + (["--cpu-arena"] if args.cpu_arena else [])
+    settings = {"dynamic batching": ["--dynamic-batching", "--batch-rows", str(args.batch_rows), "--batch-delay-ms",
+                                     str(args.batch_delay_ms), *common],
+                "no batching": ["--no-dynamic-batching", *common]}
+    print(f"served: {args.clients} concurrent clients x {args.requests} requests x batch {args.batch} (binary "
+          f"tensors, keep-alive), {args.rounds} interleaved rounds; server --threads {args.threads} --max-runs "
+          f"{args.max_runs}{' --cpu-arena' if args.cpu_arena else ''}, other limits default")
+    print(f"{'setting':<18} {'model':<12} {'images/s':>9} {'served/in-process':>18} {'p50 ms':>8} {'p99 ms':>8}")
+    for setting, options in settings.items():
+        results = served(args, root, options + args.server_options)
+        for name, (rate, latencies) in results.items():
+            p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
+            print(f"{setting:<18} {name:<12} {rate:>9.1f} {rate / limits[name]:>18.3f} {p50:>8.1f} {p99:>8.1f}")
+        ratio = results["protected"][0] / results["unprotected"][0]
+        print(f"{setting:<18} protected / unprotected throughput: {ratio:.3f} (goal >= 0.97)")
 
 
 # --- hostile clients --------------------------------------------------------------------------------------
@@ -320,11 +387,20 @@ def hostile(args: argparse.Namespace, root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=25)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads in the server")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=20, help="requests per client and phase")
+    parser.add_argument("--batch", type=int, default=1, help="images per request")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, in-process and in the server")
+    parser.add_argument("--batch-sizes", type=lambda t: [int(b) for b in t.split(",")], default=[1, 4, 8, 16, 32],
+                        help="in-process batch sizes tried for the limit (default 1,4,8,16,32)")
+    parser.add_argument("--seconds-per-size", type=float, default=2.0, help="in-process time per measurement")
+    parser.add_argument("--max-runs", type=int, default=2, help="ONNX Runtime runs at once, in-process and served")
+    parser.add_argument("--cpu-arena", action="store_true", help="ONNX Runtime's CPU arena, in-process and served")
+    parser.add_argument("--batch-rows", type=int, default=16, help="server --batch-rows with dynamic batching")
+    parser.add_argument("--batch-delay-ms", type=float, default=1.0, help="server --batch-delay-ms")
+    parser.add_argument("--server-option", dest="server_options", action="append", default=[],
+                        help="extra `serve` option (repeat; e.g. --server-option=--max-runs=1)")
     parser.add_argument("--hostile", action="store_true", help="health latency under hostile clients instead")
     parser.add_argument("--seconds", type=float, default=30, help="--hostile: probing time, each way")
     parser.add_argument("--big-json", type=int, default=4, help="--hostile: clients sending ~62 MiB JSON")

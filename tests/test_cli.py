@@ -103,6 +103,28 @@ def test_classify_prints_true_labels(protected_dir, capsys):
     assert all("fake=True" in line for line in lines)
 
 
+def test_info_and_classify_take_the_folder_model_pt_or_model_onnx(protected_dir, capsys):
+    cloud, key = protected_dir / "cloud", str(protected_dir / "device" / "key.json")
+    photo = str(foolbox_imagenet()[0].path)
+    printed = []
+    for model in (cloud, cloud / "model.pt", cloud / "model.onnx"):
+        assert main(["info", str(model)]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["n_outputs"] == 2000 and info["preprocess"]["crop"] == 224 and info["n_categories"] == 1000
+        assert main(["classify", "--model", str(model), "--key", key, "--top", "1", photo]) == 0
+        printed.append(capsys.readouterr().out.split("%")[0])
+    assert printed[0].startswith("imagenet_00_243.jpg: bull mastiff") and len(set(printed)) == 1
+
+
+@pytest.mark.slow
+def test_evaluate_with_every_model_skipped_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    assert main(["evaluate", "--models", "resnet18,nope_net", "--out", str(tmp_path / "report")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: no model could be evaluated") and "resnet18" in line and "nope_net" in line
+    assert not (tmp_path / "report").exists()
+
+
 def commands():
     (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     return list(action.choices)

@@ -99,7 +99,16 @@ def test_small_end_to_end(digits_model, tmp_path):
     assert payload["config"]["seed"] == 0 and payload["environment"]["torch"] == torch.__version__
     assert payload["evaluation_seeds"] == {"digits": 0}
     assert len((tmp_path / "per_image.csv").read_text().strip().splitlines()) == 37
-    assert "| Defense Success Rate (%) | Fake Gradient |" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| Defense Success Rate (%) | Fake Gradient |" in report
+    # issue 11: rates with n and Wilson intervals, ρ in both spaces, the per-image ‖r‖ ratio
+    assert "Wilson score" in report and "0 [0–24] n=12" in report and "ρ normalised" in report
+    fg_json = next(a for a in payload["aggregates"] if a["method"] == "fake-gradient")
+    assert fg_json["defense_success_pct_n"] == 12 and len(fg_json["defense_success_pct_ci95"]) == 2
+    assert fg_json["l2_ratio_n"] == 12 and fg_json["rho_normalized_mean"] > 0
+    assert payload["data"]["distinct_photos"] == 12 and "Wilson" in payload["intervals"]
+    header = (tmp_path / "per_image.csv").read_text().splitlines()[0].split(",")
+    assert {"rho_normalized", "l2_ratio_to_original"} <= set(header)
 
 
 def test_report_without_the_original_method(digits_model, tmp_path):

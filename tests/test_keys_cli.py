@@ -140,6 +140,7 @@ def test_bad_key_files_are_one_line_errors_on_the_command_line(tmp_path, capsys)
     big = tmp_path / "big.json"
     big.write_bytes(b"{" + b" " * (9 * 2**20))
     assert "larger than" in error_of(capsys, "info", big)
-    assert "not a regular file" in error_of(capsys, "info", tmp_path)
+    assert "holds no model.pt or model.onnx" in error_of(capsys, "info", tmp_path)  # a folder: a cloud folder's?
+    assert "not a regular file" in error_of(capsys, "info", "/dev/zero")
     line = error_of(capsys, "classify", "--model", tmp_path, "--key", "/dev/zero", tmp_path / "x.jpg")
     assert line == "error: key file /dev/zero is not a regular file"

@@ -151,3 +151,27 @@ def test_loose_key_permissions_warn_on_the_command_line(key, tmp_path):
     (line,) = done.stderr.splitlines()
     assert "readable or writable by group or others (mode 0644)" in line and f"chmod 600 {path}" in line
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # a warning only: the file is left as it is
+
+
+def test_seeded_keys_say_so_and_warn(key, tmp_path, caplog):
+    import torch
+
+    import fakegradient
+
+    _, seeded = fakegradient.protect(torch.nn.Linear(4, 3), example_input=torch.randn(2, 4), seed=0)
+    _, secure = fakegradient.protect(torch.nn.Linear(4, 3), example_input=torch.randn(2, 4))
+    assert seeded.seeded and not secure.seeded
+    seeded.save(tmp_path / "seeded.json")
+    secure.save(tmp_path / "secure.json")
+    assert json.loads((tmp_path / "seeded.json").read_text())["seeded"] is True
+    assert "seeded" not in json.loads((tmp_path / "secure.json").read_text())  # the format of older files
+    with caplog.at_level(logging.WARNING, logger="fakegradient"):
+        assert Key.load(tmp_path / "seeded.json").seeded
+        Key.load(tmp_path / "secure.json")
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "made with a seed" in message and "NOT secure" in message
+    done = subprocess.run([sys.executable, "-m", "fakegradient.cli", "info", str(tmp_path / "seeded.json")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and json.loads(done.stdout)["seeded"] is True
+    assert "NOT secure" in done.stderr
+    assert_refused(edited(key, seeded="yes"), tmp_path, "seeded")

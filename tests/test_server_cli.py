@@ -30,7 +30,8 @@ def one_line_error(capsys) -> str:
 @pytest.mark.parametrize("option, value", [
     ("--port", "99999"), ("--port", "-1"), ("--max-inflight", "0"), ("--max-connections", "-5"),
     ("--header-timeout", "nan"), ("--body-timeout", "0"), ("--keep-alive", "inf"), ("--max-body-mb", "inf"),
-    ("--max-batch", "0"),
+    ("--max-batch", "0"), ("--max-buffered-mb", "0"), ("--batch-rows", "0"), ("--batch-delay-ms", "-1"),
+    ("--batch-delay-ms", "nan"), ("--max-buffered-mb", "32"),  # below --max-body-mb 64
 ])
 def test_bad_values_are_one_line_errors_exit_2(folder, capsys, option, value):
     assert main(["serve", str(folder), option, value]) == 2

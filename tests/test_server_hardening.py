@@ -21,7 +21,7 @@ from test_server_support import INPUT_SHAPE, request, running_server, tiny_model
 
 import fakegradient.serving.server as server_module
 from fakegradient.serving.onnx_model import ServedModel
-from fakegradient.serving.server import Limits
+from fakegradient.serving.server import Batching, Limits
 
 LIMITS = Limits(max_body_bytes=2**20, max_batch=4, max_inflight=2, max_runs=2, max_connections=32,
                 header_timeout=1.0, body_timeout=1.0, keep_alive=1.0)
@@ -48,7 +48,7 @@ def guarded(tmp_path_factory):
     gate = GateSession()
     models = tiny_models(tmp_path_factory.mktemp("models")) + [
         ServedModel("gate", Path("gate.onnx"), gate, "input", [-1, *INPUT_SHAPE], "logits", [-1, 4])]
-    with running_server(models, LIMITS) as address:
+    with running_server(models, LIMITS, batching=Batching(enabled=True, max_rows=2)) as address:  # 2 rows: alone
         yield address, gate
 
 

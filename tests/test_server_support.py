@@ -21,8 +21,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from fakegradient.core.fingerprint import head_fingerprint
+from fakegradient.serving.integrity import seal
 from fakegradient.serving.onnx_model import ServedModel, load_model_dir
-from fakegradient.serving.server import Limits, build_server
+from fakegradient.serving.server import Access, Batching, Limits, build_server
 
 INPUT_SHAPE = [3, 2, 2]  # per image: 12 values
 ROWS = 4  # 2N outputs
@@ -34,11 +35,12 @@ def head_weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return (rng.standard_normal((ROWS, 12)).astype(np.float32), rng.standard_normal(ROWS).astype(np.float32))
 
 
-def write_model(folder: Path, head: str = "gemm", fingerprint: str | None = "computed", seed: int = 0) -> Path:
+def write_model(folder: Path, head: str = "gemm", fingerprint: str | None = "computed", seed: int = 0,
+                sealed: bool = True) -> Path:
     """``folder/model.onnx``: (B, 3, 2, 2) -> (B, ROWS) through a head of kind ``head``: ``gemm`` (transB=1, as
     torch exports), ``gemm-t`` (transB=0: W stored transposed), ``conv`` (1x1 Conv on a (B, 12, 1, 1) view,
     then Flatten) or ``matmul`` (no Gemm/Conv: no head to find). ``fingerprint``: the metadata's value
-    (``computed``: the true one; None: no metadata)."""
+    (``computed``: the true one; None: none). ``sealed``: with the whole-model digest, as exports write it."""
     weight, bias = head_weights(seed)
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *INPUT_SHAPE])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", ROWS])
@@ -70,6 +72,8 @@ def write_model(folder: Path, head: str = "gemm", fingerprint: str | None = "com
     if fingerprint is not None:
         value = head_fingerprint(weight, bias) if fingerprint == "computed" else fingerprint
         model.metadata_props.add(key="fakegradient.fingerprint", value=value)
+    if sealed:
+        seal(model, folder)
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(folder / "model.onnx"))
     return folder / "model.onnx"
@@ -82,9 +86,10 @@ def tiny_request(x: np.ndarray, **fields: Any) -> bytes:
 
 
 @contextmanager
-def running_server(models: list[ServedModel], limits: Limits) -> Iterator[tuple[str, int]]:
+def running_server(models: list[ServedModel], limits: Limits, access: Access = Access(),
+                   batching: Batching = Batching()) -> Iterator[tuple[str, int]]:
     """The real server (as ``serve`` builds it) in a thread on 127.0.0.1; yields (host, port)."""
-    server = build_server(models, limits)
+    server = build_server(models, limits, access, batching)
     server.config.log_config = None
     with in_thread(server) as address:
         yield address

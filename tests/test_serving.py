@@ -21,7 +21,7 @@ from test_server_support import in_thread, serve_subprocess
 from fakegradient import Key
 from fakegradient.cli import main
 from fakegradient.data import foolbox_imagenet, load_batch
-from fakegradient.serving.client import InferenceClient, classify, preprocess
+from fakegradient.serving.client import InferenceClient, classify, load_labels, preprocess
 from fakegradient.serving.triton import export_triton
 
 
@@ -72,7 +72,7 @@ def test_end_to_end_20_photos_match_the_local_original(cloud, mobilenet_imagenet
     top2 = original.topk(2).values
     assert (top2[:, 0] - top2[:, 1] > 1e-3).all()  # no near-tie: ONNX Runtime's rounding cannot flip a top-1
     paths = [s.path for s in foolbox_imagenet()]
-    results = classify(cloud["url"], cloud["key"], paths, k=1)
+    results = classify(cloud["url"], cloud["key"], paths, k=1, labels=load_labels(cloud["root"] / "mnv2"))
     assert [r.topk[0][0] for r in results] == original.argmax(1).tolist()  # decrypted == original top-1, all 20
     assert all(r.server_top1_is_fake for r in results)  # the cloud's top-1 is always a fake output
     assert results[0].topk[0][1] == "bull mastiff"
@@ -158,7 +158,7 @@ def run_client(*args, block_torch=False):
 def test_device_client_runs_without_torch(cloud):
     photos = [s.path for s in foolbox_imagenet()[:2]]
     result = run_client("classify", "--server", cloud["url"], "--key", cloud["root"] / "mnv2.key", "--top", "1",
-                        *photos, block_torch=True)
+                        "--labels", cloud["root"] / "mnv2", *photos, block_torch=True)  # names kept on the device
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("imagenet_00_243.jpg: bull mastiff")
     blocked = run_client("demo", block_torch=True)  # the blocker really blocks torch

@@ -281,8 +281,9 @@ def test_the_registry_drives_the_cli():
     assert methods.ORIGINAL in methods.METHODS and methods.ORIGINAL not in methods.PROTECTIONS
     assert fakegradient.METHODS == methods.PROTECTIONS
     protect_method = option("protect", "--method")
-    assert tuple(protect_method.choices) == methods.PROTECTIONS
-    for name in methods.PROTECTIONS:
+    assert methods.DEPLOYABLE == tuple(n for n in methods.PROTECTIONS if not methods.METHODS[n].control)
+    assert tuple(protect_method.choices) == methods.DEPLOYABLE  # controls are for experiments, not deployment
+    for name in methods.DEPLOYABLE:
         assert f"{name}: {methods.METHODS[name].help}" in protect_method.help
     evaluate_methods = option("evaluate", "--methods")
     for name in methods.METHODS:
@@ -295,7 +296,7 @@ def test_protect_choices_follow_the_registry(monkeypatch):
     new = methods.Method("zz-new", "ZZ", "a scheme registered by this test", rows="fake_gradient_rows",
                          takes_scale=True)
     monkeypatch.setitem(methods.METHODS, "zz-new", new)
-    monkeypatch.setattr(methods, "PROTECTIONS", ("fake-gradient", "zz-new"))
+    monkeypatch.setattr(methods, "DEPLOYABLE", ("fake-gradient", "zz-new"))
     action = option("protect", "--method")
     assert tuple(action.choices) == ("fake-gradient", "zz-new")
     assert "zz-new: a scheme registered by this test" in action.help

@@ -1,8 +1,12 @@
-"""Lazy package attributes (PEP 562), so that importing a package stays light."""
+"""Lazy package attributes (PEP 562), so that importing a package stays light, and which extra
+(``pip install 'fakegradient[EXTRA]'``) provides a module that is not installed."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,3 +28,55 @@ def lazy(package: str, exports: dict[str, str], eager: list[str]) -> tuple[Calla
         return sorted({*eager, *exports})
 
     return __getattr__, __dir__
+
+
+# --- optional dependencies: which extra of ``pip install 'fakegradient[EXTRA]'`` provides a module ---
+
+_MODULE_OF = {"adversarial_robustness_toolbox": "art", "scikit_learn": "sklearn", "pillow": "PIL"}  # ≠ its name
+_REQUIREMENT = re.compile(r'^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?[^;]*;\s*extra\s*==\s*"([^"]+)"')
+
+
+def _extras() -> dict[str, set[str]]:
+    """extra → the top-level module names it installs (transitively), from the installed package's
+    metadata: pyproject.toml stays the only list. Empty when the metadata cannot be read."""
+    try:
+        requires = importlib.metadata.requires("fakegradient") or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    direct: dict[str, set[str]] = {}
+    includes: dict[str, set[str]] = {}
+    for line in requires:
+        match = _REQUIREMENT.match(line)
+        if not match:
+            continue
+        name, nested, extra = match.groups()
+        if name.lower().replace("_", "-") == "fakegradient":
+            includes.setdefault(extra, set()).update(e.strip() for e in (nested or "").split(","))
+        else:
+            module = name.lower().replace("-", "_").replace(".", "_")  # distribution → module
+            direct.setdefault(extra, set()).add(_MODULE_OF.get(module, module))
+    def closure(extra: str, seen: set[str]) -> set[str]:
+        seen.add(extra)
+        found = set(direct.get(extra, ()))
+        for other in includes.get(extra, ()):
+            if other not in seen:
+                found |= closure(other, seen)
+        return found
+
+    return {extra: closure(extra, set()) for extra in direct.keys() | includes.keys()}
+
+
+def missing_extra(module: str | None, wanted: str) -> str | None:
+    """The extra that provides the missing ``module``: ``wanted`` (the command's own) when it does, else the
+    smallest extra that does; None when no extra provides it (then the missing module is a real bug)."""
+    root = (module or "").split(".")[0]
+    extras = _extras()
+    if not extras:  # metadata unreadable (a source checkout on sys.path): trust the command's extra
+        return wanted
+    if root in extras.get(wanted, ()):
+        return wanted
+    candidates = [extra for extra, modules in extras.items() if root in modules and extra not in ("all", "dev")]
+    if candidates:
+        return min(candidates, key=lambda extra: len(extras[extra]))
+    # a dependency of a dependency (anyio for fastapi): the command's extra, if it is not all installed
+    return wanted if any(importlib.util.find_spec(m) is None for m in extras.get(wanted, ())) else None

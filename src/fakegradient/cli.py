@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import __version__, defaults, methods
+from ._lazy import missing_extra
 from .errors import FakeGradientError, InvalidArgument
 
 
@@ -27,9 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     except FakeGradientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:  # an optional dependency: name the extra that installs it
+        extra = missing_extra(exc.name, _EXTRA_OF.get(args.run.__name__, "all"))
+        if extra is None:
+            raise
+        command = args.run.__name__.removeprefix("cmd_").replace("_", "-")
+        print(f"error: `fakegradient {command}` needs {exc.name}, which is not installed: "
+              f"pip install 'fakegradient[{extra}]'", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# the extra named when a command misses a module (the device install, numpy + Pillow, runs classify --server)
+_EXTRA_OF = {"cmd_protect": "protect", "cmd_info": "protect", "cmd_classify": "serve", "cmd_models": "protect",
+             "cmd_serve": "serve", "cmd_export_triton": "serve", "cmd_demo": "eval", "cmd_evaluate": "eval"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,15 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND", title="commands")
 
     p = sub.add_parser("protect", help="protect a classifier: model files for the cloud, a key for the device")
-    p.add_argument("model", help="model name (see `fakegradient models`)")
-    p.add_argument("--weights", default="DEFAULT", help="weights entry, e.g. IMAGENET1K_V1, or 'none' for random init (default: DEFAULT)")
-    p.add_argument("--state-dict", type=Path, help="load these weights instead (a fine-tuned model)")
-    p.add_argument("--num-classes", type=int, help="classes of --state-dict's head")
+    p.add_argument("model", nargs="?",
+                   help="model name: torchvision's or EfficientNet-Lite's (see `fakegradient models`), "
+                        "timm:NAME or hf:FOLDER (a local Hugging Face folder or cached id)")
+    p.add_argument("--factory", metavar="MODULE:FUNCTION",
+                   help="instead of a name: a function returning your nn.Module (the current folder is importable)")
+    p.add_argument("--weights",
+                   help="pretrained weights: an entry (IMAGENET1K_V1), for timm: a checkpoint file, or 'none' for "
+                        "random init (default: the pretrained weights available on this machine); with "
+                        "--state-dict, the entry whose preprocessing (and class names) the fine-tune kept")
+    p.add_argument("--state-dict", type=Path, help="load these weights (a fine-tuned model's state dict)")
+    p.add_argument("--num-classes", type=int, help="classes of the model (default: read from --state-dict)")
+    p.add_argument("--input-size", type=int, help="side of the square input the model takes, e.g. 224")
+    p.add_argument("--mean", type=_triple, help="per-channel mean of [0, 1] pixels, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_triple, help="per-channel std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--resize", type=int,
+                   help="the image's shorter side is resized to this before the centre crop (default: the "
+                        "weights', else --input-size)")
+    p.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), help="resize filter")
+    p.add_argument("--labels", type=Path, help="class names, one per line (N lines)")
     p.add_argument("--out", type=Path, required=True, help="folder for model.pt + model.onnx (goes to the cloud)")
     p.add_argument("--key", type=Path, required=True, help="key file to write (stays on the device, 0600)")
-    p.add_argument("--method", default="fake-gradient", choices=methods.PROTECTIONS,
+    p.add_argument("--method", default="fake-gradient", choices=methods.DEPLOYABLE,
                    help="how the fake outputs are made (default: fake-gradient). "
-                        + methods.describe(methods.PROTECTIONS))
+                        + methods.describe(methods.DEPLOYABLE))
     p.add_argument("--scale", type=float, default=defaults.SCALE,
                    help=f"S_a of Algorithm 1, for fake-gradient (default {defaults.SCALE:g})")
     p.add_argument("--seed", type=int, help="reproducible key for experiments only: NOT secure")
@@ -67,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--model", type=Path, help="local: protected model folder or model.pt")
     where.add_argument("--server", help="remote: URL of a v2 inference server, e.g. http://127.0.0.1:8000")
     p.add_argument("--model-name", help="with --server: the served model (default: the only one)")
+    p.add_argument("--token-file", type=Path, help="with --server: file holding the server's bearer token")
+    p.add_argument("--labels", type=Path,
+                   help="with --server: class names kept on the device (the protected model's folder or "
+                        "model.onnx, a JSON list, or one name per line); a server publishing minimal "
+                        "metadata (the default) does not send them")
     p.add_argument("--key", type=Path, required=True)
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(run=cmd_classify)
@@ -81,9 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-arena", action="store_true",
                    help="keep ONNX Runtime's CPU memory arena: large batches run faster, but the memory of "
                         "peak loads is never returned")
-    p.add_argument("--max-inflight", type=int, default=8,
-                   help="requests in progress (parsed, waiting for or in inference); more get 503 + Retry-After "
-                        "(default 8)")
+    p.add_argument("--max-inflight", type=int, default=32,
+                   help="requests in progress (parsed, queued for or in inference); more get 503 + Retry-After "
+                        "(default 32)")
+    p.add_argument("--max-buffered-mb", type=float, default=256,
+                   help="request bodies held at once, all connections together, in MiB; beyond, 503 + "
+                        "Retry-After (default 256; at least --max-body-mb)")
+    p.add_argument("--dynamic-batching", action=argparse.BooleanOptionalAction, default=False,
+                   help="run concurrent requests as one ONNX Runtime call; pays where larger batches run faster "
+                        "per image (see benchmarks/serving.py), not for small models on a few CPU cores "
+                        "(default: off)")
+    p.add_argument("--batch-rows", type=int, default=16,
+                   help="dynamic batching: most images in one run (default 16)")
+    p.add_argument("--batch-delay-ms", type=float, default=1,
+                   help="dynamic batching: ms a free runner waits for more requests (default 1)")
+    p.add_argument("--public-metadata", choices=["minimal", "full"], default="minimal",
+                   help="model parameters published: minimal = fingerprint and preprocessing (what the device "
+                        "client needs); full = also architecture, class names, digest (default minimal)")
+    p.add_argument("--token-file", type=Path,
+                   help="require 'Authorization: Bearer <token in this file>' on every endpoint but health")
     p.add_argument("--max-runs", type=int, default=2,
                    help="ONNX Runtime runs at once; their memory grows with it (default 2)")
     p.add_argument("--max-connections", type=int, default=256,
@@ -146,21 +196,32 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 
 def cmd_protect(args: argparse.Namespace) -> None:
-    from . import models
     from .atomic import check_writable, drop_copy, keep_copy
     from .modelfile import write_bundle
+    from .models.prepare import prepare
     from .protection import protect
 
+    if (args.model is None) == (args.factory is None):
+        raise InvalidArgument("give a model name or --factory MODULE:FUNCTION (one of them)")
     if args.key.resolve().is_relative_to(args.out.resolve()):
         raise FakeGradientError(f"--key {args.key} is inside --out {args.out}, which goes to the cloud: "
                                 "keep the key elsewhere")
-    if args.num_classes is not None and args.num_classes < 1:
-        raise InvalidArgument(f"--num-classes must be >= 1, got {args.num_classes}")
     taken = [p for p in (args.key, args.out / "model.pt", args.out / "model.onnx") if p.is_file() or p.is_symlink()]
     if taken and not args.force:
         raise FakeGradientError(f"refusing to overwrite {', '.join(map(str, taken))}: the model deployed with the old "
                                 "key could no longer be decrypted; choose new --key and --out paths, or pass --force "
                                 f"(the old key is then kept as {args.key}.old)")
+    # the model first: nothing is created on disk until it is built and protected
+    ready = prepare(args.model, factory=args.factory, weights=args.weights, state_dict=args.state_dict,
+                    num_classes=args.num_classes, input_size=args.input_size, mean=args.mean, std=args.std,
+                    resize=args.resize, interpolation=args.interpolation, labels=args.labels)
+    example = _example_input(ready.input_size)
+    protected, key = protect(ready.model, method=args.method, scale=args.scale, seed=args.seed, head=args.head,
+                             example_input=example)
+    label = args.model or args.factory
+    if ready.arch is None and args.no_onnx:
+        raise InvalidArgument(f"{label} is not rebuilt from a name, so model.onnx is its only cloud file: "
+                              "drop --no-onnx")
     backup = None
     with _new_folders(args.key.parent, args.out), contextlib.ExitStack() as undo:  # undone if anything fails
         check_writable(args.key)
@@ -168,18 +229,8 @@ def cmd_protect(args: argparse.Namespace) -> None:
         if args.force and args.key in taken:
             backup = keep_copy(args.key)
             undo.callback(drop_copy, backup, args.key)  # if anything fails, unless the key was replaced
-        kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
-        random_init = args.state_dict or args.weights.lower() == "none"
-        weights = None if random_init else models.get_weights(args.model, args.weights)
-        model = models.load(args.model, weights=weights, **kwargs)
-        if args.state_dict:
-            _load_state_dict(model, args.state_dict)
-        protected, key = protect(model, method=args.method, scale=args.scale, seed=args.seed, head=args.head)
-        extra = {"preprocess": models.preprocess_spec(weights),
-                 "categories": weights.meta.get("categories")} if weights is not None else {}
-        written = write_bundle(args.out, protected, key, input_size=_input_size(args.model, weights),
-                               arch=args.model, arch_kwargs=models.rebuild_kwargs(args.model, weights, **kwargs),
-                               weights=str(weights) if weights else str(args.state_dict), extra=extra,
+        written = write_bundle(args.out, protected, key, input_size=ready.input_size, arch=ready.arch,
+                               arch_kwargs=ready.arch_kwargs, weights=ready.weights, extra=ready.extra(),
                                onnx=not args.no_onnx)
         try:
             if args.no_onnx and args.out / "model.onnx" in taken:  # --force: the old model's, not this key's
@@ -192,11 +243,31 @@ def cmd_protect(args: argparse.Namespace) -> None:
                 raise FakeGradientError(f"cannot write {exc.filename or args.key}: {exc.strerror or exc}") from None
             raise
         undo.pop_all()  # success: the old key's copy stays
-    print(f"protected {args.model} ({args.method}): {key.n_real} real + {key.n_real} fake outputs, head {key.head!r}")
+    for note in ready.notes:  # after success only: a failure stays one line
+        print(note, file=sys.stderr)
+    print(f"protected {label} ({args.method}): {key.n_real} real + {key.n_real} fake outputs, head {key.head!r}")
     print(f"  cloud:  {', '.join(str(p) for p in written)}")
     print(f"  device: {args.key} (keep it secret; fingerprint {key.model_fingerprint[:16]}…)")
+    if args.seed is not None:
+        print("  warning: --seed makes the key reproducible: NOT secure, for experiments only", file=sys.stderr)
     if backup is not None:
         print(f"  old key kept as {backup}")
+
+
+def _example_input(input_size: list[int]):
+    """A fixed (2, C, H, W) probe batch for ``protect``'s checks."""
+    import torch
+
+    return torch.rand((2, *input_size), generator=torch.Generator().manual_seed(0))
+
+
+def _triple(text: str) -> list[float]:
+    """``--mean``/``--std``: three comma-separated numbers, or one for all three channels."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}") from None
+    return values * 3 if len(values) == 1 else values
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -205,48 +276,87 @@ def cmd_info(args: argparse.Namespace) -> None:
     from .errors import KeyFileError
     from .key import Key
 
-    try:
-        print(json.dumps(Key.load(args.file).describe(), indent=2))
-        return
-    except KeyFileError as key_error:
-        if not args.file.is_file():
-            raise
+    if not args.file.is_dir():
         try:
-            with open(args.file, "rb") as handle:  # a model file is read only if it is not JSON
-                if handle.read(1) == b"{":
-                    raise
-        except OSError:
-            raise key_error from None
+            print(json.dumps(Key.load(args.file).describe(), indent=2))
+            return
+        except KeyFileError as key_error:
+            if not args.file.is_file():
+                raise
+            try:
+                with open(args.file, "rb") as handle:  # a model file is read only if it is not JSON
+                    if handle.read(1) == b"{":
+                        raise
+            except OSError:
+                raise key_error from None
+    path = _model_file(args.file)
+    if path.suffix == ".onnx":
+        print(json.dumps(_onnx_info(path), indent=2))
+        return
     from .modelfile import read_info
 
-    info, _ = read_info(args.file)
-    print(json.dumps({"format": "fakegradient-model"} | asdict(info) | {"n_outputs": info.n_outputs}, indent=2))
+    info, _ = read_info(path)
+    described = asdict(info) | {"n_outputs": info.n_outputs}
+    categories = described.pop("extra").get("categories")
+    described |= {"preprocess": info.extra.get("preprocess"), "n_categories": len(categories or ())}
+    print(json.dumps({"format": "fakegradient-model", "file": str(path)} | described, indent=2))
+
+
+def _model_file(path: Path) -> Path:
+    """A cloud folder's model file (model.pt, else model.onnx), or ``path`` itself."""
+    if not path.is_dir():
+        return path
+    for name in ("model.pt", "model.onnx"):
+        if (path / name).is_file():
+            return path / name
+    raise FakeGradientError(f"{path} holds no model.pt or model.onnx (make them with `fakegradient protect`)")
+
+
+def _onnx_info(path: Path) -> dict:
+    """What a protected model.onnx publishes (its metadata and input shape); needs ``onnx`` only."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError) as exc:
+        raise FakeGradientError(f"{path} is not a readable ONNX file ({exc.__class__.__name__})") from None
+    meta = {p.key.removeprefix("fakegradient."): p.value for p in graph.metadata_props
+            if p.key.startswith("fakegradient.")}
+    if "fingerprint" not in meta:
+        raise FakeGradientError(f"{path} is not a fakegradient-protected model (no fakegradient metadata)")
+    decoded = {}
+    for name in ("preprocess", "categories"):
+        try:
+            decoded[name] = json.loads(meta.pop(name)) if name in meta else None
+        except ValueError:
+            raise FakeGradientError(f"{path}: its {name} metadata is not JSON") from None
+    shape = [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    if meta.get("n_outputs", "").isdigit():
+        meta["n_outputs"] = int(meta["n_outputs"])
+    return {"format": "fakegradient-model (onnx)", "file": str(path), **meta, "input_shape": shape,
+            "preprocess": decoded["preprocess"], "n_categories": len(decoded["categories"] or ())}
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """Print each image's result as it comes, one ``error:`` line per image that fails; 1 if any failed."""
-    from .classify import Failure, model_outputs, stream
+    from .classify import Failure, stream
 
     if args.top < 1:
         raise InvalidArgument(f"--top must be >= 1, got {args.top}")
     if args.server:
         results = _classify_remote(args)
     else:
-        import torch
+        import numpy as np
 
-        from . import models
-        from .data import open_rgb
         from .key import Key
-        from .modelfile import load_protected, model_fingerprint
+        from .serving.client import preprocess
 
         key = Key.load(args.key)
-        model_path = args.model / "model.pt" if args.model.is_dir() else args.model
-        model, info = load_protected(model_path)
-        key.check_fingerprint(model_fingerprint(model, info.head))
-        transform, categories = _preprocessing(models, info)
-        results = stream(args.images, lambda path: transform(open_rgb(path)),
-                         lambda batch: model_outputs(model, torch.stack(batch)), key, k=args.top,
-                         categories=categories)
+        infer, fingerprint, spec, categories = _local_model(_model_file(args.model))
+        key.check_fingerprint(fingerprint)
+        results = stream(args.images, lambda path: preprocess(path, spec), lambda batch: infer(np.stack(batch)),
+                         key, k=args.top, categories=categories)
     failed = 0
     for result in results:
         if isinstance(result, Failure):
@@ -261,29 +371,43 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def _classify_remote(args: argparse.Namespace) -> Iterator:
     from .key import Key
-    from .serving.client import classify_iter
+    from .serving.auth import read_token
+    from .serving.client import classify_iter, load_labels
 
-    return classify_iter(args.server, Key.load(args.key), args.images, model_name=args.model_name, k=args.top)
+    token = read_token(args.token_file) if args.token_file else None
+    labels = load_labels(args.labels) if args.labels else None
+    return classify_iter(args.server, Key.load(args.key), args.images, model_name=args.model_name, k=args.top,
+                         token=token, labels=labels)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from .serving.auth import read_token
+    from .serving.batching import Batching
     from .serving.onnx_model import RuntimeOptions
-    from .serving.server import Limits, serve
+    from .serving.server import Access, Limits, serve
 
     if not 0 <= args.port <= 65535:
         raise InvalidArgument(f"--port must be in 0..65535, got {args.port}")
     if args.threads < 0:
         raise InvalidArgument(f"--threads must be >= 0 (0 = all cores), got {args.threads}")
     for name in ("max_batch", "max_body_mb", "max_inflight", "max_runs", "max_connections", "header_timeout",
-                 "body_timeout", "keep_alive"):
+                 "body_timeout", "keep_alive", "max_buffered_mb", "batch_rows"):
         value = getattr(args, name)
         if not 0 < value < float("inf"):  # also refuses NaN
             raise InvalidArgument(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
+    if not 0 <= args.batch_delay_ms < float("inf"):
+        raise InvalidArgument(f"--batch-delay-ms must be >= 0 and finite, got {args.batch_delay_ms}")
+    if args.max_buffered_mb < args.max_body_mb:
+        raise InvalidArgument(f"--max-buffered-mb ({args.max_buffered_mb:g}) must be at least --max-body-mb "
+                              f"({args.max_body_mb:g}), or no request of the largest size could ever be read")
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_batch=args.max_batch,
                     max_inflight=args.max_inflight, max_runs=args.max_runs, max_connections=args.max_connections,
                     header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-                    keep_alive=args.keep_alive)
-    serve(args.model_dirs, args.host, args.port, limits, RuntimeOptions(args.threads, args.cpu_arena))
+                    keep_alive=args.keep_alive, max_buffered_bytes=int(args.max_buffered_mb * 2**20))
+    access = Access(args.public_metadata, read_token(args.token_file) if args.token_file else None)
+    batching = Batching(args.dynamic_batching, args.batch_rows, args.batch_delay_ms / 1000)
+    serve(args.model_dirs, args.host, args.port, limits, RuntimeOptions(args.threads, args.cpu_arena), access,
+          batching)
 
 
 def cmd_export_triton(args: argparse.Namespace) -> None:
@@ -325,11 +449,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         from .evaluation.ray_executor import RayExecutor
 
         executor = RayExecutor(args.ray, args.ray_workers)
+    new_out = not args.out.exists()
     try:
         result = evaluate(config, store=ShardStore(shards, resume=args.resume), executor=executor)
     finally:
         if executor is not None:
             executor.shutdown()
+    if not result.evaluations:  # nothing to report: write nothing, and leave no empty run behind
+        if not args.resume:
+            shutil.rmtree(shards, ignore_errors=True)
+            if new_out:
+                with contextlib.suppress(OSError):
+                    args.out.rmdir()
+        reasons = "; ".join(f"{skipped['model']}: {skipped['reason']}" for skipped in result.skipped)
+        raise FakeGradientError(f"no model could be evaluated, no report written ({reasons})")
     written = write_report(result, args.out)
     shutil.rmtree(shards)  # complete: the resume state is no longer needed
     for (model, method), a in _aggregates(result).items():
@@ -339,8 +472,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for skipped in result.skipped:
         print(f"skipped {skipped['model']}: {skipped['reason']}")
     print(f"report: {written[-1]}")
-    if not result.evaluations:
-        raise FakeGradientError("no model could be evaluated (see the skipped models above)")
 
 
 def _aggregates(result):
@@ -367,22 +498,53 @@ def cmd_models(args: argparse.Namespace) -> None:
     print("\n".join(models.list_models()))
 
 
-def _preprocessing(models, info):
-    from torchvision import transforms
+def _local_model(path: Path):
+    """(infer: (B, C, H, W) float32 → (B, 2N), fingerprint, preprocessing spec, class names) of a local
+    model.pt (torch) or model.onnx (ONNX Runtime, as the server runs it): the same preprocessing as the
+    device client, from the file's metadata."""
+    from .serving.client import check_spec
 
-    if info.weights and not info.weights.endswith((".pt", ".pth")):
-        try:
-            weights = models.get_weights(info.arch, info.weights)
-            return weights.transforms(), weights.meta.get("categories")
-        except FakeGradientError:
-            pass
-    size = info.input_size[-1]
-    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]), None
+    if path.suffix == ".onnx":
+        from .serving.onnx_model import load_model_dir
+
+        if path.name != "model.onnx":
+            raise FakeGradientError(f"{path}: expected a cloud folder's model.onnx")
+        served = load_model_dir(path.parent)  # checks the head against the fingerprint
+        params = served.parameters()
+        spec = params.get("preprocess")
+        fingerprint, categories = params["fingerprint"], params.get("categories")
+        infer = served.infer
+    else:
+        import torch
+
+        from .classify import model_outputs
+        from .modelfile import load_protected, model_fingerprint
+
+        model, info = load_protected(path)
+        fingerprint = model_fingerprint(model, info.head)
+        spec, categories = info.extra.get("preprocess"), info.extra.get("categories")
+        if spec is None:  # a file from before the preprocessing was recorded: its named weights' preset
+            spec, categories = _weights_preprocessing(info)
+
+        def infer(batch):
+            return model_outputs(model, torch.from_numpy(batch))
+
+    if spec is None:
+        raise FakeGradientError(f"{path} records no preprocessing: protect the model again (with --weights, or "
+                                "--input-size --mean --std)")
+    return infer, fingerprint, check_spec(spec), categories if isinstance(categories, list) else None
 
 
-def _input_size(name: str, weights) -> list[int]:
-    crop = getattr(weights.transforms(), "crop_size", [224])[0] if weights is not None else 224
-    return [3, crop, crop]
+def _weights_preprocessing(info) -> tuple[dict | None, list | None]:
+    from . import models
+
+    try:
+        weights = models.get_weights(info.arch, info.weights) if info.weights else None
+    except FakeGradientError:
+        weights = None
+    if weights is None:
+        return None, None
+    return models.preprocess_spec(weights), weights.meta.get("categories")
 
 
 @contextlib.contextmanager
@@ -402,18 +564,6 @@ def _new_folders(*paths: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-
-
-def _load_state_dict(model, path: Path) -> None:
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    except FileNotFoundError:
-        raise FakeGradientError(f"no such state dict: {path}") from None
-    except Exception as exc:
-        raise FakeGradientError(f"cannot load {path} into the model: {str(exc)[:300]}") from None
 
 
 if __name__ == "__main__":

@@ -105,3 +105,25 @@ def load_batch(paths: list[Path], transform) -> torch.Tensor:
     import torch
 
     return torch.stack([transform(open_rgb(p)) for p in paths])
+
+
+# natural photographs bundled in installed packages: (package, path inside it, what it shows)
+BUNDLED_PHOTOS = (
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "portrait photograph of Grace Hopper"),
+    ("sklearn", "datasets/images/china.jpg", "photograph of a Chinese temple (scikit-learn sample image)"),
+    ("sklearn", "datasets/images/flower.jpg", "photograph of a flower (scikit-learn sample image)"),
+)
+
+
+def bundled_photos() -> list[Sample]:
+    """The distinct natural photographs in :data:`BUNDLED_PHOTOS`, unlabelled (``label=None``).
+
+    Raises :class:`FakeGradientError` when a package is missing, so that n never changes silently."""
+    samples = []
+    for package, relative, _ in BUNDLED_PHOTOS:
+        spec = importlib.util.find_spec(package)
+        path = Path(spec.origin).parent / relative if spec is not None and spec.origin else None
+        if path is None or not path.is_file():
+            raise FakeGradientError(f"the photo {relative} of {package} is missing: install {package}")
+        samples.append(Sample(path, None))
+    return samples

@@ -6,6 +6,7 @@ One uniform door for every architecture: an explicit ``head=`` name, else timm's
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,25 @@ class Trace:
     output: torch.Tensor
 
 
+class Logits(nn.Module):
+    """A model whose forward returns a ``ModelOutput`` (Hugging Face), as one returning its logits
+    (B, C, H, W) → (B, N): ONNX export, serving and tracing then see a plain tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+
+def as_tensor_model(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``model``, wrapped in :class:`Logits` when its output on ``x`` is a mapping with ``logits``."""
+    with torch.no_grad():
+        out = _run(model, x)
+    return Logits(model) if isinstance(out, Mapping) and "logits" in out else model
+
+
 def probe_input(model: nn.Module, example_input: torch.Tensor | None) -> torch.Tensor:
     """``example_input`` or a fixed random (2, 3, 224, 224) batch on the model's device."""
     if example_input is not None:
@@ -35,19 +55,27 @@ def probe_input(model: nn.Module, example_input: torch.Tensor | None) -> torch.T
 
 
 def model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The logits a classifier returns for ``x`` (first element of tuple/namedtuple outputs)."""
-    try:
-        out = model(x)
-    except Exception as exc:  # the user's model rejected the probe
-        raise FakeGradientError(
-            f"could not run the model on an input of shape {tuple(x.shape)} ({exc}); "
-            "pass example_input= with a valid input batch"
-        ) from None
+    """The logits a classifier returns for ``x`` (first element of tuple/namedtuple outputs, ``logits`` of
+    a Hugging Face ``ModelOutput``)."""
+    out = _run(model, x)
+    if isinstance(out, Mapping) and "logits" in out:
+        out = out["logits"]
     if isinstance(out, (tuple, list)):
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.dim() < 2:
         raise HeadNotFound("the model does not return a (batch, classes) tensor; pass head=")
     return out
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> object:
+    try:
+        return model(x)
+    except Exception as exc:  # the user's model rejected the probe
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise FakeGradientError(
+            f"could not run the model on an input of shape {tuple(x.shape)} ({first}); "
+            "pass example_input= (CLI: --input-size) with a valid input batch"
+        ) from None
 
 
 def head_name_of(model: nn.Module, layer: nn.Module) -> str | None:
@@ -133,7 +161,12 @@ def build_head(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> nn
     return new.train(layer.training)
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` in place of the submodule ``name`` of ``model``; returns the model, which is ``new``
+    itself when ``name`` is ``""`` (the head is the whole model, e.g. a bare ``nn.Linear``)."""
+    if not name:
+        return new
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+    return model

@@ -39,6 +39,7 @@ class Key:
     scale: float | None
     model_fingerprint: str
     head: str = ""
+    seeded: bool = False  # made with seed=: reproducible, hence NOT secure (experiments only)
 
     def __post_init__(self) -> None:
         if not _is_int(self.n_real) or self.n_real < 1:
@@ -98,7 +99,7 @@ class Key:
             "scale": self.scale,
             "head": self.head,
             "model_fingerprint": self.model_fingerprint,
-        }
+        } | ({"seeded": True} if self.seeded else {})  # absent in unseeded keys: older files stay valid
 
     def to_bytes(self) -> bytes:
         payload = self.describe() | {"permutation": self.permutation.tolist()}
@@ -149,6 +150,9 @@ class Key:
         if len(data) > MAX_KEY_BYTES:
             raise KeyFileError(f"key file {path} is larger than {MAX_KEY_BYTES // 2**20} MiB: not a key file")
         key = cls.from_bytes(data, source=f"key file {path}")
+        if key.seeded:
+            _log.warning("key file %s was made with a seed: anyone who knows or guesses the seed can rebuild the "
+                         "permutation; it is NOT secure (experiments only) — protect again without --seed", path)
         if os.name == "posix" and mode & 0o066:
             _log.warning("key file %s is readable or writable by group or others (mode %04o): whoever reads it "
                          "can decrypt the model's outputs; run chmod 600 %s", path, stat.S_IMODE(mode), path)
@@ -177,13 +181,16 @@ def _fields(payload: dict[str, Any]) -> dict[str, Any]:
     if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)
                               or not math.isfinite(float(scale))):
         raise ValueError("scale must be a finite number or null")
+    seeded = payload.get("seeded", False)
+    if not isinstance(seeded, bool):
+        raise TypeError("seeded must be true or false")
     strings = {name: payload[name] if name != "head" else payload.get(name, "")
                for name in ("method", "model_fingerprint", "head")}
     for name, value in strings.items():
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a string")
     return strings | {"permutation": np.asarray(permutation, dtype=np.int64), "n_real": int(n_real),
-                      "scale": None if scale is None else float(scale)}
+                      "scale": None if scale is None else float(scale), "seeded": seeded}
 
 
 def _checksum(payload: dict[str, Any]) -> str:

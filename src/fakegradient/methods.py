@@ -22,7 +22,10 @@ class Method:
     """One row of the registry.
 
     ``rows`` names the function in ``core.fake_rows`` that makes the fake rows (W_F (N, D), b_F (N,))
-    from the head's (W_o, b_o); it takes ``scale=`` when ``takes_scale``, else ``generator=``.
+    from the head's (W_o, b_o); it takes ``scale`` when ``takes_scale`` and ``generator`` when
+    ``random`` (default: when it takes no scale). ``copies_bias``: b_F = b_o, the paper's text, which
+    the evaluation's ``--bias official`` replaces by the released code's bias. ``control``: an
+    ablation that asks what in the construction produces the defense (not a protection to deploy).
     ``paper`` holds the paper's Table 1 values, metric → paper column → value, where it has them.
     """
 
@@ -31,6 +34,9 @@ class Method:
     help: str
     rows: str | None = None  # None: the unprotected baseline
     takes_scale: bool = False
+    random: bool | None = None  # takes a generator; None: when it takes no scale
+    copies_bias: bool = True
+    control: bool = False
     in_paper: bool = False  # one of the paper's three columns (the evaluation's default methods)
     paper: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
@@ -43,7 +49,10 @@ class Method:
         if self.rows is None:
             raise InvalidArgument(f"{self.name!r} is the unprotected baseline: it makes no fake rows")
         function: Callable = getattr(importlib.import_module(".core.fake_rows", __package__), self.rows)
-        return function(weight, bias, scale) if self.takes_scale else function(weight, bias, generator)
+        random = (not self.takes_scale) if self.random is None else self.random
+        if self.takes_scale:
+            return function(weight, bias, scale, generator=generator) if random else function(weight, bias, scale)
+        return function(weight, bias, generator)
 
 
 _PAPER_COLUMNS = ("ResNet34", "ResNet18", "DenseNet121", "VGG19", "VGG11", "MobileNet", "GoogLeNet")
@@ -67,11 +76,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                         defense_success_pct=[1.2, 11.4, 0, 0, 0, 0, 22.5],
                         rho_mean=[0.0019, 0.0016, 0.0017, 0.0017, 0.0020, 0.0012, 0.0017])),
     Method("fake-gradient-hardened", "Fake Gradient, hardened (ours)",
-           "ours: shuffled mixtures of real rows, no pairing oracle in the file", rows="hardened_rows"),
+           "ours: shuffled mixtures of real rows, no pairing oracle in the file", rows="hardened_rows",
+           copies_bias=False),
+    Method("scaled-copy", "Scaled Copy (control)", "control: W_F = S_a W_o, b_F = b_o (rejected in the paper's §4.4.1)",
+           rows="scaled_copy_rows", takes_scale=True, control=True),
+    Method("random-decoy", "Random Decoy (control)",
+           "control: random positive rows with Algorithm 1's row norms (S_a), unrelated to W_o",
+           rows="random_decoy_rows", takes_scale=True, random=True, control=True),
 )}
 
 PROTECTIONS = tuple(name for name, m in METHODS.items() if m.protects)  # what protect() accepts
 PAPER_METHODS = tuple(name for name, m in METHODS.items() if m.in_paper)
+CONTROLS = tuple(name for name, m in METHODS.items() if m.control)
+DEPLOYABLE = tuple(name for name in PROTECTIONS if name not in CONTROLS)  # what `fakegradient protect` offers
 PAPER_COLUMNS = _PAPER_COLUMNS
 
 

@@ -40,6 +40,7 @@ class ModelInfo:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
     method: str = "fake-gradient"
+    extra: dict[str, Any] = field(default_factory=dict)  # public, for clients: preprocess, categories
 
     @property
     def n_outputs(self) -> int:
@@ -92,7 +93,7 @@ def load_protected(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
     layer = check_head(model, info.head)
     weight, bias = head_parameters(layer)
     placeholder = torch.zeros(info.n_outputs, weight.shape[1], dtype=weight.dtype)
-    replace_module(model, info.head, build_head(layer, placeholder, placeholder[:, 0]))
+    model = replace_module(model, info.head, build_head(layer, placeholder, placeholder[:, 0]))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -108,9 +109,12 @@ def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opse
 
     The graph computes the protected head as a plain Gemm/Conv with permuted rows: no
     Gather or index constant carries the key. The fingerprint and ``extra`` (public: e.g.
-    preprocessing, class names; JSON-encoded) are stored in metadata_props as ``fakegradient.*``.
+    preprocessing, class names; JSON-encoded) are stored in metadata_props as ``fakegradient.*``, then the
+    digest of the whole model (``fakegradient.digest``, :mod:`.serving.integrity`).
     """
     import onnx
+
+    from .serving.integrity import seal
 
     example = torch.zeros(1, *info.input_size)
 
@@ -132,6 +136,7 @@ def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opse
         props |= {k: json.dumps(v) for k, v in (extra or {}).items()}
         for name, value in props.items():
             graph.metadata_props.add(key=f"fakegradient.{name}", value=value)
+        seal(graph, Path(tmp).parent)  # last: the whole-model digest the server checks on load
         onnx.save(graph, str(tmp))
 
     write_with(path, write)
@@ -154,7 +159,8 @@ def write_bundle(folder: str | os.PathLike, protected: nn.Module, key: Key, *, i
         raise FakeGradientError(f"cannot create {folder}: {exc.strerror or exc}") from None
     info = ModelInfo(arch=arch or type(protected).__name__, head=key.head, n_real=key.n_real,
                      fingerprint=key.model_fingerprint, input_size=list(input_size),
-                     arch_kwargs=dict(arch_kwargs or {}), weights=weights, method=key.method)
+                     arch_kwargs=dict(arch_kwargs or {}), weights=weights, method=key.method,
+                     extra=dict(extra or {}))
     writers = [("model.pt", lambda path: save_protected(path, protected, info))] if arch else []
     if onnx:
         writers.append(("model.onnx", lambda path: export_onnx(path, protected, info, extra=extra)))

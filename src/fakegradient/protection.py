@@ -13,7 +13,7 @@ from .core.fake_rows import check_scale
 from .core.fingerprint import head_fingerprint
 from .core.permutation import encrypt_rows, generate_permutation
 from .errors import HeadNotFound
-from .head import build_head, head_parameters, probe_input, replace_module, trace_head
+from .head import as_tensor_model, build_head, head_parameters, probe_input, replace_module, trace_head
 from .key import Key
 
 METHODS = methods.PROTECTIONS
@@ -59,17 +59,21 @@ def protect(
     returns the original logits up to float rounding (the head is a different GEMM). ``seed`` makes key and fake rows reproducible
     for experiments only; it is NOT secure. ``head`` names the classification layer when
     it cannot be found automatically; ``example_input`` is a valid input batch for models
-    that do not take (B, 3, 224, 224).
+    that do not take (B, 3, 224, 224). A model returning a ``ModelOutput`` (Hugging Face) is protected
+    as one returning its logits (B, 2N), under the name ``model`` (its head: ``model.classifier``).
     """
     scale = check_scale(scale)
     entry = methods.get(method, protection=True)
     protected = copy.deepcopy(model).eval()
     x = probe_input(protected, example_input)
+    wrapped = as_tensor_model(protected, x)  # a Hugging Face model returns a ModelOutput: serve its logits
+    if wrapped is not protected:
+        protected, head = wrapped, None if head is None else f"model.{head}"
     trace = trace_head(protected, x, head)
     layer = protected.get_submodule(trace.head)
     weight, bias = head_parameters(layer)
     w_en, b_en, permutation = encrypted_head(weight, bias, method=method, scale=scale, seed=seed)
-    replace_module(protected, trace.head, build_head(layer, w_en, b_en))
+    protected = replace_module(protected, trace.head, build_head(layer, w_en, b_en))  # a new root if head is ""
     key = Key(
         permutation=permutation.numpy(),
         n_real=weight.shape[0],
@@ -77,6 +81,7 @@ def protect(
         scale=scale if entry.takes_scale else None,  # the other methods do not use S_a
         model_fingerprint=head_fingerprint(w_en, b_en),
         head=trace.head,
+        seeded=seed is not None,
     )
     _check_decrypts(protected, key, x, trace.output)
     return protected, key

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 
-def square_attack(served: nn.Module, images: torch.Tensor, eps: float, queries: int, norm: int | float = 2,
+def square_attack(served: nn.Module, images: torch.Tensor, eps: float, queries: int, norm: float = 2,
                   seed: int = 0) -> torch.Tensor:
     """Untargeted Square attack (Andriushchenko et al. 2020) on the served model's top-1.
 

@@ -1,5 +1,8 @@
 """Key recovery from the served model file alone: which of the 2N head rows are the real ones?
 
+(The other key-recovery attackers, known plaintext and blind, are in ``known_plaintext.py`` and
+``blind.py``; they return the same :class:`RecoveredRows`.)
+
 The attacker holds the protected head (W_en (2N, D), b_en (2N,)) and uses what the paper's
 construction leaks: equal biases (b_F = b_o), near-identical sign patterns (sign W_F = sign W_o
 wherever |W_o| < max W_o), and the magnitude relation |W_F| = S_a (max W_o − |W_o|), which makes
@@ -17,13 +20,23 @@ import torch
 
 @dataclass
 class RecoveredRows:
-    real_positions: np.ndarray  # (N,) served positions the attacker believes are real
-    oracle: str  # "bias-equality", "sign-pattern" or "row-norm"
+    real_positions: np.ndarray  # (≤ N,) served positions the attacker believes are real
+    oracle: str  # how: "bias-equality", "sign-pattern", "row-norm", "labelled-images", "public-weights", ...
     seconds: float
+    queries: int = 0  # images sent to the served model (0: the file alone)
+    class_positions: np.ndarray | None = None  # (N,) served position of each real class, -1 unknown; or None
 
     def recovered_fraction(self, true_real_positions: np.ndarray) -> float:
         """Share of the true real rows the attacker found (chance: 0.5)."""
         return len(np.intersect1d(self.real_positions, true_real_positions)) / len(true_real_positions)
+
+    def mapped_fraction(self, true_real_positions: np.ndarray) -> float:
+        """Share of classes whose served position the attacker names exactly (it can then read the real
+        top-1 off the served outputs); ``true_real_positions`` (N,) is ``key.permutation[:key.n_real]``.
+        0.0 when the attacker names no classes."""
+        if self.class_positions is None:
+            return 0.0
+        return float(np.mean(np.asarray(self.class_positions) == np.asarray(true_real_positions)))
 
 
 def recover_real_rows(weight: torch.Tensor, bias: torch.Tensor, sign_threshold: float = 0.9) -> RecoveredRows:
@@ -44,7 +57,7 @@ def recover_real_rows(weight: torch.Tensor, bias: torch.Tensor, sign_threshold: 
 
 def _pairs_by_bias(b: np.ndarray) -> list[tuple[int, int]] | None:
     """Pairs of rows with bit-identical biases, if every bias value occurs exactly twice."""
-    values, inverse, counts = np.unique(b, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(b, return_inverse=True, return_counts=True)
     if not np.all(counts == 2):
         return None
     order = np.argsort(inverse, kind="stable")

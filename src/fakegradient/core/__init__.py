@@ -6,7 +6,8 @@
 from .._lazy import lazy
 
 _EXPORTS = {
-    **dict.fromkeys(("check_scale", "fake_gradient_rows", "hardened_rows", "random_weight_rows"), ".fake_rows"),
+    **dict.fromkeys(("check_scale", "fake_gradient_rows", "hardened_rows", "official_fake_bias",
+                     "random_decoy_rows", "random_weight_rows", "scaled_copy_rows"), ".fake_rows"),
     **dict.fromkeys(("decrypt", "decrypt_real", "encrypt_rows", "generate_permutation", "inverse_permutation",
                      "is_permutation", "real_top1", "top1_tables"), ".permutation"),
     "head_fingerprint": ".fingerprint",

@@ -93,3 +93,43 @@ def _distinct_from(values: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
         seen.add(value)
         out[i] = current
     return out
+
+
+def scaled_copy_rows(
+    weight: torch.Tensor, bias: torch.Tensor, scale: float = DEFAULT_SCALE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Control (the idea the paper rejects in §4.4.1): ``W_F = S_a * W_o``, ``b_F = b_o``.
+
+    Fake output c is S_a times real logit c minus (S_a - 1) b_c: it wins wherever the real top-1
+    logit is positive, and its gradient is the real one times S_a, so DeepFool on it moves the
+    real decision too. Shapes (N, D), (N,).
+    """
+    scale = check_scale(scale)
+    return weight * scale, bias.clone()
+
+
+def random_decoy_rows(
+    weight: torch.Tensor, bias: torch.Tensor, scale: float = DEFAULT_SCALE, *, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Control: random positive rows unrelated to W_o, as large as Algorithm 1's rows.
+
+    Row j is ``U_j / ‖U_j‖₂ * ‖F_j‖₂`` with ``U_j`` i.i.d. Uniform(0, 1) entries (positive: on the
+    non-negative post-ReLU features of the usual heads every fake logit is then positive and
+    large) and ``F_j`` the j-th row of :func:`fake_gradient_rows` (same S_a): the decoys have the
+    fake-gradient rows' norms, hence their scale, but no sign pattern, direction or ordering of
+    W_o. ``b_F = b_o``. Shapes (N, D), (N,).
+    """
+    scale = check_scale(scale)
+    norms = fake_gradient_rows(weight, bias, scale)[0].norm(dim=1, keepdim=True)  # (N, 1)
+    u = torch.rand(weight.shape, generator=generator, dtype=weight.dtype, device="cpu").to(weight.device)
+    return u / u.norm(dim=1, keepdim=True).clamp_min(1e-12) * norms, bias.clone()
+
+
+def official_fake_bias(bias: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
+    """The released code's fake bias: ``b_F = S_a * (max b_o - |b_o|) * sign(b_o)`` with sign(0) = +1.
+
+    (The paper's text says ``b_F = b_o``.) ``max`` is the signed maximum over b_o. Shape (N,).
+    """
+    scale = check_scale(scale)
+    sign = torch.where(bias >= 0, 1.0, -1.0).to(bias.dtype)  # sign(0) = +1 (and -0.0 too)
+    return (bias.max() - bias.abs()) * scale * sign

@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults
-from ..data import Sample, foolbox_imagenet, image_folder
+from ..data import Sample, bundled_photos, foolbox_imagenet, image_folder
 from ..errors import InvalidArgument
 from ..methods import METHODS, PAPER_METHODS
+
+BIASES = ("paper", "official")  # b_F = b_o (the paper's text) | S_a (max b - |b|) sign(b) (the released code)
+SPACES = ("pixel", "normalized")  # where the naive DeepFool runs: [0, 1] pixels | the normalised tensor
+PHOTOS_DATA = "photos"  # the 20 labelled foolbox photos + the unlabelled photos bundled in installed packages
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -25,7 +29,9 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 class EvaluationConfig:
     models: tuple[str, ...] = _opt((defaults.EMBEDDED_SPEC,), "comma-separated name[:weights]", list=True)
     methods: tuple[str, ...] = _opt(PAPER_METHODS, "comma-separated: " + ", ".join(METHODS), list=True)
-    data: str = _opt(defaults.EMBEDDED_DATA, "an ImageFolder (ImageNet val layout) or the 20 photos in foolbox")
+    data: str = _opt(defaults.EMBEDDED_DATA, f"an ImageFolder (ImageNet val layout), {defaults.EMBEDDED_DATA} (the "
+                                             f"20 labelled photos in foolbox) or {PHOTOS_DATA} (those + the "
+                                             "unlabelled photos bundled in matplotlib and scikit-learn)")
     limit: int | None = _opt(None, "use the first N images", type=int)
     seed: int | None = _opt(None, "reproducible keys and random rows (NOT secure); default: drawn per run",
                             type=int)
@@ -34,6 +40,10 @@ class EvaluationConfig:
     overshoot: float = _opt(defaults.OVERSHOOT, "DeepFool's overshoot on the accumulated perturbation")
     max_iter: int = _opt(defaults.MAX_ITER, "DeepFool's iterations per image")
     clip: bool = _opt(False, "clip adversarial images to [0, 1] (the reference DeepFool does not)")
+    bias: str = _opt("paper", "fake biases of the methods with b_F = b_o: paper (b_F = b_o, the paper's text) or "
+                              "official (b_F = S_a (max b - |b|) sign(b), the released code)")
+    space: str = _opt("pixel", "where the naive DeepFool runs: pixel ([0, 1] images) or normalized (the "
+                               "normalised tensor, as the released code); ρ is reported in both")
     batch_size: int | None = _opt(None, f"images per attack batch and per shard (default: "
                                         f"{defaults.BATCH_SIZE_CPU} on CPU, where larger is slower; "
                                         f"{defaults.BATCH_SIZE_CUDA} on CUDA)", type=int)
@@ -67,6 +77,12 @@ class EvaluationConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 why = " (a median and an IQR)" if name == "timing_repeats" else ""
                 raise InvalidArgument(f"--{name.replace('_', '-')} must be an integer >= {low}{why}, got {value!r}")
+        for name, choices in (("bias", BIASES), ("space", SPACES)):
+            if getattr(self, name) not in choices:
+                raise InvalidArgument(f"--{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.clip and self.space == "normalized":
+            raise InvalidArgument("--clip works in pixel space only: DeepFool's clip is one (low, high) for all "
+                                  "channels, the normalised tensor's bounds differ per channel")
         for name, positive in (("scale", True), ("overshoot", False), ("blackbox_factor", True)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
@@ -78,7 +94,7 @@ class EvaluationConfig:
         """Plain JSON-able settings (results.json, Ray workers, --resume)."""
         data = asdict(self)
         data["models"], data["methods"] = list(self.models), list(self.methods)
-        data["data"] = self.data if self.data == defaults.EMBEDDED_DATA else str(Path(self.data))
+        data["data"] = self.data if self.data in (defaults.EMBEDDED_DATA, PHOTOS_DATA) else str(Path(self.data))
         return data
 
     @classmethod
@@ -88,8 +104,8 @@ class EvaluationConfig:
 
 
 def load_samples(config: EvaluationConfig) -> list[Sample]:
-    """The labelled images ``config`` names, the first ``config.limit`` of them."""
-    if config.data == defaults.EMBEDDED_DATA:
-        samples = foolbox_imagenet()
+    """The images ``config`` names (labelled, or ``label=None``), the first ``config.limit`` of them."""
+    if config.data in (defaults.EMBEDDED_DATA, PHOTOS_DATA):
+        samples = foolbox_imagenet() + (bundled_photos() if config.data == PHOTOS_DATA else [])
         return samples[: config.limit] if config.limit else samples
     return image_folder(config.data, config.limit)

@@ -7,6 +7,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ..errors import InvalidArgument
+from ..methods import ORIGINAL
+from .intervals import Rate
+
+RATES = {  # metric → what counts as a success for one image (Table 1's rates, each with a Wilson interval)
+    "fake_output_pct": lambda r: r.served_top1_fake,
+    "original_functionality_pct": lambda r: r.functionality,
+    "defense_success_pct": lambda r: r.defense_success,
+    "attack_changed_served_pct": lambda r: r.attack_changed_served,
+}
 
 
 @dataclass
@@ -28,6 +37,9 @@ class ImageRecord:
     l2: float
     linf: float
     iterations: int
+    # ‖r_z‖₂/‖z‖₂ in the normalised tensor z = (x - mean)/std (the released code's space); the
+    # pixel ρ above is ‖r‖₂/‖x‖₂ with x in [0, 1]
+    rho_normalized: float = float("nan")
 
     @property
     def functionality(self) -> bool:
@@ -64,49 +76,73 @@ class AttackerRecord:
 
 
 def summarize(records: list[AttackerRecord]) -> dict[tuple[str, str, str], dict[str, float]]:
-    """(model, method, attacker) → defense success %, median ρ and the number of images."""
+    """(model, method, attacker) → defense success % (and its Wilson 95 % interval), median ρ, images."""
     groups: dict[tuple[str, str, str], list[AttackerRecord]] = defaultdict(list)
     for r in records:
         groups[(r.model, r.method, r.attacker)].append(r)
-    return {k: {"defense_success_pct": 100 * sum(r.defense_success for r in v) / len(v),
-                "rho_median": statistics.median(r.rho for r in v), "images": len(v)}
-            for k, v in groups.items()}
+    out = {}
+    for k, v in groups.items():
+        rate = Rate(sum(r.defense_success for r in v), len(v))
+        out[k] = {"defense_success_pct": rate.pct, "defense_success_pct_ci95": list(rate.ci95_pct),
+                  "rho_median": statistics.median(r.rho for r in v), "images": len(v)}
+    return out
 
 
-def aggregate(records: list[ImageRecord]) -> dict[str, float]:
-    """Table 1's metrics (percentages) and perturbation statistics over ``records``."""
+def rates(records: list[ImageRecord]) -> dict[str, Rate]:
+    """Table 1's rates as k of n; ``original_accuracy_pct`` over the labelled images only (absent if none)."""
+    out = {metric: Rate(sum(bool(hit(r)) for r in records), len(records)) for metric, hit in RATES.items()}
+    labelled = [r for r in records if r.label is not None]
+    if labelled:
+        out["original_accuracy_pct"] = Rate(sum(r.original_top1 == r.label for r in labelled), len(labelled))
+    return out
+
+
+def aggregate(records: list[ImageRecord], l2_ratios: list[float] | None = None) -> dict[str, float]:
+    """Table 1's metrics (percentages; each rate also as ``<metric>_k``, ``_n`` and ``_ci95``: its Wilson
+    95 % interval in percent) and perturbation statistics over ``records``. ``l2_ratios``: the per-image
+    ‖r‖₂ here / ‖r‖₂ on the original model, whose median is ``l2_ratio_median``."""
     if not records:
         raise InvalidArgument("no records to aggregate")
-    n = len(records)
-
-    def pct(flags) -> float:
-        return 100.0 * sum(flags) / n
-
+    out: dict = {"images": len(records)}
+    for metric, rate in rates(records).items():
+        out |= {metric: rate.pct, f"{metric}_k": rate.k, f"{metric}_n": rate.n, f"{metric}_ci95": list(rate.ci95_pct)}
+    out.setdefault("original_accuracy_pct", None)  # no labelled image
+    out.setdefault("original_accuracy_pct_n", 0)
     rho = [r.rho for r in records]
-    return {
-        "images": n,
-        "fake_output_pct": pct(r.served_top1_fake for r in records),
-        "original_functionality_pct": pct(r.functionality for r in records),
-        "defense_success_pct": pct(r.defense_success for r in records),
-        "attack_changed_served_pct": pct(r.attack_changed_served for r in records),
+    rho_z = [r.rho_normalized for r in records]
+    ratios = [x for x in (l2_ratios or []) if x == x]  # nan (no original record) dropped
+    return out | {
         "rho_mean": statistics.fmean(rho),
         "rho_median": statistics.median(rho),
+        "rho_normalized_mean": statistics.fmean(rho_z),
+        "rho_normalized_median": statistics.median(rho_z),
         "l2_median": statistics.median(r.l2 for r in records),
         "linf_median": statistics.median(r.linf for r in records),
         "iterations_mean": statistics.fmean(r.iterations for r in records),
-        "original_accuracy_pct": (
-            100.0 * sum(r.original_top1 == r.label for r in records if r.label is not None)
-            / max(1, sum(r.label is not None for r in records))
-        ),
+        "l2_ratio_median": statistics.median(ratios) if ratios else None,
+        "l2_ratio_n": len(ratios),
     }
+
+
+def l2_ratios(records: list[ImageRecord]) -> list[float]:
+    """Per record (same order): its ‖r‖₂ / the original model's ‖r‖₂ on the same (model, image);
+    nan for the original's own records, when the original was not attacked, or its ‖r‖₂ is 0."""
+    base = {(r.model, r.image): r.l2 for r in records if r.method == ORIGINAL}
+    out = []
+    for r in records:
+        b = base.get((r.model, r.image))
+        out.append(float("nan") if r.method == ORIGINAL or not b else r.l2 / b)
+    return out
 
 
 def aggregate_by(records: list[ImageRecord]) -> dict[tuple[str, str], dict[str, float]]:
     """``aggregate`` per (model, method), in first-seen order."""
     groups: dict[tuple[str, str], list[ImageRecord]] = defaultdict(list)
-    for record in records:
+    ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for record, ratio in zip(records, l2_ratios(records)):
         groups[(record.model, record.method)].append(record)
-    return {group: aggregate(items) for group, items in groups.items()}
+        ratios[(record.model, record.method)].append(ratio)
+    return {group: aggregate(items, ratios[group]) for group, items in groups.items()}
 
 
 def fake_class_table(records: list[ImageRecord], n_real: int) -> dict[int, list[tuple[str, int]]]:

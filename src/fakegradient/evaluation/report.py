@@ -9,19 +9,25 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..atomic import write_bytes_atomic
+from ..data import BUNDLED_PHOTOS
+from ..defaults import EMBEDDED_DATA
 from ..errors import FakeGradientError
 from ..methods import METHODS, ORIGINAL, PROTECTIONS
-from . import figures
+from . import figures, intervals
+from .config import PHOTOS_DATA
 from .paper import paper_value
-from .records import ATTACKERS, aggregate_by, fake_class_table, summarize
+from .records import ATTACKERS, aggregate_by, fake_class_table, l2_ratios, summarize
 from .runner import EvaluationResult
 
 TABLE1_ROWS = [  # label, metric, the methods it is reported for (registry order), format
     ("Fake Output (%)", "fake_output_pct", PROTECTIONS, "{:.0f}"),
     ("Original Functionality (%)", "original_functionality_pct", PROTECTIONS, "{:.0f}"),
     ("Defense Success Rate (%)", "defense_success_pct", tuple(METHODS), "{:.1f}"),
-    ("Perturbation ρ = ‖r‖₂/‖x‖₂ (mean)", "rho_mean", tuple(METHODS), "{:.4f}"),
+    ("ρ pixels = ‖r‖₂/‖x‖₂, x in [0, 1] (mean)", "rho_mean", tuple(METHODS), "{:.5f}"),
+    ("ρ normalised = ‖r_z‖₂/‖z‖₂, z = (x − μ)/σ (mean)", "rho_normalized_mean", tuple(METHODS), "{:.5f}"),
+    ("‖r‖₂ here / ‖r‖₂ on the original, same image (median)", "l2_ratio_median", PROTECTIONS, "{:.2f}"),
 ]
+RATE_METRICS = {"fake_output_pct", "original_functionality_pct", "defense_success_pct"}
 METHOD_NAMES = {name: m.display for name, m in METHODS.items()}
 
 
@@ -33,12 +39,16 @@ def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradien
         raise FakeGradientError(f"cannot create {out}: {exc.strerror or exc}") from None
     aggregates = aggregate_by(result.records)
     written = [*_figures(result, out)]
-    written.append(_write(out / "per_image.csv", _csv(result.records)))
+    ratios = [{"l2_ratio_to_original": ratio} for ratio in l2_ratios(result.records)]
+    written.append(_write(out / "per_image.csv", _csv(result.records, ratios)))
     adaptive_records = [r for e in result.evaluations if e.adaptive for r in e.adaptive.records]
     if adaptive_records:
         written.append(_write(out / "attackers.csv", _csv(adaptive_records)))
     payload = {
         "config": result.config.to_dict(),
+        "data": _data_description(result),
+        "intervals": intervals.METHOD + " interval of each rate: <metric>_ci95 in percent, of <metric>_k out of "
+                     "<metric>_n images",
         "environment": result.environment,
         "skipped": result.skipped,
         "evaluation_seeds": {e.name: e.seed for e in result.evaluations},  # experiment keys, never deployed
@@ -60,34 +70,72 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _csv(records: list) -> bytes:
-    """Rows of dataclass records, with their derived properties (functionality, defense_success)."""
+def _csv(records: list, columns: list[dict] | None = None) -> bytes:
+    """Rows of dataclass records, with their derived properties (functionality, defense_success) and
+    ``columns[i]``: more values for record i."""
     buffer = io.StringIO()
     if records:
         extra = [p for p in ("functionality", "defense_success")
                  if p not in asdict(records[0]) and hasattr(records[0], p)]
-        writer = csv.DictWriter(buffer, fieldnames=[*asdict(records[0]).keys(), *extra])
+        added = list(columns[0]) if columns else []
+        writer = csv.DictWriter(buffer, fieldnames=[*asdict(records[0]).keys(), *extra, *added])
         writer.writeheader()
-        for r in records:
-            writer.writerow(asdict(r) | {p: getattr(r, p) for p in extra})
+        for i, r in enumerate(records):
+            writer.writerow(asdict(r) | {p: getattr(r, p) for p in extra} | (columns[i] if columns else {}))
     return buffer.getvalue().encode()
+
+
+def _data_description(result: EvaluationResult) -> dict:
+    """How many distinct photos (by file name), how many labelled, and where they came from."""
+    images = {r.image: r.label for r in result.records}
+    labelled = sum(label is not None for label in images.values())
+    if result.config.data in (EMBEDDED_DATA, PHOTOS_DATA):
+        bundled = {path.rsplit("/", 1)[-1]: (package, what) for package, path, what in BUNDLED_PHOTOS}
+        sources = [f"{len(images) - sum(name in bundled for name in images)} labelled ImageNet validation "
+                   "photos shipped in foolbox's wheel"]
+        sources += [f"unlabelled: {what} ({package}, {name})" for name, (package, what) in bundled.items()
+                    if name in images]
+    else:
+        sources = [f"ImageFolder {result.config.data}"]
+    return {"name": result.config.data, "distinct_photos": len(images), "labelled": labelled, "sources": sources}
+
+
+def _cell(aggregate: dict | None, metric: str, fmt: str, paper: float | None) -> str:
+    """One Table 1 cell: a rate as ``pct [low–high] n=…`` with the paper's value and whether it lies inside."""
+    if aggregate is None or aggregate.get(metric) is None:
+        return "—"
+    if metric not in RATE_METRICS:
+        return fmt.format(aggregate[metric]) + (f" ({fmt.format(paper)})" if paper is not None else "")
+    rate = intervals.Rate(aggregate[f"{metric}_k"], aggregate[f"{metric}_n"])
+    text = rate.text()
+    if paper is not None:
+        text += f" ({fmt.format(paper)} {'✓' if rate.contains(paper) else '✗'})"
+    return text
 
 
 def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
     config = result.config
     names = [e.name for e in result.evaluations]
     lines = [f"# {title}", ""]
-    n_images = len({r.image for r in result.records})
+    data = _data_description(result)
     lines += [
-        f"Data: `{config.data}` ({n_images} images). Attack: our DeepFool (top-{config.candidates} candidates "
+        f"Data: `{config.data}`: {data['distinct_photos']} distinct photos ({data['labelled']} labelled; clean "
+        f"accuracy uses those only, every other metric scores against the original model's clean top-1): "
+        + "; ".join(data["sources"]) + ".",
+        "",
+        f"Attack ({'pixel space, images in [0, 1]' if config.space == 'pixel' else 'on the normalised tensor z = (x − μ)/σ, as the released code'}): our DeepFool (top-{config.candidates} candidates "
         f"among the served model's outputs, overshoot {config.overshoot}, ≤ {config.max_iter} iterations, "
         f"clipping to [0, 1] {'on' if config.clip else 'off (as in the reference)'}), on the *served* model. "
         f"Keys: {'seed ' + str(config.seed) + ' (reproducible experiment — not secure)' if config.seed is not None else 'seeded from the CSPRNG per run (not reproducible)'}; "
-        f"S_a = {config.scale}.",
+        f"S_a = {config.scale}; fake biases: "
+        f"{'b_F = b_o (the paper' + chr(39) + 's text)' if config.bias == 'paper' else 'S_a (max b − |b|) sign(b) (the released code)'}.",
         "",
         "Defense success = the decrypted real top-1 on the attacked image equals the original model's clean "
-        "top-1 (for the original model: 100 % − the attack's success rate). Paper values (ImageNet, "
-        "Table 1) in parentheses where the paper has the model.",
+        "top-1 (for the original model: 100 % − the attack's success rate). Rates: ours in %, "
+        f"[{intervals.METHOD} interval] and n images. Paper values (ImageNet, Table 1) in parentheses, only for the "
+        "paper's own architectures: ✓ the paper's value lies inside our interval (no disagreement), ✗ outside "
+        "(a disagreement). ρ has no interval; the paper does not say in which space its ρ was measured (its "
+        "\"L2\" helper is missing from the release), so both are shown.",
         "",
         "## Table 1",
         "",
@@ -98,21 +146,21 @@ def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
         for method in methods:
             if not any((n, method) in aggregates for n in names):
                 continue
-            cells = []
-            for n in names:
-                ours = aggregates.get((n, method), {}).get(metric)
-                paper = paper_value(metric, method, n)
-                cell = "—" if ours is None else fmt.format(ours)
-                cells.append(cell + (f" ({fmt.format(paper)})" if paper is not None else ""))
+            cells = [_cell(aggregates.get((n, method)), metric, fmt, paper_value(metric, method, n)) for n in names]
             lines.append(f"| {label} | {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
     lines += ["", "## Perturbation and attack detail", "",
-              "| Model | Method | images | attack changed served top-1 (%) | median ρ | median ‖r‖₂ | "
-              "median ‖r‖∞ | mean iterations | original accuracy (%) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| Model | Method | images | attack changed served top-1 (%) | median ρ pixels | median ρ normalised "
+              "| median ‖r‖₂ | median ‖r‖₂ ratio to original | median ‖r‖∞ | mean iterations | "
+              "original clean accuracy (%, labelled photos) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (n, method), a in aggregates.items():
-        lines.append(f"| {n} | {METHOD_NAMES[method]} | {a['images']} | {a['attack_changed_served_pct']:.1f} | "
-                     f"{a['rho_median']:.5f} | {a['l2_median']:.4f} | {a['linf_median']:.4f} | "
-                     f"{a['iterations_mean']:.2f} | {a['original_accuracy_pct']:.0f} |")
+        ratio = "—" if a["l2_ratio_median"] is None else f"{a['l2_ratio_median']:.2f} (n={a['l2_ratio_n']})"
+        accuracy = "—" if a["original_accuracy_pct"] is None else intervals.Rate(
+            a["original_accuracy_pct_k"], a["original_accuracy_pct_n"]).text()
+        lines.append(f"| {n} | {METHOD_NAMES[method]} | {a['images']} | "
+                     f"{intervals.Rate(a['attack_changed_served_pct_k'], a['images']).text()} | "
+                     f"{a['rho_median']:.5f} | {a['rho_normalized_median']:.5f} | {a['l2_median']:.4f} | {ratio} | "
+                     f"{a['linf_median']:.4f} | {a['iterations_mean']:.2f} | {accuracy} |")
     lines += _adaptive(result) + _table2(result) + _overhead(result)
     if result.skipped:
         lines += ["", "## Skipped models", ""] + [f"- `{s['model']}`: {s['reason']}" for s in result.skipped]
@@ -133,7 +181,7 @@ def _adaptive(result: EvaluationResult) -> list[str]:
         methods = list(e.adaptive.key_recovery)
         budgets = e.adaptive.budgets
         lines += ["", f"## Adaptive attackers: {e.name}", "",
-                  "Defense success (%) — the decrypted real top-1 on the attacked image equals the original clean "
+                  "Defense success (%) [Wilson 95 % interval] — the decrypted real top-1 on the attacked image equals the original clean "
                   "top-1 — and median ρ, per attacker. Lower is worse for the defense.", "",
                   "| Attacker | What it holds | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |",
                   "|---|---|" + "---|" * len(methods)]
@@ -141,7 +189,8 @@ def _adaptive(result: EvaluationResult) -> list[str]:
             held = held.format(**budgets)
             cells = [summary.get((e.name, m, attacker)) for m in methods]
             lines.append(f"| {attacker} | {held} | " + " | ".join(
-                "—" if c is None else f"{c['defense_success_pct']:.1f} (ρ {c['rho_median']:.5f})" for c in cells) + " |")
+                "—" if c is None else f"{c['defense_success_pct']:.1f} [{c['defense_success_pct_ci95'][0]:.0f}–"
+                f"{c['defense_success_pct_ci95'][1]:.0f}] n={c['images']} (ρ {c['rho_median']:.5f})" for c in cells) + " |")
         lines += ["", "Key recovery from the served model file alone (chance = 50 %):", "",
                   "| Method | oracle that decided | real rows recovered (%) | time (s) |", "|---|---|---|---|"]
         for m, k in e.adaptive.key_recovery.items():

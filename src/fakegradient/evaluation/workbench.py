@@ -40,7 +40,8 @@ def served_pipelines(original: Normalized, config: EvaluationConfig, seed: int,
     """method → (served pipeline, key), the original served as is. ``probe`` (1, C, H, W) is image 0."""
     with full_fp32():
         return {method: (original, None) if method == ORIGINAL else
-                protected_pipeline(original, method, scale=config.scale, seed=seed, probe=probe)
+                protected_pipeline(original, method, scale=config.scale, seed=seed, probe=probe,
+                                   bias=config.bias)
                 for method in config.methods}
 
 

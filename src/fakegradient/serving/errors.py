@@ -46,3 +46,17 @@ class ServerBusy(ProtocolError):
 
     status = 503
     headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
+class UploadsBusy(ServerBusy):
+    """The bodies being received from all clients together hold the server's limit: this one was dropped as
+    it arrived; the connection is closed after the answer, to shed load."""
+
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1", "Connection": "close"}
+
+
+class Unauthorized(ProtocolError):
+    """No bearer token, or not the server's."""
+
+    status = 401
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="fakegradient"'}

@@ -1,7 +1,8 @@
 """A served model: an ONNX file run by ONNX Runtime, with the public metadata the export stored.
 
 The head's fingerprint is computed from the weights actually loaded and checked against the one in the
-metadata, so that a corrupted or edited ``model.onnx`` is refused instead of served.
+metadata, and so is the digest of the whole model (:mod:`.integrity`), so that a corrupted or edited
+``model.onnx`` is refused instead of served.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from ..core.fingerprint import head_fingerprint
 from ..errors import FakeGradientError
 from ..key import KEY_FORMAT
+from .integrity import check_digest
 
 TRIM_AFTER_BYTES = 8 * 2**20  # after a run on an input this large, freed memory goes back to the OS
 KEY_SCAN_MAX_BYTES = 16 * 2**20  # files up to this size are parsed for a key (keys are far smaller)
@@ -63,8 +65,8 @@ class RuntimeOptions:
 
 def load_model_dir(model_dir: Path, name: str | None = None,
                    runtime: RuntimeOptions = RuntimeOptions()) -> ServedModel:
-    """Open ``model_dir/model.onnx``, check its head against its fingerprint, and refuse a folder that
-    holds a key file: keys stay on the device."""
+    """Open ``model_dir/model.onnx``, check its head against its fingerprint and the whole model against its
+    digest, and refuse a folder that holds a key file: keys stay on the device."""
     import onnx
     import onnxruntime as ort
     from google.protobuf.message import DecodeError
@@ -84,6 +86,7 @@ def load_model_dir(model_dir: Path, name: str | None = None,
     if meta.setdefault("fakegradient.fingerprint", fingerprint) != fingerprint:
         raise FakeGradientError(f"{path}: the head's weights do not match the fingerprint in its metadata "
                                 "(corrupted or edited file); export it again with `fakegradient protect`")
+    check_digest(graph, path)  # the whole model: a corrupted backbone is refused too
     options = ort.SessionOptions()
     options.intra_op_num_threads = runtime.threads
     options.enable_cpu_mem_arena = runtime.cpu_arena

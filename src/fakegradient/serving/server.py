@@ -2,15 +2,19 @@
 
 Open Inference Protocol v2 (KServe / Triton) over REST, served by FastAPI + uvicorn. Hostile clients
 are bounded (:class:`Limits`): open connections, time to send a request's head and body, idle time
-between requests, body size, requests in progress (503 + Retry-After beyond), ONNX Runtime runs at
-once. JSON is parsed off the event loop, so health checks stay fast under load.
+between requests, body size, bodies held across all connections, requests in progress (503 + Retry-After
+beyond), ONNX Runtime runs at once. JSON is parsed off the event loop, so health checks stay fast under
+load. Concurrent requests are batched into one run (:mod:`.batching`). :class:`Access` sets what the
+model metadata publishes and the bearer token every endpoint but health needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +30,21 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import __version__
 from ..errors import FakeGradientError
-from .errors import InvalidInput, ModelNotFound, PayloadTooLarge, ProtocolError, RequestTimeout, ServerBusy
+from .auth import bearer_matches
+from .batching import Batching, DynamicBatcher
+from .errors import (
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    ProtocolError,
+    RequestTimeout,
+    ServerBusy,
+    Unauthorized,
+    UploadsBusy,
+)
 from .onnx_model import RuntimeOptions, ServedModel, load_model_dir
 from .protocol import HEADER_LENGTH, build_infer_response, parse_header_length, parse_infer_request
+from .triton import triton_parameters
 
 JSON_GIL_BOUND_BYTES = 2**20  # JSON parsed over this size holds the GIL long: one such parse at a time
 
@@ -38,8 +54,9 @@ class Limits:
     """What one client, or all of them together, may take of the server."""
 
     max_body_bytes: int = 64 * 2**20  # 64 MiB: ~21 images of 3x224x224 FP32 as JSON, ~110 as binary data
+    max_buffered_bytes: int = 256 * 2**20  # bodies held at once, all connections together; 503 beyond
     max_batch: int = 64
-    max_inflight: int = 8  # requests parsed, waiting for or in inference; 503 + Retry-After beyond
+    max_inflight: int = 32  # requests parsed, queued for or in inference; 503 + Retry-After beyond
     max_runs: int = 2  # ONNX Runtime runs at once (each uses all its intra-op threads)
     max_connections: int = 256  # open connections; beyond, those idle the longest are closed
     header_timeout: float = 10.0  # s to send a request's head, from connecting or the previous response
@@ -47,15 +64,60 @@ class Limits:
     keep_alive: float = 5.0  # s an idle connection stays open between requests
 
 
-def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
+PUBLIC_METADATA = ("minimal", "full")
+MINIMAL_PARAMETERS = ("fingerprint", "preprocess")  # what the device client needs, nothing more
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may ask what. ``public_metadata``: ``minimal`` publishes only the model parameters the device
+    client needs (fingerprint, preprocessing), ``full`` also the architecture, the class names, the output
+    count and the model's digest. ``token``: when set, every endpoint but ``/v2/health/*`` needs
+    ``Authorization: Bearer <token>`` (401 otherwise)."""
+
+    public_metadata: str = "minimal"
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.public_metadata not in PUBLIC_METADATA:
+            raise ValueError(f"public_metadata must be one of {PUBLIC_METADATA}, got {self.public_metadata!r}")
+
+    def parameters(self, model: ServedModel) -> dict[str, Any]:
+        """The model's parameters this setting publishes."""
+        published = model.parameters()
+        if self.public_metadata == "full":
+            return published
+        return {k: v for k, v in published.items() if k in MINIMAL_PARAMETERS}
+
+
+def create_app(models: list[ServedModel], limits: Limits = Limits(), access: Access = Access(),
+               batching: Batching = Batching()) -> FastAPI:
     """The v2 REST app serving ``models``. Every error answers ``{"error": "<message>"}``."""
     by_name = {m.name: m for m in models}
+    runners = asyncio.Semaphore(limits.max_runs)  # ONNX Runtime runs at once, batched or not
+    batchers = {m.name: DynamicBatcher(m.infer, batching, runners) for m in models} if batching.enabled else {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for batcher in batchers.values():
+            batcher.close()
+
     app = FastAPI(title="fakegradient inference server", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, lifespan=lifespan)
     add_error_handlers(app)
     inflight = 0
     gil_bound = anyio.CapacityLimiter(1)  # big JSON work holds the GIL: one at a time, the event loop between
-    runs = anyio.CapacityLimiter(limits.max_runs)
+    uploads = UploadBudget(limits.max_buffered_bytes)
+
+    def authorize(request: Request) -> None:
+        """401 unless the request carries the token (when the server has one)."""
+        if access.token is None:
+            return
+        header = request.headers.get("authorization")
+        if not bearer_matches(header, access.token):
+            raise Unauthorized("a bearer token is needed (Authorization: Bearer <token>)" if header is None
+                               else "invalid bearer token")
 
     def lookup(name: str, version: str = "1") -> ServedModel:
         """The served model ``name`` (version 1: the only one), or 404."""
@@ -74,42 +136,52 @@ def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
         return {"ready": True}
 
     @app.get("/v2")
-    async def server_metadata():
+    async def server_metadata(request: Request):
+        authorize(request)
         return {"name": "fakegradient", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @app.post("/v2/repository/index")
-    async def repository_index():
+    async def repository_index(request: Request):
+        authorize(request)
         return [{"name": name, "version": "1", "state": "READY"} for name in by_name]
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, version: str = "1"):
+    async def model_metadata(name: str, request: Request, version: str = "1"):
+        authorize(request)
         model = lookup(name, version)
         return {
             "name": model.name, "versions": ["1"], "platform": "onnxruntime_onnx",
             "inputs": [{"name": model.input_name, "datatype": "FP32", "shape": model.input_shape}],
             "outputs": [{"name": model.output_name, "datatype": "FP32", "shape": model.output_shape}],
-            "parameters": model.parameters(),
+            "parameters": access.parameters(model),
         }
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str = "1"):
+    async def model_ready(name: str, request: Request, version: str = "1"):
+        authorize(request)
         return {"name": lookup(name, version).name, "ready": True}
 
     @app.get("/v2/models/{name}/config")
-    async def model_config(name: str):
-        """Triton's config endpoint, with the public parameters (fingerprint) as Triton would show them."""
+    async def model_config(name: str, request: Request):
+        """Triton's config endpoint, with the public parameters as Triton shows them (JSON-encoded strings,
+        as ``export-triton`` writes them into config.pbtxt)."""
+        authorize(request)
         model = lookup(name)
         return {"name": model.name, "platform": "onnxruntime_onnx", "max_batch_size": limits.max_batch,
-                "parameters": {k: {"string_value": str(v)} for k, v in model.parameters().items()
-                               if k == "fingerprint"}}
+                "parameters": triton_parameters(access.parameters(model))}
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str = "1"):
-        body = await _read_limited(request, limits)  # read first: errors reach the client
-        return await run(lookup(name, version), body, request.headers.get(HEADER_LENGTH))
+        authorize(request)  # before the body: strangers hold no memory
+        hold = BodyHold(uploads)
+        try:  # the body counts against the shared budget until its answer is built
+            body = await _read_limited(request, limits, hold)  # read first: errors reach the client
+            return await run(lookup(name, version), body, request.headers.get(HEADER_LENGTH))
+        finally:
+            hold.release()
 
     async def run(model: ServedModel, body: bytes, header_length: str | None) -> Response:
         """Parse, infer, answer: in threads, so that the event loop stays responsive."""
@@ -124,7 +196,11 @@ def create_app(models: list[ServedModel], limits: Limits = Limits()) -> FastAPI:
                 parse_infer_request, body, length, {"name": model.input_name, "shape": model.input_shape},
                 limits.max_batch, limiter=gil_bound if big_json else None)
             batch = parsed.inputs[model.input_name]
-            logits = await anyio.to_thread.run_sync(model.infer, batch, limiter=runs)
+            if model.name in batchers:
+                logits = await batchers[model.name].submit(batch)
+            else:
+                async with runners:
+                    logits = await anyio.to_thread.run_sync(model.infer, batch)
             payload, headers = await anyio.to_thread.run_sync(
                 build_infer_response, model.name, {model.output_name: logits}, parsed.binary_outputs,
                 parsed.request_id, limiter=None if parsed.binary_outputs else gil_bound)
@@ -166,14 +242,56 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
-async def _read_limited(request: Request, limits: Limits) -> bytes:
-    """The body; 413 over max_body_bytes, 408 after body_timeout. An oversized body is drained (up to 4x
-    the limit, not stored) so that the client reads the 413 instead of a reset connection; beyond that the
-    request is cut off."""
+class UploadBudget:
+    """Bytes of request bodies the server holds at once, across all connections (event loop only: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+
+class BodyHold:
+    """One request's share of the :class:`UploadBudget`: grows as its body is stored, released at the end."""
+
+    def __init__(self, budget: UploadBudget) -> None:
+        self.budget, self.held = budget, 0
+
+    def grow_to(self, size: int) -> None:
+        """Hold ``size`` bytes in all; 503 (connection closed) if the budget has no room for them."""
+        extra = size - self.held
+        if extra <= 0:
+            return
+        if self.budget.held + extra > self.budget.limit:
+            raise UploadsBusy(f"the server holds {self.budget.held} bytes of request bodies (the limit is "
+                              f"{self.budget.limit}); retry later")
+        self.budget.held += extra
+        self.held = size
+
+    def release(self) -> None:
+        self.budget.held -= self.held
+        self.held = 0
+
+
+async def _read_limited(request: Request, limits: Limits, hold: BodyHold) -> bytes:
+    """The body; 413 over max_body_bytes, 408 after body_timeout, 503 when the bodies of all requests would
+    hold over max_buffered_bytes (a declared length is held from the start). A body that is refused is
+    drained (up to 4x the limit, not stored) so that the client reads the 413 or 503 instead of a reset
+    connection; beyond that the request is cut off."""
     limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > 4 * limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    busy: UploadsBusy | None = None
+
+    def grow(size: int) -> None:
+        nonlocal busy
+        try:
+            hold.grow_to(size)
+        except UploadsBusy as exc:  # from now on the body is drained, not stored
+            busy = exc
+            hold.release()
+
+    if declared is not None and declared.isdigit() and int(declared) <= limit:
+        grow(int(declared))  # before reading: a client cannot make the server hold what is not there
     chunks, size = [], 0
     try:
         with anyio.fail_after(limits.body_timeout):
@@ -181,7 +299,8 @@ async def _read_limited(request: Request, limits: Limits) -> bytes:
                 size += len(chunk)
                 if size > 4 * limit:
                     break
-                if size <= limit:
+                if size <= limit and busy is None:
+                    grow(size)
                     chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(f"the request body took over {limits.body_timeout:g} s to arrive") from None
@@ -189,6 +308,8 @@ async def _read_limited(request: Request, limits: Limits) -> bytes:
         raise InvalidInput("the client disconnected before sending its whole body") from None
     if size > limit:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    if busy is not None:
+        raise busy
     return b"".join(chunks)
 
 
@@ -274,17 +395,18 @@ def listen(host: str, port: int) -> socket.socket:
         raise FakeGradientError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
-def build_server(models: list[ServedModel], limits: Limits = Limits()) -> uvicorn.Server:
+def build_server(models: list[ServedModel], limits: Limits = Limits(), access: Access = Access(),
+                 batching: Batching = Batching()) -> uvicorn.Server:
     """The uvicorn server (not started) for ``models`` under ``limits``; run it with ``.run(sockets=...)``."""
     protocol = functools.partial(GuardedH11Protocol, limits=limits, cap=ConnectionCap(limits.max_connections))
-    config = uvicorn.Config(create_app(models, limits), log_level="warning",
+    config = uvicorn.Config(create_app(models, limits, access, batching), log_level="warning",
                             http=protocol,  # type: ignore[arg-type]  # a factory of protocols works too
                             timeout_keep_alive=limits.keep_alive)  # type: ignore[arg-type]  # float works
     return uvicorn.Server(config)
 
 
 def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
-          runtime: RuntimeOptions | None = None) -> None:
+          runtime: RuntimeOptions | None = None, access: Access = Access(), batching: Batching = Batching()) -> None:
     """Load ``model_dirs`` (each checked: no key file, head matching its fingerprint) and serve them."""
     models = [load_model_dir(d, runtime=runtime or RuntimeOptions()) for d in model_dirs]
     names = [m.name for m in models]
@@ -293,4 +415,4 @@ def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, lim
     sock = listen(host, port)
     print(f"serving {', '.join(names)} on http://{host}:{sock.getsockname()[1]} (Open Inference Protocol v2)",
           flush=True)
-    build_server(models, limits).run(sockets=[sock])
+    build_server(models, limits, access, batching).run(sockets=[sock])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ..atomic import write_bytes_atomic, write_with
 from ..errors import FakeGradientError, InvalidArgument
@@ -27,19 +29,34 @@ output [
   }}
 ]
 dynamic_batching {{ }}
-parameters {{
-  key: "fingerprint"
-  value: {{ string_value: "{fingerprint}" }}
+{parameters}"""
+PARAMETER = """parameters {{
+  key: "{key}"
+  value: {{ string_value: "{value}" }}
 }}
 """
+TRITON_PARAMETERS = ("fingerprint", "preprocess")  # what the device client needs (minimal public metadata)
+
+
+def triton_parameters(parameters: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Public model parameters as Triton's config shows them: strings as they are, the rest JSON-encoded."""
+    return {k: {"string_value": v if isinstance(v, str) else json.dumps(v)} for k, v in parameters.items()}
+
+
+def _pbtxt_string(text: str) -> str:
+    """``text`` escaped for a protobuf text-format string literal."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def triton_config(model, name: str, max_batch: int) -> str:
-    """config.pbtxt for a served model (batch dimension implicit, as Triton expects)."""
-    fingerprint = model.metadata.get("fakegradient.fingerprint", "")
+    """config.pbtxt for a served model (batch dimension implicit, as Triton expects), with the parameters the
+    device client needs (fingerprint, preprocessing as JSON): Triton shows them in the model's config."""
+    published = {k: v for k, v in model.parameters().items() if k in TRITON_PARAMETERS}
+    parameters = "".join(PARAMETER.format(key=key, value=_pbtxt_string(entry["string_value"]))
+                         for key, entry in triton_parameters(published).items())
     return CONFIG.format(name=name, max_batch=max_batch, input=model.input_name, output=model.output_name,
                          input_dims=", ".join(map(str, model.input_shape[1:])),
-                         output_dims=", ".join(map(str, model.output_shape[1:])), fingerprint=fingerprint)
+                         output_dims=", ".join(map(str, model.output_shape[1:])), parameters=parameters)
 
 
 def export_triton(model_dir: Path, out: Path, name: str | None = None, max_batch: int = 64) -> Path:
