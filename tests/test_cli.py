@@ -298,3 +298,13 @@ def test_export_triton_refuses_a_folder_holding_a_key(protected_dir, tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "key" in err and "notes.txt" in err, err
     assert not repo.exists()
+
+
+def test_a_reader_that_goes_away_is_no_traceback():
+    # `fakegradient models | head -1`: the pipe closes before (or while) we write
+    proc = subprocess.Popen([sys.executable, "-m", "fakegradient", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err

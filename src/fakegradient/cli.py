@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args) or 0
+        code = args.run(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except InvalidArgument as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -36,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: `fakegradient {command}` needs {exc.name}, which is not installed: "
               f"pip install 'fakegradient[{extra}]'", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
