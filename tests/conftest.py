@@ -36,6 +36,15 @@ class TinyNet(torch.nn.Module):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny models: torch's threads only add contention on shared cores (measured 10x slower with 2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny():
     torch.manual_seed(0)
     return TinyNet().eval()

@@ -32,13 +32,7 @@ ATTACKS = {
 BLACK_BOX = {"square", "hopskipjump"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: torch's threads only add contention on shared cores (measured 10x slower with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))

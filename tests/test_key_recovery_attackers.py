@@ -19,12 +19,7 @@ from fakegradient.head import build_head, head_parameters, replace_module
 SCHEMES = ("fake-gradient", "random-weight", "fake-gradient-hardened")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def labelled(x, y, k, seed):
