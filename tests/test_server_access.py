@@ -183,6 +183,12 @@ def test_labels_files(tmp_path):
             load_labels(tmp_path / "bad.json")
     with pytest.raises(FakeGradientError, match="cannot read labels"):
         load_labels(tmp_path / "missing.txt")
+    # the same reader as `protect --labels`: BOM, surrounding blank lines and spaces ignored, no empty name
+    (tmp_path / "names.txt").write_text("\ufeff\n cat \ndog\n\n", encoding="utf-8")
+    assert load_labels(tmp_path / "names.txt") == ["cat", "dog"]
+    (tmp_path / "gap.txt").write_text("cat\n\ndog\n")
+    with pytest.raises(FakeGradientError, match="one non-empty class name per line"):
+        load_labels(tmp_path / "gap.txt")
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,10 +20,10 @@ from torch import nn
 
 from ..errors import FakeGradientError, InvalidArgument
 from ..head import Logits, trace_head
+from ..labels import read_labels
 from . import external
 from .preprocessing import make_spec
 
-MAX_LABELS_BYTES = 16 * 2**20
 RANDOM_NOTE = "warning: random weights (--weights none): the predictions mean nothing (tests only)"
 
 
@@ -296,17 +295,3 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Any, hint_
         hint = " (pass --num-classes with the checkpoint's number of classes)" if shapes and hint_num_classes else ""
         raise FakeGradientError(f"cannot load {path} into the model: {'; '.join(problems)}{hint}")
     model.load_state_dict(state)
-
-
-def read_labels(path: str | os.PathLike) -> list[str]:
-    """Class names, one per line (UTF-8; surrounding blank lines ignored)."""
-    try:
-        if Path(path).stat().st_size > MAX_LABELS_BYTES:
-            raise FakeGradientError(f"--labels {path} is larger than {MAX_LABELS_BYTES // 2**20} MiB")
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FakeGradientError(f"cannot read --labels {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    names = [line.strip() for line in text.strip("\r\n").splitlines()]
-    if not names or not all(names):
-        raise FakeGradientError(f"--labels {path} must hold one non-empty class name per line")
-    return names

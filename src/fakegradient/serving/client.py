@@ -25,6 +25,7 @@ from ..classify import Classification, Failure, Unreachable, stream
 from ..data import open_rgb
 from ..errors import FakeGradientError, KeyMismatch
 from ..key import Key
+from ..labels import checked_names, read_labels
 from .protocol import HEADER_LENGTH
 
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -221,28 +222,25 @@ def check_spec(spec: Any) -> dict[str, Any]:
 
 
 def load_labels(path: str | Path) -> list[str]:
-    """Class names kept on the device: a JSON list of strings, a text file of one name per line, or the
-    protected model's folder or ``model.onnx`` (its metadata; needs the ``onnx`` package)."""
+    """Class names kept on the device: a JSON list of strings, a text file of one name per line (as
+    ``protect --labels`` reads them), or the protected model's folder or ``model.onnx`` (its metadata; needs
+    the ``onnx`` package)."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.onnx"
+    if path.suffix != ".onnx":
+        return read_labels(path)
     try:
-        if path.suffix == ".onnx":
-            try:
-                import onnx
-            except ImportError:
-                raise FakeGradientError(f"reading labels from {path} needs the onnx package; pass a JSON list "
-                                        "or a text file of class names instead") from None
-            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            labels = json.loads(meta.get("fakegradient.categories", "null"))
-        else:
-            text = path.read_text(encoding="utf-8")
-            labels = json.loads(text) if text.lstrip()[:1] in ("[", "{") else text.splitlines()
+        import onnx
+    except ImportError:
+        raise FakeGradientError(f"reading labels from {path} needs the onnx package; pass a JSON list "
+                                "or a text file of class names instead") from None
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        labels = json.loads(meta.get("fakegradient.categories", "null"))
     except (OSError, ValueError, RecursionError) as exc:
         raise FakeGradientError(f"cannot read labels from {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise FakeGradientError(f"{path} holds no list of class names")
-    return labels
+    return checked_names(labels, path)
 
 
 def classify_iter(url: str, key: Key, images: Sequence[str | Path], *, model_name: str | None = None,
