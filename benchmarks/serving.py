@@ -43,7 +43,7 @@ import torch
 
 from fakegradient import models, protect
 from fakegradient.modelfile import write_bundle
-from fakegradient.serving.integrity import seal_file
+from fakegradient.integrity import seal_file
 from fakegradient.serving.onnx_model import RuntimeOptions, load_model_dir
 
 MODELS = ("protected", "unprotected")

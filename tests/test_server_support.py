@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from fakegradient.core.fingerprint import head_fingerprint
-from fakegradient.serving.integrity import seal
+from fakegradient.integrity import seal
 from fakegradient.serving.onnx_model import ServedModel, load_model_dir
 from fakegradient.serving.server import Access, Batching, Limits, build_server
 

@@ -114,7 +114,7 @@ def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opse
     """
     import onnx
 
-    from .serving.integrity import seal
+    from .integrity import seal
 
     example = torch.zeros(1, *info.input_size)
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..core.fingerprint import head_fingerprint
 from ..errors import FakeGradientError
 from ..key import KEY_FORMAT
-from .integrity import check_digest
+from ..integrity import check_digest
 
 TRIM_AFTER_BYTES = 8 * 2**20  # after a run on an input this large, freed memory goes back to the OS
 KEY_SCAN_MAX_BYTES = 16 * 2**20  # files up to this size are parsed for a key (keys are far smaller)

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FakeGradientError
+from .atomic import atomic_path
+from .errors import FakeGradientError
 
 DIGEST_KEY = "fakegradient.digest"
 _DOMAIN = b"fakegradient-onnx-digest-v1\0"
@@ -60,12 +61,13 @@ def seal(model: Any, base_dir: Path) -> None:
 
 
 def seal_file(path: Path) -> None:
-    """Seal an existing ``model.onnx`` in place (e.g. an unprotected model exported by torch directly)."""
+    """Seal an existing ``model.onnx`` (e.g. an unprotected model exported by torch directly), atomically."""
     import onnx
 
     model = onnx.load(str(path))
     seal(model, Path(path).parent)
-    onnx.save(model, str(path))
+    with atomic_path(path) as temporary:
+        onnx.save(model, str(temporary))
 
 
 def check_digest(model: Any, path: Path) -> None:
