@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 install: $(STAMP)
 	$(PY) scripts/install_offline_weights.py
+	@# Chromium for the browser tests (tests/test_device_ui.py): Debian's package, where apt-get can install it;
+	@# where it cannot, those tests are skipped and say why
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || ! command -v apt-get >/dev/null || \
+	  { echo "installing chromium (apt-get) for the browser tests"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 || \
+	    echo "note: apt-get could not install chromium; the browser tests will be skipped" >&2; }
 
 demo: install
 	$(VENV)/bin/fakegradient demo

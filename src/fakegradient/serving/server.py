@@ -5,7 +5,8 @@ are bounded (:class:`Limits`): open connections, time to send a request's head a
 between requests, body size, bodies held across all connections, requests in progress (503 + Retry-After
 beyond), ONNX Runtime runs at once. JSON is parsed off the event loop, so health checks stay fast under
 load. Concurrent requests are batched into one run (:mod:`.batching`). :class:`Access` sets what the
-model metadata publishes and the bearer token every endpoint but health needs.
+model metadata publishes, the bearer token every endpoint but health needs, and the web origins whose pages
+may call the server (CORS; none by default).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import socket
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +25,14 @@ import anyio
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import __version__
-from ..errors import FakeGradientError
+from ..errors import FakeGradientError, InvalidArgument
 from .auth import bearer_matches
 from .batching import Batching, DynamicBatcher
 from .errors import (
@@ -73,14 +76,18 @@ class Access:
     """Who may ask what. ``public_metadata``: ``minimal`` publishes only the model parameters the device
     client needs (fingerprint, preprocessing), ``full`` also the architecture, the class names, the output
     count and the model's digest. ``token``: when set, every endpoint but ``/v2/health/*`` needs
-    ``Authorization: Bearer <token>`` (401 otherwise)."""
+    ``Authorization: Bearer <token>`` (401 otherwise). ``cors_origins``: the web origins (``scheme://host[:port]``,
+    as :func:`cors_origin` writes them) whose pages a browser lets call the server; none: no page of another
+    origin may (no CORS headers at all). Each is checked and written as a browser sends it."""
 
     public_metadata: str = "minimal"
     token: str | None = None
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.public_metadata not in PUBLIC_METADATA:
             raise ValueError(f"public_metadata must be one of {PUBLIC_METADATA}, got {self.public_metadata!r}")
+        object.__setattr__(self, "cors_origins", tuple(dict.fromkeys(map(cors_origin, self.cors_origins))))
 
     def parameters(self, model: ServedModel) -> dict[str, Any]:
         """The model's parameters this setting publishes."""
@@ -88,6 +95,28 @@ class Access:
         if self.public_metadata == "full":
             return published
         return {k: v for k, v in published.items() if k in MINIMAL_PARAMETERS}
+
+
+def cors_origin(text: str) -> str:
+    """An origin a browser sends (``scheme://host[:port]``: lower case, no default port, no path) from what an
+    operator typed; :class:`InvalidArgument` for anything else ("*" included: name each origin)."""
+    try:
+        parts = urllib.parse.urlsplit(text.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidArgument(f"CORS origin {text!r} is not an origin: {exc}") from None
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise InvalidArgument(f"CORS origin {text!r} is not an origin: give scheme://host[:port], e.g. "
+                              "http://127.0.0.1:8080 (the address the page is opened at)")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+# what a page may send (the bearer token, the binary tensor extension's header) and read (that header)
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", HEADER_LENGTH)
+CORS_RESPONSE_HEADERS = (HEADER_LENGTH, "Retry-After")
 
 
 def create_app(models: list[ServedModel], limits: Limits = Limits(), access: Access = Access(),
@@ -106,6 +135,10 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), access: Acc
     app = FastAPI(title="fakegradient inference server", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
     add_error_handlers(app)
+    if access.cors_origins:  # preflights are answered before routing: they need no token
+        app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=list(CORS_REQUEST_HEADERS), expose_headers=list(CORS_RESPONSE_HEADERS),
+                           allow_private_network=True)
     inflight = 0
     gil_bound = anyio.CapacityLimiter(1)  # big JSON work holds the GIL: one at a time, the event loop between
     uploads = UploadBudget(limits.max_buffered_bytes)
