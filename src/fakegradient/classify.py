@@ -1,5 +1,9 @@
 """Classification through a protected model and the key: the numpy core shared by the local CLI path and
-the device client, which streams per-image results and reports each failure without stopping."""
+the device client, which streams per-image results and reports each failure without stopping.
+
+The key is a :class:`Key` (Fake Gradient: the served outputs are (B, 2N), real and fake logits permuted) or
+a :class:`DeviceHead` (split inference: the served outputs are the features (B, D), the device applies the
+head); both turn the served outputs into the real logits with ``decrypt``."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .device_head import DeviceHead
 from .errors import FakeGradientError
 from .key import Key, softmax
 
@@ -20,9 +25,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class Prediction:
-    """One image: encrypted top-1 position (what the cloud sees) and decrypted top-k (what the device sees)."""
+    """One image: encrypted top-1 position (what the cloud sees) and decrypted top-k (what the device sees).
+    With a :class:`DeviceHead` the cloud sees features, no class: ``encrypted_top1`` is None, not fake."""
 
-    encrypted_top1: int
+    encrypted_top1: int | None
     encrypted_top1_is_fake: bool
     topk: list[tuple[int, float]]  # (class index, softmax probability) over the real logits
 
@@ -30,7 +36,7 @@ class Prediction:
 @dataclass
 class Classification:
     image: str
-    server_top1: int  # the position the cloud saw win (a fake output on a protected model)
+    server_top1: int | None  # the position the cloud saw win (a fake output on a protected model); None: features
     server_top1_is_fake: bool
     topk: list[tuple[int, str, float]]  # (class, label, probability)
 
@@ -47,16 +53,17 @@ class Unreachable(FakeGradientError):
     """The model cannot be reached any more: no further image can be classified."""
 
 
-def predictions(key: Key, encrypted: np.ndarray, k: int = 5) -> list[Prediction]:
-    """Encrypted outputs (B, 2N) → what the cloud saw and the decrypted top-k, per image (numpy only)."""
+def predictions(key: Key | DeviceHead, encrypted: np.ndarray, k: int = 5) -> list[Prediction]:
+    """Served outputs (B, key.n_outputs) → what the cloud saw and the real top-k, per image (numpy only)."""
     probs = softmax(key.decrypt(encrypted))
-    top1 = encrypted.argmax(axis=1)
-    fake = key.is_fake(top1)
     order = np.argsort(-probs, axis=1)[:, :k]
-    return [
-        Prediction(int(top1[i]), bool(fake[i]), [(int(c), float(probs[i, c])) for c in order[i]])
-        for i in range(len(order))
-    ]
+    if isinstance(key, DeviceHead):  # the cloud saw features: no position won
+        seen: list[tuple[int | None, bool]] = [(None, False)] * len(order)
+    else:
+        top1 = encrypted.argmax(axis=1)
+        seen = list(zip(top1.tolist(), key.is_fake(top1).tolist()))
+    return [Prediction(position, bool(fake), [(int(c), float(probs[i, c])) for c in order[i]])
+            for i, (position, fake) in enumerate(seen)]
 
 
 def label(categories: Sequence[str] | None, index: int) -> str:
@@ -65,11 +72,11 @@ def label(categories: Sequence[str] | None, index: int) -> str:
 
 
 def stream(paths: Sequence[str | Path], load: Callable[[str | Path], Any], infer: Callable[[list[Any]], np.ndarray],
-           key: Key, *, k: int = 5, batch_size: int = 16,
+           key: Key | DeviceHead, *, k: int = 5, batch_size: int = 16,
            categories: Sequence[str] | None = None) -> Iterator[Classification | Failure]:
     """Classify ``paths`` in batches, yielding each image's result as soon as its batch is back.
 
-    ``load(path)`` → one input, ``infer(inputs)`` → encrypted outputs (B, 2N); a FakeGradientError from
+    ``load(path)`` → one input, ``infer(inputs)`` → served outputs (B, key.n_outputs); a FakeGradientError from
     either, or outputs of another shape or not finite, is a :class:`Failure` of the image(s) concerned and
     the rest goes on. :class:`Unreachable` from ``infer`` ends the stream with the count of images left."""
     if batch_size < 1:
@@ -89,12 +96,13 @@ def stream(paths: Sequence[str | Path], load: Callable[[str | Path], Any], infer
             pending = []
 
 
-def _batch(pending: list[tuple[str | Path, Any]], infer: Callable[[list[Any]], np.ndarray], key: Key, k: int,
-           categories: Sequence[str] | None) -> Iterator[Classification | Failure]:
+def _batch(pending: list[tuple[str | Path, Any]], infer: Callable[[list[Any]], np.ndarray], key: Key | DeviceHead,
+           k: int, categories: Sequence[str] | None) -> Iterator[Classification | Failure]:
     try:
         encrypted = np.asarray(infer([x for _, x in pending]))
         if encrypted.shape != (len(pending), key.n_outputs):
-            raise FakeGradientError(f"expected outputs of shape ({len(pending)}, {key.n_outputs}) (B, 2N), "
+            width = "(B, D)" if isinstance(key, DeviceHead) else "(B, 2N)"
+            raise FakeGradientError(f"expected outputs of shape ({len(pending)}, {key.n_outputs}) {width}, "
                                     f"got {encrypted.shape}")
         if not np.isfinite(encrypted).all():
             raise FakeGradientError("the outputs are not all finite")

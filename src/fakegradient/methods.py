@@ -3,6 +3,10 @@
 ``protect``, the CLI's choices, the evaluation and the report all read :data:`METHODS`; adding a
 scheme is one entry here plus its row function in :mod:`fakegradient.core.fake_rows`. Torch-free at
 import (the CLI builds its parser from it); the row functions are imported when first called.
+
+Every protection but ``device-head`` hides the real outputs among fake rows; ``device-head`` (``split``) keeps
+the head on the device instead (:mod:`fakegradient.split`) and has no fake rows: code that makes fake rows
+iterates over :data:`FAKE_ROW_METHODS`, not :data:`PROTECTIONS`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Method:
     the evaluation's ``--bias official`` replaces by the released code's bias. ``control``: an
     ablation that asks what in the construction produces the defense (not a protection to deploy).
     ``paper`` holds the paper's Table 1 values, metric → paper column → value, where it has them.
+    ``split``: not fake rows but split inference, the cloud serving the features and the device the head.
     """
 
     name: str
@@ -39,13 +44,16 @@ class Method:
     control: bool = False
     in_paper: bool = False  # one of the paper's three columns (the evaluation's default methods)
     paper: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    split: bool = False  # the head stays on the device (device-head): no fake rows
 
     @property
     def protects(self) -> bool:
-        return self.rows is not None
+        return self.rows is not None or self.split
 
     def fake_rows(self, weight: Any, bias: Any, *, scale: float, generator: Any) -> tuple[Any, Any]:
         """Fake rows (N, D), (N,) for a head (N, D), (N,)."""
+        if self.split:
+            raise InvalidArgument(f"{self.name!r} keeps the head on the device: it makes no fake rows")
         if self.rows is None:
             raise InvalidArgument(f"{self.name!r} is the unprotected baseline: it makes no fake rows")
         function: Callable = getattr(importlib.import_module(".core.fake_rows", __package__), self.rows)
@@ -83,9 +91,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("random-decoy", "Random Decoy (control)",
            "control: random positive rows with Algorithm 1's row norms (S_a), unrelated to W_o",
            rows="random_decoy_rows", takes_scale=True, random=True, control=True),
+    Method("device-head", "Device Head (split inference)",
+           "split inference: the cloud serves the features, the device keeps the head (W, b) and computes the "
+           "logits", copies_bias=False, split=True),
 )}
 
 PROTECTIONS = tuple(name for name, m in METHODS.items() if m.protects)  # what protect() accepts
+FAKE_ROW_METHODS = tuple(name for name, m in METHODS.items() if m.rows is not None)  # Method.fake_rows works
 PAPER_METHODS = tuple(name for name, m in METHODS.items() if m.in_paper)
 CONTROLS = tuple(name for name, m in METHODS.items() if m.control)
 DEPLOYABLE = tuple(name for name in PROTECTIONS if name not in CONTROLS)  # what `fakegradient protect` offers

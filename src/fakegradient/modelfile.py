@@ -1,7 +1,8 @@
 """The cloud folder: ``model.onnx`` (any ``nn.Module``; what the server runs) and, for models of the
 registry, ``model.pt`` (a state dict plus what rebuilds it). :func:`write_bundle` writes both.
 
-No file holds key material: the permutation exists only as the order of the head's rows.
+No file holds key material: the permutation exists only as the order of the head's rows. A ``device-head``
+bundle holds the trunk only (output: the features (B, D)); its head stays on the device.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from torch import nn
 
 from .atomic import write_with
 from .core.fingerprint import head_fingerprint
+from .device_head import DeviceHead
 from .errors import FakeGradientError, ModelFileError
 from .head import build_head, check_head, head_parameters, replace_module
 from .key import Key
+from .split import trunk_fingerprint
 
 MODEL_FORMAT = "fakegradient-model"
 MODEL_VERSION = 1
@@ -41,10 +44,16 @@ class ModelInfo:
     weights: str | None = None
     method: str = "fake-gradient"
     extra: dict[str, Any] = field(default_factory=dict)  # public, for clients: preprocess, categories
+    n_features: int | None = None  # D, for a split trunk (device-head): the width of its output
+
+    @property
+    def split(self) -> bool:
+        """A trunk serving features (``device-head``), not a model with a protected head."""
+        return self.n_features is not None
 
     @property
     def n_outputs(self) -> int:
-        return 2 * self.n_real
+        return self.n_features if self.n_features is not None else 2 * self.n_real
 
 
 def model_fingerprint(model: nn.Module, head: str) -> str:
@@ -52,9 +61,14 @@ def model_fingerprint(model: nn.Module, head: str) -> str:
     return head_fingerprint(*head_parameters(check_head(model, head)))
 
 
+def served_fingerprint(model: nn.Module, info: ModelInfo) -> str:
+    """The fingerprint of a served model as ``info`` describes it: its protected head's, or a split trunk's."""
+    return trunk_fingerprint(model) if info.split else model_fingerprint(model, info.head)
+
+
 def save_protected(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> None:
     """Write ``model`` (state dict) and ``info`` atomically; checks the fingerprint first."""
-    if model_fingerprint(model, info.head) != info.fingerprint:
+    if served_fingerprint(model, info) != info.fingerprint:
         raise FakeGradientError("model head does not match info.fingerprint")
     payload = {
         "format": MODEL_FORMAT,
@@ -93,19 +107,21 @@ def load_protected(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
     layer = check_head(model, info.head)
     weight, bias = head_parameters(layer)
     placeholder = torch.zeros(info.n_outputs, weight.shape[1], dtype=weight.dtype)
-    model = replace_module(model, info.head, build_head(layer, placeholder, placeholder[:, 0]))
+    new = nn.Identity() if info.split else build_head(layer, placeholder, placeholder[:, 0])
+    model = replace_module(model, info.head, new)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelFileError(f"{path}: weights do not fit model {info.arch!r} ({str(exc)[:200]})") from None
-    if model_fingerprint(model, info.head) != info.fingerprint:
+    if served_fingerprint(model, info) != info.fingerprint:
         raise ModelFileError(f"{path}: head weights do not match the file's fingerprint (edited?)")
     return model.eval(), info
 
 
 def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opset: int = 17,
                 extra: dict[str, Any] | None = None) -> None:
-    """Export to ONNX (input ``input`` (B, C, H, W), output ``logits`` (B, 2N), dynamic batch).
+    """Export to ONNX (input ``input`` (B, C, H, W), output ``logits`` (B, 2N), dynamic batch; a split trunk's
+    output is ``features`` (B, D), and its metadata names the method).
 
     The graph computes the protected head as a plain Gemm/Conv with permuted rows: no
     Gather or index constant carries the key. The fingerprint and ``extra`` (public: e.g.
@@ -117,6 +133,7 @@ def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opse
     from .integrity import seal
 
     example = torch.zeros(1, *info.input_size)
+    output = "features" if info.split else "logits"
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():
@@ -128,11 +145,12 @@ def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opse
                 dynamo=False,
                 opset_version=opset,
                 input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=[output],
+                dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}},
             )
         graph = onnx.load(str(tmp))
         props = {"fingerprint": info.fingerprint, "arch": info.arch, "n_outputs": str(info.n_outputs)}
+        props |= {"method": info.method} if info.split else {}  # the server checks a trunk by its digest only
         props |= {k: json.dumps(v) for k, v in (extra or {}).items()}
         for name, value in props.items():
             graph.metadata_props.add(key=f"fakegradient.{name}", value=value)
@@ -142,10 +160,11 @@ def export_onnx(path: str | os.PathLike, model: nn.Module, info: ModelInfo, opse
     write_with(path, write)
 
 
-def write_bundle(folder: str | os.PathLike, protected: nn.Module, key: Key, *, input_size: list[int],
+def write_bundle(folder: str | os.PathLike, protected: nn.Module, key: Key | DeviceHead, *, input_size: list[int],
                  arch: str | None = None, arch_kwargs: dict[str, Any] | None = None, weights: str | None = None,
                  extra: dict[str, Any] | None = None, onnx: bool = True) -> list[Path]:
-    """Write the cloud folder of ``protected`` (made with ``key``); returns the paths written.
+    """Write the cloud folder of ``protected`` (made with ``key``, or the trunk split from ``key``, a
+    :class:`DeviceHead`); returns the paths written.
 
     ``model.onnx`` works for any module: ``input_size`` (C, H, W) is its input without the batch,
     ``extra`` public metadata (``preprocess``, ``categories``) for clients. ``model.pt`` is written when
@@ -160,7 +179,8 @@ def write_bundle(folder: str | os.PathLike, protected: nn.Module, key: Key, *, i
     info = ModelInfo(arch=arch or type(protected).__name__, head=key.head, n_real=key.n_real,
                      fingerprint=key.model_fingerprint, input_size=list(input_size),
                      arch_kwargs=dict(arch_kwargs or {}), weights=weights, method=key.method,
-                     extra=dict(extra or {}))
+                     extra=dict(extra or {}),
+                     n_features=key.n_features if isinstance(key, DeviceHead) else None)
     writers = [("model.pt", lambda path: save_protected(path, protected, info))] if arch else []
     if onnx:
         writers.append(("model.onnx", lambda path: export_onnx(path, protected, info, extra=extra)))

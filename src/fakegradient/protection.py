@@ -12,9 +12,11 @@ from . import defaults, methods
 from .core.fake_rows import check_scale
 from .core.fingerprint import head_fingerprint
 from .core.permutation import encrypt_rows, generate_permutation
+from .device_head import DeviceHead
 from .errors import HeadNotFound
 from .head import as_tensor_model, build_head, head_parameters, probe_input, replace_module, trace_head
 from .key import Key
+from .split import split_head, trunk_fingerprint
 
 METHODS = methods.PROTECTIONS
 
@@ -51,7 +53,7 @@ def protect(
     seed: int | None = None,
     head: str | None = None,
     example_input: torch.Tensor | None = None,
-) -> tuple[nn.Module, Key]:
+) -> tuple[nn.Module, Key | DeviceHead]:
     """Return ``(protected_model, key)``; ``model`` itself is never modified.
 
     The protected model is a copy (in eval mode) whose head has 2N outputs: the N real
@@ -61,9 +63,15 @@ def protect(
     it cannot be found automatically; ``example_input`` is a valid input batch for models
     that do not take (B, 3, 224, 224). A model returning a ``ModelOutput`` (Hugging Face) is protected
     as one returning its logits (B, 2N), under the name ``model`` (its head: ``model.classifier``).
+
+    ``method="device-head"`` (split inference) returns ``(trunk, device_head)`` instead: the trunk returns the
+    features (B, D) for the cloud, the :class:`DeviceHead` holds the head for the device (``scale`` and ``seed``
+    do not apply: nothing is random); see :func:`protect_split`.
     """
     scale = check_scale(scale)
     entry = methods.get(method, protection=True)
+    if entry.split:
+        return protect_split(model, head=head, example_input=example_input)
     protected = copy.deepcopy(model).eval()
     x = probe_input(protected, example_input)
     wrapped = as_tensor_model(protected, x)  # a Hugging Face model returns a ModelOutput: serve its logits
@@ -103,3 +111,14 @@ def _check_decrypts(protected: nn.Module, key: Key, x: torch.Tensor, expected: t
         key.decrypt(out), expected.reshape(out.shape[0], -1), rtol=1e-4, atol=1e-4
     ):
         raise HeadNotFound(message)
+
+
+def protect_split(model: nn.Module, *, head: str | None = None,
+                  example_input: torch.Tensor | None = None) -> tuple[nn.Module, DeviceHead]:
+    """Split inference: ``(trunk, device_head)``. The trunk (a copy, eval mode) returns the features (B, D) the
+    head consumed and goes to the cloud; ``device_head.decrypt(features)`` gives the logits (B, N) on the
+    device, equal to the model's up to float rounding. ``device_head.model_fingerprint`` names the trunk."""
+    trunk, weight, bias, name = split_head(model, head, example_input)
+    device = DeviceHead(weight.detach().cpu().numpy(), bias.detach().cpu().numpy(), head=name,
+                        model_fingerprint=trunk_fingerprint(trunk))
+    return trunk, device

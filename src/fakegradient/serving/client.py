@@ -1,4 +1,5 @@
-"""The device client: preprocess with Pillow + numpy, call a v2 server, decrypt with the key.
+"""The device client: preprocess with Pillow + numpy, call a v2 server, decrypt with the key (or, for a
+``device-head`` model, apply the head the device keeps to the features the server returns).
 
 Imports no torch. Preprocessing reproduces torchvision's ImageClassification preset (resize the
 shorter side with PIL, centre crop with torchvision's rounding, scale to [0, 1], normalise).
@@ -23,6 +24,7 @@ from PIL import Image
 
 from ..classify import Classification, Failure, Unreachable, stream
 from ..data import open_rgb
+from ..device_head import DeviceHead
 from ..errors import FakeGradientError, KeyMismatch
 from ..key import Key
 from ..labels import checked_names, read_labels
@@ -243,10 +245,11 @@ def load_labels(path: str | Path) -> list[str]:
     return checked_names(labels, path)
 
 
-def classify_iter(url: str, key: Key, images: Sequence[str | Path], *, model_name: str | None = None,
+def classify_iter(url: str, key: Key | DeviceHead, images: Sequence[str | Path], *, model_name: str | None = None,
                   k: int = 5, batch_size: int = 16, token: str | None = None,
                   labels: Sequence[str] | None = None) -> Iterator[Classification | Failure]:
-    """Classify image files through the server and decrypt with ``key``, yielding per image as each batch
+    """Classify image files through the server and decrypt with ``key`` (a :class:`Key`, or a
+    :class:`DeviceHead`: the server returns features, the device applies the head), yielding per image as each batch
     returns: a :class:`Classification`, or a :class:`Failure` (unreadable file, batch refused or answered
     wrongly) after which the rest goes on. A server that is unreachable, for another key or publishing bad
     parameters raises :class:`FakeGradientError`, at once or (unreachable) when it happens.
@@ -276,8 +279,8 @@ def classify_iter(url: str, key: Key, images: Sequence[str | Path], *, model_nam
                       key, k=k, batch_size=batch_size, categories=categories)
 
 
-def classify(url: str, key: Key, images: Sequence[str | Path], *, model_name: str | None = None, k: int = 5,
-             batch_size: int = 16, token: str | None = None,
+def classify(url: str, key: Key | DeviceHead, images: Sequence[str | Path], *, model_name: str | None = None,
+             k: int = 5, batch_size: int = 16, token: str | None = None,
              labels: Sequence[str] | None = None) -> list[Classification]:
     """Classify image files through the server and decrypt with ``key``; any failure raises (the first one)."""
     results = []

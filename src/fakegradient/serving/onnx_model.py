@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from ..core.fingerprint import head_fingerprint
+from ..device_head import is_device_head_file
 from ..errors import FakeGradientError
-from ..key import KEY_FORMAT
 from ..integrity import check_digest
+from ..key import KEY_FORMAT
+from ..methods import METHODS
 
 TRIM_AFTER_BYTES = 8 * 2**20  # after a run on an input this large, freed memory goes back to the OS
 KEY_SCAN_MAX_BYTES = 16 * 2**20  # files up to this size are parsed for a key (keys are far smaller)
@@ -66,7 +68,8 @@ class RuntimeOptions:
 def load_model_dir(model_dir: Path, name: str | None = None,
                    runtime: RuntimeOptions = RuntimeOptions()) -> ServedModel:
     """Open ``model_dir/model.onnx``, check its head against its fingerprint and the whole model against its
-    digest, and refuse a folder that holds a key file: keys stay on the device."""
+    digest, and refuse a folder that holds a key file: keys stay on the device. A split trunk (``device-head``)
+    has no head: its digest covers it, fingerprint included."""
     import onnx
     import onnxruntime as ort
     from google.protobuf.message import DecodeError
@@ -82,7 +85,10 @@ def load_model_dir(model_dir: Path, name: str | None = None,
     except (DecodeError, ValueError) as exc:  # a corrupted file
         raise FakeGradientError(f"cannot load {path}: not a valid ONNX file ({exc})") from None
     meta = {p.key: p.value for p in graph.metadata_props}
-    fingerprint = onnx_head_fingerprint(graph, path)
+    split = meta.get("fakegradient.method") in [n for n, m in METHODS.items() if m.split]
+    if split and "fakegradient.fingerprint" not in meta:  # a trunk has no head: the digest below covers it
+        raise FakeGradientError(f"{path}: a split trunk without its fingerprint; export it again")
+    fingerprint = meta["fakegradient.fingerprint"] if split else onnx_head_fingerprint(graph, path)
     if meta.setdefault("fakegradient.fingerprint", fingerprint) != fingerprint:
         raise FakeGradientError(f"{path}: the head's weights do not match the fingerprint in its metadata "
                                 "(corrupted or edited file); export it again with `fakegradient protect`")
@@ -125,10 +131,13 @@ def release_freed_memory() -> None:
 
 
 def refuse_key_files(folder: Path) -> None:
-    """Raise if any file under ``folder`` (recursively, up to KEY_SCAN_MAX_BYTES) parses as a key."""
+    """Raise if any file under ``folder`` (recursively, up to KEY_SCAN_MAX_BYTES) parses as a key, or is a
+    device-head file (any size: its header says so)."""
     for root, _, files in os.walk(folder):
         for file in files:
             candidate = Path(root, file)
+            if is_device_head_file(candidate):
+                raise FakeGradientError(f"{candidate} is a device-head file: it must never reach the server")
             try:
                 if not candidate.is_file() or candidate.stat().st_size > KEY_SCAN_MAX_BYTES:
                     continue

@@ -1,0 +1,307 @@
+"""The device's half of split inference (``device-head``): the head W (N, D), b (N,) and the fingerprint of the
+trunk the cloud serves; numpy + stdlib only.
+
+The file is in the safetensors layout (an 8-byte little-endian header length, a JSON header, the raw
+little-endian tensors), read and written here with numpy alone: the ``safetensors`` package reads it too. Its
+``__metadata__`` carries the format, the head's name, the trunk's fingerprint and a SHA-256 checksum of the
+metadata and the tensors, so that a truncated, edited or foreign file is refused in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .atomic import atomic_path, fsync_dir
+from .errors import KeyFileError, KeyMismatch
+from .key import Key
+
+DEVICE_HEAD_FORMAT = "fakegradient-device-head"
+DEVICE_HEAD_VERSION = 1
+METHOD = "device-head"
+MAX_HEADER_BYTES = 64 * 2**10  # our header is ~1 KB; safetensors' own limit is 100 MB
+MAX_DEVICE_HEAD_BYTES = 512 * 2**20  # a 21k-class head on 2048 features is ~170 MB
+_PREFIX = 8  # the header's length, u64 little-endian
+_TENSORS = ("bias", "weight")  # in file order
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceHead:
+    """The head a device keeps: ``logits = features @ weight.T + bias``.
+
+    ``weight`` (N, D) and ``bias`` (N,) float32; ``head`` the layer's name in the original model;
+    ``model_fingerprint`` the served trunk's (:func:`fakegradient.split.trunk_fingerprint`), which the cloud
+    publishes: a device refuses a cloud serving another trunk.
+    """
+
+    weight: np.ndarray = field(repr=False)
+    bias: np.ndarray = field(repr=False)
+    head: str
+    model_fingerprint: str
+    method: str = METHOD
+
+    def __post_init__(self) -> None:
+        weight = np.ascontiguousarray(np.asarray(self.weight, dtype="<f4"))
+        bias = np.ascontiguousarray(np.asarray(self.bias, dtype="<f4")).reshape(-1)
+        if weight.ndim != 2 or 0 in weight.shape or bias.shape != weight.shape[:1]:
+            raise KeyFileError(f"a device head needs weight (N, D) and bias (N,), got {weight.shape} and "
+                               f"{bias.shape}")
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            raise KeyFileError("a device head's weights must be finite")
+        if self.method != METHOD:
+            raise KeyFileError(f"a device head's method is {METHOD!r}, got {self.method!r}")
+        weight.flags.writeable = bias.flags.writeable = False
+        object.__setattr__(self, "weight", weight)
+        object.__setattr__(self, "bias", bias)
+
+    @property
+    def n_real(self) -> int:
+        """N: the classes."""
+        return self.weight.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        """D: the width of the features the cloud serves."""
+        return self.weight.shape[1]
+
+    @property
+    def n_outputs(self) -> int:
+        """The served model's output width: D features (a :class:`Key`'s is 2N)."""
+        return self.n_features
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        """Raise :class:`KeyMismatch` unless ``fingerprint`` is the trunk this head was split from."""
+        if fingerprint != self.model_fingerprint:
+            raise KeyMismatch("this device head belongs to another model: it is for model "
+                              f"{self.model_fingerprint[:16]}…, the outputs come from {fingerprint[:16]}…")
+
+    def decrypt(self, features: Any, *, fingerprint: str | None = None) -> Any:
+        """(..., D) served features → (..., N) real logits ``features @ W.T + b``: the same door as
+        :meth:`Key.decrypt`, so the classification core and the evaluation take either. numpy in, float32
+        numpy out; a torch tensor in, a differentiable tensor out (its dtype and device)."""
+        if fingerprint is not None:
+            self.check_fingerprint(fingerprint)
+        if features.shape[-1] != self.n_features:
+            raise KeyMismatch(f"expected features of width {self.n_features} (D), got {features.shape[-1]}")
+        if hasattr(features, "new_tensor"):  # torch, without importing it here
+            return features @ features.new_tensor(self.weight).T + features.new_tensor(self.bias)
+        return np.asarray(features, dtype=np.float32) @ self.weight.T + self.bias
+
+    decrypt_all = decrypt  # all plain outputs: the N real ones (there are no fake outputs)
+
+    def is_fake(self, index: Any) -> np.ndarray:
+        """Whether served position(s) hold a fake class: never (the cloud serves features, not classes)."""
+        return np.zeros(np.shape(index), bool)
+
+    def describe(self) -> dict[str, Any]:
+        """What the file holds, without the weights."""
+        return {"format": DEVICE_HEAD_FORMAT, "version": DEVICE_HEAD_VERSION, "method": self.method,
+                "n_real": self.n_real, "n_features": self.n_features, "head": self.head,
+                "model_fingerprint": self.model_fingerprint, "dtype": "float32",
+                "weight_bytes": self.weight.nbytes + self.bias.nbytes}
+
+    def to_bytes(self) -> bytes:
+        meta = {"format": DEVICE_HEAD_FORMAT, "version": str(DEVICE_HEAD_VERSION), "method": self.method,
+                "head": self.head, "model_fingerprint": self.model_fingerprint}
+        arrays = {"bias": self.bias, "weight": self.weight}
+        meta["checksum"] = _checksum(meta, arrays)
+        header: dict[str, Any] = {"__metadata__": meta}
+        offset = 0
+        for name in _TENSORS:
+            header[name] = {"dtype": "F32", "shape": list(arrays[name].shape),
+                            "data_offsets": [offset, offset + arrays[name].nbytes]}
+            offset += arrays[name].nbytes
+        text = json.dumps(header, sort_keys=True).encode()
+        text += b" " * (-len(text) % 8)  # safetensors aligns the tensors on 8 bytes
+        return len(text).to_bytes(_PREFIX, "little") + text + b"".join(arrays[n].tobytes() for n in _TENSORS)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "device head") -> DeviceHead:
+        """Parse a device-head file's bytes; any defect is a one-line :class:`KeyFileError`."""
+        header = _header(data, source)
+        meta = header.pop("__metadata__", None)
+        if not isinstance(meta, dict) or meta.get("format") != DEVICE_HEAD_FORMAT:
+            raise KeyFileError(f"{source} is not a fakegradient device-head file")
+        if meta.get("version") != str(DEVICE_HEAD_VERSION):
+            raise KeyFileError(f"{source}: unsupported device-head format version {str(meta.get('version'))[:40]}")
+        body = memoryview(data)[_PREFIX + int.from_bytes(data[:_PREFIX], "little"):]
+        arrays = _tensors(header, body, source)
+        checksum = meta.pop("checksum", None)
+        if checksum != _checksum(meta, arrays):
+            raise KeyFileError(f"{source} has been modified or corrupted (checksum mismatch)")
+        strings = {name: meta.get(name) for name in ("head", "model_fingerprint", "method")}
+        bad = [name for name, value in strings.items() if not isinstance(value, str)]
+        if bad or set(meta) != set(strings) | {"format", "version"}:
+            raise KeyFileError(f"{source} is missing or has a bad field: {', '.join(bad) or sorted(meta)}")
+        return cls(arrays["weight"], arrays["bias"], **strings)
+
+    def save(self, path: str | os.PathLike, *, replace: bool = False) -> None:
+        """Write the file atomically, readable by the owner only (0600). An existing file is never replaced
+        unless ``replace`` (the CLI's ``--force``, which keeps a copy of the old one first)."""
+        data = self.to_bytes()
+        if replace:
+            with atomic_path(path, 0o600) as tmp:
+                tmp.write_bytes(data)
+            return
+        _write_new(Path(path), data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DeviceHead:
+        """Read a device-head file: a regular file of at most :data:`MAX_DEVICE_HEAD_BYTES`. On POSIX, logs a
+        warning when group or others may read or write it, as :meth:`Key.load` does."""
+        try:
+            with _open_regular(path) as handle:
+                if handle is None:
+                    raise KeyFileError(f"device-head file {path} is not a regular file")
+                mode = os.fstat(handle.fileno()).st_mode
+                data = handle.read(MAX_DEVICE_HEAD_BYTES + 1)
+        except OSError as exc:
+            raise KeyFileError(f"cannot read device-head file {path}: {exc.strerror or exc}") from None
+        if len(data) > MAX_DEVICE_HEAD_BYTES:
+            raise KeyFileError(f"device-head file {path} is larger than {MAX_DEVICE_HEAD_BYTES // 2**20} MiB")
+        head = cls.from_bytes(data, source=f"device-head file {path}")
+        if os.name == "posix" and mode & 0o066:
+            _log.warning("device-head file %s is readable or writable by group or others (mode %04o): whoever "
+                         "reads it can compute the real outputs from the cloud's features; run chmod 600 %s",
+                         path, stat.S_IMODE(mode), path)
+        return head
+
+
+def is_device_head_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a readable regular file whose header says it is a device-head file (reads the header
+    only; never raises)."""
+    try:
+        with _open_regular(path) as handle:
+            if handle is None:
+                return False
+            prefix = handle.read(_PREFIX)
+            length = int.from_bytes(prefix, "little")
+            if len(prefix) != _PREFIX or not 0 < length <= MAX_HEADER_BYTES:
+                return False
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, RecursionError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get("format") == DEVICE_HEAD_FORMAT
+
+
+def load_secret(path: str | os.PathLike) -> Key | DeviceHead:
+    """What a device keeps for one model: a :class:`Key` (the Fake Gradient schemes) or a :class:`DeviceHead`."""
+    return DeviceHead.load(path) if is_device_head_file(path) else Key.load(path)
+
+
+@contextlib.contextmanager
+def _open_regular(path: str | os.PathLike) -> Iterator[BinaryIO | None]:
+    """``path`` opened for reading if it is a regular file, else None: a folder, a device or a pipe is not
+    opened for reading (no blocking on a FIFO)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        yield None
+        return
+    with os.fdopen(fd, "rb") as handle:
+        yield handle
+
+
+def _header(data: bytes, source: str) -> dict[str, Any]:
+    length = int.from_bytes(data[:_PREFIX], "little") if len(data) >= _PREFIX else 0
+    if not 0 < length <= min(MAX_HEADER_BYTES, len(data) - _PREFIX):
+        raise KeyFileError(f"{source} is not a fakegradient device-head file (truncated or corrupted)")
+    try:
+        header = json.loads(data[_PREFIX:_PREFIX + length].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise KeyFileError(f"{source} is not a fakegradient device-head file (truncated or corrupted)") from None
+    if not isinstance(header, dict):
+        raise KeyFileError(f"{source} is not a fakegradient device-head file")
+    return header
+
+
+def _tensors(header: dict[str, Any], body: memoryview, source: str) -> dict[str, np.ndarray]:
+    """The tensors ``bias`` (N,) and ``weight`` (N, D), F32, back to back and filling ``body`` exactly."""
+    if sorted(header) != sorted(_TENSORS):
+        raise KeyFileError(f"{source}: expected tensors {list(_TENSORS)}, found {sorted(header)[:5]}")
+    arrays, offset = {}, 0
+    for name, ndim in zip(_TENSORS, (1, 2)):
+        entry = header[name]
+        try:
+            shape, (begin, end) = list(entry["shape"]), entry["data_offsets"]
+            valid = (entry["dtype"] == "F32" and len(shape) == ndim
+                     and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+                     and begin == offset and isinstance(end, int) and end - begin == 4 * math.prod(shape)
+                     and end <= len(body))
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise KeyFileError(f"{source}: tensor {name!r} is malformed or truncated")
+        arrays[name] = np.frombuffer(body[begin:end], dtype="<f4").reshape(shape)
+        offset = end
+    if offset != len(body):
+        raise KeyFileError(f"{source}: {len(body) - offset} bytes after the tensors (corrupted)")
+    return arrays
+
+
+def _checksum(meta: dict[str, str], arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    for name in _TENSORS:
+        digest.update(f"{name}:{list(arrays[name].shape)}".encode())
+        digest.update(np.ascontiguousarray(arrays[name], dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def _write_new(target: Path, data: bytes) -> None:
+    """Write ``data`` to a new file ``target`` (0600) atomically: a synced temporary file hard-linked to the name,
+    which fails if the name exists; where hard links are not supported, an exclusive create."""
+    if target.exists() or target.is_symlink():
+        raise KeyFileError(f"refusing to overwrite {target}: choose a new path")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {target}: {exc.strerror or exc}") from None
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else os.chmod(tmp, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise KeyFileError(f"refusing to overwrite {target}: choose a new path") from None
+        except OSError:  # no hard links on this file system
+            _create_exclusive(target, data)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _create_exclusive(target: Path, data: bytes) -> None:
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"refusing to overwrite {target}: choose a new path") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
