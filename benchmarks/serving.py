@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from fakegradient import models, protect
-from fakegradient.modelfile import write_bundle
 from fakegradient.integrity import seal_file
+from fakegradient.modelfile import write_bundle
 from fakegradient.serving.onnx_model import RuntimeOptions, load_model_dir
 
 MODELS = ("protected", "unprotected")

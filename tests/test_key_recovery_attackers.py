@@ -116,3 +116,16 @@ def test_bad_inputs_are_refused(digits_model):
         recover_by_public_weights(weight, bias, weight, bias)  # not 2N rows
     with pytest.raises(InvalidArgument):
         recover_by_public_outputs(model, model, x[:2])
+
+
+def test_file_pairs_pair_each_real_row_with_one_fake_or_none(digits_model):
+    from fakegradient.attacks.key_recovery import file_pairs
+
+    model, x, _ = digits_model
+    protected, key = protect(model, example_input=x[:2], seed=0)
+    pairs = file_pairs(*head_parameters(protected.get_submodule(key.head)))
+    real = set(truth(key).tolist())
+    assert pairs is not None and len(pairs) == key.n_real
+    assert all(len(real & {i, j}) == 1 for i, j in pairs)  # one real, one fake in every pair
+    hardened, hardened_key = protect(model, method="fake-gradient-hardened", example_input=x[:2], seed=0)
+    assert file_pairs(*head_parameters(hardened.get_submodule(hardened_key.head))) is None  # no pairing oracle

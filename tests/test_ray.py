@@ -16,6 +16,7 @@ from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.plan import Shard, ShardResult
 from fakegradient.evaluation.runner import evaluate
 from fakegradient.evaluation.stages import naive
+from fakegradient.evaluation.stages.attackers import ATTACKERS
 from fakegradient.evaluation.store import ShardStore
 
 ray = pytest.importorskip("ray")  # an optional extra; `make test` installs it
@@ -24,7 +25,8 @@ ray = pytest.importorskip("ray")  # an optional extra; `make test` installs it
 def small_config(adaptive: bool = False):
     return EvaluationConfig(models=["mobilenet_v2:IMAGENET1K_V1"], methods=["original", "fake-gradient"],
                             limit=4, batch_size=2, seed=0, timing_repeats=2, adaptive=adaptive,
-                            blackbox_queries=10, feature_steps=2)
+                            blackbox_queries=10, feature_steps=2, feature_restarts=1, iterative_steps=2,
+                            attacker_images=("cw=1", "square=1", "hopskipjump=1"))
 
 
 @pytest.fixture
@@ -71,20 +73,20 @@ def test_ray_matches_single_process_despite_dying_workers(crashing_ray, single_p
     on_ray = evaluate(small_config(adaptive=True), progress=False, store=store,
                       executor=RayExecutor("local")).evaluations[0]
     shard_ids = {path.stem for path in (tmp_path / "shards").glob("*.json") if path.name != "run.json"}
-    assert len(shard_ids) == 4 + 2 + 2  # naive DeepFool, transfer, adaptive
+    assert len(shard_ids) == 4 + 2 + 4  # naive DeepFool, transfer, adaptive (every scheme, the original too)
     assert {path.name for path in crashing_ray.iterdir()} == shard_ids  # every shard's first worker died
     # complete, in order, no duplicates, same decisions; floats equal up to rounding (other processes)
     assert_records_close(on_ray.records, single_process.records)
     assert len({(r.method, r.image) for r in on_ray.records}) == len(on_ray.records) == 8
     assert_records_close(on_ray.adaptive.records, single_process.adaptive.records)
-    assert len(on_ray.adaptive.records) == 6 * 4  # six attackers x four images on fake-gradient
+    assert len(on_ray.adaptive.records) == 2 * (4 * (len(ATTACKERS) - 3) + 3)  # cw/square/hopskipjump on 1 image
     for method, curves in single_process.adaptive.curves.items():
         for attacker, points in curves.items():
             np.testing.assert_allclose(on_ray.adaptive.curves[method][attacker], points, rtol=1e-5)
     assert on_ray.adaptive.budgets.keys() == single_process.adaptive.budgets.keys()
     np.testing.assert_allclose(list(on_ray.adaptive.budgets.values()),
                                list(single_process.adaptive.budgets.values()), rtol=1e-5)
-    assert on_ray.adaptive.key_recovery["fake-gradient"]["recovered_pct"] == 100.0
+    assert on_ray.adaptive.key_recovery["fake-gradient"]["key-recovery-file"]["recovered_pct"] == 100.0
     torch.testing.assert_close(on_ray.heatmaps["fake-gradient"], single_process.heatmaps["fake-gradient"],
                                rtol=1e-4, atol=1e-6)
 

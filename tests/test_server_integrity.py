@@ -15,8 +15,8 @@ from test_server_support import write_model
 
 from fakegradient import FakeGradientError, protect
 from fakegradient.cli import main
-from fakegradient.modelfile import write_bundle
 from fakegradient.integrity import DIGEST_KEY, onnx_digest
+from fakegradient.modelfile import write_bundle
 from fakegradient.serving.onnx_model import load_model_dir
 from fakegradient.serving.triton import export_triton
 

@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), help="resize filter")
     p.add_argument("--labels", type=Path, help="class names, one per line (N lines)")
     p.add_argument("--out", type=Path, required=True, help="folder for model.pt + model.onnx (goes to the cloud)")
-    p.add_argument("--key", type=Path, required=True, help="key file to write (stays on the device, 0600)")
+    p.add_argument("--key", type=Path, required=True,
+                   help="key file to write (stays on the device, 0600); with --method device-head, the head file "
+                        "(e.g. head.safetensors)")
     p.add_argument("--method", default="fake-gradient", choices=methods.DEPLOYABLE,
                    help="how the fake outputs are made (default: fake-gradient). "
                         + methods.describe(methods.DEPLOYABLE))
@@ -92,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "when taken) and --out's model files")
     p.set_defaults(run=cmd_protect)
 
-    p = sub.add_parser("info", help="what a key or protected-model file holds (never the permutation)")
+    p = sub.add_parser("info", help="what a key, device-head or protected-model file holds (never the permutation "
+                                       "or the head's weights)")
     p.add_argument("file", type=Path)
     p.set_defaults(run=cmd_info)
 
@@ -107,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --server: class names kept on the device (the protected model's folder or "
                         "model.onnx, a JSON list, or one name per line); a server publishing minimal "
                         "metadata (the default) does not send them")
-    p.add_argument("--key", type=Path, required=True)
+    p.add_argument("--key", type=Path, required=True,
+                   help="the key file `protect` wrote (for a device-head model: the head file)")
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(run=cmd_classify)
 
@@ -140,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "client needs); full = also architecture, class names, digest (default minimal)")
     p.add_argument("--token-file", type=Path,
                    help="require 'Authorization: Bearer <token in this file>' on every endpoint but health")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (scheme://host[:port], e.g. the address `fakegradient device-ui` "
+                        "prints) call the server from a browser; repeatable (default: none)")
     p.add_argument("--max-runs", type=int, default=2,
                    help="ONNX Runtime runs at once; their memory grows with it (default 2)")
     p.add_argument("--max-connections", type=int, default=256,
@@ -151,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-alive", type=float, default=5,
                    help="seconds an idle connection stays open between requests (default 5)")
     p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("device-ui", help="the device as a web page on localhost: pick the key and photos, classify "
+                                         "through a server; the key stays in the browser")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve the page on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free one)")
+    p.add_argument("--labels", type=Path,
+                   help="class names for the page (the protected model's folder or model.onnx, a JSON list, or one "
+                        "name per line); the user may also pick a file in the page")
+    p.set_defaults(run=cmd_device_ui)
 
     p = sub.add_parser("export-triton", help="write a Triton model repository for a protected model folder")
     p.add_argument("model_dir", type=Path)
@@ -203,6 +220,7 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 def cmd_protect(args: argparse.Namespace) -> None:
     from .atomic import check_writable, drop_copy, keep_copy
+    from .device_head import DeviceHead
     from .modelfile import write_bundle
     from .models.prepare import prepare
     from .protection import protect
@@ -241,7 +259,10 @@ def cmd_protect(args: argparse.Namespace) -> None:
         try:
             if args.no_onnx and args.out / "model.onnx" in taken:  # --force: the old model's, not this key's
                 (args.out / "model.onnx").unlink()
-            key.save(args.key)
+            if isinstance(key, DeviceHead):  # replaces only with --force, after keeping a copy
+                key.save(args.key, replace=args.force)
+            else:
+                key.save(args.key)
         except BaseException as exc:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -251,10 +272,14 @@ def cmd_protect(args: argparse.Namespace) -> None:
         undo.pop_all()  # success: the old key's copy stays
     for note in ready.notes:  # after success only: a failure stays one line
         print(note, file=sys.stderr)
-    print(f"protected {label} ({args.method}): {key.n_real} real + {key.n_real} fake outputs, head {key.head!r}")
+    if isinstance(key, DeviceHead):
+        print(f"protected {label} ({args.method}): the cloud serves {key.n_features} features, the device keeps the "
+              f"head {key.head!r} ({key.n_real} classes)")
+    else:
+        print(f"protected {label} ({args.method}): {key.n_real} real + {key.n_real} fake outputs, head {key.head!r}")
     print(f"  cloud:  {', '.join(str(p) for p in written)}")
     print(f"  device: {args.key} (keep it secret; fingerprint {key.model_fingerprint[:16]}…)")
-    if args.seed is not None:
+    if args.seed is not None and not isinstance(key, DeviceHead):
         print("  warning: --seed makes the key reproducible: NOT secure, for experiments only", file=sys.stderr)
     if backup is not None:
         print(f"  old key kept as {backup}")
@@ -279,9 +304,13 @@ def _triple(text: str) -> list[float]:
 def cmd_info(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
+    from .device_head import DeviceHead, is_device_head_file
     from .errors import KeyFileError
     from .key import Key
 
+    if is_device_head_file(args.file):  # what it holds, never the weights
+        print(json.dumps(DeviceHead.load(args.file).describe(), indent=2))
+        return
     if not args.file.is_dir():
         try:
             print(json.dumps(Key.load(args.file).describe(), indent=2))
@@ -355,10 +384,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     else:
         import numpy as np
 
-        from .key import Key
+        from .device_head import load_secret
         from .serving.client import preprocess
 
-        key = Key.load(args.key)
+        key = load_secret(args.key)
         infer, fingerprint, spec, categories = _local_model(_model_file(args.model))
         key.check_fingerprint(fingerprint)
         results = stream(args.images, lambda path: preprocess(path, spec), lambda batch: infer(np.stack(batch)),
@@ -370,19 +399,20 @@ def cmd_classify(args: argparse.Namespace) -> int:
             print(f"error: {result.error}", file=sys.stderr, flush=True)
             continue
         labels = ", ".join(f"{label} {p:.1%}" for _, label, p in result.topk)
-        print(f"{result.image}: {labels}   [cloud saw position {result.server_top1}, "
-              f"fake={result.server_top1_is_fake}]", flush=True)
+        seen = ("cloud saw features only" if result.server_top1 is None else
+                f"cloud saw position {result.server_top1}, fake={result.server_top1_is_fake}")
+        print(f"{result.image}: {labels}   [{seen}]", flush=True)
     return 1 if failed else 0
 
 
 def _classify_remote(args: argparse.Namespace) -> Iterator:
-    from .key import Key
+    from .device_head import load_secret
     from .serving.auth import read_token
     from .serving.client import classify_iter, load_labels
 
     token = read_token(args.token_file) if args.token_file else None
     labels = load_labels(args.labels) if args.labels else None
-    return classify_iter(args.server, Key.load(args.key), args.images, model_name=args.model_name, k=args.top,
+    return classify_iter(args.server, load_secret(args.key), args.images, model_name=args.model_name, k=args.top,
                          token=token, labels=labels)
 
 
@@ -410,10 +440,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
                     max_inflight=args.max_inflight, max_runs=args.max_runs, max_connections=args.max_connections,
                     header_timeout=args.header_timeout, body_timeout=args.body_timeout,
                     keep_alive=args.keep_alive, max_buffered_bytes=int(args.max_buffered_mb * 2**20))
-    access = Access(args.public_metadata, read_token(args.token_file) if args.token_file else None)
+    access = Access(args.public_metadata, read_token(args.token_file) if args.token_file else None,
+                    tuple(args.cors_origin))
     batching = Batching(args.dynamic_batching, args.batch_rows, args.batch_delay_ms / 1000)
     serve(args.model_dirs, args.host, args.port, limits, RuntimeOptions(args.threads, args.cpu_arena), access,
           batching)
+
+
+def cmd_device_ui(args: argparse.Namespace) -> None:
+    from .serving.device_ui import serve_page
+
+    if not 0 <= args.port <= 65535:
+        raise InvalidArgument(f"--port must be in 0..65535, got {args.port}")
+    serve_page(args.host, args.port, args.labels)
 
 
 def cmd_export_triton(args: argparse.Namespace) -> None:
@@ -524,10 +563,10 @@ def _local_model(path: Path):
         import torch
 
         from .classify import model_outputs
-        from .modelfile import load_protected, model_fingerprint
+        from .modelfile import load_protected
 
-        model, info = load_protected(path)
-        fingerprint = model_fingerprint(model, info.head)
+        model, info = load_protected(path)  # refuses a model whose weights do not match its fingerprint
+        fingerprint = info.fingerprint
         spec, categories = info.extra.get("preprocess"), info.extra.get("categories")
         if spec is None:  # a file from before the preprocessing was recorded: its named weights' preset
             spec, categories = _weights_preprocessing(info)

@@ -4,7 +4,7 @@ from .._lazy import lazy
 
 _EXPORTS = {"Attack": ".base", "AttackResult": ".base", "norms": ".base", "DeepFool": ".deepfool",
             "FeatureSpacePGD": ".feature_space", "recover_real_rows": ".key_recovery",
-            "RecoveredRows": ".key_recovery", "square_attack": ".blackbox",
+            "RecoveredRows": ".key_recovery",
             # library adapters (foolbox 3, ART), one a file
             "L2PGD": ".pgd", "CarliniWagnerL2": ".cw", "APGD": ".apgd", "SquareAttack": ".square",
             "HopSkipJump": ".hopskipjump", "OutputRows": ".targets", "pair_hypotheses": ".targets",

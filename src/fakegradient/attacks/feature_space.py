@@ -18,6 +18,7 @@ class FeatureSpacePGD:
 
     steps: int = 20
     step_fraction: float = 2.5  # step size = step_fraction * eps / steps (Madry et al.)
+    seed: int = 0  # of the random start (restarts use different seeds)
 
     def __call__(self, served: nn.Module, head: str, images: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """images (B, C, H, W) in [0, 1], eps (B,) → adversarial images (B, C, H, W)."""
@@ -31,7 +32,7 @@ class FeatureSpacePGD:
             shape = (-1,) + (1,) * (images.dim() - 1)
             eps = eps.to(images.device).view(shape)
             step = self.step_fraction * eps / self.steps
-            g = torch.Generator(device="cpu").manual_seed(0)
+            g = torch.Generator(device="cpu").manual_seed(self.seed)
             r = torch.randn(images.shape, generator=g).to(images.device)
             r = r / r.flatten(1).norm(dim=1).view(shape) * eps * 0.01
             for _ in range(self.steps):

@@ -2,7 +2,8 @@
 
 ART has no query budget; we run one iteration at a time (``resume``, from the previous adversarial)
 through a :class:`~._adapters.QueryCounter` and keep, per image, the last adversarial reached within
-``queries`` distinct queries. A minimum-norm attack: with ``eps``, success needs ‖r‖₂ ≤ eps.
+``queries`` distinct queries. A minimum-norm attack: with ``eps``, success needs ‖r‖₂ ≤ eps, and an image
+stops (spends no more queries) once its adversarial is within ``eps``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class HopSkipJump:
                     if counter.queries > self.queries or failed:
                         break  # over budget: keep the last point reached within it
                     current, iterations[i], used[i] = step, iterations[i] + 1, counter.queries
+                    if self.eps is not None and np.linalg.norm(current - x.numpy()) <= self.eps:
+                        break  # within the budget: a success at eps, no need to spend more queries
             if iterations[i] == 0:  # nothing within the budget: report what was spent, up to it
                 used[i] = min(counter.queries, self.queries)
             if current is not None and iterations[i] > 0:

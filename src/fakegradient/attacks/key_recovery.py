@@ -55,6 +55,14 @@ def recover_real_rows(weight: torch.Tensor, bias: torch.Tensor, sign_threshold: 
     return RecoveredRows(np.sort(real), oracle, time.perf_counter() - start)
 
 
+def file_pairs(weight: torch.Tensor, bias: torch.Tensor, sign_threshold: float = 0.9) -> list[tuple[int, int]] | None:
+    """The (real, fake) row pairs the file reveals, order within a pair unknown: by equal biases, else by
+    sign patterns; None when neither pairs every row. weight (2N, D), bias (2N,)."""
+    w = weight.detach().double().cpu().reshape(weight.shape[0], -1).numpy()
+    pairs = _pairs_by_bias(bias.detach().double().cpu().numpy())
+    return pairs if pairs is not None else _pairs_by_sign(w, sign_threshold)
+
+
 def _pairs_by_bias(b: np.ndarray) -> list[tuple[int, int]] | None:
     """Pairs of rows with bit-identical biases, if every bias value occurs exactly twice."""
     _, inverse, counts = np.unique(b, return_inverse=True, return_counts=True)

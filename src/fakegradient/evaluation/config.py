@@ -14,7 +14,7 @@ from typing import Any
 from .. import defaults
 from ..data import Sample, bundled_photos, foolbox_imagenet, image_folder
 from ..errors import InvalidArgument
-from ..methods import METHODS, PAPER_METHODS
+from ..methods import METHODS, ORIGINAL, PAPER_METHODS
 
 BIASES = ("paper", "official")  # b_F = b_o (the paper's text) | S_a (max b - |b|) sign(b) (the released code)
 SPACES = ("pixel", "normalized")  # where the naive DeepFool runs: [0, 1] pixels | the normalised tensor
@@ -50,12 +50,22 @@ class EvaluationConfig:
     device: str = _opt("cpu", "cpu, cuda, cuda:1, ...")
     heatmap_images: int = _opt(defaults.HEATMAP_IMAGES, "images in the Fig. 6 heatmaps")
     timing_repeats: int = _opt(defaults.TIMING_REPEATS, "timed forward passes per model (Fig. 8)")
-    adaptive: bool = _opt(False, "also run the adaptive attackers: transfer, key recovery, feature space, "
-                                 "black box, sanity")
-    blackbox_queries: int = _opt(defaults.BLACKBOX_QUERIES, "queries of the black-box (Square) attack")
+    adaptive: bool = _opt(False, "also run the scheme x attacker matrix (evaluation/stages/attackers.py): "
+                                 "transfer, key recovery x4, PGD, EOT-PGD, APGD, C&W, feature space, Square, "
+                                 "HopSkipJump, sanity; needs the original among --methods (the baselines)")
+    budget_factor: float = _opt(defaults.BUDGET_FACTOR, "white-box L2 budget (PGD, EOT-PGD, APGD, C&W, feature "
+                                                        "space), in multiples of the median DeepFool ‖r‖₂ on the "
+                                                        "original")
+    iterative_steps: int = _opt(defaults.ITERATIVE_STEPS, "steps of PGD, EOT-PGD and APGD")
+    blackbox_queries: int = _opt(defaults.BLACKBOX_QUERIES, "queries per image of the black-box attacks "
+                                                            "(Square, HopSkipJump)")
     blackbox_factor: float = _opt(defaults.BLACKBOX_FACTOR, "black-box L2 budget, in multiples of the median "
                                                             "DeepFool ‖r‖₂ on the original")
+    attacker_images: tuple[str, ...] = _opt((), "name=N,...: run these adaptive attackers on the first N images "
+                                               "only (expensive ones, e.g. hopskipjump=2,square=4; default: all)",
+                                            list=True)
     feature_steps: int = _opt(defaults.FEATURE_STEPS, "PGD steps of the feature-space attack")
+    feature_restarts: int = _opt(defaults.FEATURE_RESTARTS, "random restarts of the feature-space attack")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -70,7 +80,7 @@ class EvaluationConfig:
             raise InvalidArgument("give at least one model and one method")
         for name, low in (("limit", 1), ("batch_size", 1), ("max_iter", 1), ("candidates", 2),
                           ("heatmap_images", 0), ("timing_repeats", 2), ("blackbox_queries", 1),
-                          ("feature_steps", 1)):
+                          ("feature_steps", 1), ("feature_restarts", 1), ("iterative_steps", 1)):
             value = getattr(self, name)
             if value is None and name == "limit":
                 continue
@@ -83,17 +93,48 @@ class EvaluationConfig:
         if self.clip and self.space == "normalized":
             raise InvalidArgument("--clip works in pixel space only: DeepFool's clip is one (low, high) for all "
                                   "channels, the normalised tensor's bounds differ per channel")
-        for name, positive in (("scale", True), ("overshoot", False), ("blackbox_factor", True)):
+        set_(self, "attacker_images", tuple(self.attacker_images))
+        self.images_per_attacker  # validates
+        if self.adaptive and ORIGINAL not in self.methods:
+            raise InvalidArgument("--adaptive needs the original among --methods: every attacker's row has its "
+                                  "sanity baseline, the same attack on the unprotected model")
+        for name, positive in (("scale", True), ("overshoot", False), ("blackbox_factor", True),
+                               ("budget_factor", True)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
                     positive and value == 0):
                 raise InvalidArgument(f"--{name.replace('_', '-')} must be finite and "
                                       f"{'> 0' if positive else '>= 0'}, got {value!r}")
 
+    @property
+    def images_per_attacker(self) -> dict[str, int]:
+        """``attacker_images`` as attacker → N (the names are checked against the registry when it runs)."""
+        out = {}
+        for item in self.attacker_images:
+            name, _, count = item.partition("=")
+            if not name or not count.isdigit() or int(count) < 1 or name in out:
+                raise InvalidArgument(f"--attacker-images: expected distinct name=N with N >= 1, got {item!r}")
+            out[name] = int(count)
+        return out
+
+    def command(self) -> str:
+        """The ``fakegradient evaluate`` flags that give this config (those that differ from the defaults)."""
+        parts = ["fakegradient evaluate"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            default = tuple(f.default) if isinstance(f.default, (tuple, list)) else f.default
+            if value == default or (f.name == "batch_size" and value == defaults.batch_size(self.device)):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            parts.append(flag if isinstance(value, bool) else
+                         f"{flag} {','.join(value) if isinstance(value, tuple) else value}")
+        return " ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings (results.json, Ray workers, --resume)."""
         data = asdict(self)
         data["models"], data["methods"] = list(self.models), list(self.methods)
+        data["attacker_images"] = list(self.attacker_images)
         data["data"] = self.data if self.data in (defaults.EMBEDDED_DATA, PHOTOS_DATA) else str(Path(self.data))
         return data
 

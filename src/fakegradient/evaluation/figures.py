@@ -75,20 +75,46 @@ def grouped_bars(path: Path, names: list[str], series: dict[str, list[float]], y
 
 
 def budget_curves(path: Path, curves: dict[str, dict[str, list[tuple[float, float]]]], titles: dict[str, str],
-                  title: str) -> None:
-    """One panel per method: defense success (%) against the L2 budget for each attacker."""
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
-    for ax, (method, by_attacker) in zip(axes[0], curves.items()):
-        for attacker, points in by_attacker.items():
+                  title: str, baseline: str) -> None:
+    """One panel per attacker: defense success (%) against the L2 budget for each scheme (the
+    ``baseline`` scheme, the unprotected original, dashed black)."""
+    columns = min(4, len(curves))
+    rows = -(-len(curves) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(curves):]:
+        ax.axis("off")
+    for ax, (attacker, by_method) in zip(axes.flat, curves.items()):
+        for method, points in by_method.items():
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", label=attacker)
+            style = {"color": "black", "linestyle": "--", "linewidth": 2, "zorder": 5} if method == baseline else {}
+            ax.plot(xs, ys, marker="o", markersize=3, label=titles[method], **style)
         ax.set_xscale("log")
-        ax.set_xticks(xs, [f"{x:.3g}" for x in xs], fontsize=7)
+        ax.set_xticks(xs, [f"{x:.2g}" for x in xs], fontsize=6)
         ax.minorticks_off()
         ax.set_ylim(-5, 105)
-        ax.set_xlabel("L2 budget ‖r‖₂")
-        ax.set_ylabel("defense success (%)")
-        ax.set_title(titles[method], fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_xlabel("L2 budget ‖r‖₂", fontsize=8)
+        ax.set_ylabel("defense success (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title(attacker, fontsize=9)
+    axes.flat[0].legend(fontsize=6)
     fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def matrix_heatmap(path: Path, values: np.ndarray, text: list[list[str]], rows: list[str], columns: list[str],
+                   title: str) -> None:
+    """Attackers (rows) × schemes (columns): defense success (%) as colour, ``text`` in each cell; nan =
+    the attack does not apply (grey)."""
+    fig, ax = plt.subplots(figsize=(1.9 * len(columns) + 2.5, 0.42 * len(rows) + 1.6))
+    shown = np.ma.masked_invalid(values)
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#dddddd")
+    image = ax.imshow(shown, cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(columns)), columns, fontsize=8, rotation=15)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    fig.colorbar(image, ax=ax, label="defense success (%)")
+    ax.set_title(title, fontsize=10)
     _save(fig, path)

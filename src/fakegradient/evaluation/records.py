@@ -51,41 +51,19 @@ class ImageRecord:
         return self.adversarial_top1 == self.original_top1
 
 
-# attacker → what it holds (the report's column); {placeholders} are filled from the run's budgets
-ATTACKERS = {
-    "naive": "served model (the paper's threat model), DeepFool",
-    "transfer": "public unprotected base model, DeepFool; images sent through the protected pipeline",
-    "key-recovery": "served model file: guesses the real rows, DeepFool on them",
-    "feature-space": "served model minus its head; L2 PGD on the penultimate features, budget = naive median ‖r‖₂",
-    "black-box": "served outputs only; ART Square attack, L2 ≤ {black_box_l2:.3f}, {black_box_queries} queries",
-    "sanity": "the key (decrypted pipeline), DeepFool: shows the evaluation can fail the defense",
-}
-
-
 @dataclass
 class AttackerRecord:
-    """One image attacked by one attacker on one protected method."""
+    """One image attacked by one attacker (evaluation/stages/attackers.py) on one scheme."""
 
     model: str
     method: str
-    attacker: str  # a key of ATTACKERS
+    attacker: str  # a key of stages.attackers.ATTACKERS
     image: str
-    defense_success: bool  # the decrypted top-1 on the attacked image is the original clean top-1
+    defense_success: bool  # the device's real top-1 on the attacked image is the original clean top-1
     rho: float
     l2: float
-
-
-def summarize(records: list[AttackerRecord]) -> dict[tuple[str, str, str], dict[str, float]]:
-    """(model, method, attacker) → defense success % (and its Wilson 95 % interval), median ρ, images."""
-    groups: dict[tuple[str, str, str], list[AttackerRecord]] = defaultdict(list)
-    for r in records:
-        groups[(r.model, r.method, r.attacker)].append(r)
-    out = {}
-    for k, v in groups.items():
-        rate = Rate(sum(r.defense_success for r in v), len(v))
-        out[k] = {"defense_success_pct": rate.pct, "defense_success_pct_ci95": list(rate.ci95_pct),
-                  "rho_median": statistics.median(r.rho for r in v), "images": len(v)}
-    return out
+    queries: int | None = None  # sent to the served model (query-based attacks)
+    names_top1: bool | None = None  # key recovery: the cloud names the real top-1 of the clean image
 
 
 def rates(records: list[ImageRecord]) -> dict[str, Rate]:

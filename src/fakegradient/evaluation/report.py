@@ -8,16 +8,19 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from ..atomic import write_bytes_atomic
 from ..data import BUNDLED_PHOTOS
-from ..defaults import EMBEDDED_DATA
+from ..defaults import EMBEDDED_DATA, TOO_WEAK
 from ..errors import FakeGradientError
 from ..methods import METHODS, ORIGINAL, PROTECTIONS
 from . import figures, intervals
 from .config import PHOTOS_DATA
 from .paper import paper_value
-from .records import ATTACKERS, aggregate_by, fake_class_table, l2_ratios, summarize
-from .runner import EvaluationResult
+from .records import aggregate_by, fake_class_table, l2_ratios
+from .runner import EvaluationResult, ModelEvaluation
+from .stages.attackers import ATTACKERS, BUDGET_TEXT
 
 TABLE1_ROWS = [  # label, metric, the methods it is reported for (registry order), format
     ("Fake Output (%)", "fake_output_pct", PROTECTIONS, "{:.0f}"),
@@ -41,11 +44,14 @@ def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradien
     written = [*_figures(result, out)]
     ratios = [{"l2_ratio_to_original": ratio} for ratio in l2_ratios(result.records)]
     written.append(_write(out / "per_image.csv", _csv(result.records, ratios)))
-    adaptive_records = [r for e in result.evaluations if e.adaptive for r in e.adaptive.records]
-    if adaptive_records:
-        written.append(_write(out / "attackers.csv", _csv(adaptive_records)))
+    adaptive = [e for e in result.evaluations if e.adaptive]
+    if adaptive:
+        matrix = [{"model": e.name} | row for e in adaptive for row in e.adaptive.matrix()]
+        written.append(_write(out / "attackers.csv", _rows_csv(matrix)))
+        written.append(_write(out / "attackers_per_image.csv", _csv([r for e in adaptive for r in e.adaptive.records])))
     payload = {
         "config": result.config.to_dict(),
+        "command": result.config.command(),
         "data": _data_description(result),
         "intervals": intervals.METHOD + " interval of each rate: <metric>_ci95 in percent, of <metric>_k out of "
                      "<metric>_n images",
@@ -54,11 +60,16 @@ def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradien
         "evaluation_seeds": {e.name: e.seed for e in result.evaluations},  # experiment keys, never deployed
         "aggregates": [{"model": m, "method": k} | v for (m, k), v in aggregates.items()],
         "overhead": {e.name: e.overhead for e in result.evaluations},
-        "adaptive": {e.name: {"attackers": [{"method": m, "attacker": a} | v for (_, m, a), v in
-                                            summarize(e.adaptive.records).items()],
-                              "key_recovery": e.adaptive.key_recovery, "budgets": e.adaptive.budgets,
-                              "curves": e.adaptive.curves}
-                     for e in result.evaluations if e.adaptive},
+        "adaptive": {e.name: {"matrix": e.adaptive.matrix(), "key_recovery": e.adaptive.key_recovery,
+                              "privacy": e.adaptive.privacy(), "device_cost": e.adaptive.device_cost,
+                              "budgets": e.adaptive.budgets, "curves": e.adaptive.curves,
+                              "threat_models": {a: {"holds": t.holds, "threat": t.threat, "budget": t.budget,
+                                                    "key_recovery": t.key_recovery}
+                                                for a, t in ATTACKERS.items()},
+                              "seeds": {"evaluation_seed": e.seed, "attack_generators": "numpy default_rng([seed, "
+                                        "crc32(attacker), first image index]) per shard; noise images: torch "
+                                        "Generator(seed); feature-space restarts r use seed r"}}
+                     for e in adaptive},
     }
     written.append(_write(out / "results.json", json.dumps(payload, indent=2).encode()))
     written.append(_write(out / "report.md", _markdown(result, aggregates, title).encode()))
@@ -68,6 +79,14 @@ def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradien
 def _write(path: Path, data: bytes) -> Path:
     write_bytes_atomic(path, data)
     return path
+
+
+def _rows_csv(rows: list[dict]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
 
 
 def _csv(records: list, columns: list[dict] | None = None) -> bytes:
@@ -116,7 +135,7 @@ def _cell(aggregate: dict | None, metric: str, fmt: str, paper: float | None) ->
 def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
     config = result.config
     names = [e.name for e in result.evaluations]
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", "", f"Command: `{config.command()} --out DIR`.", ""]
     data = _data_description(result)
     lines += [
         f"Data: `{config.data}`: {data['distinct_photos']} distinct photos ({data['labelled']} labelled; clean "
@@ -175,28 +194,94 @@ def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
 def _adaptive(result: EvaluationResult) -> list[str]:
     lines = []
     for e in result.evaluations:
-        if not e.adaptive:
+        if e.adaptive:
+            lines += _matrix_section(e)
+    return lines
+
+
+def _cell_text(row: dict | None) -> str:
+    if row is None:
+        return "n/a"
+    text = f"{row['k']}/{row['n']} = {row['rate_pct']:.0f} % [{row['ci95_low_pct']:.0f}–{row['ci95_high_pct']:.0f}]"
+    return text + (" — too weak to mean anything" if row["too_weak"] else "")
+
+
+def _budget_text(attacker: str, budgets: dict[str, float]) -> str:
+    budget = ATTACKERS[attacker].budget
+    return BUDGET_TEXT[budget].format(**budgets) if budget else "unbounded (minimum norm)"
+
+
+def _matrix_section(e: ModelEvaluation) -> list[str]:
+    adaptive, config_name = e.adaptive, e.name.split(":")[0]
+    rows = {(r["method"], r["attacker"]): r for r in adaptive.matrix()}
+    methods = list(dict.fromkeys(m for m, _ in rows))
+    attackers = [a for a in ATTACKERS if any((m, a) in rows for m in methods)]
+    budgets = adaptive.budgets
+    lines = ["", f"## Adaptive attackers: {e.name}", "",
+             "Each cell: images whose device answer (the decrypted real top-1; for split inference the device "
+             "head's top-1) is still the original clean top-1 after the attack — **defense success**, k/n, % "
+             f"[{intervals.METHOD} interval]. The *Original Model* column is every row's sanity baseline: the "
+             f"same attack at the same budget on the unprotected model; where it succeeds on fewer than "
+             f"{100 * TOO_WEAK:.0f} % of the images there, the whole row is marked *too weak to mean "
+             "anything*. Lower is worse for the defense. L2 budgets are in [0, 1] pixel space; the base scale is "
+             f"the median DeepFool ‖r‖₂ on the original, {budgets['base_l2']:.4f}.", "",
+             "| Attacker | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for a in attackers:
+        lines.append(f"| {a} | " + " | ".join(_cell_text(rows.get((m, a))) for m in methods) + " |")
+    lines += ["", "Threat model of each row (what the attacker holds; budget; images):", "",
+              "| Attacker | holds | threat model | budget | images | median queries (per scheme) |",
+              "|---|---|---|---|---|---|"]
+    for a in attackers:
+        spec, cells = ATTACKERS[a], [rows.get((m, a)) for m in methods]
+        n = sorted({c["n"] for c in cells if c})
+        queries = ", ".join(f"{METHOD_NAMES[m]} {c['median_queries']:.0f}" for m, c in zip(methods, cells)
+                            if c and c["median_queries"] is not None) or "—"
+        lines.append(f"| {a} | {spec.holds} | {spec.threat} | {_budget_text(a, budgets)} | "
+                     f"{'/'.join(map(str, n))} | {queries} |")
+    for a in attackers:  # attacks run at several budgets: their curve as k/n
+        curves = adaptive.curves.get(a, {})
+        if not any(rows.get((m, a)) and len(curves.get(m, [])) > 1 and a in adaptive.multi_budget for m in methods):
             continue
-        summary = summarize(e.adaptive.records)
-        methods = list(e.adaptive.key_recovery)
-        budgets = e.adaptive.budgets
-        lines += ["", f"## Adaptive attackers: {e.name}", "",
-                  "Defense success (%) [Wilson 95 % interval] — the decrypted real top-1 on the attacked image equals the original clean "
-                  "top-1 — and median ρ, per attacker. Lower is worse for the defense.", "",
-                  "| Attacker | What it holds | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |",
-                  "|---|---|" + "---|" * len(methods)]
-        for attacker, held in ATTACKERS.items():
-            held = held.format(**budgets)
-            cells = [summary.get((e.name, m, attacker)) for m in methods]
-            lines.append(f"| {attacker} | {held} | " + " | ".join(
-                "—" if c is None else f"{c['defense_success_pct']:.1f} [{c['defense_success_pct_ci95'][0]:.0f}–"
-                f"{c['defense_success_pct_ci95'][1]:.0f}] n={c['images']} (ρ {c['rho_median']:.5f})" for c in cells) + " |")
-        lines += ["", "Key recovery from the served model file alone (chance = 50 %):", "",
-                  "| Method | oracle that decided | real rows recovered (%) | time (s) |", "|---|---|---|---|"]
-        for m, k in e.adaptive.key_recovery.items():
-            lines.append(f"| {METHOD_NAMES[m]} | {k['oracle']} | {k['recovered_pct']:.1f} | {k['seconds']:.3f} |")
-        lines += ["", f"Success-vs-budget curves: `fig_adaptive_{e.name.split(':')[0]}.png` (budgets are multiples of "
-                      f"the median DeepFool ‖r‖₂ on the original model, {budgets['curve_base_l2']:.4f}).", ""]
+        grid = [eps for eps, _ in next(iter(curves.values()))]
+        lines += ["", f"{a} at each budget it was run at (defense success k/n [{intervals.METHOD} interval]):", "",
+                  "| ‖r‖₂ ≤ | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |", "|---|" + "---|" * len(methods)]
+        for i, eps in enumerate(grid):
+            cells = []
+            for m in methods:
+                n = rows[(m, a)]["n"] if (m, a) in rows else 0
+                k = round(curves[m][i][1] * n / 100) if n else None
+                low, high = intervals.Rate(k, n).ci95_pct if n else (0, 0)
+                cells.append("—" if k is None else f"{k}/{n} [{low:.0f}–{high:.0f}]")
+            lines.append(f"| {eps:.3f} ({eps / budgets['base_l2']:.2g}× base) | " + " | ".join(cells) + " |")
+    lines += ["", "Key recovery (what each attacker learnt; recovered = share of the real served positions it "
+              "names as real, chance 50 %; mapped = share of classes whose position it names exactly; time "
+              "on a contended 2-core VM):", "",
+              "| Scheme | attacker | oracle | recovered (%) | mapped (%) | queries | time (s) |",
+              "|---|---|---|---|---|---|---|"]
+    pct = (lambda v: "—" if v is None else f"{v:.1f}")
+    for m, by_attacker in adaptive.key_recovery.items():
+        for a, k in by_attacker.items():
+            lines.append(f"| {METHOD_NAMES[m]} | {a} | {k['oracle']} | {pct(k['recovered_pct'])} | "
+                         f"{pct(k['mapped_pct'])} | {k['queries']} | {k['seconds']:.3f} |")
+    privacy = adaptive.privacy()
+    size = e.overhead["size"]
+    lines += ["", "Per scheme: **privacy** = images whose real top-1 the cloud names with its best key-recovery "
+              "attacker (k/n, Wilson 95 %); what the device keeps; its numpy time per image to get the real top-1 "
+              "from the served outputs (median, contended VM); the served model's size.", "",
+              "| Scheme | privacy: cloud names the real top-1 | best attacker | device keeps (bytes) | "
+              "device time per image (µs) | served state dict (bytes) |", "|---|---|---|---|---|---|"]
+    for m in methods:
+        p, cost = privacy.get(m), adaptive.device_cost.get(m, {})
+        named = "—" if p is None else intervals.Rate(p["k"], p["n"]).text()
+        best = "— (outputs served in clear)" if m == ORIGINAL else p["attacker"] if p else "—"
+        lines.append(f"| {METHOD_NAMES[m]} | {named} | {best} | "
+                     f"{cost.get('device_bytes', 0):,} | {1e6 * cost.get('decrypt_s_median', 0):.1f} | "
+                     f"{size[m]['bytes']:,} |" if m in size else f"| {METHOD_NAMES[m]} | {named} | — | — | — | — |")
+    lines += ["", f"Figures: `fig_matrix_{config_name}.png` (the matrix), `fig_budgets_{config_name}.png` "
+                  "(defense success against the L2 budget, per attacker; for a single-budget attack, success "
+                  "within ε counts adversarials with ‖r‖₂ ≤ ε). Files: `attackers.csv` (one row per scheme × "
+                  "attacker), `attackers_per_image.csv`.", ""]
     return lines
 
 
@@ -237,6 +322,22 @@ def _overhead(result: EvaluationResult) -> list[str]:
     return lines + [""]
 
 
+def _adaptive_figures(e: ModelEvaluation, out: Path) -> list[Path]:
+    name = e.name.split(":")[0]
+    rows = {(r["method"], r["attacker"]): r for r in e.adaptive.matrix()}
+    methods = list(dict.fromkeys(m for m, _ in rows))
+    attackers = [a for a in ATTACKERS if any((m, a) in rows for m in methods)]
+    values = np.array([[rows[m, a]["rate_pct"] if (m, a) in rows else np.nan for m in methods] for a in attackers])
+    text = [[(f"{rows[m, a]['k']}/{rows[m, a]['n']}" + (" weak" if rows[m, a]["too_weak"] else ""))
+             if (m, a) in rows else "n/a" for m in methods] for a in attackers]
+    matrix, curves = out / f"fig_matrix_{name}.png", out / f"fig_budgets_{name}.png"
+    figures.matrix_heatmap(matrix, values, text, attackers, [METHOD_NAMES[m] for m in methods],
+                           f"Defense success (%), scheme × attacker, {e.name}")
+    figures.budget_curves(curves, e.adaptive.curves, METHOD_NAMES, f"Defense success vs L2 budget, {e.name}",
+                          ORIGINAL)
+    return [matrix, curves]
+
+
 def _figures(result: EvaluationResult, out: Path) -> list[Path]:
     written = []
     for e in result.evaluations:
@@ -247,10 +348,7 @@ def _figures(result: EvaluationResult, out: Path) -> list[Path]:
             written.append(path)
     for e in result.evaluations:
         if e.adaptive:
-            path = out / f"fig_adaptive_{e.name.split(':')[0]}.png"
-            figures.budget_curves(path, e.adaptive.curves, {m: METHOD_NAMES[m] for m in e.adaptive.curves},
-                                  f"Defense success vs L2 budget, {e.name}")
-            written.append(path)
+            written += _adaptive_figures(e, out)
     if not result.evaluations:
         return written
     names = [e.name.split(":")[0] for e in result.evaluations]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import platform
 import secrets
+import statistics
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data import Sample, load_batch
 from ..errors import FakeGradientError
+from ..key import Key
 from ..methods import ORIGINAL
 from .config import EvaluationConfig, load_samples
 from .executors import Executor, LocalExecutor
@@ -21,6 +24,7 @@ from .overhead import measure_overhead
 from .pipeline import Normalized, load_pipeline
 from .plan import Shard, ShardResult, plan
 from .records import ImageRecord
+from .stages.adaptive import check_limits
 from .store import ShardStore
 from .summary import AdaptiveResult, adaptive_budgets, collect_adaptive
 from .workbench import Workbench, served_pipelines
@@ -60,6 +64,8 @@ def evaluate(config: EvaluationConfig, progress: bool = True, store: ShardStore 
     workers load model and images themselves and the driver loads only what it plots or times.
     """
     samples = load_samples(config)
+    if config.adaptive:
+        check_limits(config.images_per_attacker)  # before any work
     if store is not None:
         store.begin(config.to_dict())
     evaluations, skipped = [], []
@@ -93,14 +99,13 @@ def evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, sample
     seed = config.seed if config.seed is not None else store.seed(name, lambda: secrets.randbits(63))
     bench = Workbench(config, original, served_pipelines(original, config, seed, images[:1]), samples, seed,
                       images)
-    protected, n = list(bench.protected), len(samples)
+    n = len(samples)
 
     def run(shards: list[Shard], desc: str) -> list[ShardResult]:
         return _run_round(executor, bench, store, shards, desc, progress)
 
     deepfool_shards = plan(name, list(config.methods), n, config.batch_size)
-    transfer_shards = plan(name, [ORIGINAL], n, config.batch_size, "transfer") if config.adaptive and protected \
-        else []
+    transfer_shards = plan(name, [ORIGINAL], n, config.batch_size, "transfer") if config.adaptive else []
     first = run(deepfool_shards + transfer_shards, f"DeepFool {name}")
     results, transfer = first[: len(deepfool_shards)], first[len(deepfool_shards) :]
     records = [ImageRecord(**r) for result in results for r in result.records]  # plan order: no gaps, no repeats
@@ -112,16 +117,40 @@ def evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, sample
             heatmaps[method] = torch.from_numpy(np.concatenate(parts))
     adaptive = None
     if transfer_shards:
-        budgets = adaptive_budgets(records, transfer)
-        adaptive_shards = plan(name, protected, n, config.batch_size, "adaptive", budgets)
+        budgets = adaptive_budgets(config, transfer)
+        methods = list(config.methods)
+        adaptive_shards = plan(name, methods, n, config.batch_size, "adaptive", dict.fromkeys(methods, budgets))
         adaptive_results = run(adaptive_shards, f"adaptive {name}")
-        adaptive = collect_adaptive(config, protected, records, transfer,
-                                    list(zip(adaptive_shards, adaptive_results)), budgets)
+        adaptive = collect_adaptive(methods, records, transfer, list(zip(adaptive_shards, adaptive_results)), budgets)
+        adaptive.device_cost = device_cost(bench, images[:1])
     served_models = {ORIGINAL: original.model} | {m: p.model for m, (p, _) in bench.served.items()}
     n_real = next((k.n_real for _, k in bench.protected.values()), 0)
     overhead = measure_overhead(served_models, images[:1], original.mean, original.std, config.timing_repeats)
     return ModelEvaluation(name, n_real, records, overhead, heatmaps, images[: config.heatmap_images].cpu(),
                            adaptive, seed)
+
+
+def device_cost(bench: Workbench, probe: torch.Tensor, repeats: int = 200) -> dict[str, dict[str, float]]:
+    """method → what the device keeps (bytes) and its numpy time per image to get the real top-1 from the
+    served outputs of ``probe`` (1, C, H, W): the key's lookup, or the head's matrix product (split)."""
+    out = {}
+    for method, (served, secret) in bench.served.items():
+        with torch.no_grad():
+            outputs = served(probe).flatten(1).cpu().numpy()
+        if secret is None:
+            decide = lambda o: o.argmax(1)  # noqa: E731 - the original: nothing to decrypt
+        elif isinstance(secret, Key):
+            decide = secret.top1
+        else:
+            decide = lambda o, s=secret: s.decrypt(o).argmax(1)  # noqa: E731
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            decide(outputs)
+            times.append(time.perf_counter() - start)
+        out[method] = {"device_bytes": 0 if secret is None else len(secret.to_bytes()),
+                       "decrypt_s_median": statistics.median(times)}
+    return out
 
 
 def _run_round(executor: Executor, bench: Workbench, store: ShardStore, shards: list[Shard], desc: str,

@@ -1,67 +1,112 @@
-"""The driver's summary of the attacker stages of one model: budgets for round 2, the adaptive table,
-key recovery and the success-vs-budget curves (pure functions of the shard results)."""
+"""The driver's summary of the attacker stages of one model: the budgets of round 2, then the scheme ×
+attacker matrix (each cell with its sanity baseline), key recovery, privacy and the budget curves
+(pure functions of the shard results)."""
 
 from __future__ import annotations
 
 import statistics
+from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from .. import defaults
 from ..methods import ORIGINAL
 from .config import EvaluationConfig
+from .intervals import Rate
 from .plan import Shard, ShardResult
-from .records import ATTACKERS, AttackerRecord, ImageRecord
-from .stages.adaptive import CURVE_FACTORS
+from .records import AttackerRecord, ImageRecord
+from .stages.attackers import ATTACKERS, CURVE_FACTORS
 
 
 @dataclass
 class AdaptiveResult:
-    records: list[AttackerRecord] = field(default_factory=list)
-    key_recovery: dict[str, dict] = field(default_factory=dict)  # method → recovered %, oracle, seconds
-    budgets: dict[str, float] = field(default_factory=dict)  # what each budgeted attacker was given
-    # method → attacker → [(eps, defense success %)]
+    records: list[AttackerRecord] = field(default_factory=list)  # per image, in (method, attacker) order
+    budgets: dict[str, float] = field(default_factory=dict)  # base_l2, whitebox_l2, blackbox_l2, ...
+    key_recovery: dict[str, dict[str, dict]] = field(default_factory=dict)  # method → attacker → recovery
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # method → attacker → seconds
+    # attacker → method → [(eps, defense success %)]
     curves: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
+    device_cost: dict[str, dict[str, Any]] = field(default_factory=dict)  # method → bytes kept, decrypt s
+    multi_budget: set[str] = field(default_factory=set)  # attackers run at each curve budget
+
+    def matrix(self) -> list[dict[str, Any]]:
+        """One row per (scheme, attacker): k of n defended, rate and Wilson interval, budget, median
+        queries, the sanity baseline (the same attacker on the original) and whether it is too weak."""
+        groups: dict[tuple[str, str], list[AttackerRecord]] = defaultdict(list)
+        for r in self.records:
+            groups[r.method, r.attacker].append(r)
+        baselines = {a: Rate(sum(r.defense_success for r in v), len(v)) for (m, a), v in groups.items()
+                     if m == ORIGINAL}
+        rows = []
+        for (method, attacker), items in groups.items():
+            rate, base = Rate(sum(r.defense_success for r in items), len(items)), baselines.get(attacker)
+            queries = [r.queries for r in items if r.queries is not None]
+            budget = ATTACKERS[attacker].budget
+            rows.append({
+                "method": method, "attacker": attacker, "k": rate.k, "n": rate.n, "rate_pct": rate.pct,
+                "ci95_low_pct": rate.ci95_pct[0], "ci95_high_pct": rate.ci95_pct[1],
+                "budget_l2": self.budgets[budget] if budget else None,
+                "median_l2": statistics.median(r.l2 for r in items),
+                "median_queries": statistics.median(queries) if queries else None,
+                "baseline_k": base.k if base else None, "baseline_n": base.n if base else None,
+                "too_weak": base is None or (base.n - base.k) / base.n < defaults.TOO_WEAK,
+                "seconds": self.seconds.get(method, {}).get(attacker),
+            })
+        return rows
+
+    def privacy(self) -> dict[str, dict[str, Any]]:
+        """method → the key-recovery attacker that names the most clean real top-1s: k of n, and its name."""
+        best: dict[str, dict[str, Any]] = {}
+        for (method, attacker), items in _by([r for r in self.records if r.names_top1 is not None]).items():
+            k = sum(r.names_top1 for r in items)
+            if method not in best or k > best[method]["k"]:
+                best[method] = {"attacker": attacker, "k": k, "n": len(items)}
+        return best
 
 
-def adaptive_budgets(naive: list[ImageRecord], transfer: list[ShardResult]) -> dict[str, dict[str, float]]:
-    """method → what its adaptive shards get: ``base_l2``, the median ‖r‖₂ of DeepFool on the
-    original (the natural scale on this model), and ``naive_l2``, the naive attack's median ‖r‖₂."""
+def adaptive_budgets(config: EvaluationConfig, transfer: list[ShardResult]) -> dict[str, float]:
+    """What the adaptive shards get: ``base_l2``, the median ‖r‖₂ of DeepFool on the original (the
+    natural scale on this model), and the white- and black-box L2 budgets, multiples of it."""
     base = statistics.median(l2 for result in transfer for l2 in result.values["l2"])
-    methods = dict.fromkeys(r.method for r in naive if r.method != ORIGINAL)
-    return {m: {"base_l2": base, "naive_l2": statistics.median(r.l2 for r in naive if r.method == m)}
-            for m in methods}
+    return {"base_l2": base, "whitebox_l2": config.budget_factor * base, "blackbox_l2": config.blackbox_factor * base,
+            "blackbox_queries": float(config.blackbox_queries)}
 
 
-def collect_adaptive(config: EvaluationConfig, methods: list[str], naive: list[ImageRecord],
-                     transfer: list[ShardResult], adaptive: list[tuple[Shard, ShardResult]],
-                     budgets: dict[str, dict[str, float]]) -> AdaptiveResult:
-    """The transfer and adaptive shards (in plan order) of one model's protected ``methods``."""
-    base = next(iter(budgets.values()))["base_l2"]
-    result = AdaptiveResult(budgets={"curve_base_l2": base, "black_box_l2": config.blackbox_factor * base,
-                                     "black_box_queries": config.blackbox_queries,
-                                     "feature_space_steps": config.feature_steps}
-                            | {f"feature_space_l2[{m}]": budgets[m]["naive_l2"] for m in methods})
-    attacker_records = [AttackerRecord(r.model, r.method, "naive", r.image, r.defense_success, r.rho, r.l2)
-                        for r in naive if r.method in methods]
-    parts = transfer + [part for _, part in adaptive]
-    attacker_records += [AttackerRecord(**r) for part in parts for r in part.records]
+def collect_adaptive(methods: list[str], naive: list[ImageRecord], transfer: list[ShardResult],
+                     adaptive: list[tuple[Shard, ShardResult]], budgets: dict[str, float]) -> AdaptiveResult:
+    """The transfer and adaptive shards (in plan order) of one model's ``methods``."""
+    records = [AttackerRecord(r.model, r.method, "naive", r.image, r.defense_success, r.rho, r.l2)
+               for r in naive if r.method in methods]
+    records += [AttackerRecord(**r) for part in transfer + [part for _, part in adaptive] for r in part.records]
     order = {(m, a): i for i, (m, a) in enumerate((m, a) for m in methods for a in ATTACKERS)}
-    # stable sort: within (method, attacker) the images stay in plan order
-    result.records = sorted(attacker_records, key=lambda r: order[r.method, r.attacker])
-    grid = [f * base for f in CURVE_FACTORS]
-    for method in methods:
-        shards = [part for shard, part in adaptive if shard.method == method]
-        result.key_recovery[method] = shards[0].values["key_recovery"]  # the same file in every shard
-        of = [r for r in result.records if r.method == method]
-        flags = np.concatenate([np.array(r.values["feature_curve"], bool).reshape(len(grid), -1)
-                                for r in shards], axis=1)
-        result.curves[method] = {
-            attacker: [(eps, _pct([r.defense_success or r.l2 > eps for r in of if r.attacker == attacker]))
-                       for eps in grid] for attacker in ("naive", "transfer")
-        } | {"feature-space": [(eps, _pct(flags[i])) for i, eps in enumerate(grid)]}
+    result = AdaptiveResult(sorted(records, key=lambda r: order[r.method, r.attacker]), dict(budgets))
+    flags: dict[tuple[str, str], dict[float, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for shard, part in adaptive:
+        seconds = result.seconds.setdefault(shard.method, {})
+        for attacker, value in part.values["seconds"].items():
+            seconds[attacker] = seconds.get(attacker, 0.0) + value
+        result.key_recovery[shard.method] = part.values["key_recovery"]  # the same in every shard
+        for attacker, points in part.values["curves"].items():
+            for eps, defended in points:
+                flags[shard.method, attacker][eps] += defended
+    grid = [f * budgets["base_l2"] for f in CURVE_FACTORS]
+    for (method, attacker), items in _by(result.records).items():
+        if (method, attacker) in flags:  # run at each budget
+            result.multi_budget.add(attacker)
+            points = [(eps, 100 * float(np.mean(v))) for eps, v in sorted(flags[method, attacker].items())]
+        else:  # success within eps: the attack found a change of the real top-1 no larger than eps
+            budget = ATTACKERS[attacker].budget
+            eps_grid = sorted(set(grid) | ({budgets[budget]} if budget else set()))
+            points = [(eps, 100 * float(np.mean([r.defense_success or r.l2 > eps * (1 + 1e-5) for r in items])))
+                      for eps in eps_grid]
+        result.curves.setdefault(attacker, {})[method] = points
     return result
 
 
-def _pct(flags) -> float:
-    return 100 * float(np.mean(flags))
+def _by(records: list[AttackerRecord]) -> dict[tuple[str, str], list[AttackerRecord]]:
+    out: dict[tuple[str, str], list[AttackerRecord]] = defaultdict(list)
+    for r in records:
+        out[r.method, r.attacker].append(r)
+    return out

@@ -18,7 +18,7 @@ from . import adaptive, naive, transfer
 STAGES: dict[str, Callable[..., ShardResult]] = {
     "deepfool": naive.run,  # the paper's attacker on the served model (Table 1/2)
     "transfer": transfer.run,  # round 1 with --adaptive: DeepFool on the public original
-    "adaptive": adaptive.run,  # round 2: key recovery, feature space, black box, sanity
+    "adaptive": adaptive.run,  # round 2: every attacker of attackers.ATTACKERS on every scheme
 }
 
 

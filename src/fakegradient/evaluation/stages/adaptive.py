@@ -1,96 +1,69 @@
-"""The adaptive attackers on one protected method (the paper tried only the naive one): key recovery
-from the served file, feature space, black box, and a sanity attacker holding the key.
-Defense success = the decrypted top-1 is unchanged."""
+"""Round 2 of ``--adaptive``: every registered attacker (:data:`.attackers.ATTACKERS`) on one scheme and
+one slice of images, the unprotected original included (its rows are the sanity baselines).
+Defense success = the device's real top-1 on the attacked image is the original clean top-1."""
 
 from __future__ import annotations
 
-import copy
+import time
 
-import numpy as np
 import torch
-from torch import nn
+from tqdm.auto import tqdm
 
-from ...attacks.blackbox import square_attack
-from ...attacks.feature_space import FeatureSpacePGD
-from ...attacks.key_recovery import recover_real_rows
 from ...data import Sample
-from ...head import build_head, head_parameters, replace_module, trace_head
+from ...errors import InvalidArgument
 from ...key import Key
-from ..pipeline import Normalized
 from ..plan import Shard, ShardResult
-from ..workbench import Workbench, deepfool
-from .common import attacker_records, decrypted_top1
-
-CURVE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # feature-space budgets, in multiples of the base ‖r‖₂
-
-
-class Decrypted(nn.Module):
-    """The device's view, differentiable: real logits (B, N) = key.decrypt(served(x))."""
-
-    def __init__(self, served: nn.Module, key: Key):
-        super().__init__()
-        self.served, self.key = served, key
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.key.decrypt(self.served(x))
+from ..workbench import Workbench
+from .attackers import ATTACKERS, Context, Target, _head_name
+from .common import attacker_records
 
 
-def restricted_to_rows(served: Normalized, head: str, positions: np.ndarray) -> Normalized:
-    """The served pipeline with its head cut down to the rows at ``positions`` (the attacker's guess)."""
-    attacked = copy.deepcopy(served)
-    layer = attacked.model.get_submodule(head)
-    weight, bias = head_parameters(layer)
-    index = torch.as_tensor(positions, device=weight.device)
-    replace_module(attacked.model, head, build_head(layer, weight[index], bias[index]))
-    return attacked
+def check_limits(limits: dict[str, int]) -> dict[str, int]:
+    """``--attacker-images``, its names checked against the registry."""
+    unknown = sorted(set(limits) - {name for name, a in ATTACKERS.items() if a.run is not None})
+    if unknown:
+        raise InvalidArgument(f"--attacker-images: unknown or round-1 attacker(s) {unknown}; one of "
+                              f"{', '.join(n for n, a in ATTACKERS.items() if a.run is not None)}")
+    return limits
 
 
-def public_head(served: Normalized, probe: torch.Tensor) -> str:
-    """The served head's name, found from the model alone (no key) by tracing a probe (1, C, H, W)."""
-    with torch.no_grad():
-        return trace_head(served.model, (probe - served.mean) / served.std).head
-
-
-def _key_recovery(bench: Workbench, method: str) -> tuple[str, Normalized, dict]:
-    """(head name, the pipeline cut down to the recovered rows, how well it went), once per worker."""
-    memo = ("key-recovery", method)
-    if memo not in bench.memo:
-        pipeline, key = bench.served[method]
-        head = public_head(pipeline, bench.batch(0, 1))  # traced on image 0, as the driver does
-        recovered = recover_real_rows(*head_parameters(pipeline.model.get_submodule(head)))
-        outcome = {"recovered_pct": 100 * recovered.recovered_fraction(key.permutation[: key.n_real]),
-                   "oracle": recovered.oracle, "seconds": recovered.seconds}
-        bench.memo[memo] = head, restricted_to_rows(pipeline, head, recovered.real_positions), outcome
-    return bench.memo[memo]
+def target(bench: Workbench, method: str) -> Target:
+    served, secret = bench.served[method]
+    split = secret is not None and not isinstance(secret, Key)
+    return Target(method, served, secret, None if split else _head_name(bench, served))
 
 
 def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Sample]) -> ShardResult:
-    """Records of the four attackers; values ``feature_curve`` (len(CURVE_FACTORS), b): defended flags
-    of the feature-space attack at each curve budget, and ``key_recovery``: the file-only attacker's score."""
-    config, budgets = bench.config, dict(shard.budgets)
-    pipeline, key = bench.served[shard.method]
-    attack = deepfool(config)
+    """Records of every attacker that applies; values: ``seconds`` (attacker → seconds spent on these
+    images, shared computations counted for each user), ``key_recovery`` (attacker → what it recovered
+    of this scheme), ``curves`` (attacker → [(eps, defended flags (b,))]) for attacks run at several budgets."""
+    budgets = dict(shard.budgets)
+    scheme = target(bench, shard.method)
     with torch.no_grad():
         truth = bench.original(images).argmax(1)
-    records = []
-
-    def add(attacker: str, adversarial: torch.Tensor) -> None:
-        defended = decrypted_top1(pipeline, key, adversarial) == truth
-        records.extend(attacker_records(shard, shard.method, attacker, samples, defended, adversarial, images))
-
-    head, attacked, key_recovery = _key_recovery(bench, shard.method)
-    add("key-recovery", attack(attacked, images).adversarial)
-    pgd, head_name = FeatureSpacePGD(steps=config.feature_steps), "model." + head
-
-    def eps(value: float) -> torch.Tensor:
-        return torch.full((len(images),), value)
-
-    add("feature-space", pgd(pipeline, head_name, images, eps(budgets["naive_l2"])))
-    add("black-box", square_attack(pipeline, images, config.blackbox_factor * budgets["base_l2"],
-                                   config.blackbox_queries))
-    add("sanity", attack(Decrypted(pipeline, key), images).adversarial)
-    curve = []
-    for factor in CURVE_FACTORS:
-        adversarial = pgd(pipeline, head_name, images, eps(factor * budgets["base_l2"]))
-        curve.append((decrypted_top1(pipeline, key, adversarial) == truth).tolist())
-    return ShardResult(records, values={"feature_curve": curve, "key_recovery": key_recovery})
+    records, seconds, curves, recovered = [], {}, {}, {}
+    limits = check_limits(bench.config.images_per_attacker)
+    steps = tqdm(ATTACKERS.items(), desc=f"{shard.method} [{shard.start}, {shard.stop})", unit="attacker",
+                 leave=False, disable=None)  # off where stderr is no terminal (Ray workers, tests)
+    for name, attacker in steps:
+        steps.set_postfix_str(name)
+        if attacker.run is None:
+            continue
+        limit = limits.get(name)
+        count = len(images) if limit is None else max(0, min(shard.stop, limit) - shard.start)
+        if count == 0:
+            continue
+        ctx = Context(bench, scheme, images[:count], shard.start, budgets, truth[:count])
+        begin = time.perf_counter()
+        attempt = attacker.run(ctx)
+        if attempt is None:  # does not apply to this scheme
+            continue
+        seconds[name] = attempt.seconds or time.perf_counter() - begin
+        defended = scheme.device(attempt.adversarial).argmax(1) == ctx.truth
+        records += attacker_records(shard, shard.method, name, samples[:count], defended, attempt.adversarial,
+                                    ctx.images, attempt.queries, attempt.named)
+        if attempt.curve:
+            curves[name] = [(eps, (scheme.device(x).argmax(1) == ctx.truth).tolist()) for eps, x in attempt.curve]
+        if attacker.key_recovery:
+            recovered[name] = bench.memo[("recovery", name, shard.method)].summary()
+    return ShardResult(records, values={"seconds": seconds, "key_recovery": recovered, "curves": curves})

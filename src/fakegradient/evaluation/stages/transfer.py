@@ -1,5 +1,5 @@
 """Transfer: DeepFool on the public unprotected model, the adversarial images replayed on every
-protected method. Its ‖r‖₂ sizes set the budgets of the adaptive stage."""
+method (on the original itself: its sanity baseline). Its ‖r‖₂ sizes set the budgets of the adaptive stage."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Samp
         truth = bench.original(images).argmax(1)
     adversarial = deepfool(bench.config)(bench.original, images).adversarial
     records = []
-    for method, (pipeline, key) in bench.protected.items():
+    for method, (pipeline, key) in bench.served.items():
         defended = decrypted_top1(pipeline, key, adversarial) == truth
         records += attacker_records(shard, method, "transfer", samples, defended, adversarial, images)
     return ShardResult(records, values={"l2": norms(adversarial - images, images)["l2"].tolist()})

@@ -1,0 +1,459 @@
+"""The registry of adaptive attackers: name → what it holds, its threat model, how it attacks one scheme.
+
+Adding an attacker is one function here and one entry in :data:`ATTACKERS`; the adaptive stage runs
+every entry on every scheme, the unprotected original included: the original's row is each attacker's
+sanity baseline (the same attack at the same budget). Defense success = the device's real top-1 on the
+attacked image is the original model's clean top-1.
+
+A scheme as the attackers meet it (:class:`Target`): the served pipeline (pixel images → outputs: 2N
+scores, or the trunk's features for split inference), and, for judging only, what the device holds.
+Attack computations that are the same whatever the attacker's name (DeepFool on the same rows, the
+feature-space attack, which sees only the trunk every scheme shares) run once and are reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ... import defaults
+from ...attacks.apgd import APGD
+from ...attacks.blind import recover_by_winners
+from ...attacks.cw import CarliniWagnerL2
+from ...attacks.feature_space import FeatureSpacePGD
+from ...attacks.hopskipjump import HopSkipJump
+from ...attacks.key_recovery import RecoveredRows, file_pairs, recover_real_rows
+from ...attacks.known_plaintext import recover_by_public_outputs, recover_by_public_weights
+from ...attacks.pgd import L2PGD
+from ...attacks.square import SquareAttack
+from ...attacks.targets import OutputRows, pair_hypotheses
+from ...device_head import DeviceHead
+from ...head import head_parameters, trace_head
+from ...key import Key
+from ...methods import METHODS, ORIGINAL
+from ..pipeline import Normalized
+from ..workbench import Secret, Workbench, deepfool
+
+CURVE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # budget-curve points, in multiples of the base ‖r‖₂
+NOISE_QUERIES = 4  # noise images the public-outputs attacker sends
+
+
+@dataclass
+class Target:
+    """One scheme: ``served`` pixel images (B, C, H, W) → outputs (B, K); ``secret`` what the device holds
+    (None for the original); ``head`` the served head's module name in ``served`` (None: split, no head)."""
+
+    method: str
+    served: Normalized
+    secret: Secret | None
+    head: str | None
+
+    @property
+    def split(self) -> bool:
+        return isinstance(self.secret, DeviceHead)
+
+    @torch.no_grad()
+    def device(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → the device's real logits (B, N)."""
+        return self.real(self.served(x))
+
+    def real(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs if self.secret is None else self.secret.decrypt(outputs)
+
+    def real_rows(self) -> np.ndarray:
+        """(N,) served position of each real class."""
+        if isinstance(self.secret, Key):
+            return np.asarray(self.secret.permutation[: self.secret.n_real])
+        return np.arange(self.served_head()[0].shape[0])
+
+    def served_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return head_parameters(self.served.get_submodule(self.head))
+
+
+@dataclass
+class Attempt:
+    """What an attacker produced on b images: ``adversarial`` (b, C, H, W); ``queries`` (b,) to the served
+    model; ``named`` (b,) whether it can name the real top-1 of the clean image (key recovery);
+    ``curve`` [(eps, adversarial at eps)] for attacks run at several budgets; ``seconds`` spent."""
+
+    adversarial: torch.Tensor
+    queries: torch.Tensor | None = None
+    named: torch.Tensor | None = None
+    curve: list[tuple[float, torch.Tensor]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Context:
+    """One shard of one scheme: its images (b, C, H, W), budgets, the original's clean top-1 ``truth``."""
+
+    bench: Workbench
+    target: Target
+    images: torch.Tensor
+    start: int
+    budgets: dict[str, float]
+    truth: torch.Tensor
+
+    def generator(self, attacker: str) -> np.random.Generator:
+        """Seeded by (run seed, attacker, first image): the same draws on every scheme (paired rows)."""
+        return np.random.default_rng([self.bench.seed, zlib.crc32(attacker.encode()), self.start])
+
+    def cached(self, key: tuple, compute: Callable[[], Attempt]) -> Attempt:
+        """``compute()`` once per (key, images) in this worker: the same attack on the same model."""
+        memo_key = ("attempt", *key, self.start, len(self.images), tuple(sorted(self.budgets.items())))
+        if memo_key not in self.bench.memo:
+            begin = time.perf_counter()
+            attempt = compute()
+            attempt.seconds = time.perf_counter() - begin
+            self.bench.memo[memo_key] = attempt
+        return self.bench.memo[memo_key]
+
+
+@dataclass(frozen=True)
+class Attacker:
+    """One row of the matrix. ``run`` is None for the attackers computed in round 1 (naive, transfer);
+    it returns None where the attack does not apply to a scheme. ``budget``: the key of its L2 budget in
+    the run's budgets (None: a minimum-norm attack, unbounded). ``--attacker-images name=N`` limits an
+    attacker to the first N images."""
+
+    holds: str
+    threat: str
+    run: Callable[[Context], Attempt | None] | None = None
+    key_recovery: bool = False
+    budget: str | None = None
+
+
+# --- key recovery ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recovery:
+    """What a key-recovery attacker learnt about one scheme. ``rows``: served positions it believes real
+    (attacked with DeepFool); ``classes``: (N,) served position of each class, -1 unknown (it can name the
+    real top-1); ``public_head``: for split inference, it computes the logits with the public head."""
+
+    oracle: str
+    seconds: float
+    queries: int = 0
+    recovered: float | None = None  # share of the real positions found
+    mapped: float | None = None  # share of classes whose position it names exactly
+    rows: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    public_head: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        pct = (lambda v: None if v is None else 100 * v)
+        return {"oracle": self.oracle, "seconds": self.seconds, "queries": self.queries,
+                "recovered_pct": pct(self.recovered), "mapped_pct": pct(self.mapped)}
+
+
+def _from_rows(target: Target, found: RecoveredRows) -> Recovery:
+    truth = target.real_rows()
+    classes = found.class_positions
+    return Recovery(found.oracle, found.seconds, found.queries, found.recovered_fraction(truth),
+                    found.mapped_fraction(truth) if classes is not None else None, found.real_positions,
+                    classes)
+
+
+def _public_head(bench: Workbench) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The public base model's head: (name in the pipeline, weight (N, D), bias (N,))."""
+    name = _head_name(bench, bench.original)
+    return (name, *head_parameters(bench.original.get_submodule(name)))
+
+
+def _head_name(bench: Workbench, served: Normalized) -> str:
+    """The head's module name in a pipeline, found from the model alone by tracing image 0."""
+    key = ("head", id(served))
+    if key not in bench.memo:
+        with torch.no_grad():
+            bench.memo[key] = "model." + trace_head(served.model, (bench.batch(0, 1) - served.mean) / served.std).head
+    return bench.memo[key]
+
+
+def _features(bench: Workbench, x: torch.Tensor) -> torch.Tensor:
+    """The public trunk's features (B, D): the input of the public model's head."""
+    name, _, _ = _public_head(bench)
+    captured = []
+    hook = bench.original.get_submodule(name).register_forward_hook(lambda _m, i, _o: captured.append(i[0]))
+    try:
+        with torch.no_grad():
+            bench.original(x)
+    finally:
+        hook.remove()
+    return captured[0].flatten(1)
+
+
+def _recover(attacker: str, ctx: Context) -> Recovery:
+    """Each key-recovery attacker once per scheme and worker."""
+    key = ("recovery", attacker, ctx.target.method)
+    if key not in ctx.bench.memo:
+        ctx.bench.memo[key] = RECOVERERS[attacker](ctx.bench, ctx.target)
+    return ctx.bench.memo[key]
+
+
+def _file_only(bench: Workbench, target: Target) -> Recovery:
+    if target.split:
+        return Recovery("no head in the served file", 0.0)
+    return _from_rows(target, recover_real_rows(*target.served_head()))
+
+
+def _public_weights(bench: Workbench, target: Target) -> Recovery:
+    _, weight, bias = _public_head(bench)
+    if target.split:  # the device's head is the public one if the protected model is the public model
+        begin = time.perf_counter()
+        same = bool(torch.allclose(weight, weight.new_tensor(target.secret.weight)) and
+                    torch.allclose(bias, bias.new_tensor(target.secret.bias)))
+        return Recovery("public head on the served features", time.perf_counter() - begin, 0,
+                        1.0 if same else 0.0, 1.0 if same else 0.0, public_head=same)
+    return _from_rows(target, recover_by_public_weights(*target.served_head(), weight, bias))
+
+
+def _noise(bench: Workbench) -> torch.Tensor:
+    images = bench.batch(0, 1)
+    generator = torch.Generator().manual_seed(bench.seed % 2**63)
+    return torch.rand((NOISE_QUERIES, *images.shape[1:]), generator=generator).to(images.device)
+
+
+def _public_outputs(bench: Workbench, target: Target) -> Recovery:
+    noise = _noise(bench)
+    if target.split:  # served features vs the public trunk's features on the same noise
+        begin = time.perf_counter()
+        with torch.no_grad():
+            served = target.served(noise).flatten(1)
+        public = _features(bench, noise)
+        same = served.shape == public.shape and bool(torch.allclose(served, public, rtol=1e-3, atol=1e-4))
+        return Recovery("served features = public trunk's", time.perf_counter() - begin, NOISE_QUERIES,
+                        1.0 if same else 0.0, 1.0 if same else 0.0, public_head=same)
+    return _from_rows(target, recover_by_public_outputs(target.served, bench.original, noise))
+
+
+def _blind(bench: Workbench, target: Target) -> Recovery:
+    if target.split:
+        return Recovery("no output rows to rank", 0.0)
+    images = bench.batch(0, len(bench.samples))
+    fakes_win = METHODS[target.method].takes_scale  # public design: fakes scaled by S_a win on natural images
+    return _from_rows(target, recover_by_winners(target.served, images, fakes_win))
+
+
+def _identity(bench: Workbench, target: Target) -> Recovery:
+    n = target.served_head()[0].shape[0]
+    return Recovery("no fakes: every output is real", 0.0, 0, 1.0, 1.0, np.arange(n), np.arange(n))
+
+
+RECOVERERS: dict[str, Callable[[Workbench, Target], Recovery]] = {
+    "key-recovery-file": _file_only, "known-plaintext-weights": _public_weights,
+    "known-plaintext-outputs": _public_outputs, "blind": _blind}
+
+
+def _deepfool_on(ctx: Context, key: tuple, model: Callable[[], nn.Module]) -> Attempt:
+    return ctx.cached(("deepfool", ctx.target.method, *key),
+                      lambda: Attempt(deepfool(ctx.bench.config)(model(), ctx.images).adversarial))
+
+
+def _rows_key(rows: np.ndarray) -> tuple:
+    return ("rows", hashlib.blake2b(np.sort(rows).astype(np.int64).tobytes(), digest_size=8).hexdigest())
+
+
+def _head_key(weight: torch.Tensor, bias: torch.Tensor) -> tuple:
+    """The same head (bit for bit), the same attack: the public head and a device head copied from it."""
+    data = torch.cat([weight.detach().flatten(), bias.detach().flatten()]).float().cpu().numpy().tobytes()
+    return ("head", hashlib.blake2b(data, digest_size=8).hexdigest())
+
+
+def _attack_recovered(ctx: Context, recovery: Recovery) -> Attempt:
+    """DeepFool on what the attacker recovered: the believed real rows, the public head on the served
+    features (split), or, having learnt nothing, the served outputs as they are."""
+    target = ctx.target
+    if recovery.rows is not None:
+        rows = np.sort(recovery.rows)
+        attempt = _deepfool_on(ctx, _rows_key(rows), lambda: OutputRows(target.served, rows))
+    elif recovery.public_head:
+        _, weight, bias = _public_head(ctx.bench)
+        attempt = _deepfool_on(ctx, _head_key(weight, bias), lambda: _with_head(target.served, weight, bias))
+    else:
+        attempt = _deepfool_on(ctx, ("served",), lambda: target.served)
+    with torch.no_grad():
+        outputs = target.served(ctx.images)
+        if recovery.classes is not None:
+            known = torch.as_tensor(recovery.classes >= 0)
+            scores = outputs[:, torch.as_tensor(np.maximum(recovery.classes, 0))].masked_fill(~known, -torch.inf)
+            named = scores.argmax(1) == ctx.truth
+        elif recovery.public_head:
+            _, weight, bias = _public_head(ctx.bench)
+            named = (outputs.flatten(1) @ weight.T + bias).argmax(1) == ctx.truth
+        else:
+            named = torch.zeros(len(ctx.images), dtype=torch.bool)
+    return Attempt(attempt.adversarial, named=named.cpu(), seconds=attempt.seconds + recovery.seconds)
+
+
+def _with_head(served: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    head = nn.Linear(weight.shape[1], weight.shape[0]).to(weight.device)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    return nn.Sequential(served, nn.Flatten(1), head).eval()
+
+
+def _key_recovery(name: str) -> Callable[[Context], Attempt]:
+    def run(ctx: Context) -> Attempt:
+        if ctx.target.secret is None:
+            ctx.bench.memo.setdefault(("recovery", name, ORIGINAL), _identity(ctx.bench, ctx.target))
+        return _attack_recovered(ctx, _recover(name, ctx))
+    run.__name__ = name.replace("-", "_")
+    return run
+
+
+# --- attacks on the served model --------------------------------------------------------------------------
+
+
+def _judged(ctx: Context) -> Callable[[torch.Tensor], torch.Tensor]:
+    return ctx.target.device
+
+
+def _pgd(ctx: Context) -> Attempt:
+    config = ctx.bench.config
+    attack = L2PGD(eps=ctx.budgets["whitebox_l2"], steps=config.iterative_steps)
+    return ctx.cached(("pgd", ctx.target.method), lambda: Attempt(
+        attack(ctx.target.served, ctx.images, judge=_judged(ctx), generator=ctx.generator("pgd")).adversarial))
+
+
+def _eot_candidates(ctx: Context) -> np.ndarray | None:
+    """(M, N) candidate real-row sets: one row of each pair the file reveals (bias equality, else sign
+    patterns), else random halves of the 2N rows; None for the original (all rows real: plain PGD)."""
+    target = ctx.target
+    if target.secret is None:
+        return None
+    weight, bias = target.served_head()
+    pairs = file_pairs(weight, bias)
+    generator = ctx.generator("pgd-eot-candidates")
+    if pairs is not None:
+        return pair_hypotheses(np.array(pairs), defaults.EOT_CANDIDATES, generator)
+    return np.stack([generator.permutation(len(bias))[: len(bias) // 2] for _ in range(defaults.EOT_CANDIDATES)])
+
+
+def _pgd_eot(ctx: Context) -> Attempt | None:
+    if ctx.target.split:
+        return None  # no output rows to guess among: the served features are all real
+    candidates = _eot_candidates(ctx)
+    if candidates is None:
+        return _pgd(ctx)  # the original: the same attack as PGD (one candidate, all rows)
+    config = ctx.bench.config
+    attack = L2PGD(eps=ctx.budgets["whitebox_l2"], steps=config.iterative_steps, candidates=candidates)
+    return ctx.cached(("pgd-eot", ctx.target.method), lambda: Attempt(
+        attack(ctx.target.served, ctx.images, judge=_judged(ctx), generator=ctx.generator("pgd")).adversarial))
+
+
+def _apgd(ctx: Context) -> Attempt:
+    attack = APGD(eps=ctx.budgets["whitebox_l2"], steps=ctx.bench.config.iterative_steps)
+    return ctx.cached(("apgd", ctx.target.method), lambda: Attempt(
+        attack(ctx.target.served, ctx.images, judge=_judged(ctx), generator=ctx.generator("apgd")).adversarial))
+
+
+def _cw(ctx: Context) -> Attempt:
+    attack = CarliniWagnerL2(eps=ctx.budgets["whitebox_l2"], binary_search_steps=defaults.CW_BINARY_STEPS,
+                             steps=defaults.CW_STEPS, initial_const=defaults.CW_INITIAL_CONST,
+                             stepsize=defaults.CW_STEP_L2 / ctx.images[0].numel() ** 0.5)
+    return ctx.cached(("cw", ctx.target.method), lambda: Attempt(
+        attack(ctx.target.served, ctx.images, judge=_judged(ctx)).adversarial))
+
+
+def _feature_space(ctx: Context) -> Attempt:
+    """L2 PGD on the trunk's features, at every curve budget and the headline one. Every scheme serves the
+    same trunk, so the images are computed once (on the public model) and replayed on each scheme."""
+    bench, base = ctx.bench, ctx.budgets["base_l2"]
+    grid = sorted({f * base for f in CURVE_FACTORS} | {ctx.budgets["whitebox_l2"]})
+
+    def compute() -> Attempt:
+        head = _public_head(bench)[0]
+        clean = _features(bench, ctx.images)
+        curve = []
+        for eps in grid:
+            best, distance = ctx.images, torch.full((len(ctx.images),), -1.0)
+            for restart in range(bench.config.feature_restarts):
+                attack = FeatureSpacePGD(steps=bench.config.feature_steps, seed=restart)
+                adversarial = attack(bench.original, head, ctx.images, torch.full((len(ctx.images),), eps))
+                moved = (_features(bench, adversarial) - clean).norm(dim=1).cpu()  # its own objective, no key
+                better = moved > distance
+                best = torch.where(better.view(-1, 1, 1, 1).to(best.device), adversarial, best)
+                distance = torch.maximum(distance, moved)
+            curve.append((eps, best))
+        return Attempt(dict(curve)[ctx.budgets["whitebox_l2"]], curve=curve)
+
+    return ctx.cached(("feature-space",), compute)
+
+
+def _square(ctx: Context) -> Attempt:
+    config = ctx.bench.config
+    attack = SquareAttack(eps=ctx.budgets["blackbox_l2"], queries=config.blackbox_queries)
+
+    def compute() -> Attempt:
+        result = attack(ctx.target.served, ctx.images, judge=_judged(ctx), generator=ctx.generator("square"))
+        return Attempt(result.adversarial, queries=result.queries)
+    return ctx.cached(("square", ctx.target.method), compute)
+
+
+def _hopskipjump(ctx: Context) -> Attempt:
+    config = ctx.bench.config
+    attack = HopSkipJump(queries=config.blackbox_queries, eps=ctx.budgets["blackbox_l2"])
+
+    def compute() -> Attempt:
+        result = attack(ctx.target.served, ctx.images, judge=_judged(ctx), generator=ctx.generator("hopskipjump"))
+        return Attempt(result.adversarial, queries=result.queries)
+    return ctx.cached(("hopskipjump", ctx.target.method), compute)
+
+
+def _sanity(ctx: Context) -> Attempt:
+    """DeepFool on the device's real logits: what an attacker holding the secret does."""
+    target = ctx.target
+    if target.split:
+        device = next(target.served.parameters()).device
+        weight, bias = (torch.tensor(array, device=device) for array in (target.secret.weight, target.secret.bias))
+        return _deepfool_on(ctx, _head_key(weight, bias), lambda: _with_head(target.served, weight, bias))
+    rows = np.sort(target.real_rows())
+    return _deepfool_on(ctx, _rows_key(rows), lambda: OutputRows(target.served, rows))
+
+
+WHITEBOX = "L2 ≤ {whitebox_l2:.3f}"
+BLACKBOX = "L2 ≤ {blackbox_l2:.2f}, ≤ {blackbox_queries:.0f} queries/image"
+
+ATTACKERS: dict[str, Attacker] = {
+    "naive": Attacker("the served model", "the paper's: DeepFool on the served outputs (the trunk's features for "
+                      "split inference)"),
+    "transfer": Attacker("the public base weights", "DeepFool on the public unprotected model; the images are "
+                         "then sent to the protected service"),
+    "key-recovery-file": Attacker("the served model file", "guesses the real rows from the file (equal biases, "
+                                  "sign patterns, row norms), then DeepFool on them", _key_recovery(
+                                      "key-recovery-file"), key_recovery=True),
+    "known-plaintext-weights": Attacker("the served file and the public base weights", "matches the served rows "
+                                        "to the public head (no query), then DeepFool on them",
+                                        _key_recovery("known-plaintext-weights"), key_recovery=True),
+    "known-plaintext-outputs": Attacker("query access and the public model", f"{NOISE_QUERIES} noise images sent "
+                                        "to both, outputs matched column by column, then DeepFool on the matches",
+                                        _key_recovery("known-plaintext-outputs"), key_recovery=True),
+    "blind": Attacker("query access only", "ranks the served outputs by how often they win on the n natural "
+                      "photos (the scheme's design says whether fakes win), then DeepFool on the believed-real rows",
+                      _key_recovery("blind"), key_recovery=True),
+    "pgd": Attacker("the served model", "L2 PGD (foolbox) on the served outputs' clean top-1", _pgd, budget="whitebox_l2"),
+    "pgd-eot": Attacker("the served model file", "L2 PGD on the summed loss over "
+                        f"{defaults.EOT_CANDIDATES} candidate real-row sets (one row of each pair the file reveals, "
+                        "else random halves)", _pgd_eot, budget="whitebox_l2"),
+    "apgd": Attacker("the served model", "L2 Auto-PGD (ART) on the served outputs", _apgd, budget="whitebox_l2"),
+    "cw": Attacker("the served model", "Carlini & Wagner L2 (foolbox), minimum norm, success within the budget",
+                   _cw, budget="whitebox_l2"),
+    "feature-space": Attacker("the served model minus its head", "L2 PGD pushing the trunk's features away from "
+                              "the clean ones, with random restarts (needs no key)", _feature_space,
+                              budget="whitebox_l2"),
+    "square": Attacker("the served outputs (scores)", "Square attack (ART), score-based black box", _square, budget="blackbox_l2"),
+    "hopskipjump": Attacker("the served top-1 label", "HopSkipJump (ART), decision-based black box", _hopskipjump, budget="blackbox_l2"),
+    "sanity": Attacker("the secret (key or device head)", "DeepFool on the device's real logits: shows the "
+                       "evaluation can fail a defense", _sanity),
+}
+BUDGET_TEXT = {"whitebox_l2": WHITEBOX, "blackbox_l2": BLACKBOX}

@@ -1,0 +1,145 @@
+"""The scheme × attacker matrix (`evaluate --adaptive`) on the small digits model: every attacker breaks the
+unprotected model at its budget (its sanity baseline), key-recovery attackers recover known keys, the
+too-weak marking, and the matrix, CSV and figures written."""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from fakegradient.data import Sample
+from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.pipeline import Normalized
+from fakegradient.evaluation.records import AttackerRecord
+from fakegradient.evaluation.report import write_report
+from fakegradient.evaluation.runner import EvaluationResult, environment, evaluate_model
+from fakegradient.evaluation.stages.attackers import ATTACKERS
+from fakegradient.evaluation.summary import AdaptiveResult
+from fakegradient.methods import METHODS
+
+SCHEMES = ["original", "fake-gradient", "random-weight", "fake-gradient-hardened"] + (
+    ["device-head"] if "device-head" in METHODS else [])
+N = 8
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def matrix_run(digits_model):
+    """The whole matrix on 8 digits (8x8, DeepFool's median ‖r‖₂ ≈ 0.56): budgets 2x (white box) and
+    4.5x (black box, 500 queries) that median, as the library tests found enough on this model."""
+    model, x, y = digits_model
+    samples = [Sample(Path(f"d{i}.png"), int(label)) for i, label in enumerate(y[:N])]
+    config = EvaluationConfig(models=["digits"], methods=SCHEMES, seed=0, timing_repeats=3, adaptive=True,
+                              batch_size=4, blackbox_queries=500, blackbox_factor=4.5, feature_steps=10,
+                              iterative_steps=20, attacker_images=["square=4", "hopskipjump=4"])
+    evaluation = evaluate_model("digits", Normalized(model, (0.0,), (1.0,)), x[:N], samples, config, progress=False)
+    return config, evaluation
+
+
+@pytest.mark.slow
+def test_every_attacker_breaks_the_unprotected_model_at_its_budget(matrix_run):
+    _, evaluation = matrix_run
+    rows = {(r["method"], r["attacker"]): r for r in evaluation.adaptive.matrix()}
+    for attacker in ATTACKERS:
+        baseline = rows["original", attacker]
+        assert baseline["k"] <= baseline["n"] // 2 and not baseline["too_weak"], (attacker, baseline)
+        assert baseline["n"] == (4 if attacker in ("square", "hopskipjump") else N)
+    for method in SCHEMES:
+        assert rows[method, "sanity"]["k"] == 0, method  # with the secret the evaluation fails every defense
+        assert rows[method, "transfer"]["k"] == 0, method  # the service computes the public model's logits
+    for attacker in ("square", "hopskipjump"):
+        queries = rows["original", attacker]["median_queries"]
+        assert queries is not None and 1 <= queries <= 500
+
+
+@pytest.mark.slow
+def test_key_recovery_attackers_recover_known_keys(matrix_run):
+    _, evaluation = matrix_run
+    recovery = evaluation.adaptive.key_recovery
+    assert recovery["fake-gradient"]["key-recovery-file"]["recovered_pct"] == 100.0
+    assert recovery["fake-gradient"]["key-recovery-file"]["oracle"] == "bias-equality"
+    for method in ("fake-gradient", "random-weight", "fake-gradient-hardened"):
+        for attacker in ("known-plaintext-weights", "known-plaintext-outputs"):
+            assert recovery[method][attacker]["recovered_pct"] == 100.0, (method, attacker)
+            assert recovery[method][attacker]["mapped_pct"] == 100.0, (method, attacker)
+    privacy = evaluation.adaptive.privacy()
+    for method in SCHEMES:  # the public model names every real top-1, whatever the scheme
+        assert privacy[method]["k"] == privacy[method]["n"] == N, (method, privacy[method])
+    rows = {(r["method"], r["attacker"]): r for r in evaluation.adaptive.matrix()}
+    assert rows["fake-gradient", "known-plaintext-weights"]["k"] == 0  # then DeepFool on the real rows wins
+    if "device-head" in SCHEMES:
+        assert recovery["device-head"]["key-recovery-file"]["recovered_pct"] is None  # no head in the file
+        assert recovery["device-head"]["known-plaintext-weights"]["mapped_pct"] == 100.0
+
+
+def test_a_row_whose_baseline_fails_is_too_weak():
+    def records(method, attacker, defended):
+        return [AttackerRecord("m", method, attacker, f"i{i}", d, 0.1, 0.2) for i, d in enumerate(defended)]
+
+    result = AdaptiveResult(
+        records(*("original", "pgd", [False] * 4)) + records("fake-gradient", "pgd", [True, False, False, False])
+        + records("original", "square", [True, True, True, False]) + records("fake-gradient", "square", [True] * 4),
+        budgets={"base_l2": 0.1, "whitebox_l2": 0.2, "blackbox_l2": 4.0, "blackbox_queries": 10.0})
+    rows = {(r["method"], r["attacker"]): r for r in result.matrix()}
+    assert not rows["original", "pgd"]["too_weak"] and not rows["fake-gradient", "pgd"]["too_weak"]
+    assert rows["fake-gradient", "pgd"]["baseline_k"] == 0 and rows["fake-gradient", "pgd"]["k"] == 1
+    # Square changed 1 of 4 unprotected answers (< 50 %): its 4/4 on fake-gradient means nothing
+    assert rows["original", "square"]["too_weak"] and rows["fake-gradient", "square"]["too_weak"]
+    assert rows["fake-gradient", "square"]["baseline_k"] == 3
+
+
+@pytest.mark.slow
+def test_the_matrix_csv_and_figures_are_written(matrix_run, tmp_path):
+    config, evaluation = matrix_run
+    write_report(EvaluationResult(config, [evaluation], [], environment()), tmp_path)
+    with open(tmp_path / "attackers.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(1 for r in evaluation.adaptive.matrix())
+    assert {"k", "n", "rate_pct", "ci95_low_pct", "ci95_high_pct", "budget_l2", "median_queries", "baseline_k",
+            "too_weak", "seconds"} <= set(rows[0])
+    attackers = {r["attacker"] for r in rows}
+    assert attackers == set(ATTACKERS)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Adaptive attackers: digits" in report and "privacy" in report
+    for name in ("fig_matrix_digits.png", "fig_budgets_digits.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_command_parses_back_into_the_same_config():
+    import dataclasses
+    import shlex
+
+    from fakegradient.cli import build_parser
+
+    config = EvaluationConfig(methods=SCHEMES, data="photos", seed=0, adaptive=True, blackbox_factor=10.0,
+                              attacker_images=["pgd=12", "hopskipjump=1"])
+    command = config.command()
+    assert command.startswith("fakegradient evaluate ") and "--attacker-images pgd=12,hopskipjump=1" in command
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert EvaluationConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvaluationConfig)}) == config
+
+
+@pytest.mark.parametrize("bad", [["pgd"], ["pgd=0"], ["pgd=2", "pgd=3"], ["=3"]])
+def test_attacker_images_must_be_distinct_names_with_counts(bad):
+    from fakegradient.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="--attacker-images"):
+        EvaluationConfig(attacker_images=bad)
+
+
+def test_adaptive_needs_the_original_for_its_baselines():
+    from fakegradient.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="original"):
+        EvaluationConfig(methods=["fake-gradient"], adaptive=True)
+
+
+def test_unknown_attacker_names_are_refused():
+    from fakegradient.errors import InvalidArgument
+    from fakegradient.evaluation.stages.adaptive import check_limits
+
+    assert check_limits({"square": 2}) == {"square": 2}
+    for bad in ({"sqaure": 2}, {"naive": 3}):  # a typo; a round-1 attacker (always on every image)
+        with pytest.raises(InvalidArgument, match="--attacker-images"):
+            check_limits(bad)
