@@ -48,7 +48,8 @@ def browser():
         pytest.skip("Chromium is not installed: `make install` installs Debian's chromium with apt-get where it can "
                     "(root and apt-get needed)")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-dev-shm-usage"])  # root; small /dev/shm
         yield browser
         browser.close()
 
