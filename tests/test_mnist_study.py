@@ -17,6 +17,7 @@ from fakegradient.errors import FakeGradientError, InvalidArgument
 from fakegradient.evaluation import mnist
 from fakegradient.evaluation.class_study import (
     class_subset,
+    counts_heatmap,
     counts_markdown,
     fake_output_counts,
     head_classes,
@@ -237,3 +238,12 @@ def test_mnist_direction_measures_each_image_and_reports(tmp_path, one_torch_thr
     assert all(-1 - 1e-6 <= r["cos"] <= 1 + 1e-6 and r["l2_ratio"] > 0 for r in rows)
     text = direction.report(rows, tmp_path, "test").read_text()
     assert "| tiny | 4 |" in text and (tmp_path / "per_image.csv").read_text().count("\n") == 5
+
+
+def test_the_table2_heatmap_is_written_with_one_panel_per_model(tmp_path):
+    from PIL import Image
+
+    panels = {"a": np.eye(3, 4, dtype=int) * 5, "b": np.ones((3, 4), int), "c": np.zeros((3, 4), int)}
+    counts_heatmap(tmp_path / "table2.png", panels, "Table 2")
+    with Image.open(tmp_path / "table2.png") as image:
+        assert image.format == "PNG" and image.width > image.height  # three panels side by side

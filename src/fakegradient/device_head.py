@@ -15,18 +15,16 @@ import json
 import logging
 import math
 import os
-import stat
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from .atomic import atomic_path, fsync_dir
 from .errors import KeyFileError, KeyMismatch
-from .key import Key
+from .key import Key, open_regular, read_private_file, warn_if_shared
 
 DEVICE_HEAD_FORMAT = "fakegradient-device-head"
 DEVICE_HEAD_VERSION = 1
@@ -163,21 +161,9 @@ class DeviceHead:
     def load(cls, path: str | os.PathLike) -> DeviceHead:
         """Read a device-head file: a regular file of at most :data:`MAX_DEVICE_HEAD_BYTES`. On POSIX, logs a
         warning when group or others may read or write it, as :meth:`Key.load` does."""
-        try:
-            with _open_regular(path) as handle:
-                if handle is None:
-                    raise KeyFileError(f"device-head file {path} is not a regular file")
-                mode = os.fstat(handle.fileno()).st_mode
-                data = handle.read(MAX_DEVICE_HEAD_BYTES + 1)
-        except OSError as exc:
-            raise KeyFileError(f"cannot read device-head file {path}: {exc.strerror or exc}") from None
-        if len(data) > MAX_DEVICE_HEAD_BYTES:
-            raise KeyFileError(f"device-head file {path} is larger than {MAX_DEVICE_HEAD_BYTES // 2**20} MiB")
+        data, mode = read_private_file(path, MAX_DEVICE_HEAD_BYTES, "device-head file")
         head = cls.from_bytes(data, source=f"device-head file {path}")
-        if os.name == "posix" and mode & 0o066:
-            _log.warning("device-head file %s is readable or writable by group or others (mode %04o): whoever "
-                         "reads it can compute the real outputs from the cloud's features; run chmod 600 %s",
-                         path, stat.S_IMODE(mode), path)
+        warn_if_shared(_log, path, mode, "device-head file", "can compute the real outputs from the cloud's features")
         return head
 
 
@@ -185,7 +171,7 @@ def is_device_head_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a readable regular file whose header says it is a device-head file (reads the header
     only; never raises)."""
     try:
-        with _open_regular(path) as handle:
+        with open_regular(path) as handle:
             if handle is None:
                 return False
             prefix = handle.read(_PREFIX)
@@ -202,19 +188,6 @@ def is_device_head_file(path: str | os.PathLike) -> bool:
 def load_secret(path: str | os.PathLike) -> Key | DeviceHead:
     """What a device keeps for one model: a :class:`Key` (the Fake Gradient schemes) or a :class:`DeviceHead`."""
     return DeviceHead.load(path) if is_device_head_file(path) else Key.load(path)
-
-
-@contextlib.contextmanager
-def _open_regular(path: str | os.PathLike) -> Iterator[BinaryIO | None]:
-    """``path`` opened for reading if it is a regular file, else None: a folder, a device or a pipe is not
-    opened for reading (no blocking on a FIFO)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        yield None
-        return
-    with os.fdopen(fd, "rb") as handle:
-        yield handle
 
 
 def _header(data: bytes, source: str) -> dict[str, Any]:

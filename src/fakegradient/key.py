@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -138,24 +140,12 @@ class Key:
     def load(cls, path: str | os.PathLike) -> Key:
         """Read a key file: a regular file of at most :data:`MAX_KEY_BYTES`. On POSIX, logs a warning when
         group or others may read or write it (as ssh does for private keys)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-            if not stat.S_ISREG(mode := os.fstat(fd).st_mode):  # a folder, a device, a pipe
-                os.close(fd)
-                raise KeyFileError(f"key file {path} is not a regular file")
-            with os.fdopen(fd, "rb") as handle:
-                data = handle.read(MAX_KEY_BYTES + 1)
-        except OSError as exc:
-            raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-        if len(data) > MAX_KEY_BYTES:
-            raise KeyFileError(f"key file {path} is larger than {MAX_KEY_BYTES // 2**20} MiB: not a key file")
+        data, mode = read_private_file(path, MAX_KEY_BYTES, "key file")
         key = cls.from_bytes(data, source=f"key file {path}")
         if key.seeded:
             _log.warning("key file %s was made with a seed: anyone who knows or guesses the seed can rebuild the "
                          "permutation; it is NOT secure (experiments only) — protect again without --seed", path)
-        if os.name == "posix" and mode & 0o066:
-            _log.warning("key file %s is readable or writable by group or others (mode %04o): whoever reads it "
-                         "can decrypt the model's outputs; run chmod 600 %s", path, stat.S_IMODE(mode), path)
+        warn_if_shared(_log, path, mode, "key file", "can decrypt the model's outputs")
         return key
 
 
@@ -196,3 +186,40 @@ def _fields(payload: dict[str, Any]) -> dict[str, Any]:
 def _checksum(payload: dict[str, Any]) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()
+
+
+@contextlib.contextmanager
+def open_regular(path: str | os.PathLike) -> Iterator[BinaryIO | None]:
+    """``path`` opened for reading if it is a regular file, else None: a folder, a device or a pipe is not
+    read (no blocking on a FIFO)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        yield None
+        return
+    with os.fdopen(fd, "rb") as handle:
+        yield handle
+
+
+def read_private_file(path: str | os.PathLike, limit: int, what: str) -> tuple[bytes, int]:
+    """(contents, st_mode) of the device's secret file ``path`` (a key or a device head, named ``what``): a
+    regular file of at most ``limit`` bytes, else a one-line :class:`KeyFileError`."""
+    try:
+        with open_regular(path) as handle:
+            if handle is None:
+                raise KeyFileError(f"{what} {path} is not a regular file")
+            mode = os.fstat(handle.fileno()).st_mode
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise KeyFileError(f"{what} {path} is larger than {limit // 2**20} MiB: not a {what}")
+    return data, mode
+
+
+def warn_if_shared(log: logging.Logger, path: str | os.PathLike, mode: int, what: str, exposes: str) -> None:
+    """On POSIX, warn when group or others may read or write a secret file (as ssh does for private keys);
+    ``exposes``: what a reader of it can do."""
+    if os.name == "posix" and mode & 0o066:
+        log.warning("%s %s is readable or writable by group or others (mode %04o): whoever reads it %s; "
+                    "run chmod 600 %s", what, path, stat.S_IMODE(mode), exposes, path)

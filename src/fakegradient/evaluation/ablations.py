@@ -200,7 +200,7 @@ def _figure(path: Path, rows: list[dict]) -> None:
     axes[2].set_ylim(-5, 105)
     fig.suptitle("Ablations on MobileNetV2: what makes the defense work")
     fig.tight_layout()
-    figures._save(fig, path)
+    figures.save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import write_bytes_atomic, write_with
+from ..atomic import write_bytes_atomic
 from ..errors import FakeGradientError, InvalidArgument
 from ..head import build_head, head_parameters, replace_module, trace_head
 from .intervals import Rate
@@ -85,14 +85,10 @@ def counts_markdown(counts: np.ndarray) -> list[str]:
 def counts_heatmap(path: Path, panels: dict[str, np.ndarray], title: str) -> None:
     """One panel per model: the fraction of each real class's images (rows) won by each fake output
     (columns, and a last one for "a real output"), counts written in the cells."""
-    from .figures import plt  # the Agg backend
+    from .figures import panel_grid, save_png  # the Agg backend
 
-    cols = min(4, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    for ax, (name, counts) in zip(axes.flat, panels.items()):
+    fig, axes = panel_grid(len(panels), 4.2, 4)
+    for ax, (name, counts) in zip(axes, panels.items()):
         n = counts.shape[0]
         share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
         ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
@@ -106,8 +102,7 @@ def counts_heatmap(path: Path, panels: dict[str, np.ndarray], title: str) -> Non
         ax.set_ylabel("original top-1 class")
         ax.set_title(name, fontsize=9)
     fig.suptitle(title)
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def rate_text(k: int, n: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,9 +15,21 @@ import torch  # noqa: E402
 from ..atomic import write_with  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` atomically as a PNG and close it."""
     write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
+
+
+def panel_grid(count: int, width: float, height: float, max_columns: int = 4) -> tuple[Any, list]:
+    """A figure of ``count`` panels of ``width`` × ``height`` inches, at most ``max_columns`` a row; the
+    unused cells of the last row switched off. Returns (figure, the ``count`` axes in reading order)."""
+    columns = min(max_columns, count)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:count])
 
 
 def _heat(r: torch.Tensor) -> np.ndarray:
@@ -52,7 +65,7 @@ def perturbation_heatmaps(path: Path, images: torch.Tensor, protected: torch.Ten
             ax.set_title(label, fontsize=8)
             ax.axis("off")
     fig.suptitle(title)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def grouped_bars(path: Path, names: list[str], series: dict[str, list[float]], ylabel: str, title: str,
@@ -71,19 +84,15 @@ def grouped_bars(path: Path, names: list[str], series: dict[str, list[float]], y
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def budget_curves(path: Path, curves: dict[str, dict[str, list[tuple[float, float]]]], titles: dict[str, str],
                   title: str, baseline: str) -> None:
     """One panel per attacker: defense success (%) against the L2 budget for each scheme (the
     ``baseline`` scheme, the unprotected original, dashed black)."""
-    columns = min(4, len(curves))
-    rows = -(-len(curves) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
-    for ax in axes.flat[len(curves):]:
-        ax.axis("off")
-    for ax, (attacker, by_method) in zip(axes.flat, curves.items()):
+    fig, axes = panel_grid(len(curves), 4.2, 3.3)
+    for ax, (attacker, by_method) in zip(axes, curves.items()):
         for method, points in by_method.items():
             xs, ys = zip(*points)
             style = {"color": "black", "linestyle": "--", "linewidth": 2, "zorder": 5} if method == baseline else {}
@@ -96,10 +105,10 @@ def budget_curves(path: Path, curves: dict[str, dict[str, list[tuple[float, floa
         ax.set_ylabel("defense success (%)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_title(attacker, fontsize=9)
-    axes.flat[0].legend(fontsize=6)
+    axes[0].legend(fontsize=6)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def matrix_heatmap(path: Path, values: np.ndarray, text: list[list[str]], rows: list[str], columns: list[str],
@@ -117,4 +126,4 @@ def matrix_heatmap(path: Path, values: np.ndarray, text: list[list[str]], rows: 
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     fig.colorbar(image, ax=ax, label="defense success (%)")
     ax.set_title(title, fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
