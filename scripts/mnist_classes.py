@@ -30,10 +30,12 @@ from fakegradient.errors import FakeGradientError
 from fakegradient.evaluation.class_study import (
     SELECTIONS,
     aggregate_rate,
+    done_before,
     head_classes,
     rate_text,
     records_from_csv,
     restrict_head,
+    run_study,
     write_records_csv,
 )
 from fakegradient.evaluation.config import PHOTOS_DATA, EvaluationConfig, load_samples
@@ -128,22 +130,19 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/mnist/classes"))
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    try:
+
+    def work() -> Path:
         if not args.report_only:
             ks = [int(k) for k in args.ks.split(",")]
             if any(not 2 <= k <= 1000 for k in ks):
                 raise FakeGradientError("--ks: each k must be in 2..1000")
             for k in ks:
                 folder = args.out / (f"{args.selection}_k{k}" if k < 1000 else "all_k1000")
-                if (folder / "run.json").is_file():
-                    print(f"{folder}: done before, kept")
-                    continue
-                run_k(k, args, folder)
-        print(f"report: {report(args.out)}")
-    except (FakeGradientError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+                if not done_before(folder):
+                    run_k(k, args, folder)
+        return report(args.out)
+
+    return run_study(work)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from fakegradient.atomic import write_bytes_atomic
 from fakegradient.data import load_batch
 from fakegradient.errors import FakeGradientError
 from fakegradient.evaluation import mnist
-from fakegradient.evaluation.class_study import head_classes, rate_text, restrict_head
+from fakegradient.evaluation.class_study import head_classes, rate_text, restrict_head, run_study
 from fakegradient.evaluation.config import PHOTOS_DATA, EvaluationConfig, load_samples
 from fakegradient.evaluation.pipeline import Normalized, load_pipeline, protected_pipeline
 from fakegradient.evaluation.runner import environment
@@ -131,7 +131,8 @@ def main() -> int:
     parser.add_argument("--mnist-recipes", default="old,strong", help="recipes the MNIST ResNet-18 is trained with")
     parser.add_argument("--out", type=Path, default=Path("reports/mnist/direction"))
     args = parser.parse_args()
-    try:
+
+    def work() -> Path:
         if not 1 <= args.eval <= mnist.HELD_OUT:
             raise FakeGradientError(f"--eval must be in 1..{mnist.HELD_OUT}")
         for recipe in args.mnist_recipes.split(","):
@@ -139,11 +140,9 @@ def main() -> int:
         rows = (imagenet(args.seed, None) + imagenet(args.seed, 10, "random") + imagenet(args.seed, 10, "top")
                 + [row for recipe in args.mnist_recipes.split(",")
                    for row in mnist_resnet18(args.seed, args.eval, recipe)])
-        print(f"report: {report(rows, args.out, ' '.join(sys.argv))}")
-    except FakeGradientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return report(rows, args.out, ' '.join(sys.argv))
+
+    return run_study(work)
 
 
 if __name__ == "__main__":

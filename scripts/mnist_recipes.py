@@ -34,9 +34,11 @@ from fakegradient.evaluation.class_study import (
     aggregate_rate,
     counts_heatmap,
     counts_markdown,
+    done_before,
     fake_output_counts,
     rate_text,
     records_from_csv,
+    run_study,
     same_target_as_original,
     write_records_csv,
 )
@@ -154,7 +156,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/mnist/recipes"))
     parser.add_argument("--report-only", action="store_true", help="only rewrite report.md from the run folders")
     args = parser.parse_args()
-    try:
+
+    def work() -> Path:
         if not args.report_only:
             specs = [mnist.recipe(name) for name in args.recipes.split(",")]
             sizes = [int(s) for s in args.sizes.split(",")]
@@ -164,15 +167,11 @@ def main() -> int:
             grid = [(a, r, s) for a in args.archs.split(",") for s in sizes for r in specs]
             for arch, spec, size in tqdm(grid, desc="runs"):
                 folder = args.out / f"{arch}_{spec.name}_{size}"
-                if (folder / "run.json").is_file():
-                    print(f"{folder}: done before, kept")
-                    continue
-                run_one(arch, spec, size, args, data, folder)
-        print(f"report: {report(args.out)}")
-    except (FakeGradientError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+                if not done_before(folder):
+                    run_one(arch, spec, size, args, data, folder)
+        return report(args.out)
+
+    return run_study(work)
 
 
 if __name__ == "__main__":

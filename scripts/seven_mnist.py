@@ -40,6 +40,7 @@ from fakegradient.evaluation.class_study import (
     fake_output_counts,
     rate_text,
     records_from_csv,
+    run_study,
     same_target_as_original,
     write_records_csv,
 )
@@ -221,16 +222,15 @@ def main() -> int:
     parser.add_argument("--from-stored", action="store_true",
                         help="no training: rebuild report.md (and results.json's aggregates) from --out's stored files")
     args = parser.parse_args()
-    try:
+
+    def work() -> Path:
         if not args.from_stored:
             if not 1 <= args.eval <= mnist.HELD_OUT:
                 raise FakeGradientError(f"--eval must be in 1..{mnist.HELD_OUT}")
             train_and_evaluate(args)
-        print(f"report: {write_report(args.out)}")
-    except FakeGradientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return write_report(args.out)
+
+    return run_study(work)
 
 
 if __name__ == "__main__":

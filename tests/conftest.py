@@ -21,6 +21,18 @@ def imagenet_photos(mobilenet_imagenet):
     return load_batch([s.path for s in samples], weights.transforms()), [s.label for s in samples]
 
 
+@pytest.fixture(scope="session")
+def photos_top1(mobilenet_imagenet, imagenet_photos) -> list[int]:
+    """The original MobileNetV2's top-1 on the 20 photos (in process), each decided by a margin > 1e-3, so that
+    ONNX Runtime's rounding cannot flip it in a served copy."""
+    model, _ = mobilenet_imagenet
+    images, _ = imagenet_photos
+    with torch.no_grad():
+        top2 = model(images).topk(2)
+    assert (top2.values[:, 0] - top2.values[:, 1] > 1e-3).all()
+    return top2.indices[:, 0].tolist()
+
+
 class TinyNet(torch.nn.Module):
     """A small CNN classifier for fast tests: (B, 3, 16, 16) → (B, num_classes)."""
 

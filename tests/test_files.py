@@ -92,11 +92,39 @@ def test_failed_write_keeps_previous_file(tmp_path, protected_tiny, monkeypatch)
     def boom(*_args, **_kwargs):
         raise OSError("disk full")
 
+    with pytest.raises(KeyFileError, match="refusing to overwrite"):
+        key.save(path)  # never replaced by default
+    assert path.read_bytes() == b"previous"
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
-        key.save(path)
+        key.save(path, replace=True)  # the CLI's --force: a failed replacement keeps the old file
     assert path.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["key.json"]
+
+
+def test_a_new_key_is_never_written_over_a_file_or_link(tmp_path, protected_tiny, monkeypatch):
+    _, key = protected_tiny
+    other = tmp_path / "other"
+    other.write_bytes(b"someone else's")
+    link = tmp_path / "link.json"
+    link.symlink_to(other)
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "nowhere")
+    for taken in (other, link, dangling):
+        with pytest.raises(KeyFileError, match="refusing to overwrite"):
+            key.save(taken)
+    assert other.read_bytes() == b"someone else's" and not (tmp_path / "nowhere").exists()
+
+    def no_hard_links(*_args, **_kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)  # file systems without hard links: an exclusive create
+    key.save(tmp_path / "key.json")
+    assert Key.load(tmp_path / "key.json").describe() == key.describe()
+    assert stat.S_IMODE(os.stat(tmp_path / "key.json").st_mode) == 0o600
+    with pytest.raises(KeyFileError, match="refusing to overwrite"):
+        key.save(tmp_path / "key.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.json", "key.json", "link.json", "other"]
 
 
 @pytest.fixture(scope="module")
@@ -166,10 +194,11 @@ def test_onnx_has_no_key_material_and_matches_torch(tmp_path, protected_mobilene
 
 
 def test_atomic_write_syncs_the_folder_after_the_rename(tmp_path, protected_tiny, monkeypatch):
-    """The rename itself must be durable: the folder is fsynced after ``os.replace``."""
+    """The new name itself must be durable: the folder is fsynced after ``os.link`` (a new key) or ``os.replace``
+    (``replace=True``)."""
     _, key = protected_tiny
     events = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
 
     def fsync(fd):
         events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
@@ -177,7 +206,11 @@ def test_atomic_write_syncs_the_folder_after_the_rename(tmp_path, protected_tiny
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", lambda *a: events.append("replace") or real_replace(*a))
+    monkeypatch.setattr(os, "link", lambda *a: events.append("link") or real_link(*a))
     key.save(tmp_path / "key.json")
+    assert events == ["fsync file", "link", "fsync folder"]
+    events.clear()
+    key.save(tmp_path / "key.json", replace=True)
     assert events == ["fsync file", "replace", "fsync folder"]
 
 

@@ -83,8 +83,9 @@ def test_interrupted_forced_protect_after_the_key_was_replaced_keeps_the_old_cop
     key.write_bytes(b"old key")
     real_save = Key.save
 
-    def save_then_interrupt(self, path):
-        real_save(self, path)
+    def save_then_interrupt(self, path, *, replace=False):
+        assert replace  # --force
+        real_save(self, path, replace=replace)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Key, "save", save_then_interrupt)

@@ -112,6 +112,48 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) 
         tmp.write_bytes(data)
 
 
+def write_new(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to a *new* file ``path`` atomically: a synced temporary file hard-linked to the name, which
+    fails if the name exists (``FileExistsError``); where hard links are not supported, an exclusive create."""
+    target = Path(path)
+    if target.is_dir():
+        raise FakeGradientError(f"cannot write {target}: it is a folder")
+    if target.exists() or target.is_symlink():
+        raise FileExistsError(errno.EEXIST, "file exists", str(target))
+    tmp = _temp_beside(target)
+    try:
+        os.chmod(tmp, mode)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links on this file system
+            _create_exclusive(target, data, mode)
+        fsync_dir(target.parent)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise FakeGradientError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_exclusive(target: Path, data: bytes, mode: int) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
 def write_with(path: str | os.PathLike, writer: Callable[[Path], None], mode: int = 0o644) -> None:
     """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
     with atomic_path(path, mode) as tmp:

@@ -259,10 +259,7 @@ def cmd_protect(args: argparse.Namespace) -> None:
         try:
             if args.no_onnx and args.out / "model.onnx" in taken:  # --force: the old model's, not this key's
                 (args.out / "model.onnx").unlink()
-            if isinstance(key, DeviceHead):  # replaces only with --force, after keeping a copy
-                key.save(args.key, replace=args.force)
-            else:
-                key.save(args.key)
+            key.save(args.key, replace=args.force)  # replaces only with --force, after keeping a copy
         except BaseException as exc:
             for path in written:
                 path.unlink(missing_ok=True)

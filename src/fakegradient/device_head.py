@@ -9,22 +9,18 @@ metadata and the tensors, so that a truncated, edited or foreign file is refused
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path, fsync_dir
 from .errors import KeyFileError, KeyMismatch
-from .key import Key, open_regular, read_private_file, warn_if_shared
+from .key import Key, open_regular, read_private_file, warn_if_shared, write_secret
 
 DEVICE_HEAD_FORMAT = "fakegradient-device-head"
 DEVICE_HEAD_VERSION = 1
@@ -150,12 +146,7 @@ class DeviceHead:
     def save(self, path: str | os.PathLike, *, replace: bool = False) -> None:
         """Write the file atomically, readable by the owner only (0600). An existing file is never replaced
         unless ``replace`` (the CLI's ``--force``, which keeps a copy of the old one first)."""
-        data = self.to_bytes()
-        if replace:
-            with atomic_path(path, 0o600) as tmp:
-                tmp.write_bytes(data)
-            return
-        _write_new(Path(path), data)
+        write_secret(path, self.to_bytes(), replace=replace)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DeviceHead:
@@ -233,48 +224,3 @@ def _checksum(meta: dict[str, str], arrays: dict[str, np.ndarray]) -> str:
         digest.update(f"{name}:{list(arrays[name].shape)}".encode())
         digest.update(np.ascontiguousarray(arrays[name], dtype="<f4").tobytes())
     return digest.hexdigest()
-
-
-def _write_new(target: Path, data: bytes) -> None:
-    """Write ``data`` to a new file ``target`` (0600) atomically: a synced temporary file hard-linked to the name,
-    which fails if the name exists; where hard links are not supported, an exclusive create."""
-    if target.exists() or target.is_symlink():
-        raise KeyFileError(f"refusing to overwrite {target}: choose a new path")
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise KeyFileError(f"cannot write {target}: {exc.strerror or exc}") from None
-    tmp = Path(name)
-    try:
-        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else os.chmod(tmp, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            raise KeyFileError(f"refusing to overwrite {target}: choose a new path") from None
-        except OSError:  # no hard links on this file system
-            _create_exclusive(target, data)
-        fsync_dir(target.parent)
-    except OSError as exc:
-        raise KeyFileError(f"cannot write {target}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-def _create_exclusive(target: Path, data: bytes) -> None:
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"refusing to overwrite {target}: choose a new path") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .atomic import write_bytes_atomic
+from .atomic import write_bytes_atomic, write_new
 from .core.permutation import decrypt, decrypt_real, is_permutation, real_top1, top1_tables
 from .errors import KeyFileError, KeyMismatch
 
@@ -132,9 +132,10 @@ class Key:
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise KeyFileError(f"{source} is missing or has a bad field: {exc}") from None
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the key atomically, readable by the owner only (0600)."""
-        write_bytes_atomic(path, self.to_bytes(), mode=0o600)
+    def save(self, path: str | os.PathLike, *, replace: bool = False) -> None:
+        """Write the key atomically, readable by the owner only (0600). An existing file is never replaced
+        unless ``replace`` (the CLI's ``--force``, which keeps a copy of the old one first)."""
+        write_secret(path, self.to_bytes(), replace=replace)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Key:
@@ -199,6 +200,17 @@ def open_regular(path: str | os.PathLike) -> Iterator[BinaryIO | None]:
         return
     with os.fdopen(fd, "rb") as handle:
         yield handle
+
+
+def write_secret(path: str | os.PathLike, data: bytes, *, replace: bool = False) -> None:
+    """Write a device secret (key, device head) atomically, 0600; an existing file is replaced only if ``replace``."""
+    if replace:
+        write_bytes_atomic(path, data, mode=0o600)
+        return
+    try:
+        write_new(path, data, mode=0o600)
+    except FileExistsError:
+        raise KeyFileError(f"refusing to overwrite {path}: choose a new path") from None
 
 
 def read_private_file(path: str | os.PathLike, limit: int, what: str) -> tuple[bytes, int]:

@@ -1,12 +1,15 @@
 """What the MNIST study measures beyond Table 1: a head restricted to k of its classes, Table 2 with
 many images per class (counts of the winning fake output per real class, and their heatmap), per-model
-summary rows with k/n and Wilson intervals, and records read back from a stored ``per_image.csv``."""
+summary rows with k/n and Wilson intervals, records read back from a stored ``per_image.csv``, and the
+small frame the study scripts share (:func:`run_study`, :func:`done_before`)."""
 
 from __future__ import annotations
 
 import copy
 import csv
 import io
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -155,3 +158,23 @@ def same_target_as_original(records: list[ImageRecord], method: str = "fake-grad
     target = {(r.model, r.image): r.adversarial_top1 for r in records if r.method == "original"}
     lost = [r for r in records if r.method == method and not r.defense_success and (r.model, r.image) in target]
     return sum(r.adversarial_top1 == target[(r.model, r.image)] for r in lost), len(lost)
+
+
+def done_before(folder: Path) -> bool:
+    """Whether a study run's ``folder`` is complete (its ``run.json``, written last, exists); says so if it is."""
+    done = (folder / "run.json").is_file()
+    if done:
+        print(f"{folder}: done before, kept")
+    return done
+
+
+def run_study(work: Callable[[], Path]) -> int:
+    """A study script's ``main``: run ``work`` (returns the report written), print it; a bad option or value is
+    one line on stderr and exit 2."""
+    try:
+        print(f"report: {work()}")
+    except (FakeGradientError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
