@@ -1,7 +1,7 @@
 """Our batched DeepFool vs foolbox's L2DeepFoolAttack (and ART's DeepFool) in one run.
 
     python benchmarks/deepfool_speed.py [--model mobilenet_v2:IMAGENET1K_V1] [--images 8] [--device cpu]
-                                        [--repeats 3] [--art-images 2]
+                                        [--repeats 3] [--art-images 2] [--repeat 1] [--random-weights]
 
 Same model, same images, same settings (fakegradient.defaults: top-10 candidates, overshoot 0.02,
 50 steps; clipping to [0, 1] as foolbox does). Prints images/s of each, the ratios ours/foolbox and
@@ -22,12 +22,12 @@ import time
 
 import torch
 
-from fakegradient import defaults
+from fakegradient import defaults, models
 from fakegradient.attacks.base import norms
 from fakegradient.attacks.deepfool import DeepFool, _rowwise_grads
 from fakegradient.data import foolbox_imagenet, load_batch
 from fakegradient.defaults import EMBEDDED_SPEC
-from fakegradient.evaluation.pipeline import load_pipeline
+from fakegradient.evaluation.pipeline import Normalized, load_pipeline, pixel_preprocessing, spec_weights
 
 
 def timed(fn):
@@ -43,6 +43,9 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=EMBEDDED_SPEC)
+    parser.add_argument("--random-weights", action="store_true",
+                        help="the architecture with seeded random weights (speed only; no checkpoint needed, e.g. "
+                             "resnet50 offline); preprocessing from its weights' metadata")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=1, help="repeat the photos to make a larger batch")
@@ -53,13 +56,19 @@ def main() -> None:
 
     import foolbox as fb
 
-    model, pixel = load_pipeline(args.model, args.device)
+    if args.random_weights:  # speed only: the same work per iteration, other decisions than a trained model
+        torch.manual_seed(0)
+        pixel, mean, std = pixel_preprocessing(spec_weights(args.model))
+        model = Normalized(models.load(args.model.partition(":")[0], weights=None), mean, std)
+        model = model.to(args.device).eval()
+    else:
+        model, pixel = load_pipeline(args.model, args.device)
     samples = foolbox_imagenet()[: args.images]
     x = load_batch([s.path for s in samples], pixel).repeat(args.repeat, 1, 1, 1).to(args.device)
     with torch.no_grad():
         labels = model(x).argmax(1)
     n = len(x)
-    print(f"{args.model} on {n} ImageNet photos, device {args.device}, torch threads {torch.get_num_threads()}")
+    print(f"{args.model}{' (random weights)' if args.random_weights else ''} on {n} ImageNet photos, device {args.device}, torch threads {torch.get_num_threads()}")
 
     attack_ours = DeepFool(clip=(0.0, 1.0))
     ours = attack_ours(model, x)  # warm-up, also every batch size the timed runs will see

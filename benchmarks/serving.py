@@ -1,6 +1,6 @@
 """Served throughput against the limit: protected vs unprotected MobileNetV2, with and without dynamic batching.
 
-    python benchmarks/serving.py [--clients 32] [--requests 20] [--rounds 2] [--threads 0]
+    python benchmarks/serving.py [--clients 32] [--requests 20] [--rounds 2] [--threads 0] [--device cuda]
     python benchmarks/serving.py --hostile [--seconds 30] [--big-json 4] [--slow-bodies 16] [--idle 500]
                                            [--big-batches 32]
 
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fakegradient import models, protect
+from fakegradient import defaults, models, protect
 from fakegradient.integrity import seal_file
 from fakegradient.modelfile import write_bundle
 from fakegradient.serving.onnx_model import RuntimeOptions, load_model_dir
@@ -67,7 +67,8 @@ def in_process(root: Path, name: str, args: argparse.Namespace) -> dict[tuple[in
     """(batch size, concurrent runs) → images/s of ONNX Runtime on the model file as the server opens it (same
     session options and threads), 1 or ``--max-runs`` runs at once as the server may; median of
     ``--rounds`` interleaved measurements of ``--seconds-per-size`` each."""
-    model = load_model_dir(root / name, runtime=RuntimeOptions(threads=args.threads, cpu_arena=args.cpu_arena))
+    model = load_model_dir(root / name, runtime=RuntimeOptions(threads=args.threads, cpu_arena=args.cpu_arena,
+                                                                  device=args.device))
     inputs = {size: np.random.default_rng(size).random((size, 3, 224, 224), dtype=np.float32)
               for size in args.batch_sizes}
     samples: dict[tuple[int, int], list[float]] = {}
@@ -164,12 +165,14 @@ def throughput(args: argparse.Namespace, root: Path) -> None:
         print(f"in-process ONNX Runtime, {name} (images/s at batch size x runs at once): "
               + ", ".join(f"{b}x{r}: {rate:.1f}" for (b, r), rate in rates.items())
               + f" -> limit {rates[best]:.1f} at {best[0]}x{best[1]}")
-    common = ["--max-runs", str(args.max_runs)] + (["--cpu-arena"] if args.cpu_arena else [])
+    common = (["--max-runs", str(args.max_runs), "--device", args.device]
+              + (["--cpu-arena"] if args.cpu_arena else []))
     settings = {"dynamic batching": ["--dynamic-batching", "--batch-rows", str(args.batch_rows), "--batch-delay-ms",
                                      str(args.batch_delay_ms), *common],
                 "no batching": ["--no-dynamic-batching", *common]}
     print(f"served: {args.clients} concurrent clients x {args.requests} requests x batch {args.batch} (binary "
-          f"tensors, keep-alive), {args.rounds} interleaved rounds; server --threads {args.threads} --max-runs "
+          f"tensors, keep-alive), {args.rounds} interleaved rounds; server --device {args.device} --threads {args.threads} "
+          f"--max-runs "
           f"{args.max_runs}{' --cpu-arena' if args.cpu_arena else ''}, other limits default")
     print(f"{'setting':<18} {'model':<12} {'images/s':>9} {'served/in-process':>18} {'p50 ms':>8} {'p99 ms':>8}")
     for setting, options in settings.items():
@@ -397,6 +400,8 @@ def main() -> None:
     parser.add_argument("--seconds-per-size", type=float, default=2.0, help="in-process time per measurement")
     parser.add_argument("--max-runs", type=int, default=2, help="ONNX Runtime runs at once, in-process and served")
     parser.add_argument("--cpu-arena", action="store_true", help="ONNX Runtime's CPU arena, in-process and served")
+    parser.add_argument("--device", default="cpu", choices=list(defaults.ORT_PROVIDERS),
+                        help="ONNX Runtime execution provider, in-process and served (cuda: onnxruntime-gpu)")
     parser.add_argument("--batch-rows", type=int, default=16, help="server --batch-rows with dynamic batching")
     parser.add_argument("--batch-delay-ms", type=float, default=1.0, help="server --batch-delay-ms")
     parser.add_argument("--server-option", dest="server_options", action="append", default=[],

@@ -60,6 +60,27 @@ def test_the_cpu_arena_is_off_unless_asked_for(tmp_path):
     assert arena.session.get_session_options().enable_cpu_mem_arena is True
 
 
+def test_the_cuda_device_is_refused_clearly_where_onnx_runtime_cannot_run_there(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    write_model(tmp_path)
+    cpu = load_model_dir(tmp_path, runtime=RuntimeOptions(device="cpu"))
+    assert cpu.session.get_providers() == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # this machine: no onnxruntime-gpu
+        with pytest.raises(FakeGradientError, match="has no CUDAExecutionProvider.*install onnxruntime-gpu"):
+            load_model_dir(tmp_path, runtime=RuntimeOptions(device="cuda"))
+    # an ONNX Runtime that lists CUDA but cannot start it falls back to the CPU silently: refused, not served slowly
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real_session = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession",
+                        lambda model, options, providers: real_session(model, options, providers=providers[1:]))
+    with pytest.raises(FakeGradientError, match="fell back to CPUExecutionProvider"):
+        load_model_dir(tmp_path, runtime=RuntimeOptions(device="cuda"))
+    result = subprocess.run([sys.executable, "-m", "fakegradient.cli", "serve", str(tmp_path), "--device", "tpu"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and "--device" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_memory_freed_by_a_large_run_goes_back_to_the_os(tmp_path, monkeypatch):
     from fakegradient.serving import onnx_model
 

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64, help="largest batch accepted (default 64)")
     p.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    p.add_argument("--device", default="cpu", choices=list(defaults.ORT_PROVIDERS),
+                   help="ONNX Runtime execution provider: cpu, or cuda (needs onnxruntime-gpu; refused if "
+                        "ONNX Runtime cannot start it)")
     p.add_argument("--cpu-arena", action="store_true",
                    help="keep ONNX Runtime's CPU memory arena: large batches run faster, but the memory of "
                         "peak loads is never returned")
@@ -440,7 +443,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     access = Access(args.public_metadata, read_token(args.token_file) if args.token_file else None,
                     tuple(args.cors_origin))
     batching = Batching(args.dynamic_batching, args.batch_rows, args.batch_delay_ms / 1000)
-    serve(args.model_dirs, args.host, args.port, limits, RuntimeOptions(args.threads, args.cpu_arena), access,
+    serve(args.model_dirs, args.host, args.port, limits, RuntimeOptions(args.threads, args.cpu_arena, args.device), access,
           batching)
 
 

@@ -33,3 +33,5 @@ EMBEDDED_DATA = "foolbox-imagenet"  # the 20 ImageNet photos in foolbox's wheel
 def batch_size(device: str) -> int:
     """The default attack batch for ``device`` ("cpu", "cuda", "cuda:1", ...)."""
     return BATCH_SIZE_CUDA if device.startswith("cuda") else BATCH_SIZE_CPU
+# the server's ONNX Runtime execution providers per `serve --device`, in ORT's order of preference
+ORT_PROVIDERS = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider")}

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..core.fingerprint import head_fingerprint
+from ..defaults import ORT_PROVIDERS
 from ..device_head import is_device_head_file
-from ..errors import FakeGradientError
+from ..errors import FakeGradientError, InvalidArgument
 from ..integrity import check_digest
 from ..key import KEY_FORMAT
 from ..methods import METHODS
@@ -63,6 +64,20 @@ class RuntimeOptions:
 
     threads: int = 0  # intra-op threads, 0 = all cores
     cpu_arena: bool = False
+    device: str = "cpu"  # a key of defaults.ORT_PROVIDERS
+
+
+def _providers(device: str) -> list[str]:
+    """The providers for ``device``; a clear error when this ONNX Runtime cannot run on it."""
+    import onnxruntime as ort
+
+    if device not in ORT_PROVIDERS:
+        raise InvalidArgument(f"--device must be one of {', '.join(ORT_PROVIDERS)}, got {device!r}")
+    wanted = ORT_PROVIDERS[device][0]
+    if wanted not in ort.get_available_providers():
+        raise FakeGradientError(f"--device {device}: this ONNX Runtime ({ort.__version__}) has no {wanted} "
+                                f"(it has {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+    return list(ORT_PROVIDERS[device])
 
 
 def load_model_dir(model_dir: Path, name: str | None = None,
@@ -93,15 +108,18 @@ def load_model_dir(model_dir: Path, name: str | None = None,
         raise FakeGradientError(f"{path}: the head's weights do not match the fingerprint in its metadata "
                                 "(corrupted or edited file); export it again with `fakegradient protect`")
     check_digest(graph, path)  # the whole model: a corrupted backbone is refused too
+    providers = _providers(runtime.device)
     options = ort.SessionOptions()
     options.intra_op_num_threads = runtime.threads
     options.enable_cpu_mem_arena = runtime.cpu_arena
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
     try:  # the bytes checked above are the bytes run (a file with external data is opened by path)
-        session = ort.InferenceSession(str(path) if external else data, options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path) if external else data, options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types
         raise FakeGradientError(f"cannot load {path}: {exc}") from None
+    if session.get_providers()[0] != providers[0]:  # ORT falls back to the CPU when CUDA cannot start
+        raise FakeGradientError(f"cannot load {path} on --device {runtime.device}: ONNX Runtime fell back to "
+                                f"{session.get_providers()[0]} (are the CUDA and cuDNN libraries installed?)")
     if len(session.get_inputs()) != 1 or len(session.get_outputs()) != 1:
         raise FakeGradientError(f"{path}: the model must have one input and one output")
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
