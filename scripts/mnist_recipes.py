@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from fakegradient.atomic import write_bytes_atomic
 from fakegradient.data import Sample
 from fakegradient.errors import FakeGradientError
-from fakegradient.evaluation import mnist
+from fakegradient.evaluation import figures, mnist
 from fakegradient.evaluation.class_study import (
     aggregate_rate,
     counts_heatmap,
@@ -43,6 +43,7 @@ from fakegradient.evaluation.class_study import (
     write_records_csv,
 )
 from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.intervals import Rate
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.records import aggregate_by
 from fakegradient.evaluation.runner import environment, evaluate_model
@@ -89,6 +90,41 @@ def load_runs(out: Path) -> list[tuple[dict, list]]:
     return sorted(runs, key=lambda r: (r[0]["arch"], r[0]["size"], order.index(r[0]["recipe"])))
 
 
+def accuracy_figure(path: Path, points: list[dict]) -> None:
+    """Two panels against held-out accuracy: Fake Gradient's defense success (Wilson 95 % bars) and the median
+    ‖r‖ ratio; one marker per run (open: recipe ``old``, filled: ``strong``), a line from ``old`` to ``strong``
+    for each architecture and input size."""
+    fig, (left, right) = figures.panel_grid(2, 5.2, 4.0)
+    colours = {arch: f"C{i}" for i, arch in enumerate(sorted({p["arch"] for p in points}))}
+    for ax, key in ((left, "defense"), (right, "ratio")):
+        for (arch, size), group in _groups(points).items():
+            group = [p for p in group if p[key] is not None]
+            xs, ys = [p["accuracy"] for p in group], [p[key] for p in group]
+            ax.plot(xs, ys, "-", color=colours[arch], alpha=0.5)
+            for p in group:
+                filled = p["recipe"] != "old"
+                error = [[p["defense"] - p["low"]], [p["high"] - p["defense"]]] if key == "defense" else None
+                ax.errorbar(p["accuracy"], p[key], yerr=error, fmt="o" if size == 32 else "s",
+                            color=colours[arch], mfc=colours[arch] if filled else "white", capsize=3,
+                            label=f"{arch} {size}px" if p is group[0] else None)
+        ax.set_xlabel("held-out accuracy (%)")
+        ax.grid(alpha=0.3)
+    left.set_ylabel("Fake Gradient: defense success (%)")
+    right.set_ylabel("median ‖r‖ ratio, FG / original")
+    right.axhline(1.0, color="grey", lw=0.8)
+    left.legend(fontsize=7)
+    fig.suptitle("MNIST: open marker = recipe old, filled = strong (bars: Wilson 95 %)")
+    figures.save_png(fig, path)
+
+
+def _groups(points: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    order = list(mnist.RECIPES)
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for p in sorted(points, key=lambda p: order.index(p["recipe"])):
+        groups.setdefault((p["arch"], p["size"]), []).append(p)
+    return groups
+
+
 def report(out: Path) -> Path:
     runs = load_runs(out)
     if not runs:
@@ -106,7 +142,7 @@ def report(out: Path) -> Path:
              "original | original model: defense (sanity: the attack wins) | Random Weight: defense | median ρ "
              "original → FG | FG lost: real top-1 lands where the attack on the unprotected model lands | train s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    panels = {}
+    panels, points = {}, []
     for run, records in runs:
         agg = aggregate_by(records)
         arch = run["arch"]
@@ -122,6 +158,11 @@ def report(out: Path) -> Path:
             f"{aggregate_rate(rw, 'defense_success_pct') if rw else '—'} | "
             f"{orig['rho_median']:.4f} → {fg['rho_median']:.4f} | {rate_text(same, lost) if lost else '—'} | "
             f"{run['train_seconds']:.0f} |")
+        if fg and fg.get("defense_success_pct_n"):
+            rate = Rate(fg["defense_success_pct_k"], fg["defense_success_pct_n"])
+            points.append({"arch": arch, "size": run["size"], "recipe": run["recipe"],
+                           "accuracy": 100 * run["held_out_correct"] / run["held_out"], "defense": rate.pct,
+                           "low": rate.ci95_pct[0], "high": rate.ci95_pct[1], "ratio": fg["l2_ratio_median"]})
         fake = [r for r in records if r.method == "fake-gradient"]
         panels[f"{arch} {run['size']}px {run['recipe']}"] = fake_output_counts(fake, 10)
     env = runs[0][0]["environment"]
@@ -137,8 +178,10 @@ def report(out: Path) -> Path:
         lines += [f"**{name}**: the mirror fake output wins for {rate_text(diagonal, int(counts.sum()))} of the "
                   "images.", "", *counts_markdown(counts), ""]
     counts_heatmap(out / "table2_heatmap.png", panels, "Winning fake output per real class (MNIST held-out)")
+    accuracy_figure(out / "accuracy_vs_defense.png", points)
     lines += ["Files: one folder per run (`<arch>_<recipe>_<size>/per_image.csv`, `run.json`: training, "
-              "accuracy, command, environment), `table2_heatmap.png`.", ""]
+              "accuracy, command, environment), `table2_heatmap.png`, `accuracy_vs_defense.png` (defense "
+              "success and the ‖r‖ ratio against held-out accuracy, per run).", ""]
     path = out / "report.md"
     write_bytes_atomic(path, "\n".join(lines).encode())
     return path

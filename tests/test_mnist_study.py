@@ -206,6 +206,7 @@ def test_mnist_recipes_report_from_run_folders(tmp_path):
     assert "| resnet18 | 32×32 | old | 950/1000 = 95 % [93–96] | 15/20 = 75 % [53–89] | 0.80 (n=20) |" in text
     assert "| 5/5 = 100 % [57–100] |" in text  # the lost images land where the unprotected attack's do
     assert "20/20 = 100 %" in text and (tmp_path / "table2_heatmap.png").stat().st_size > 0
+    assert (tmp_path / "accuracy_vs_defense.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_seven_mnist_report_from_stored_files(tmp_path):
