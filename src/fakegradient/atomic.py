@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from .errors import FakeGradientError
 
@@ -78,22 +79,17 @@ def keep_copy(path: str | os.PathLike) -> Path:
     for n in itertools.count():
         backup = source.with_name(source.name + (".old" if n == 0 else f".old.{n}"))
         try:
-            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+            with open(source, "rb") as src:
+                _create_exclusive(backup, lambda out: shutil.copyfileobj(src, out), 0o600)
+            try:
+                fsync_dir(backup.parent)
+            except OSError:
+                backup.unlink(missing_ok=True)
+                raise
         except FileExistsError:
             continue
         except OSError as exc:
             raise FakeGradientError(f"cannot keep a copy of {source}: {exc.strerror or exc}") from None
-        try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out)
-                out.flush()
-                os.fsync(out.fileno())
-            fsync_dir(backup.parent)
-        except BaseException as exc:
-            backup.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise FakeGradientError(f"cannot keep a copy of {source}: {exc.strerror or exc}") from None
-            raise
         return backup
     raise AssertionError("unreachable")
 
@@ -132,7 +128,7 @@ def write_new(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
         except FileExistsError:
             raise
         except OSError:  # no hard links on this file system
-            _create_exclusive(target, data, mode)
+            _create_exclusive(target, lambda handle: handle.write(data), mode)
         fsync_dir(target.parent)
     except FileExistsError:
         raise
@@ -142,11 +138,13 @@ def write_new(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _create_exclusive(target: Path, data: bytes, mode: int) -> None:
+def _create_exclusive(target: Path, fill: Callable[[BinaryIO], Any], mode: int) -> None:
+    """Create ``target`` (``FileExistsError`` if it exists), let ``fill`` write it, sync it; on any failure
+    the partial file is removed."""
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
