@@ -79,7 +79,7 @@ def test_attacks_are_reproducible_from_the_generator(digits_model, name):
     lambda: CarliniWagnerL2(eps=0.0), lambda: CarliniWagnerL2(confidence=-1.0), lambda: CarliniWagnerL2(steps=0),
     lambda: SquareAttack(eps=1.0, queries=2), lambda: SquareAttack(eps=1.0, p_init=1.5),
     lambda: SquareAttack(eps="1"), lambda: HopSkipJump(queries=0), lambda: HopSkipJump(init_eval=200, max_eval=100),
-    lambda: HopSkipJump(eps=float("inf")),
+    lambda: HopSkipJump(eps=float("inf")), lambda: HopSkipJump(batch_size=0),
 ])
 def test_bad_hyper_parameters_are_refused(make):
     with pytest.raises(InvalidArgument):

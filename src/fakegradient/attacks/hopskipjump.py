@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import defaults
 from ._adapters import Judge, QueryCounter, art_classifier, check_float, check_int, finish, seeded, to_tensor
 from .base import AttackResult
 
@@ -39,6 +40,7 @@ class HopSkipJump:
     init_eval: int = 100  # ART's defaults: gradient-estimate queries at the first iteration
     max_eval: int = 10000
     init_size: int = 100  # random trials for a first adversarial point
+    batch_size: int | None = None  # images per forward pass; None: defaults.batch_size of the images' device
 
     def __post_init__(self) -> None:
         check_int("HopSkipJump", "queries", self.queries)
@@ -46,6 +48,8 @@ class HopSkipJump:
         check_int("HopSkipJump", "init_eval", self.init_eval)
         check_int("HopSkipJump", "max_eval", self.max_eval, minimum=self.init_eval)
         check_int("HopSkipJump", "init_size", self.init_size)
+        if self.batch_size is not None:
+            check_int("HopSkipJump", "batch_size", self.batch_size)
 
     def __call__(self, model: nn.Module, images: torch.Tensor, *, judge: Judge | None = None,
                  generator: np.random.Generator | None = None) -> AttackResult:
@@ -54,13 +58,14 @@ class HopSkipJump:
         from art.attacks.evasion import HopSkipJump as ArtHopSkipJump
 
         generator = np.random.default_rng(0) if generator is None else generator
+        batch_size = self.batch_size or defaults.batch_size(images.device.type)  # 64 on CPU: 3x slower per image
         adversarial = images.clone()
         used = torch.zeros(len(images), dtype=torch.long)
         iterations = torch.zeros(len(images), dtype=torch.long)
         for i in range(len(images)):
             counter = QueryCounter(_TopOne(model))
             attack = ArtHopSkipJump(art_classifier(counter, images), norm=2, max_iter=1, max_eval=self.max_eval,
-                                    init_eval=self.init_eval, init_size=self.init_size, batch_size=64,
+                                    init_eval=self.init_eval, init_size=self.init_size, batch_size=batch_size,
                                     verbose=False)
             counter.queries = 0
             x = images[i:i + 1].detach().cpu()
