@@ -165,14 +165,14 @@ def throughput(args: argparse.Namespace, root: Path) -> None:
         print(f"in-process ONNX Runtime, {name} (images/s at batch size x runs at once): "
               + ", ".join(f"{b}x{r}: {rate:.1f}" for (b, r), rate in rates.items())
               + f" -> limit {rates[best]:.1f} at {best[0]}x{best[1]}")
-    common = (["--max-runs", str(args.max_runs), "--device", args.device]
+    common = (["--max-runs", str(args.max_runs), "--device", args.device, "--http", args.http]
               + (["--cpu-arena"] if args.cpu_arena else []))
     settings = {"dynamic batching": ["--dynamic-batching", "--batch-rows", str(args.batch_rows), "--batch-delay-ms",
                                      str(args.batch_delay_ms), *common],
                 "no batching": ["--no-dynamic-batching", *common]}
     print(f"served: {args.clients} concurrent clients x {args.requests} requests x batch {args.batch} (binary "
-          f"tensors, keep-alive), {args.rounds} interleaved rounds; server --device {args.device} --threads {args.threads} "
-          f"--max-runs "
+          f"tensors, keep-alive), {args.rounds} interleaved rounds; server --http {args.http} --device {args.device} "
+          f"--threads {args.threads} --max-runs "
           f"{args.max_runs}{' --cpu-arena' if args.cpu_arena else ''}, other limits default")
     print(f"{'setting':<18} {'model':<12} {'images/s':>9} {'served/in-process':>18} {'p50 ms':>8} {'p99 ms':>8}")
     for setting, options in settings.items():
@@ -334,7 +334,7 @@ def attack(address: tuple[str, int], counts: dict[str, int], ready, stop, result
 def hostile(args: argparse.Namespace, root: Path) -> None:
     import multiprocessing
 
-    server, url = start_server(root, ["protected"], args.threads)
+    server, url = start_server(root, ["protected"], args.threads, "--http", args.http, *args.server_options)
     address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
     context = multiprocessing.get_context("spawn")
     ready, stop, results = context.Event(), context.Event(), context.Queue()
@@ -402,6 +402,8 @@ def main() -> None:
     parser.add_argument("--cpu-arena", action="store_true", help="ONNX Runtime's CPU arena, in-process and served")
     parser.add_argument("--device", default="cpu", choices=list(defaults.ORT_PROVIDERS),
                         help="ONNX Runtime execution provider, in-process and served (cuda: onnxruntime-gpu)")
+    parser.add_argument("--http", default=defaults.HTTP, choices=list(defaults.HTTP_PARSERS),
+                        help="the server's HTTP/1.1 implementation (serve --http)")
     parser.add_argument("--batch-rows", type=int, default=16, help="server --batch-rows with dynamic batching")
     parser.add_argument("--batch-delay-ms", type=float, default=1.0, help="server --batch-delay-ms")
     parser.add_argument("--server-option", dest="server_options", action="append", default=[],

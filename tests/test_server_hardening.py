@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,6 +21,8 @@ from hypothesis.extra import numpy as hnp
 from test_server_support import INPUT_SHAPE, request, running_server, tiny_models, tiny_request
 
 import fakegradient.serving.server as server_module
+from fakegradient import defaults
+from fakegradient.errors import FakeGradientError, InvalidArgument
 from fakegradient.serving.onnx_model import ServedModel
 from fakegradient.serving.server import Batching, Limits
 
@@ -42,13 +45,15 @@ class GateSession:
         return [np.zeros((len(feeds["input"]), 4), np.float32)]
 
 
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory):
-    """The real server (tiny ONNX model + a gated stub) under tight limits: (address, gate session)."""
+@pytest.fixture(scope="module", params=list(defaults.HTTP_PARSERS))
+def guarded(tmp_path_factory, request):
+    """The real server (tiny ONNX model + a gated stub) under tight limits, on each HTTP implementation:
+    (address, gate session)."""
     gate = GateSession()
     models = tiny_models(tmp_path_factory.mktemp("models")) + [
         ServedModel("gate", Path("gate.onnx"), gate, "input", [-1, *INPUT_SHAPE], "logits", [-1, 4])]
-    with running_server(models, LIMITS, batching=Batching(enabled=True, max_rows=2)) as address:  # 2 rows: alone
+    with running_server(models, LIMITS, batching=Batching(enabled=True, max_rows=2),  # 2 rows: alone
+                        http=request.param) as address:
         yield address, gate
 
 
@@ -336,6 +341,35 @@ def test_headers_sent_byte_by_byte_are_cut_off(guarded):
         assert cut and time.monotonic() - start < 10
 
 
+def test_a_head_over_the_limit_is_refused_and_others_are_served(guarded):
+    """An unfinished head larger than ``max_head_bytes``, sent at once (the header timeout would take its
+    time: 1 s here), is answered with a 4xx (h11: its own 400; httptools: our 431) and closed at once."""
+    head = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(2 * LIMITS.max_head_bytes // 1000))
+    with socket.create_connection(guarded[0]) as big:
+        big.settimeout(5)
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            big.sendall(head)  # the server may close before it has all
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := big.recv(4096):
+                answer += chunk
+    assert answer.split(b" ", 2)[1:2] in ([b"400"], [b"431"]), answer[:200]
+    assert request(guarded[0], "GET", "/v2/health/live", timeout=5)[0] == 200
+
+
+def test_the_http_parser_is_checked_and_the_event_loop_is_asyncio(tmp_path, monkeypatch):
+    """Unknown parsers are refused, a missing httptools is named, and uvicorn never picks uvloop on its own
+    (it does when installed; under benchmarks/serving.py --hostile it starved the health checks)."""
+    models = tiny_models(tmp_path)
+    with pytest.raises(InvalidArgument, match="--http must be one of h11, httptools"):
+        server_module.build_server(models, http="llhttp")
+    assert {server_module.build_server(models, http=h).config.loop for h in defaults.HTTP_PARSERS} == {"asyncio"}
+    monkeypatch.setitem(sys.modules, "httptools", None)
+    with pytest.raises(FakeGradientError, match="needs the httptools package"):
+        server_module.build_server(models, http="httptools")
+
+
 def test_a_body_that_stops_arriving_gets_408_and_others_are_served(guarded):
     address = guarded[0]
     with socket.create_connection(address) as slow:
@@ -355,11 +389,13 @@ def test_a_body_that_stops_arriving_gets_408_and_others_are_served(guarded):
     assert json.loads(body) == {"error": "the request body took over 1 s to arrive"}
 
 
-def test_many_idle_connections_cannot_lock_out_a_client(tmp_path):
+@pytest.mark.parametrize("http", list(defaults.HTTP_PARSERS))
+def test_many_idle_connections_cannot_lock_out_a_client(tmp_path, http):
     """Over the connection cap, the connections idle the longest are closed (long before the header
     timeout): a flood of idle connections does not exhaust the server's file descriptors, and a new
     client still gets served."""
-    with running_server(tiny_models(tmp_path), Limits(max_connections=32, header_timeout=600)) as address:
+    with running_server(tiny_models(tmp_path), Limits(max_connections=32, header_timeout=600),
+                        http=http) as address:
         flood = [socket.create_connection(address) for _ in range(32 + 100)]
         try:
             assert request(address, "POST", INFER, tiny_request(GOOD), timeout=10)[0] == 200

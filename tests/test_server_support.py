@@ -87,9 +87,9 @@ def tiny_request(x: np.ndarray, **fields: Any) -> bytes:
 
 @contextmanager
 def running_server(models: list[ServedModel], limits: Limits, access: Access = Access(),
-                   batching: Batching = Batching()) -> Iterator[tuple[str, int]]:
+                   batching: Batching = Batching(), http: str = "h11") -> Iterator[tuple[str, int]]:
     """The real server (as ``serve`` builds it) in a thread on 127.0.0.1; yields (host, port)."""
-    server = build_server(models, limits, access, batching)
+    server = build_server(models, limits, access, batching, http)
     server.config.log_config = None
     with in_thread(server) as address:
         yield address

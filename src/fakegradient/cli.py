@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=list(defaults.ORT_PROVIDERS),
                    help="ONNX Runtime execution provider: cpu, or cuda (needs onnxruntime-gpu; refused if "
                         "ONNX Runtime cannot start it)")
+    p.add_argument("--http", default=defaults.HTTP, choices=list(defaults.HTTP_PARSERS),
+                   help="HTTP/1.1 parser: h11 (pure Python) or httptools (C: ~4x less time to parse a request; "
+                        "no throughput gain measured on 2 CPU cores) (default %(default)s)")
     p.add_argument("--cpu-arena", action="store_true",
                    help="keep ONNX Runtime's CPU memory arena: large batches run faster, but the memory of "
                         "peak loads is never returned")
@@ -444,7 +447,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                     tuple(args.cors_origin))
     batching = Batching(args.dynamic_batching, args.batch_rows, args.batch_delay_ms / 1000)
     serve(args.model_dirs, args.host, args.port, limits, RuntimeOptions(args.threads, args.cpu_arena, args.device), access,
-          batching)
+          batching, args.http)
 
 
 def cmd_device_ui(args: argparse.Namespace) -> None:

@@ -33,5 +33,10 @@ EMBEDDED_DATA = "foolbox-imagenet"  # the 20 ImageNet photos in foolbox's wheel
 def batch_size(device: str) -> int:
     """The default attack batch for ``device`` ("cpu", "cuda", "cuda:1", ...)."""
     return BATCH_SIZE_CUDA if device.startswith("cuda") else BATCH_SIZE_CPU
+
+
+# the server's HTTP/1.1 parsers per `serve --http` (uvicorn's; both on asyncio's event loop)
+HTTP_PARSERS = ("h11", "httptools")
+HTTP = "h11"
 # the server's ONNX Runtime execution providers per `serve --device`, in ORT's order of preference
 ORT_PROVIDERS = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider")}

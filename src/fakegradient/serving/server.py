@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .. import __version__
+from .. import __version__, defaults
 from ..errors import FakeGradientError, InvalidArgument
 from .auth import bearer_matches
 from .batching import Batching, DynamicBatcher
@@ -63,6 +63,7 @@ class Limits:
     max_runs: int = 2  # ONNX Runtime runs at once (each uses all its intra-op threads)
     max_connections: int = 256  # open connections; beyond, those idle the longest are closed
     header_timeout: float = 10.0  # s to send a request's head, from connecting or the previous response
+    max_head_bytes: int = 16 * 2**10  # a request's head (h11's own bound; 431 and closed beyond)
     body_timeout: float = 30.0  # s to send a request's body (408 beyond)
     keep_alive: float = 5.0  # s an idle connection stays open between requests
 
@@ -354,7 +355,7 @@ class ConnectionCap:
     def __init__(self, limit: int, grace: float = 0.1) -> None:
         self.limit, self.grace, self.pending = limit, grace, False
 
-    def arrived(self, connection: GuardedH11Protocol) -> None:
+    def arrived(self, connection: _Guard) -> None:
         if len(connection.connections) > self.limit and not self.pending:
             self.pending = True
             connection.loop.call_later(self.grace, self._enforce, connection.loop, connection.connections)
@@ -373,38 +374,50 @@ class ConnectionCap:
             loop.call_later(self.grace, self._enforce, loop, connections)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a cap on open connections and a deadline for each request's head
-    (uvicorn has neither: idle or slow connections would be kept forever)."""
+class _Guard:
+    """A cap on open connections and a deadline (and a size limit) for each request's head, mixed into
+    uvicorn's HTTP/1.1 protocols (uvicorn has neither: idle or slow connections would be kept forever)."""
+
+    cycle: Any
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
 
     def __init__(self, *args: Any, limits: Limits, cap: ConnectionCap, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits, self.cap = limits, cap
         self.idle_since: float | None = None  # when it began waiting for a request head
+        self.head_bytes = 0  # received while waiting for a head
         self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[misc]
         self._await_head()
-        self.cap.arrived(self)
+        self.cap.arrived(self)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        waiting = self.idle_since is not None
+        super().data_received(data)  # type: ignore[misc]
         if self.cycle is not None and not self.cycle.response_complete:  # a head arrived
             self._stop_waiting()
+        elif waiting and not self.transport.is_closing():
+            self.head_bytes += len(data)
+            if self.head_bytes > self.limits.max_head_bytes:  # httptools would keep any amount
+                self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                     b"content-length: 0\r\nconnection: close\r\n\r\n")
+                self.transport.close()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _await_head(self) -> None:
         self._stop_waiting()
-        self.idle_since = self.loop.time()
+        self.idle_since, self.head_bytes = self.loop.time(), 0
         self.deadline = self.loop.call_later(self.limits.header_timeout, self._expire)
 
     def _stop_waiting(self) -> None:
@@ -418,6 +431,28 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
+class GuardedH11Protocol(_Guard, H11Protocol):
+    """uvicorn's pure-Python HTTP/1.1 protocol (h11), guarded."""
+
+
+def _guarded(http: str) -> type[_Guard]:
+    """The guarded protocol class of the HTTP parser ``http`` (one of :data:`defaults.HTTP_PARSERS`)."""
+    if http not in defaults.HTTP_PARSERS:
+        raise InvalidArgument(f"--http must be one of {', '.join(defaults.HTTP_PARSERS)}, got {http!r}")
+    if http == "h11":
+        return GuardedH11Protocol
+    try:
+        import httptools  # noqa: F401  (uvicorn's module imports without it)
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        raise FakeGradientError(f"--http {http} needs the httptools package: pip install httptools") from None
+
+    class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
+        """uvicorn's HTTP/1.1 protocol on httptools (llhttp, C), guarded."""
+
+    return GuardedHttpToolsProtocol
+
+
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``, or a one-line error (port in use, unknown host...)."""
     try:
@@ -429,18 +464,23 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def build_server(models: list[ServedModel], limits: Limits = Limits(), access: Access = Access(),
-                 batching: Batching = Batching()) -> uvicorn.Server:
-    """The uvicorn server (not started) for ``models`` under ``limits``; run it with ``.run(sockets=...)``."""
-    protocol = functools.partial(GuardedH11Protocol, limits=limits, cap=ConnectionCap(limits.max_connections))
+                 batching: Batching = Batching(), http: str = defaults.HTTP) -> uvicorn.Server:
+    """The uvicorn server (not started) for ``models`` under ``limits``; run it with ``.run(sockets=...)``.
+    ``http``: the HTTP/1.1 parser, one of :data:`defaults.HTTP_PARSERS`."""
+    protocol = functools.partial(_guarded(http), limits=limits, cap=ConnectionCap(limits.max_connections))
     config = uvicorn.Config(create_app(models, limits, access, batching), log_level="warning",
                             http=protocol,  # type: ignore[arg-type]  # a factory of protocols works too
+                            loop="asyncio",  # not uvloop, which uvicorn picks when installed: under
+                            # benchmarks/serving.py --hostile it answered health checks 6-9x slower (p99)
                             timeout_keep_alive=limits.keep_alive)  # type: ignore[arg-type]  # float works
     return uvicorn.Server(config)
 
 
 def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
-          runtime: RuntimeOptions | None = None, access: Access = Access(), batching: Batching = Batching()) -> None:
+          runtime: RuntimeOptions | None = None, access: Access = Access(), batching: Batching = Batching(),
+          http: str = defaults.HTTP) -> None:
     """Load ``model_dirs`` (each checked: no key file, head matching its fingerprint) and serve them."""
+    _guarded(http)  # an unknown or missing HTTP implementation: refused before loading the models
     models = [load_model_dir(d, runtime=runtime or RuntimeOptions()) for d in model_dirs]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
@@ -448,4 +488,4 @@ def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, lim
     sock = listen(host, port)
     print(f"serving {', '.join(names)} on http://{host}:{sock.getsockname()[1]} (Open Inference Protocol v2)",
           flush=True)
-    build_server(models, limits, access, batching).run(sockets=[sock])
+    build_server(models, limits, access, batching, http).run(sockets=[sock])
