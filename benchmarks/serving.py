@@ -1,15 +1,17 @@
 """Served throughput against the limit: protected vs unprotected MobileNetV2, with and without dynamic batching.
 
-    python benchmarks/serving.py [--clients 32] [--requests 20] [--rounds 2] [--threads 0] [--device cuda]
+    python benchmarks/serving.py [--clients 32] [--requests 20] [--rounds 3] [--threads 0] [--device cuda]
     python benchmarks/serving.py --hostile [--seconds 30] [--big-json 4] [--slow-bodies 16] [--idle 500]
                                            [--big-batches 32]
 
 The limit: in-process ONNX Runtime throughput of the same model file, with the server's session options and
-threads, at the best batch size (``--batch-sizes``). Then one server process per batching setting serves
-both models; ``--clients`` client threads (one keep-alive connection each) send ``--requests`` batch-1
-requests each with the binary tensor extension. Phases alternate (protected, unprotected, ...) so drift
-hits both alike. Prints per setting and model: images/s (median of rounds), served / in-process, p50/p99
-latency, and protected / unprotected (goal >= 0.97; served / in-process goal >= 0.8 on CPU). The client
+threads, at the best batch size (``--batch-sizes``); measured again just before and after every served
+phase (the server idle), as a shared machine's speed drifts by tens of percent within minutes. Then one
+server process per batching setting serves both models; ``--clients`` client threads (one keep-alive
+connection each) send ``--requests`` batch-1 requests each with the binary tensor extension. Phases
+alternate (protected, unprotected, ...) so drift hits both alike. Prints per setting and model: images/s
+(median of rounds), served / in-process (median and range of the rounds' ratios, each over the limit
+measured around its phase), p50/p99 latency, and protected / unprotected (goal >= 0.97; served / in-process goal >= 0.8 on CPU). The client
 threads share the machine with the server: on a small machine they take part of the CPU the server needs.
 
 ``--hostile``: the server with its default limits, probed on /v2/health/live (a fresh connection every
@@ -24,6 +26,7 @@ the server's resident memory (before, peak, after; Linux /proc).
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import socket
@@ -35,8 +38,10 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,15 +68,14 @@ def export_models(root: Path) -> None:
     seal_file(root / "unprotected" / "model.onnx")  # the whole-model digest the server checks
 
 
-def in_process(root: Path, name: str, args: argparse.Namespace) -> dict[tuple[int, int], float]:
-    """(batch size, concurrent runs) → images/s of ONNX Runtime on the model file as the server opens it (same
-    session options and threads), 1 or ``--max-runs`` runs at once as the server may; median of
-    ``--rounds`` interleaved measurements of ``--seconds-per-size`` each."""
+def in_process(root: Path, name: str, args: argparse.Namespace) -> Callable[[int, int], float]:
+    """``measure(batch size, concurrent runs)`` → images/s of ONNX Runtime over ``--seconds-per-size`` on the
+    model file as the server opens it (same session options and threads), 1 or ``--max-runs`` runs at once
+    as the server may."""
     model = load_model_dir(root / name, runtime=RuntimeOptions(threads=args.threads, cpu_arena=args.cpu_arena,
                                                                   device=args.device))
     inputs = {size: np.random.default_rng(size).random((size, 3, 224, 224), dtype=np.float32)
               for size in args.batch_sizes}
-    samples: dict[tuple[int, int], list[float]] = {}
 
     def loop(x: np.ndarray, end: float) -> int:
         count = 0
@@ -80,14 +84,24 @@ def in_process(root: Path, name: str, args: argparse.Namespace) -> dict[tuple[in
             count += len(x)
         return count
 
+    def measure(size: int, runs: int) -> float:
+        x = inputs[size]
+        model.infer(x)  # warm-up
+        start = time.perf_counter()
+        with ThreadPoolExecutor(runs) as pool:
+            counts = list(pool.map(loop, [x] * runs, [start + args.seconds_per_size] * runs))
+        return sum(counts) / (time.perf_counter() - start)
+
+    return measure
+
+
+def sweep(measure: Callable[[int, int], float], args: argparse.Namespace) -> dict[tuple[int, int], float]:
+    """(batch size, runs at once) → images/s, median of ``--rounds`` interleaved measurements."""
+    samples: dict[tuple[int, int], list[float]] = {}
     for _ in range(args.rounds):
-        for size, x in inputs.items():
-            model.infer(x)  # warm-up
+        for size in args.batch_sizes:
             for runs in sorted({1, args.max_runs}):
-                start = time.perf_counter()
-                with ThreadPoolExecutor(runs) as pool:
-                    counts = list(pool.map(loop, [x] * runs, [start + args.seconds_per_size] * runs))
-                samples.setdefault((size, runs), []).append(sum(counts) / (time.perf_counter() - start))
+                samples.setdefault((size, runs), []).append(measure(size, runs))
     return {setting: statistics.median(rates) for setting, rates in samples.items()}
 
 
@@ -137,34 +151,42 @@ def start_server(root: Path, names: list[str], threads: int, *options: str) -> t
     return server, url
 
 
-def served(args: argparse.Namespace, root: Path, options: list[str]) -> dict[str, tuple[float, list[float]]]:
-    """model → (median images/s over the rounds, all latencies) for one server started with ``options``."""
+def served(args: argparse.Namespace, root: Path, options: list[str],
+           limit: dict[str, Callable[[], float]]) -> dict[str, dict[str, Any]]:
+    """model → {rate: median images/s over the rounds, ratios: served / in-process per round, latencies} for one
+    server started with ``options``. Each round's limit is measured just before and after its phase (the
+    server idle), and the round's ratio is over their mean: the machine's drift hits both alike."""
     server, url = start_server(root, list(MODELS), args.threads, *options)
     address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
-    results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in MODELS}
+    results: dict[str, dict[str, list[float]]] = {name: {"rates": [], "ratios": [], "latencies": []} for name in MODELS}
     try:
         for name in MODELS:
             phase(address, name, args.clients, 2, args.batch)  # warm-up
         for _ in range(args.rounds):
             for name in MODELS:
+                before = limit[name]()
                 rate, latencies = phase(address, name, args.clients, args.requests, args.batch)
-                results[name][0].append(rate)
-                results[name][1].extend(latencies)
+                after = limit[name]()
+                results[name]["rates"].append(rate)
+                results[name]["ratios"].append(rate / ((before + after) / 2))
+                results[name]["latencies"].extend(latencies)
     finally:
         server.terminate()
         server.wait()
-    return {name: (statistics.median(rates), latencies) for name, (rates, latencies) in results.items()}
+    return {name: {"rate": statistics.median(r["rates"]), "ratios": r["ratios"], "latencies": r["latencies"]}
+            for name, r in results.items()}
 
 
 def throughput(args: argparse.Namespace, root: Path) -> None:
-    limits = {}
+    limit = {}
     for name in MODELS:
-        rates = in_process(root, name, args)
+        measure = in_process(root, name, args)
+        rates = sweep(measure, args)
         best = max(rates, key=rates.get)
-        limits[name] = rates[best]
+        limit[name] = functools.partial(measure, *best)
         print(f"in-process ONNX Runtime, {name} (images/s at batch size x runs at once): "
               + ", ".join(f"{b}x{r}: {rate:.1f}" for (b, r), rate in rates.items())
-              + f" -> limit {rates[best]:.1f} at {best[0]}x{best[1]}")
+              + f" -> the limit: {best[0]}x{best[1]}, measured again around every served phase")
     common = (["--max-runs", str(args.max_runs), "--device", args.device, "--http", args.http]
               + (["--cpu-arena"] if args.cpu_arena else []))
     settings = {"dynamic batching": ["--dynamic-batching", "--batch-rows", str(args.batch_rows), "--batch-delay-ms",
@@ -174,13 +196,15 @@ def throughput(args: argparse.Namespace, root: Path) -> None:
           f"tensors, keep-alive), {args.rounds} interleaved rounds; server --http {args.http} --device {args.device} "
           f"--threads {args.threads} --max-runs "
           f"{args.max_runs}{' --cpu-arena' if args.cpu_arena else ''}, other limits default")
-    print(f"{'setting':<18} {'model':<12} {'images/s':>9} {'served/in-process':>18} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'setting':<18} {'model':<12} {'images/s':>9} {'served/in-process [min-max]':>28} {'p50 ms':>8} "
+          f"{'p99 ms':>8}")
     for setting, options in settings.items():
-        results = served(args, root, options + args.server_options)
-        for name, (rate, latencies) in results.items():
-            p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
-            print(f"{setting:<18} {name:<12} {rate:>9.1f} {rate / limits[name]:>18.3f} {p50:>8.1f} {p99:>8.1f}")
-        ratio = results["protected"][0] / results["unprotected"][0]
+        results = served(args, root, options + args.server_options, limit)
+        for name, r in results.items():
+            p50, p99 = np.percentile(r["latencies"], [50, 99]) * 1e3
+            ratios = f"{statistics.median(r['ratios']):.3f} [{min(r['ratios']):.3f}-{max(r['ratios']):.3f}]"
+            print(f"{setting:<18} {name:<12} {r['rate']:>9.1f} {ratios:>28} {p50:>8.1f} {p99:>8.1f}")
+        ratio = results["protected"]["rate"] / results["unprotected"]["rate"]
         print(f"{setting:<18} protected / unprotected throughput: {ratio:.3f} (goal >= 0.97)")
 
 
@@ -393,7 +417,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=20, help="requests per client and phase")
     parser.add_argument("--batch", type=int, default=1, help="images per request")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, in-process and in the server")
     parser.add_argument("--batch-sizes", type=lambda t: [int(b) for b in t.split(",")], default=[1, 4, 8, 16, 32],
                         help="in-process batch sizes tried for the limit (default 1,4,8,16,32)")
