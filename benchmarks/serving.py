@@ -11,8 +11,9 @@ server process per batching setting serves both models; ``--clients`` client thr
 connection each) send ``--requests`` batch-1 requests each with the binary tensor extension. Phases
 alternate (protected, unprotected, ...) so drift hits both alike. Prints per setting and model: images/s
 (median of rounds), served / in-process (median and range of the rounds' ratios, each over the limit
-measured around its phase), p50/p99 latency, and protected / unprotected (goal >= 0.97; served / in-process goal >= 0.8 on CPU). The client
-threads share the machine with the server: on a small machine they take part of the CPU the server needs.
+measured around its phase), p50/p99 latency, and protected / unprotected (goal >= 0.97; served /
+in-process goal >= 0.8 on CPU). The client threads share the machine with the server: on a small machine
+they take part of the CPU the server needs.
 
 ``--hostile``: the server with its default limits, probed on /v2/health/live (a fresh connection every
 20 ms, as a liveness probe does) and used by one well-behaved client (a 1-image request every 100 ms),

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from fakegradient import defaults
 from fakegradient.core.fingerprint import head_fingerprint
 from fakegradient.integrity import seal
 from fakegradient.serving.onnx_model import ServedModel, load_model_dir
@@ -87,7 +88,7 @@ def tiny_request(x: np.ndarray, **fields: Any) -> bytes:
 
 @contextmanager
 def running_server(models: list[ServedModel], limits: Limits, access: Access = Access(),
-                   batching: Batching = Batching(), http: str = "h11") -> Iterator[tuple[str, int]]:
+                   batching: Batching = Batching(), http: str = defaults.HTTP) -> Iterator[tuple[str, int]]:
     """The real server (as ``serve`` builds it) in a thread on 127.0.0.1; yields (host, port)."""
     server = build_server(models, limits, access, batching, http)
     server.config.log_config = None

@@ -38,5 +38,6 @@ def batch_size(device: str) -> int:
 # the server's HTTP/1.1 parsers per `serve --http` (uvicorn's; both on asyncio's event loop)
 HTTP_PARSERS = ("h11", "httptools")
 HTTP = "h11"
+
 # the server's ONNX Runtime execution providers per `serve --device`, in ORT's order of preference
 ORT_PROVIDERS = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider")}

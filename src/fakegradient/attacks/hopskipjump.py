@@ -58,7 +58,7 @@ class HopSkipJump:
         from art.attacks.evasion import HopSkipJump as ArtHopSkipJump
 
         generator = np.random.default_rng(0) if generator is None else generator
-        batch_size = self.batch_size or defaults.batch_size(images.device.type)  # 64 on CPU: 3x slower per image
+        batch_size = self.batch_size or defaults.batch_size(images.device.type)  # ART's 64: 2.4x slower on a CPU core
         adversarial = images.clone()
         used = torch.zeros(len(images), dtype=torch.long)
         iterations = torch.zeros(len(images), dtype=torch.long)

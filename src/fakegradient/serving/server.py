@@ -1,10 +1,10 @@
 """``fakegradient serve``: the cloud side. Runs protected ONNX models; knows nothing of keys.
 
 Open Inference Protocol v2 (KServe / Triton) over REST, served by FastAPI + uvicorn. Hostile clients
-are bounded (:class:`Limits`): open connections, time to send a request's head and body, idle time
-between requests, body size, bodies held across all connections, requests in progress (503 + Retry-After
-beyond), ONNX Runtime runs at once. JSON is parsed off the event loop, so health checks stay fast under
-load. Concurrent requests are batched into one run (:mod:`.batching`). :class:`Access` sets what the
+are bounded (:class:`Limits`): open connections, time to send a request's head and body, a head's size,
+idle time between requests, body size, bodies held across all connections, requests in progress (503 +
+Retry-After beyond), ONNX Runtime runs at once. JSON is parsed off the event loop, so health checks stay
+fast under load. Concurrent requests are batched into one run (:mod:`.batching`). :class:`Access` sets what the
 model metadata publishes, the bearer token every endpoint but health needs, and the web origins whose pages
 may call the server (CORS; none by default).
 """
@@ -63,7 +63,7 @@ class Limits:
     max_runs: int = 2  # ONNX Runtime runs at once (each uses all its intra-op threads)
     max_connections: int = 256  # open connections; beyond, those idle the longest are closed
     header_timeout: float = 10.0  # s to send a request's head, from connecting or the previous response
-    max_head_bytes: int = 16 * 2**10  # a request's head (h11's own bound; 431 and closed beyond)
+    max_head_bytes: int = 16 * 2**10  # a request's head: URL and headers (h11's default; 400 and closed beyond)
     body_timeout: float = 30.0  # s to send a request's body (408 beyond)
     keep_alive: float = 5.0  # s an idle connection stays open between requests
 
@@ -374,37 +374,30 @@ class ConnectionCap:
             loop.call_later(self.grace, self._enforce, loop, connections)
 
 
-class _Guard:
-    """A cap on open connections and a deadline (and a size limit) for each request's head, mixed into
-    uvicorn's HTTP/1.1 protocols (uvicorn has neither: idle or slow connections would be kept forever)."""
+class _Guard(asyncio.Protocol):
+    """A cap on open connections and a deadline for each request's head, mixed into uvicorn's HTTP/1.1
+    protocols (uvicorn has neither: idle or slow connections would be kept forever)."""
 
     cycle: Any
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
+    connections: set[Any]
 
     def __init__(self, *args: Any, limits: Limits, cap: ConnectionCap, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits, self.cap = limits, cap
         self.idle_since: float | None = None  # when it began waiting for a request head
-        self.head_bytes = 0  # received while waiting for a head
         self.deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)  # type: ignore[misc]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
         self._await_head()
-        self.cap.arrived(self)  # type: ignore[arg-type]
+        self.cap.arrived(self)
 
     def data_received(self, data: bytes) -> None:
-        waiting = self.idle_since is not None
-        super().data_received(data)  # type: ignore[misc]
+        super().data_received(data)
         if self.cycle is not None and not self.cycle.response_complete:  # a head arrived
             self._stop_waiting()
-        elif waiting and not self.transport.is_closing():
-            self.head_bytes += len(data)
-            if self.head_bytes > self.limits.max_head_bytes:  # httptools would keep any amount
-                self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                                     b"content-length: 0\r\nconnection: close\r\n\r\n")
-                self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
@@ -413,11 +406,11 @@ class _Guard:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
-        super().connection_lost(exc)  # type: ignore[misc]
+        super().connection_lost(exc)
 
     def _await_head(self) -> None:
         self._stop_waiting()
-        self.idle_since, self.head_bytes = self.loop.time(), 0
+        self.idle_since = self.loop.time()
         self.deadline = self.loop.call_later(self.limits.header_timeout, self._expire)
 
     def _stop_waiting(self) -> None:
@@ -432,7 +425,45 @@ class _Guard:
 
 
 class GuardedH11Protocol(_Guard, H11Protocol):
-    """uvicorn's pure-Python HTTP/1.1 protocol (h11), guarded."""
+    """uvicorn's pure-Python HTTP/1.1 protocol (h11), guarded; h11 bounds a head itself
+    (``h11_max_incomplete_event_size``, set to ``max_head_bytes`` by :func:`build_server`)."""
+
+
+@functools.cache
+def _guarded_httptools() -> type[_Guard]:
+    """The httptools protocol, guarded (one class; httptools is imported only when asked for)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
+        """uvicorn's HTTP/1.1 protocol on httptools (llhttp, C), guarded, with the bound on a request's head
+        that httptools lacks (it keeps an unfinished header value whole, and reads on behind a request in
+        progress, where h11 stops): a chunk counts when a head is unfinished at its end and the chunk began
+        inside that head or between messages; so the rest of a body after an early answer never counts."""
+
+        in_message = in_head = False
+        head_bytes = 0
+
+        def on_message_begin(self) -> None:
+            self.in_message, self.in_head, self.head_bytes = True, True, 0
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self.in_head = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self.in_message = False
+            super().on_message_complete()
+
+        def data_received(self, data: bytes) -> None:
+            whole = self.in_head or not self.in_message  # no byte of this chunk belongs to an earlier body
+            super().data_received(data)
+            if self.in_head and whole and not self.transport.is_closing():
+                self.head_bytes += len(data)
+                if self.head_bytes > self.limits.max_head_bytes:
+                    self.send_400_response("Request head too large.")
+
+    return GuardedHttpToolsProtocol
 
 
 def _guarded(http: str) -> type[_Guard]:
@@ -442,15 +473,10 @@ def _guarded(http: str) -> type[_Guard]:
     if http == "h11":
         return GuardedH11Protocol
     try:
-        import httptools  # noqa: F401  (uvicorn's module imports without it)
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        import httptools  # noqa: F401  (uvicorn's module may be imported already: ask for the package itself)
     except ImportError:
         raise FakeGradientError(f"--http {http} needs the httptools package: pip install httptools") from None
-
-    class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
-        """uvicorn's HTTP/1.1 protocol on httptools (llhttp, C), guarded."""
-
-    return GuardedHttpToolsProtocol
+    return _guarded_httptools()
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -470,8 +496,9 @@ def build_server(models: list[ServedModel], limits: Limits = Limits(), access: A
     protocol = functools.partial(_guarded(http), limits=limits, cap=ConnectionCap(limits.max_connections))
     config = uvicorn.Config(create_app(models, limits, access, batching), log_level="warning",
                             http=protocol,  # type: ignore[arg-type]  # a factory of protocols works too
+                            h11_max_incomplete_event_size=limits.max_head_bytes,
                             loop="asyncio",  # not uvloop, which uvicorn picks when installed: under
-                            # benchmarks/serving.py --hostile it answered health checks 6-9x slower (p99)
+                            # benchmarks/serving.py --hostile its health checks p99 was 6-10x that of asyncio
                             timeout_keep_alive=limits.keep_alive)  # type: ignore[arg-type]  # float works
     return uvicorn.Server(config)
 
