@@ -106,6 +106,27 @@ def test_the_matrix_csv_and_figures_are_written(matrix_run, tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+def test_attackers_given_zero_images_are_skipped_and_the_report_still_written(digits_model, tmp_path):
+    """``--attacker-images name=0`` runs an attacker on no image (a black-box-only run at larger n, say):
+    its rows are absent, not zero of zero, and the report, CSV and figures are written all the same."""
+    model, x, y = digits_model
+    samples = [Sample(Path(f"d{i}.png"), int(label)) for i, label in enumerate(y[:4])]
+    kept = {"square", "sanity"}
+    config = EvaluationConfig(models=["digits"], methods=["original", "fake-gradient"], seed=0, timing_repeats=3,
+                              adaptive=True, batch_size=4, blackbox_queries=300, blackbox_factor=4.5,
+                              attacker_images=[f"{a}=0" for a, at in ATTACKERS.items()
+                                               if at.run is not None and a not in kept] + ["square=3"])
+    evaluation = evaluate_model("digits", Normalized(model, (0.0,), (1.0,)), x[:4], samples, config, progress=False)
+    rows = evaluation.adaptive.matrix()
+    assert {r["attacker"] for r in rows} == kept | {a for a, at in ATTACKERS.items() if at.run is None}
+    assert {r["n"] for r in rows if r["attacker"] == "square"} == {3}
+    write_report(EvaluationResult(config, [evaluation], [], environment()), tmp_path)
+    with open(tmp_path / "attackers.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    assert (tmp_path / "fig_matrix_digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_the_report_command_parses_back_into_the_same_config():
     import dataclasses
     import shlex
@@ -120,7 +141,7 @@ def test_the_report_command_parses_back_into_the_same_config():
     assert EvaluationConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvaluationConfig)}) == config
 
 
-@pytest.mark.parametrize("bad", [["pgd"], ["pgd=0"], ["pgd=2", "pgd=3"], ["=3"]])
+@pytest.mark.parametrize("bad", [["pgd"], ["pgd=-1"], ["pgd=2", "pgd=3"], ["=3"]])
 def test_attacker_images_must_be_distinct_names_with_counts(bad):
     from fakegradient.errors import InvalidArgument
 

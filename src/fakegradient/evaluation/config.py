@@ -62,7 +62,8 @@ class EvaluationConfig:
     blackbox_factor: float = _opt(defaults.BLACKBOX_FACTOR, "black-box L2 budget, in multiples of the median "
                                                             "DeepFool ‖r‖₂ on the original")
     attacker_images: tuple[str, ...] = _opt((), "name=N,...: run these adaptive attackers on the first N images "
-                                               "only (expensive ones, e.g. hopskipjump=2,square=4; default: all)",
+                                               "only (expensive ones, e.g. hopskipjump=2,square=4; 0: not at all; "
+                                               "default: all)",
                                             list=True)
     feature_steps: int = _opt(defaults.FEATURE_STEPS, "PGD steps of the feature-space attack")
     feature_restarts: int = _opt(defaults.FEATURE_RESTARTS, "random restarts of the feature-space attack")
@@ -112,8 +113,8 @@ class EvaluationConfig:
         out = {}
         for item in self.attacker_images:
             name, _, count = item.partition("=")
-            if not name or not count.isdigit() or int(count) < 1 or name in out:
-                raise InvalidArgument(f"--attacker-images: expected distinct name=N with N >= 1, got {item!r}")
+            if not name or not count.isdigit() or name in out:
+                raise InvalidArgument(f"--attacker-images: expected distinct name=N with N >= 0, got {item!r}")
             out[name] = int(count)
         return out
 
