@@ -45,13 +45,16 @@ class GateSession:
         return [np.zeros((len(feeds["input"]), 4), np.float32)]
 
 
+def gate_model(gate: GateSession) -> ServedModel:
+    return ServedModel("gate", Path("gate.onnx"), gate, "input", [-1, *INPUT_SHAPE], "logits", [-1, 4])
+
+
 @pytest.fixture(scope="module", params=list(defaults.HTTP_PARSERS))
 def guarded(tmp_path_factory, request):
     """The real server (tiny ONNX model + a gated stub) under tight limits, on each HTTP implementation:
     (address, gate session)."""
     gate = GateSession()
-    models = tiny_models(tmp_path_factory.mktemp("models")) + [
-        ServedModel("gate", Path("gate.onnx"), gate, "input", [-1, *INPUT_SHAPE], "logits", [-1, 4])]
+    models = tiny_models(tmp_path_factory.mktemp("models")) + [gate_model(gate)]
     with running_server(models, LIMITS, batching=Batching(enabled=True, max_rows=2),  # 2 rows: alone
                         http=request.param) as address:
         yield address, gate
@@ -316,6 +319,20 @@ def closed_by_server(sock: socket.socket, wait: float) -> bool:
         return False
 
 
+def read_until_closed(sock: socket.socket, wait: float) -> tuple[bytes, bool]:
+    """(what the server sent, whether it closed ``sock``) within ``wait`` seconds; a reset counts as closed."""
+    sock.settimeout(wait)
+    answer = b""
+    try:
+        while chunk := sock.recv(4096):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return answer, False
+    return answer, True
+
+
 def test_a_connection_that_sends_nothing_is_closed(guarded):
     with socket.create_connection(guarded[0]) as idle:
         start = time.monotonic()
@@ -343,17 +360,13 @@ def test_headers_sent_byte_by_byte_are_cut_off(guarded):
 
 def test_a_head_over_the_limit_is_refused_and_others_are_served(guarded):
     """An unfinished head larger than ``max_head_bytes``, sent at once, is answered 400 and closed before the
-    header timeout would close it without an answer (h11 bounds it itself, httptools through our callbacks)."""
+    header timeout would close it without an answer (h11 bounds it itself; for httptools the server counts)."""
     head = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + b"".join(
         b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(2 * LIMITS.max_head_bytes // 1000))
     with socket.create_connection(guarded[0]) as big:
-        big.settimeout(5)
         with contextlib.suppress(ConnectionResetError, BrokenPipeError):
             big.sendall(head)  # the server may close before it has all
-        answer = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := big.recv(4096):
-                answer += chunk
+        answer, _ = read_until_closed(big, wait=5)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert request(guarded[0], "GET", "/v2/health/live", timeout=5)[0] == 200
 
@@ -370,24 +383,16 @@ def test_httptools_bounds_a_head_pipelined_behind_a_request_in_progress(tmp_path
     connection closed while the first request is still in progress (it was held without limit)."""
     gate = GateSession()
     gate.gate.clear()
-    models = [ServedModel("gate", Path("gate.onnx"), gate, "input", [-1, *INPUT_SHAPE], "logits", [-1, 4])]
     body = tiny_request(GOOD)
-    with running_server(models, LIMITS, http="httptools") as address, socket.create_connection(address) as sock:
+    with running_server([gate_model(gate)], LIMITS, http="httptools") as address, \
+            socket.create_connection(address) as sock:
         try:
             sock.sendall(b"POST /v2/models/gate/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             assert gate.entered.acquire(timeout=10)  # in progress, and stays so until the gate opens
             with contextlib.suppress(ConnectionResetError, BrokenPipeError):
                 sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nX-Pad: " + b"a" * (4 * LIMITS.max_head_bytes))
-            sock.settimeout(5)
-            closed = False
-            with contextlib.suppress(TimeoutError):
-                try:
-                    while sock.recv(4096):
-                        pass
-                    closed = True
-                except ConnectionResetError:
-                    closed = True
+            _, closed = read_until_closed(sock, wait=5)
             assert closed
         finally:
             gate.gate.set()
