@@ -20,12 +20,14 @@ from test_server_support import in_thread
 from fakegradient import Key, methods, protect
 from fakegradient.cli import main
 from fakegradient.data import foolbox_imagenet
-from fakegradient.device_head import DeviceHead, is_device_head_file, load_secret
+from fakegradient.device_head import DeviceHead
+from fakegradient.schemes import load_secret
 from fakegradient.errors import FakeGradientError, HeadNotFound, InvalidArgument, KeyFileError, KeyMismatch
 from fakegradient.modelfile import write_bundle
 from fakegradient.serving.client import InferenceClient, classify, load_labels
 from fakegradient.serving.onnx_model import load_model_dir
 from fakegradient.serving.server import build_server
+from fakegradient.core.fingerprint import keyed_fingerprint
 from fakegradient.split import split_head, trunk_fingerprint
 
 PREPROCESS = {"resize": 16, "crop": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -91,14 +93,13 @@ def test_trunk_fingerprint_names_the_weights(tiny, tiny_input):
 # --- the registry -------------------------------------------------------------------------------------------
 
 
-def test_device_head_is_a_deployable_protection_without_fake_rows():
+def test_device_head_is_a_deployable_scheme_serving_features():
     entry = methods.METHODS["device-head"]
-    assert entry.split and entry.protects and entry.display == "Device Head (split inference)"
+    assert entry.protects and entry.display == "Device Head (split inference)"
     assert "device-head" in methods.PROTECTIONS and "device-head" in methods.DEPLOYABLE
-    assert "device-head" not in methods.FAKE_ROW_METHODS and not entry.copies_bias and not entry.takes_scale
-    assert set(methods.FAKE_ROW_METHODS) == set(methods.PROTECTIONS) - {"device-head"}
-    with pytest.raises(InvalidArgument, match="no fake rows"):
-        entry.fake_rows(np.zeros((2, 3)), np.zeros(2), scale=1.0, generator=None)
+    caps = entry.capabilities
+    assert caps.serves == "features" and not caps.head_rows and not caps.official_bias and not caps.uses_scale
+    assert entry.output_name == "features" and "scale" not in entry.params()
 
 
 # --- protect() and the device-head file ---------------------------------------------------------------------
@@ -114,7 +115,8 @@ def test_protect_device_head_returns_the_trunk_and_the_head(tiny, tiny_input, sp
     trunk, device = split_tiny
     assert isinstance(device, DeviceHead) and device.method == "device-head"
     assert (device.n_real, device.n_features, device.n_outputs, device.head) == (10, 32, 32, "fc")
-    assert device.model_fingerprint == trunk_fingerprint(trunk)
+    assert device.model_fingerprint == keyed_fingerprint(trunk_fingerprint(trunk), device.fingerprint_key)
+    assert device.model_fingerprint != trunk_fingerprint(trunk)  # keyed: the public digest confirms nothing
     with torch.no_grad():
         features, expected = trunk(tiny_input).numpy(), tiny(tiny_input).numpy()
     np.testing.assert_allclose(device.decrypt(features), expected, rtol=0, atol=1e-5)
@@ -123,8 +125,9 @@ def test_protect_device_head_returns_the_trunk_and_the_head(tiny, tiny_input, sp
         device.decrypt(features, fingerprint="0" * 64)
     with pytest.raises(KeyMismatch, match="width 32"):
         device.decrypt(np.zeros((2, 20), np.float32))
-    again, other = protect(tiny, method="device-head", seed=5, example_input=tiny_input)  # nothing random
-    assert other.model_fingerprint == device.model_fingerprint and np.array_equal(other.weight, device.weight)
+    again, other = protect(tiny, method="device-head", seed=5, example_input=tiny_input)  # only the fingerprint key
+    assert trunk_fingerprint(again) == trunk_fingerprint(trunk) and np.array_equal(other.weight, device.weight)
+    assert other.model_fingerprint != device.model_fingerprint
 
 
 def test_the_head_decrypts_torch_features_differentiably_as_the_evaluation_needs(tiny, tiny_input, split_tiny):
@@ -155,7 +158,7 @@ def test_the_head_file_round_trips_is_0600_and_never_overwritten(split_tiny, tmp
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["head.safetensors"]  # no temp
     other.save(path, replace=True)  # the CLI's --force, after keeping a copy
     assert DeviceHead.load(path).n_real == 3 and stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert is_device_head_file(path) and isinstance(load_secret(path), DeviceHead)
+    assert DeviceHead.sniff(path.read_bytes()) and isinstance(load_secret(path), DeviceHead)
 
 
 def test_a_head_file_others_may_read_loads_with_a_warning(split_tiny, tmp_path, caplog):
@@ -206,7 +209,7 @@ def test_garbage_and_edited_head_files_are_refused_in_one_line(split_tiny, tmp_p
         DeviceHead.load(tmp_path)
     _, key = protect(torch.nn.Linear(4, 3), example_input=torch.randn(2, 4))  # a Fake Gradient key file
     key.save(tmp_path / "key.json")
-    assert not is_device_head_file(tmp_path / "key.json") and isinstance(load_secret(tmp_path / "key.json"), Key)
+    assert not DeviceHead.sniff((tmp_path / "key.json").read_bytes()) and isinstance(load_secret(tmp_path / "key.json"), Key)
     with pytest.raises(KeyFileError, match="not a fakegradient device-head file"):
         DeviceHead.load(tmp_path / "key.json")
 
@@ -220,7 +223,7 @@ def test_the_device_side_loads_and_applies_the_head_without_torch(split_tiny, tm
 import sys
 import numpy as np
 from fakegradient.classify import predictions
-from fakegradient.device_head import load_secret
+from fakegradient import load_secret
 head = load_secret({str(tmp_path / "head.safetensors")!r})
 preds = predictions(head, np.load({str(tmp_path / "features.npy")!r}), k=2)
 print([p.topk[0][0] for p in preds], [p.encrypted_top1 for p in preds])

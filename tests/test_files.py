@@ -11,7 +11,8 @@ import torch
 from onnx import numpy_helper
 
 from fakegradient import FakeGradientError, Key, KeyFileError, KeyMismatch, ModelFileError, models, protect
-from fakegradient.modelfile import ModelInfo, export_onnx, load_protected, model_fingerprint, save_protected
+from fakegradient.modelfile import ModelInfo, export_onnx, load_protected, save_protected
+from fakegradient.schemes import get as get_scheme
 
 
 @pytest.fixture
@@ -62,9 +63,9 @@ def test_key_of_another_model_and_wrong_width(protected_tiny, tiny, tiny_input):
     other, _ = protect(tiny, example_input=tiny_input)
     with torch.no_grad():
         out = protected(tiny_input)
-    assert torch.equal(key.decrypt(out, fingerprint=model_fingerprint(protected, "fc")), key.decrypt(out))
+    assert torch.equal(key.decrypt(out, fingerprint=get_scheme(key.method).fingerprint(protected, key)), key.decrypt(out))
     with pytest.raises(KeyMismatch, match="another model"):
-        key.decrypt(out, fingerprint=model_fingerprint(other, "fc"))
+        key.decrypt(out, fingerprint=get_scheme(key.method).fingerprint(other, key))
     with pytest.raises(KeyMismatch, match="width"):
         key.decrypt(np.zeros((1, key.n_outputs + 1)))
 
@@ -131,8 +132,8 @@ def test_a_new_key_is_never_written_over_a_file_or_link(tmp_path, protected_tiny
 def protected_mobilenet():
     model = models.load("mobilenet_v2", weights=None)
     protected, key = protect(model, seed=3)
-    info = ModelInfo(arch="mobilenet_v2", head=key.head, n_real=key.n_real,
-                     fingerprint=key.model_fingerprint, arch_kwargs={"num_classes": 1000})
+    info = ModelInfo(arch="mobilenet_v2", head=key.head, n_real=key.n_real, fingerprint=key.model_fingerprint,
+                     n_outputs=key.n_outputs, arch_kwargs={"num_classes": 1000})
     return protected, key, info
 
 
@@ -145,12 +146,13 @@ def test_model_file_round_trip_and_tamper(tmp_path, protected_mobilenet):
     with torch.no_grad():  # the same weights: equal up to the kernels' rounding
         torch.testing.assert_close(loaded(x), protected(x), rtol=1e-5, atol=1e-5)
     assert loaded_info == info
-    # edit one head weight: the fingerprint no longer matches
-    payload = torch.load(path, weights_only=True)
-    payload["state_dict"]["classifier.1.weight"][0, 0] += 1.0
-    torch.save(payload, tmp_path / "edited.pt")
-    with pytest.raises(ModelFileError, match="fingerprint"):
-        load_protected(tmp_path / "edited.pt")
+    # edit one head weight, or zero a trunk tensor: the whole-model digest no longer matches
+    for name, edit in (("classifier.1.weight", lambda t: t[0, 0].add_(1.0)), ("features.0.0.weight", torch.Tensor.zero_)):
+        payload = torch.load(path, weights_only=True)
+        edit(payload["state_dict"][name])
+        torch.save(payload, tmp_path / "edited.pt")
+        with pytest.raises(ModelFileError, match="do not match the digest"):
+            load_protected(tmp_path / "edited.pt")
     (tmp_path / "trunc.pt").write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ModelFileError):
         load_protected(tmp_path / "trunc.pt")

@@ -9,7 +9,7 @@ import torchvision
 from helpers import assert_same_top1
 
 from fakegradient import HeadNotFound, models, protect
-from fakegradient.core.fingerprint import head_fingerprint
+from fakegradient.core.fingerprint import head_fingerprint, keyed_fingerprint
 from fakegradient.head import head_parameters
 
 PAPER_SEVEN = ["resnet18", "resnet34", "densenet121", "vgg11", "vgg19", "mobilenet_v2", "googlenet"]
@@ -57,7 +57,8 @@ def test_paper_seven_architectures(name):
     model = random_model(name)
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     protected, key = assert_protects(model, x)
-    assert head_fingerprint(*head_parameters(protected.get_submodule(key.head))) == key.model_fingerprint
+    assert keyed_fingerprint(head_fingerprint(*head_parameters(protected.get_submodule(key.head))),
+                             key.fingerprint_key) == key.model_fingerprint
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""What the server agrees to load: a head whose weights match its fingerprint (computed from the weights
-loaded, never trusted from the metadata) and a folder without any key file in it."""
+"""What the server agrees to load: a model whose weights and metadata match its whole-model digest, and a folder
+without any device secret in it (of any registered kind, compressed or behind a symlinked folder)."""
 
 from __future__ import annotations
 
@@ -14,34 +14,35 @@ from test_server_support import head_weights, write_model
 
 from fakegradient import FakeGradientError, Key, protect
 from fakegradient.cli import main
-from fakegradient.core.fingerprint import head_fingerprint
 from fakegradient.modelfile import write_bundle
 from fakegradient.serving.onnx_model import RuntimeOptions, load_model_dir
 from fakegradient.serving.triton import export_triton
 
 
-@pytest.mark.parametrize("head", ["gemm", "gemm-t", "conv"])
-def test_the_fingerprint_comes_from_the_loaded_head(tmp_path, head):
-    write_model(tmp_path, head, fingerprint=None)  # no metadata: the server publishes the computed one
+@pytest.mark.parametrize("head", ["gemm", "gemm-t", "conv", "matmul"])
+def test_the_published_fingerprint_is_the_sealed_metadata(tmp_path, head):
+    """The fingerprint is keyed with a secret only the device holds: the server cannot recompute it and
+    publishes the metadata's value, which the whole-model digest covers."""
+    write_model(tmp_path, head, fingerprint="ab" * 32)
     served = load_model_dir(tmp_path)
-    assert served.parameters()["fingerprint"] == head_fingerprint(*head_weights())
+    assert served.parameters()["fingerprint"] == "ab" * 32
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2) / 10
     weight, bias = head_weights()
     np.testing.assert_allclose(served.infer(x), x.reshape(2, 12) @ weight.T + bias, rtol=1e-5, atol=1e-5)
-    write_model(tmp_path, head)  # the true fingerprint in the metadata: accepted
-    assert load_model_dir(tmp_path).parameters()["fingerprint"] == head_fingerprint(*head_weights())
 
 
-@pytest.mark.parametrize("head", ["gemm", "gemm-t", "conv"])
-def test_a_head_that_does_not_match_its_fingerprint_is_refused(tmp_path, head):
-    write_model(tmp_path, head, fingerprint=head_fingerprint(*head_weights(seed=1)))
-    with pytest.raises(FakeGradientError, match="do not match the fingerprint in its metadata"):
+def test_an_edited_fingerprint_is_refused(tmp_path):
+    path = write_model(tmp_path, fingerprint="ab" * 32)
+    graph = onnx.load(str(path))
+    next(p for p in graph.metadata_props if p.key == "fakegradient.fingerprint").value = "cd" * 32
+    onnx.save(graph, str(path))
+    with pytest.raises(FakeGradientError, match="corrupted or edited"):
         load_model_dir(tmp_path)
 
 
-def test_a_model_without_a_findable_head_is_refused(tmp_path):
-    write_model(tmp_path, "matmul")
-    with pytest.raises(FakeGradientError, match="cannot find the classification head"):
+def test_a_model_without_a_fingerprint_is_refused(tmp_path):
+    write_model(tmp_path, fingerprint=None)
+    with pytest.raises(FakeGradientError, match="no fingerprint"):
         load_model_dir(tmp_path)
 
 
@@ -125,7 +126,7 @@ def test_flipped_bytes_in_a_protected_models_head_are_refused_by_serve_and_expor
         load_model_dir(cloud)
     assert main(["export-triton", str(cloud), str(tmp_path / "repo")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "do not match the fingerprint" in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "do not match the digest" in err, err
     assert not (tmp_path / "repo").exists()
     with pytest.raises(FakeGradientError, match="corrupted or edited"):
         export_triton(cloud, tmp_path / "repo")
@@ -139,7 +140,7 @@ def test_serve_refuses_a_corrupted_model_in_one_line(protected_folder):
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "do not match the fingerprint" in result.stderr
+    assert "do not match the digest" in result.stderr
 
 
 def key_variants(key: Key) -> dict[str, bytes]:
@@ -157,7 +158,7 @@ def test_a_key_anywhere_in_the_folder_is_refused(protected_folder, variant, wher
     target = cloud / where
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(key_variants(key)[variant])
-    with pytest.raises(FakeGradientError, match="keys must never reach the server"):
+    with pytest.raises(FakeGradientError, match="key file: a device's secret must never reach the server"):
         load_model_dir(cloud)
 
 
@@ -169,3 +170,38 @@ def test_other_files_in_the_folder_are_fine(protected_folder):
     (cloud / "sub" / "list.json").write_text("[1, 2, 3]")
     (cloud / "deep.json").write_text("[" * 100_000)
     assert load_model_dir(cloud).parameters()["fingerprint"] == key.model_fingerprint
+
+
+@pytest.mark.parametrize("packing", ["gzip", "bz2", "xz", "zip"])
+def test_a_compressed_key_is_refused(protected_folder, packing):
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    cloud, key, _ = protected_folder
+    data = key.to_bytes()
+    if packing == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("readme.txt", "nothing here")
+            archive.writestr("key.json", data)
+        packed = buffer.getvalue()
+    else:
+        packed = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[packing](data)
+    (cloud / f"backup.{packing}").write_bytes(packed)
+    with pytest.raises(FakeGradientError, match="must never reach the server"):
+        load_model_dir(cloud)
+
+
+def test_a_key_behind_a_symlinked_folder_is_refused_and_loops_end(protected_folder, tmp_path):
+    cloud, key, _ = protected_folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (cloud / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(cloud, target_is_directory=True)  # a cycle: the walk must still end
+    assert load_model_dir(cloud).parameters()["fingerprint"] == key.model_fingerprint
+    key.save(elsewhere / "key.json")
+    with pytest.raises(FakeGradientError, match="must never reach the server"):
+        load_model_dir(cloud)

@@ -279,7 +279,7 @@ def option(command: str, flag: str) -> argparse.Action:
 def test_the_registry_drives_the_cli():
     assert methods.PROTECTIONS == tuple(n for n, m in methods.METHODS.items() if m.protects)
     assert methods.ORIGINAL in methods.METHODS and methods.ORIGINAL not in methods.PROTECTIONS
-    assert fakegradient.METHODS == methods.PROTECTIONS
+    assert fakegradient.METHODS is methods.METHODS
     protect_method = option("protect", "--method")
     assert methods.DEPLOYABLE == tuple(n for n in methods.PROTECTIONS if not methods.METHODS[n].control)
     assert tuple(protect_method.choices) == methods.DEPLOYABLE  # controls are for experiments, not deployment
@@ -292,14 +292,20 @@ def test_the_registry_drives_the_cli():
     EvaluationConfig(methods=tuple(methods.METHODS))  # every registered method can be evaluated
 
 
-def test_protect_choices_follow_the_registry(monkeypatch):
-    new = methods.Method("zz-new", "ZZ", "a scheme registered by this test", rows="fake_gradient_rows",
-                         takes_scale=True)
-    monkeypatch.setitem(methods.METHODS, "zz-new", new)
-    monkeypatch.setattr(methods, "DEPLOYABLE", ("fake-gradient", "zz-new"))
-    action = option("protect", "--method")
-    assert tuple(action.choices) == ("fake-gradient", "zz-new")
-    assert "zz-new: a scheme registered by this test" in action.help
+def test_protect_choices_follow_the_registry():
+    from fakegradient import schemes
+    from fakegradient.schemes.fake_rows import FakeRows
+
+    new = FakeRows("zz-new", "ZZ", "a scheme registered by this test", rows="fake_gradient_rows",
+                   capabilities=schemes.Capabilities(uses_scale=True, random=False))
+    schemes.register(new)
+    try:
+        action = option("protect", "--method")
+        assert tuple(action.choices) == methods.DEPLOYABLE and action.choices[-1] == "zz-new"
+        assert "zz-new: a scheme registered by this test" in action.help
+    finally:
+        schemes.unregister("zz-new")
+    assert "zz-new" not in option("protect", "--method").choices
 
 
 def test_protect_accepts_exactly_the_protections(tiny, tiny_input):

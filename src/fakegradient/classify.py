@@ -1,9 +1,9 @@
 """Classification through a protected model and the key: the numpy core shared by the local CLI path and
 the device client, which streams per-image results and reports each failure without stopping.
 
-The key is a :class:`Key` (Fake Gradient: the served outputs are (B, 2N), real and fake logits permuted) or
-a :class:`DeviceHead` (split inference: the served outputs are the features (B, D), the device applies the
-head); both turn the served outputs into the real logits with ``decrypt``."""
+The key is any scheme's :class:`~fakegradient.schemes.Secret` (a Fake Gradient key: the served outputs are
+(B, 2N), real and fake logits permuted; a device head: the features (B, D)); each turns the served outputs into
+the real logits with ``decrypt``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .device_head import DeviceHead
 from .errors import FakeGradientError
-from .key import Key, softmax
+from .key import softmax
+from .schemes.base import Secret
 
 if TYPE_CHECKING:
     import torch
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 @dataclass
 class Prediction:
     """One image: encrypted top-1 position (what the cloud sees) and decrypted top-k (what the device sees).
-    With a :class:`DeviceHead` the cloud sees features, no class: ``encrypted_top1`` is None, not fake."""
+    Where the cloud serves no classes (features), ``encrypted_top1`` is None, not fake."""
 
     encrypted_top1: int | None
     encrypted_top1_is_fake: bool
@@ -53,11 +53,11 @@ class Unreachable(FakeGradientError):
     """The model cannot be reached any more: no further image can be classified."""
 
 
-def predictions(key: Key | DeviceHead, encrypted: np.ndarray, k: int = 5) -> list[Prediction]:
+def predictions(key: Secret, encrypted: np.ndarray, k: int = 5) -> list[Prediction]:
     """Served outputs (B, key.n_outputs) → what the cloud saw and the real top-k, per image (numpy only)."""
     probs = softmax(key.decrypt(encrypted))
     order = np.argsort(-probs, axis=1)[:, :k]
-    if isinstance(key, DeviceHead):  # the cloud saw features: no position won
+    if not key.served_classes:  # the cloud saw features: no position won
         seen: list[tuple[int | None, bool]] = [(None, False)] * len(order)
     else:
         top1 = encrypted.argmax(axis=1)
@@ -72,13 +72,15 @@ def label(categories: Sequence[str] | None, index: int) -> str:
 
 
 def stream(paths: Sequence[str | Path], load: Callable[[str | Path], Any], infer: Callable[[list[Any]], np.ndarray],
-           key: Key | DeviceHead, *, k: int = 5, batch_size: int = 16,
+           key: Secret, *, k: int = 5, batch_size: int = 16,
            categories: Sequence[str] | None = None) -> Iterator[Classification | Failure]:
     """Classify ``paths`` in batches, yielding each image's result as soon as its batch is back.
 
     ``load(path)`` → one input, ``infer(inputs)`` → served outputs (B, key.n_outputs); a FakeGradientError from
     either, or outputs of another shape or not finite, is a :class:`Failure` of the image(s) concerned and
-    the rest goes on. :class:`Unreachable` from ``infer`` ends the stream with the count of images left."""
+    the rest goes on. :class:`Unreachable` from ``infer`` ends the stream with the count of images left.
+    Class names: the secret's own (they travel with it), else ``categories``."""
+    categories = list(key.labels) if key.labels else categories
     if batch_size < 1:
         raise FakeGradientError(f"batch size must be >= 1, got {batch_size}")
     pending: list[tuple[str | Path, Any]] = []
@@ -96,13 +98,12 @@ def stream(paths: Sequence[str | Path], load: Callable[[str | Path], Any], infer
             pending = []
 
 
-def _batch(pending: list[tuple[str | Path, Any]], infer: Callable[[list[Any]], np.ndarray], key: Key | DeviceHead,
+def _batch(pending: list[tuple[str | Path, Any]], infer: Callable[[list[Any]], np.ndarray], key: Secret,
            k: int, categories: Sequence[str] | None) -> Iterator[Classification | Failure]:
     try:
         encrypted = np.asarray(infer([x for _, x in pending]))
         if encrypted.shape != (len(pending), key.n_outputs):
-            width = "(B, D)" if isinstance(key, DeviceHead) else "(B, 2N)"
-            raise FakeGradientError(f"expected outputs of shape ({len(pending)}, {key.n_outputs}) {width}, "
+            raise FakeGradientError(f"expected outputs of shape ({len(pending)}, {key.n_outputs}), "
                                     f"got {encrypted.shape}")
         if not np.isfinite(encrypted).all():
             raise FakeGradientError("the outputs are not all finite")

@@ -225,9 +225,7 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 
 def cmd_protect(args: argparse.Namespace) -> None:
-    from .atomic import check_writable, drop_copy, keep_copy
-    from .device_head import DeviceHead
-    from .modelfile import write_bundle
+    from .deployment import save_deployment
     from .models.prepare import prepare
     from .protection import protect
 
@@ -236,56 +234,32 @@ def cmd_protect(args: argparse.Namespace) -> None:
     if args.key.resolve().is_relative_to(args.out.resolve()):
         raise FakeGradientError(f"--key {args.key} is inside --out {args.out}, which goes to the cloud: "
                                 "keep the key elsewhere")
-    taken = [p for p in (args.key, args.out / "model.pt", args.out / "model.onnx") if p.is_file() or p.is_symlink()]
-    if taken and not args.force:
-        raise FakeGradientError(f"refusing to overwrite {', '.join(map(str, taken))}: the model deployed with the old "
-                                "key could no longer be decrypted; choose new --key and --out paths, or pass --force "
-                                f"(the old key is then kept as {args.key}.old)")
     # the model first: nothing is created on disk until it is built and protected
     ready = prepare(args.model, factory=args.factory, weights=args.weights, state_dict=args.state_dict,
                     num_classes=args.num_classes, input_size=args.input_size, mean=args.mean, std=args.std,
                     resize=args.resize, interpolation=args.interpolation, labels=args.labels)
-    example = _example_input(ready.input_size)
-    protected, key = protect(ready.model, method=args.method, scale=args.scale, seed=args.seed, head=args.head,
-                             example_input=example)
     label = args.model or args.factory
     if ready.arch is None and args.no_onnx:
         raise InvalidArgument(f"{label} is not rebuilt from a name, so model.onnx is its only cloud file: "
                               "drop --no-onnx")
-    backup = None
-    with _new_folders(args.key.parent, args.out), contextlib.ExitStack() as undo:  # undone if anything fails
-        check_writable(args.key)
-        check_writable(args.out / "model.pt")
-        if args.force and args.key in taken:
-            backup = keep_copy(args.key)
-            undo.callback(drop_copy, backup, args.key)  # if anything fails, unless the key was replaced
-        written = write_bundle(args.out, protected, key, input_size=ready.input_size, arch=ready.arch,
-                               arch_kwargs=ready.arch_kwargs, weights=ready.weights, extra=ready.extra(),
-                               onnx=not args.no_onnx)
-        try:
-            if args.no_onnx and args.out / "model.onnx" in taken:  # --force: the old model's, not this key's
-                (args.out / "model.onnx").unlink()
-            key.save(args.key, replace=args.force)  # replaces only with --force, after keeping a copy
-        except BaseException as exc:
-            for path in written:
-                path.unlink(missing_ok=True)
-            if isinstance(exc, OSError):  # a filesystem failure after check_writable passed
-                raise FakeGradientError(f"cannot write {exc.filename or args.key}: {exc.strerror or exc}") from None
-            raise
-        undo.pop_all()  # success: the old key's copy stays
+    extra = ready.extra()
+    served, secret = protect(ready.model, method=args.method, scale=args.scale, seed=args.seed, head=args.head,
+                             example_input=_example_input(ready.input_size), labels=extra.get("categories"))
+    deployed = save_deployment(args.out, args.key, served, secret, input_size=ready.input_size, arch=ready.arch,
+                               arch_kwargs=ready.arch_kwargs, weights=ready.weights, extra=extra,
+                               onnx=not args.no_onnx, force=args.force)
     for note in ready.notes:  # after success only: a failure stays one line
         print(note, file=sys.stderr)
-    if isinstance(key, DeviceHead):
-        print(f"protected {label} ({args.method}): the cloud serves {key.n_features} features, the device keeps the "
-              f"head {key.head!r} ({key.n_real} classes)")
-    else:
-        print(f"protected {label} ({args.method}): {key.n_real} real + {key.n_real} fake outputs, head {key.head!r}")
-    print(f"  cloud:  {', '.join(str(p) for p in written)}")
-    print(f"  device: {args.key} (keep it secret; fingerprint {key.model_fingerprint[:16]}…)")
-    if args.seed is not None and not isinstance(key, DeviceHead):
+    served_as = (f"{secret.n_real} real + {secret.n_real} fake outputs" if secret.served_classes else
+                 f"the cloud serves {secret.n_outputs} features, the device keeps the head")
+    print(f"protected {label} ({args.method}): {served_as}, head {secret.head!r}"
+          + (f", {len(secret.labels)} class names in the key" if secret.labels else ""))
+    print(f"  cloud:  {', '.join(str(p) for p in deployed.cloud)}")
+    print(f"  device: {args.key} (keep it secret; fingerprint {secret.model_fingerprint[:16]}…)")
+    if args.seed is not None and methods.scheme(args.method).capabilities.random:
         print("  warning: --seed makes the key reproducible: NOT secure, for experiments only", file=sys.stderr)
-    if backup is not None:
-        print(f"  old key kept as {backup}")
+    if deployed.backup is not None:
+        print(f"  old key kept as {deployed.backup}")
 
 
 def _example_input(input_size: list[int]):
@@ -307,16 +281,12 @@ def _triple(text: str) -> list[float]:
 def cmd_info(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from .device_head import DeviceHead, is_device_head_file
+    from . import schemes
     from .errors import KeyFileError
-    from .key import Key
 
-    if is_device_head_file(args.file):  # what it holds, never the weights
-        print(json.dumps(DeviceHead.load(args.file).describe(), indent=2))
-        return
     if not args.file.is_dir():
         try:
-            print(json.dumps(Key.load(args.file).describe(), indent=2))
+            print(json.dumps(schemes.load_secret(args.file).describe(), indent=2))  # never the secret itself
             return
         except KeyFileError as key_error:
             if not args.file.is_file():
@@ -327,27 +297,19 @@ def cmd_info(args: argparse.Namespace) -> None:
                         raise
             except OSError:
                 raise key_error from None
-    path = _model_file(args.file)
+    from .local import model_file
+
+    path = model_file(args.file)
     if path.suffix == ".onnx":
         print(json.dumps(_onnx_info(path), indent=2))
         return
     from .modelfile import read_info
 
     info, _ = read_info(path)
-    described = asdict(info) | {"n_outputs": info.n_outputs}
+    described = asdict(info)
     categories = described.pop("extra").get("categories")
     described |= {"preprocess": info.extra.get("preprocess"), "n_categories": len(categories or ())}
     print(json.dumps({"format": "fakegradient-model", "file": str(path)} | described, indent=2))
-
-
-def _model_file(path: Path) -> Path:
-    """A cloud folder's model file (model.pt, else model.onnx), or ``path`` itself."""
-    if not path.is_dir():
-        return path
-    for name in ("model.pt", "model.onnx"):
-        if (path / name).is_file():
-            return path / name
-    raise FakeGradientError(f"{path} holds no model.pt or model.onnx (make them with `fakegradient protect`)")
 
 
 def _onnx_info(path: Path) -> dict:
@@ -355,46 +317,36 @@ def _onnx_info(path: Path) -> dict:
     import onnx
     from google.protobuf.message import DecodeError
 
+    from .bundle import read_props
+
     try:
         graph = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, OSError) as exc:
         raise FakeGradientError(f"{path} is not a readable ONNX file ({exc.__class__.__name__})") from None
-    meta = {p.key.removeprefix("fakegradient."): p.value for p in graph.metadata_props
-            if p.key.startswith("fakegradient.")}
+    meta = read_props({p.key: p.value for p in graph.metadata_props}, str(path))
     if "fingerprint" not in meta:
         raise FakeGradientError(f"{path} is not a fakegradient-protected model (no fakegradient metadata)")
-    decoded = {}
-    for name in ("preprocess", "categories"):
-        try:
-            decoded[name] = json.loads(meta.pop(name)) if name in meta else None
-        except ValueError:
-            raise FakeGradientError(f"{path}: its {name} metadata is not JSON") from None
+    categories = meta.pop("categories", None)
     shape = [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
-    if meta.get("n_outputs", "").isdigit():
+    if str(meta.get("n_outputs", "")).isdigit():
         meta["n_outputs"] = int(meta["n_outputs"])
     return {"format": "fakegradient-model (onnx)", "file": str(path), **meta, "input_shape": shape,
-            "preprocess": decoded["preprocess"], "n_categories": len(decoded["categories"] or ())}
+            "preprocess": meta.pop("preprocess", None), "n_categories": len(categories or ())}
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """Print each image's result as it comes, one ``error:`` line per image that fails; 1 if any failed."""
-    from .classify import Failure, stream
+    from .classify import Failure
 
     if args.top < 1:
         raise InvalidArgument(f"--top must be >= 1, got {args.top}")
     if args.server:
         results = _classify_remote(args)
     else:
-        import numpy as np
+        from .local import classify_local
+        from .schemes import load_secret
 
-        from .device_head import load_secret
-        from .serving.client import preprocess
-
-        key = load_secret(args.key)
-        infer, fingerprint, spec, categories = _local_model(_model_file(args.model))
-        key.check_fingerprint(fingerprint)
-        results = stream(args.images, lambda path: preprocess(path, spec), lambda batch: infer(np.stack(batch)),
-                         key, k=args.top, categories=categories)
+        results = classify_local(args.model, load_secret(args.key), args.images, k=args.top)
     failed = 0
     for result in results:
         if isinstance(result, Failure):
@@ -409,7 +361,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _classify_remote(args: argparse.Namespace) -> Iterator:
-    from .device_head import load_secret
+    from .schemes import load_secret
     from .serving.auth import read_token
     from .serving.client import classify_iter, load_labels
 
@@ -544,74 +496,6 @@ def cmd_models(args: argparse.Namespace) -> None:
     from . import models
 
     print("\n".join(models.list_models()))
-
-
-def _local_model(path: Path):
-    """(infer: (B, C, H, W) float32 → (B, 2N), fingerprint, preprocessing spec, class names) of a local
-    model.pt (torch) or model.onnx (ONNX Runtime, as the server runs it): the same preprocessing as the
-    device client, from the file's metadata."""
-    from .serving.client import check_spec
-
-    if path.suffix == ".onnx":
-        from .serving.onnx_model import load_model_dir
-
-        if path.name != "model.onnx":
-            raise FakeGradientError(f"{path}: expected a cloud folder's model.onnx")
-        served = load_model_dir(path.parent)  # checks the head against the fingerprint
-        params = served.parameters()
-        spec = params.get("preprocess")
-        fingerprint, categories = params["fingerprint"], params.get("categories")
-        infer = served.infer
-    else:
-        import torch
-
-        from .classify import model_outputs
-        from .modelfile import load_protected
-
-        model, info = load_protected(path)  # refuses a model whose weights do not match its fingerprint
-        fingerprint = info.fingerprint
-        spec, categories = info.extra.get("preprocess"), info.extra.get("categories")
-        if spec is None:  # a file from before the preprocessing was recorded: its named weights' preset
-            spec, categories = _weights_preprocessing(info)
-
-        def infer(batch):
-            return model_outputs(model, torch.from_numpy(batch))
-
-    if spec is None:
-        raise FakeGradientError(f"{path} records no preprocessing: protect the model again (with --weights, or "
-                                "--input-size --mean --std)")
-    return infer, fingerprint, check_spec(spec), categories if isinstance(categories, list) else None
-
-
-def _weights_preprocessing(info) -> tuple[dict | None, list | None]:
-    from . import models
-
-    try:
-        weights = models.get_weights(info.arch, info.weights) if info.weights else None
-    except FakeGradientError:
-        weights = None
-    if weights is None:
-        return None, None
-    return models.preprocess_spec(weights), weights.meta.get("categories")
-
-
-@contextlib.contextmanager
-def _new_folders(*paths: Path) -> Iterator[None]:
-    """Create ``paths`` (with parents); if the block fails, remove the folders this made (when empty)."""
-    created: list[Path] = []
-    try:
-        for path in paths:
-            created += [p for p in (path, *path.parents) if not p.exists()]
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise FakeGradientError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
-        yield
-    except BaseException:
-        for folder in sorted(set(created), key=lambda p: len(p.parts), reverse=True):  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
 
 
 if __name__ == "__main__":

@@ -11,42 +11,45 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .errors import KeyFileError, KeyMismatch
-from .key import Key, open_regular, read_private_file, warn_if_shared, write_secret
+from .schemes.base import Secret, check_labels
 
 DEVICE_HEAD_FORMAT = "fakegradient-device-head"
-DEVICE_HEAD_VERSION = 1
+DEVICE_HEAD_VERSION = 2  # 2: a keyed fingerprint (fingerprint_key) and the class names (labels)
+READABLE_VERSIONS = ("1", "2")
 METHOD = "device-head"
 MAX_HEADER_BYTES = 64 * 2**10  # our header is ~1 KB; safetensors' own limit is 100 MB
 MAX_DEVICE_HEAD_BYTES = 512 * 2**20  # a 21k-class head on 2048 features is ~170 MB
 _PREFIX = 8  # the header's length, u64 little-endian
 _TENSORS = ("bias", "weight")  # in file order
 
-_log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True, eq=False)
-class DeviceHead:
-    """The head a device keeps: ``logits = features @ weight.T + bias``.
+class DeviceHead(Secret):
+    """The head a device keeps: ``logits = features @ weight.T + bias``; the ``device-head`` scheme's secret.
 
     ``weight`` (N, D) and ``bias`` (N,) float32; ``head`` the layer's name in the original model;
-    ``model_fingerprint`` the served trunk's (:func:`fakegradient.split.trunk_fingerprint`), which the cloud
-    publishes: a device refuses a cloud serving another trunk.
+    ``model_fingerprint`` what the cloud publishes for the served trunk (its digest,
+    :func:`fakegradient.split.trunk_fingerprint`, keyed with ``fingerprint_key``; the plain digest in version-1
+    files): a device refuses a cloud serving another trunk. ``labels``: the N class names.
     """
+
+    FORMAT: ClassVar[str] = DEVICE_HEAD_FORMAT
+    MAX_BYTES: ClassVar[int] = MAX_DEVICE_HEAD_BYTES
 
     weight: np.ndarray = field(repr=False)
     bias: np.ndarray = field(repr=False)
     head: str
     model_fingerprint: str
     method: str = METHOD
+    labels: tuple[str, ...] | None = None
+    fingerprint_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         weight = np.ascontiguousarray(np.asarray(self.weight, dtype="<f4"))
@@ -58,6 +61,10 @@ class DeviceHead:
             raise KeyFileError("a device head's weights must be finite")
         if self.method != METHOD:
             raise KeyFileError(f"a device head's method is {METHOD!r}, got {self.method!r}")
+        try:
+            object.__setattr__(self, "labels", check_labels(self.labels, weight.shape[0]))
+        except ValueError as exc:
+            raise KeyFileError(f"device head: {exc}") from None
         weight.flags.writeable = bias.flags.writeable = False
         object.__setattr__(self, "weight", weight)
         object.__setattr__(self, "bias", bias)
@@ -77,11 +84,13 @@ class DeviceHead:
         """The served model's output width: D features (a :class:`Key`'s is 2N)."""
         return self.n_features
 
-    def check_fingerprint(self, fingerprint: str) -> None:
-        """Raise :class:`KeyMismatch` unless ``fingerprint`` is the trunk this head was split from."""
-        if fingerprint != self.model_fingerprint:
-            raise KeyMismatch("this device head belongs to another model: it is for model "
-                              f"{self.model_fingerprint[:16]}…, the outputs come from {fingerprint[:16]}…")
+    @property
+    def served_classes(self) -> bool:
+        """The cloud serves features: no served position is a class."""
+        return False
+
+    def describe_kind(self) -> str:
+        return "device head"
 
     def decrypt(self, features: Any, *, fingerprint: str | None = None) -> Any:
         """(..., D) served features → (..., N) real logits ``features @ W.T + b``: the same door as
@@ -95,22 +104,22 @@ class DeviceHead:
             return features @ features.new_tensor(self.weight).T + features.new_tensor(self.bias)
         return np.asarray(features, dtype=np.float32) @ self.weight.T + self.bias
 
-    decrypt_all = decrypt  # all plain outputs: the N real ones (there are no fake outputs)
-
-    def is_fake(self, index: Any) -> np.ndarray:
-        """Whether served position(s) hold a fake class: never (the cloud serves features, not classes)."""
-        return np.zeros(np.shape(index), bool)
 
     def describe(self) -> dict[str, Any]:
         """What the file holds, without the weights."""
         return {"format": DEVICE_HEAD_FORMAT, "version": DEVICE_HEAD_VERSION, "method": self.method,
                 "n_real": self.n_real, "n_features": self.n_features, "head": self.head,
                 "model_fingerprint": self.model_fingerprint, "dtype": "float32",
-                "weight_bytes": self.weight.nbytes + self.bias.nbytes}
+                "weight_bytes": self.weight.nbytes + self.bias.nbytes} | (
+                    {"n_labels": len(self.labels)} if self.labels else {})
 
     def to_bytes(self) -> bytes:
-        meta = {"format": DEVICE_HEAD_FORMAT, "version": str(DEVICE_HEAD_VERSION), "method": self.method,
-                "head": self.head, "model_fingerprint": self.model_fingerprint}
+        versioned = self.fingerprint_key is not None or self.labels is not None
+        meta = {"format": DEVICE_HEAD_FORMAT, "version": str(DEVICE_HEAD_VERSION if versioned else 1),
+                "method": self.method, "head": self.head, "model_fingerprint": self.model_fingerprint}
+        if versioned:  # safetensors metadata holds strings only
+            meta |= {"labels": json.dumps(None if self.labels is None else list(self.labels)),
+                     "fingerprint_key": self.fingerprint_key or ""}
         arrays = {"bias": self.bias, "weight": self.weight}
         meta["checksum"] = _checksum(meta, arrays)
         header: dict[str, Any] = {"__metadata__": meta}
@@ -130,55 +139,45 @@ class DeviceHead:
         meta = header.pop("__metadata__", None)
         if not isinstance(meta, dict) or meta.get("format") != DEVICE_HEAD_FORMAT:
             raise KeyFileError(f"{source} is not a fakegradient device-head file")
-        if meta.get("version") != str(DEVICE_HEAD_VERSION):
-            raise KeyFileError(f"{source}: unsupported device-head format version {str(meta.get('version'))[:40]}")
+        version = meta.get("version")
+        if version not in READABLE_VERSIONS:
+            raise KeyFileError(f"{source}: unsupported device-head format version {str(version)[:40]}"
+                               + (" (made by a newer fakegradient: upgrade it)" if str(version).isdigit() else ""))
         body = memoryview(data)[_PREFIX + int.from_bytes(data[:_PREFIX], "little"):]
         arrays = _tensors(header, body, source)
         checksum = meta.pop("checksum", None)
         if checksum != _checksum(meta, arrays):
             raise KeyFileError(f"{source} has been modified or corrupted (checksum mismatch)")
-        strings = {name: meta.get(name) for name in ("head", "model_fingerprint", "method")}
+        names = ("head", "model_fingerprint", "method") + (("labels", "fingerprint_key") if version != "1" else ())
+        strings = {name: meta.get(name) for name in names}
         bad = [name for name, value in strings.items() if not isinstance(value, str)]
         if bad or set(meta) != set(strings) | {"format", "version"}:
             raise KeyFileError(f"{source} is missing or has a bad field: {', '.join(bad) or sorted(meta)}")
+        if version != "1":
+            try:
+                strings["labels"] = json.loads(strings["labels"])
+            except (ValueError, RecursionError):
+                raise KeyFileError(f"{source}: its labels are not JSON") from None
+            strings["fingerprint_key"] = strings["fingerprint_key"] or None
         return cls(arrays["weight"], arrays["bias"], **strings)
 
-    def save(self, path: str | os.PathLike, *, replace: bool = False) -> None:
-        """Write the file atomically, readable by the owner only (0600). An existing file is never replaced
-        unless ``replace`` (the CLI's ``--force``, which keeps a copy of the old one first)."""
-        write_secret(path, self.to_bytes(), replace=replace)
-
     @classmethod
-    def load(cls, path: str | os.PathLike) -> DeviceHead:
-        """Read a device-head file: a regular file of at most :data:`MAX_DEVICE_HEAD_BYTES`. On POSIX, logs a
-        warning when group or others may read or write it, as :meth:`Key.load` does."""
-        data, mode = read_private_file(path, MAX_DEVICE_HEAD_BYTES, "device-head file")
-        head = cls.from_bytes(data, source=f"device-head file {path}")
-        warn_if_shared(_log, path, mode, "device-head file", "can compute the real outputs from the cloud's features")
-        return head
+    def sniff(cls, prefix: bytes) -> bool:
+        """A safetensors header whose metadata declares the device-head format."""
+        return _declared_format(prefix) == DEVICE_HEAD_FORMAT
 
 
-def is_device_head_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a readable regular file whose header says it is a device-head file (reads the header
-    only; never raises)."""
+def _declared_format(prefix: bytes) -> str | None:
+    """The ``format`` in the metadata of a safetensors header at the start of ``prefix``, else None."""
+    length = int.from_bytes(prefix[:_PREFIX], "little") if len(prefix) >= _PREFIX else 0
+    if not 0 < length <= min(MAX_HEADER_BYTES, len(prefix) - _PREFIX):
+        return None
     try:
-        with open_regular(path) as handle:
-            if handle is None:
-                return False
-            prefix = handle.read(_PREFIX)
-            length = int.from_bytes(prefix, "little")
-            if len(prefix) != _PREFIX or not 0 < length <= MAX_HEADER_BYTES:
-                return False
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError, RecursionError):
-        return False
+        header = json.loads(prefix[_PREFIX:_PREFIX + length])
+    except (ValueError, RecursionError):
+        return None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return isinstance(meta, dict) and meta.get("format") == DEVICE_HEAD_FORMAT
-
-
-def load_secret(path: str | os.PathLike) -> Key | DeviceHead:
-    """What a device keeps for one model: a :class:`Key` (the Fake Gradient schemes) or a :class:`DeviceHead`."""
-    return DeviceHead.load(path) if is_device_head_file(path) else Key.load(path)
+    return meta.get("format") if isinstance(meta, dict) else None
 
 
 def _header(data: bytes, source: str) -> dict[str, Any]:

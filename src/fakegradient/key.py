@@ -2,38 +2,44 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import stat
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .atomic import write_bytes_atomic, write_new
 from .core.permutation import decrypt, decrypt_real, is_permutation, real_top1, top1_tables
 from .errors import KeyFileError, KeyMismatch
+from .schemes.base import Secret, check_labels
+from .secret_files import read_private_file, warn_if_shared
 
 KEY_FORMAT = "fakegradient-key"
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: the fingerprint is keyed (fingerprint_key) and the class names travel with the key
+READABLE_VERSIONS = (1, 2)
 MAX_KEY_BYTES = 8 * 2**20  # ~8 bytes per output: room for ~500 000 classes; anything larger is not a key
 
+_FORMAT_FIELD = re.compile(rb'"format"\s*:\s*"' + KEY_FORMAT.encode() + rb'"')
 _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
-class Key:
-    """A permutation K of the 2N outputs of one protected model.
+class Key(Secret):
+    """A permutation K of the 2N outputs of one protected model: the fake-row schemes' secret.
 
     ``permutation[i]`` is where plain output ``i`` sits in the served model; plain outputs
-    ``0..N-1`` are the real classes. ``model_fingerprint`` is the SHA-256 of the protected
-    head (:func:`fakegradient.core.fingerprint.head_fingerprint`).
+    ``0..N-1`` are the real classes. ``model_fingerprint`` is what the bundle publishes: the protected head's
+    digest (:func:`~fakegradient.core.fingerprint.head_fingerprint`) keyed with ``fingerprint_key``
+    (:func:`~fakegradient.core.fingerprint.keyed_fingerprint`; None in version-1 files: the plain digest).
+    ``labels``: the N class names, so that the device needs no other file.
     """
+
+    FORMAT: ClassVar[str] = KEY_FORMAT
+    MAX_BYTES: ClassVar[int] = MAX_KEY_BYTES
 
     permutation: np.ndarray = field(repr=False)
     n_real: int
@@ -42,12 +48,18 @@ class Key:
     model_fingerprint: str
     head: str = ""
     seeded: bool = False  # made with seed=: reproducible, hence NOT secure (experiments only)
+    labels: tuple[str, ...] | None = None
+    fingerprint_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not _is_int(self.n_real) or self.n_real < 1:
             raise KeyFileError(f"a key needs a positive number of classes, got n_real={self.n_real!r}")
         if not is_permutation(self.permutation, 2 * self.n_real):
             raise KeyFileError(f"key is not a permutation of {2 * self.n_real} outputs")
+        try:
+            object.__setattr__(self, "labels", check_labels(self.labels, self.n_real))
+        except ValueError as exc:
+            raise KeyFileError(f"key: {exc}") from None
         object.__setattr__(self, "_top1_tables", top1_tables(self.permutation, self.n_real))
 
     @property
@@ -85,28 +97,46 @@ class Key:
         self._check(logits, fingerprint)
         return real_top1(np.asarray(logits), self._top1_tables)
 
+    def class_positions(self) -> np.ndarray:
+        """(N,) the served position of each real class."""
+        return np.asarray(self.permutation[: self.n_real])
+
     def is_fake(self, encrypted_index: Any) -> Any:
         """Whether encrypted output position(s) hold a fake class (bool, numpy)."""
         plain_of = self._top1_tables[1]
         return plain_of[np.asarray(encrypted_index)] >= self.n_real
 
     def describe(self) -> dict[str, Any]:
-        """What the key file holds, without the permutation itself."""
+        """What the key file holds, without the permutation and the fingerprint key."""
         return {
             "format": KEY_FORMAT,
-            "version": KEY_VERSION,
+            "version": self._version,
             "n_real": self.n_real,
             "n_outputs": self.n_outputs,
             "method": self.method,
             "scale": self.scale,
             "head": self.head,
             "model_fingerprint": self.model_fingerprint,
-        } | ({"seeded": True} if self.seeded else {})  # absent in unseeded keys: older files stay valid
+        } | ({"seeded": True} if self.seeded else {}) | (  # absent in unseeded keys: older files stay valid
+            {"n_labels": len(self.labels)} if self.labels else {})
+
+    @property
+    def _version(self) -> int:
+        return 1 if self.fingerprint_key is None and self.labels is None else KEY_VERSION
 
     def to_bytes(self) -> bytes:
         payload = self.describe() | {"permutation": self.permutation.tolist()}
+        payload.pop("n_labels", None)
+        if self._version > 1:
+            payload |= {"labels": None if self.labels is None else list(self.labels),
+                        "fingerprint_key": self.fingerprint_key}
         payload["checksum"] = _checksum(payload)
         return (json.dumps(payload, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def sniff(cls, prefix: bytes) -> bool:
+        """A JSON object declaring ``"format": "fakegradient-key"`` in ``prefix`` (however it is spaced)."""
+        return prefix.lstrip()[:1] == b"{" and _FORMAT_FIELD.search(prefix) is not None
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "key") -> Key:
@@ -118,8 +148,10 @@ class Key:
         if not isinstance(payload, dict) or payload.get("format") != KEY_FORMAT:
             raise KeyFileError(f"{source} is not a fakegradient key file")
         version = payload.get("version")
-        if not _is_int(version) or version != KEY_VERSION:
-            raise KeyFileError(f"{source}: unsupported key format version {repr(version)[:40]}")
+        if not _is_int(version) or version not in READABLE_VERSIONS:
+            newer = _is_int(version) and version > KEY_VERSION
+            raise KeyFileError(f"{source}: unsupported key format version {repr(version)[:40]}"
+                               + (" (made by a newer fakegradient: upgrade it)" if newer else ""))
         checksum = payload.pop("checksum", None)
         try:
             intact = checksum == _checksum(payload)
@@ -128,14 +160,9 @@ class Key:
         if not intact:
             raise KeyFileError(f"{source} has been modified or corrupted (checksum mismatch)")
         try:
-            return cls(**_fields(payload))
+            return cls(**_fields(payload, version))
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise KeyFileError(f"{source} is missing or has a bad field: {exc}") from None
-
-    def save(self, path: str | os.PathLike, *, replace: bool = False) -> None:
-        """Write the key atomically, readable by the owner only (0600). An existing file is never replaced
-        unless ``replace`` (the CLI's ``--force``, which keeps a copy of the old one first)."""
-        write_secret(path, self.to_bytes(), replace=replace)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Key:
@@ -160,7 +187,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _fields(payload: dict[str, Any]) -> dict[str, Any]:
+def _fields(payload: dict[str, Any], version: int) -> dict[str, Any]:
     """The :class:`Key` arguments in a parsed key file; KeyError/ValueError for a missing or mistyped field."""
     n_real, permutation, scale = payload["n_real"], payload["permutation"], payload["scale"]
     if not _is_int(n_real) or n_real < 1:
@@ -180,58 +207,17 @@ def _fields(payload: dict[str, Any]) -> dict[str, Any]:
     for name, value in strings.items():
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a string")
-    return strings | {"permutation": np.asarray(permutation, dtype=np.int64), "n_real": int(n_real),
-                      "scale": None if scale is None else float(scale), "seeded": seeded}
+    extra: dict[str, Any] = {}
+    if version > 1:
+        fingerprint_key = payload["fingerprint_key"]
+        if not (isinstance(fingerprint_key, str) and len(fingerprint_key) == 64
+                and all(c in "0123456789abcdef" for c in fingerprint_key)):
+            raise ValueError("fingerprint_key must be 64 hex digits")
+        extra = {"labels": payload["labels"], "fingerprint_key": fingerprint_key}
+    return strings | extra | {"permutation": np.asarray(permutation, dtype=np.int64), "n_real": int(n_real),
+                              "scale": None if scale is None else float(scale), "seeded": seeded}
 
 
 def _checksum(payload: dict[str, Any]) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()
-
-
-@contextlib.contextmanager
-def open_regular(path: str | os.PathLike) -> Iterator[BinaryIO | None]:
-    """``path`` opened for reading if it is a regular file, else None: a folder, a device or a pipe is not
-    read (no blocking on a FIFO)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        yield None
-        return
-    with os.fdopen(fd, "rb") as handle:
-        yield handle
-
-
-def write_secret(path: str | os.PathLike, data: bytes, *, replace: bool = False) -> None:
-    """Write a device secret (key, device head) atomically, 0600; an existing file is replaced only if ``replace``."""
-    if replace:
-        write_bytes_atomic(path, data, mode=0o600)
-        return
-    try:
-        write_new(path, data, mode=0o600)
-    except FileExistsError:
-        raise KeyFileError(f"refusing to overwrite {path}: choose a new path") from None
-
-
-def read_private_file(path: str | os.PathLike, limit: int, what: str) -> tuple[bytes, int]:
-    """(contents, st_mode) of the device's secret file ``path`` (a key or a device head, named ``what``): a
-    regular file of at most ``limit`` bytes, else a one-line :class:`KeyFileError`."""
-    try:
-        with open_regular(path) as handle:
-            if handle is None:
-                raise KeyFileError(f"{what} {path} is not a regular file")
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise KeyFileError(f"{what} {path} is larger than {limit // 2**20} MiB: not a {what}")
-    return data, mode
-
-
-def warn_if_shared(log: logging.Logger, path: str | os.PathLike, mode: int, what: str, exposes: str) -> None:
-    """On POSIX, warn when group or others may read or write a secret file (as ssh does for private keys);
-    ``exposes``: what a reader of it can do."""
-    if os.name == "posix" and mode & 0o066:
-        log.warning("%s %s is readable or writable by group or others (mode %04o): whoever reads it %s; "
-                    "run chmod 600 %s", what, path, stat.S_IMODE(mode), exposes, path)

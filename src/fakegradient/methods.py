@@ -1,115 +1,100 @@
-"""The one registry of methods: the unprotected baseline and every protection scheme.
+"""What an evaluation compares: the unprotected baseline and every registered scheme (:mod:`fakegradient.schemes`).
 
-``protect``, the CLI's choices, the evaluation and the report all read :data:`METHODS`; adding a
-scheme is one entry here plus its row function in :mod:`fakegradient.core.fake_rows`. Torch-free at
-import (the CLI builds its parser from it); the row functions are imported when first called.
-
-Every protection but ``device-head`` hides the real outputs among fake rows; ``device-head`` (``split``) keeps
-the head on the device instead (:mod:`fakegradient.split`) and has no fake rows: code that makes fake rows
-iterates over :data:`FAKE_ROW_METHODS`, not :data:`PROTECTIONS`.
+``protect``, the CLI's choices, the evaluation and the report read :data:`METHODS`; a scheme is added in the
+scheme registry, never here. Torch-free at import (the CLI builds its parser from it).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
+from . import schemes
 from .errors import InvalidArgument
+from .schemes.base import Scheme
+from .schemes.fake_rows import PAPER_COLUMNS, paper_values  # noqa: F401 (PAPER_COLUMNS re-exported)
 
 ORIGINAL = "original"
 
 
 @dataclass(frozen=True)
-class Method:
-    """One row of the registry.
+class Baseline:
+    """The unprotected model: a row of every comparison, the attacks' sanity baseline; protects nothing."""
 
-    ``rows`` names the function in ``core.fake_rows`` that makes the fake rows (W_F (N, D), b_F (N,))
-    from the head's (W_o, b_o); it takes ``scale`` when ``takes_scale`` and ``generator`` when
-    ``random`` (default: when it takes no scale). ``copies_bias``: b_F = b_o, the paper's text, which
-    the evaluation's ``--bias official`` replaces by the released code's bias. ``control``: an
-    ablation that asks what in the construction produces the defense (not a protection to deploy).
-    ``paper`` holds the paper's Table 1 values, metric → paper column → value, where it has them.
-    ``split``: not fake rows but split inference, the cloud serving the features and the device the head.
-    """
-
-    name: str
-    display: str
-    help: str
-    rows: str | None = None  # None: the unprotected baseline
-    takes_scale: bool = False
-    random: bool | None = None  # takes a generator; None: when it takes no scale
-    copies_bias: bool = True
+    name: str = ORIGINAL
+    display: str = "Original Model"
+    help: str = "the unprotected model (the attack's baseline)"
     control: bool = False
-    in_paper: bool = False  # one of the paper's three columns (the evaluation's default methods)
-    paper: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    split: bool = False  # the head stays on the device (device-head): no fake rows
-
-    @property
-    def protects(self) -> bool:
-        return self.rows is not None or self.split
-
-    def fake_rows(self, weight: Any, bias: Any, *, scale: float, generator: Any) -> tuple[Any, Any]:
-        """Fake rows (N, D), (N,) for a head (N, D), (N,)."""
-        if self.split:
-            raise InvalidArgument(f"{self.name!r} keeps the head on the device: it makes no fake rows")
-        if self.rows is None:
-            raise InvalidArgument(f"{self.name!r} is the unprotected baseline: it makes no fake rows")
-        function: Callable = getattr(importlib.import_module(".core.fake_rows", __package__), self.rows)
-        random = (not self.takes_scale) if self.random is None else self.random
-        if self.takes_scale:
-            return function(weight, bias, scale, generator=generator) if random else function(weight, bias, scale)
-        return function(weight, bias, generator)
+    in_paper: bool = True
+    paper: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: paper_values(
+        rho_mean=[0.0018, 0.0016, 0.0017, 0.0017, 0.0020, 0.0012, 0.0018]))
+    protects: ClassVar[bool] = False
 
 
-_PAPER_COLUMNS = ("ResNet34", "ResNet18", "DenseNet121", "VGG19", "VGG11", "MobileNet", "GoogLeNet")
+Method = Baseline | Scheme
+BASELINE = Baseline()
 
 
-def _paper(**rows: list[float]) -> dict[str, dict[str, float]]:
-    return {metric: dict(zip(_PAPER_COLUMNS, values)) for metric, values in rows.items()}
+class _Methods(Mapping[str, Method]):
+    """name → entry: the baseline, then the scheme registry as it is now (a scheme registered later appears)."""
+
+    def _entries(self) -> dict[str, Method]:
+        return {ORIGINAL: BASELINE, **schemes.registry()}
+
+    def __getitem__(self, name: str) -> Method:
+        return self._entries()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method(ORIGINAL, "Original Model", "the unprotected model (the attack's baseline)", in_paper=True,
-           paper=_paper(rho_mean=[0.0018, 0.0016, 0.0017, 0.0017, 0.0020, 0.0012, 0.0018])),
-    Method("fake-gradient", "Fake Gradient", "the paper's Algorithm 1: mirrored, scaled fake rows (S_a)",
-           rows="fake_gradient_rows", takes_scale=True, in_paper=True,
-           paper=_paper(fake_output_pct=[100] * 7, original_functionality_pct=[100] * 7,
-                        defense_success_pct=[90.5, 92.1, 94.9, 79.8, 82.9, 87.1, 84.8],
-                        rho_mean=[0.0010, 0.0009, 0.0008, 0.0015, 0.0015, 0.0012, 0.0015])),
-    Method("random-weight", "Random Weight", "the paper's baseline: Gaussian fake rows fitted to W_o",
-           rows="random_weight_rows", in_paper=True,
-           paper=_paper(fake_output_pct=[1, 1, 0, 0, 0, 0, 6], original_functionality_pct=[100] * 7,
-                        defense_success_pct=[1.2, 11.4, 0, 0, 0, 0, 22.5],
-                        rho_mean=[0.0019, 0.0016, 0.0017, 0.0017, 0.0020, 0.0012, 0.0017])),
-    Method("fake-gradient-hardened", "Fake Gradient, hardened (ours)",
-           "ours: shuffled mixtures of real rows, no pairing oracle in the file", rows="hardened_rows",
-           copies_bias=False),
-    Method("scaled-copy", "Scaled Copy (control)", "control: W_F = S_a W_o, b_F = b_o (rejected in the paper's §4.4.1)",
-           rows="scaled_copy_rows", takes_scale=True, control=True),
-    Method("random-decoy", "Random Decoy (control)",
-           "control: random positive rows with Algorithm 1's row norms (S_a), unrelated to W_o",
-           rows="random_decoy_rows", takes_scale=True, random=True, control=True),
-    Method("device-head", "Device Head (split inference)",
-           "split inference: the cloud serves the features, the device keeps the head (W, b) and computes the "
-           "logits", copies_bias=False, split=True),
-)}
+METHODS: Mapping[str, Method] = _Methods()
 
-PROTECTIONS = tuple(name for name, m in METHODS.items() if m.protects)  # what protect() accepts
-FAKE_ROW_METHODS = tuple(name for name, m in METHODS.items() if m.rows is not None)  # Method.fake_rows works
-PAPER_METHODS = tuple(name for name, m in METHODS.items() if m.in_paper)
-CONTROLS = tuple(name for name, m in METHODS.items() if m.control)
-DEPLOYABLE = tuple(name for name in PROTECTIONS if name not in CONTROLS)  # what `fakegradient protect` offers
-PAPER_COLUMNS = _PAPER_COLUMNS
+
+def protections() -> tuple[str, ...]:
+    """What ``protect()`` accepts: every scheme."""
+    return tuple(name for name, m in METHODS.items() if m.protects)
+
+
+def controls() -> tuple[str, ...]:
+    """The ablations: schemes that are not protections to deploy."""
+    return tuple(name for name, m in METHODS.items() if m.control)
+
+
+def deployable() -> tuple[str, ...]:
+    """What ``fakegradient protect`` offers: the schemes but the controls."""
+    return tuple(name for name in protections() if not METHODS[name].control)
+
+
+def paper_methods() -> tuple[str, ...]:
+    """The paper's three columns (the evaluation's default methods)."""
+    return tuple(name for name, m in METHODS.items() if m.in_paper)
+
+
+_LIVE = {"PROTECTIONS": protections, "CONTROLS": controls, "DEPLOYABLE": deployable, "PAPER_METHODS": paper_methods}
+
+
+def __getattr__(name: str) -> tuple[str, ...]:  # the tuples, computed from the registry as it is now
+    if name in _LIVE:
+        return _LIVE[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(name: str, *, protection: bool = False) -> Method:
     """The registry entry ``name``; ``protection=True`` refuses the unprotected baseline."""
-    choices = PROTECTIONS if protection else tuple(METHODS)
+    choices = protections() if protection else tuple(METHODS)
     if name not in choices:
         raise InvalidArgument(f"unknown method {name!r}; choose one of {', '.join(choices)}")
     return METHODS[name]
+
+
+def scheme(name: str) -> Scheme:
+    """The scheme ``name`` (not the baseline); :class:`InvalidArgument` otherwise."""
+    return get(name, protection=True)  # type: ignore[return-value]
 
 
 def describe(choices: tuple[str, ...]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -10,7 +9,7 @@ from torch import nn
 from torchvision.models._api import WeightsEnum
 from torchvision.transforms._presets import ImageClassification
 
-from ..key import Key
+from ..schemes.base import Secret
 
 
 class Normalized(nn.Module):
@@ -58,38 +57,17 @@ def load_pipeline(spec: str, device: str = "cpu") -> tuple[Normalized, Callable]
 
 
 def protected_pipeline(original: Normalized, method: str, *, scale: float, seed: int,
-                       probe: torch.Tensor, bias: str = "paper") -> tuple[Normalized, Key]:
-    """The served pipeline for ``method``: ``original``'s classifier protected, same normalisation.
-
-    ``probe`` is one pixel image (1, C, H, W) the head is traced on. ``bias="official"`` gives the
-    methods with b_F = b_o the released code's fake bias instead (:func:`with_official_bias`).
-    """
-    from ..methods import METHODS
+                       probe: torch.Tensor, bias: str = "paper") -> tuple[Normalized, Secret]:
+    """The served pipeline for the scheme ``method``: ``original``'s classifier protected, same normalisation,
+    and what the device holds. ``probe`` is one pixel image (1, C, H, W) the head is traced on.
+    ``bias="official"`` gives the schemes with b_F = b_o the released code's fake bias instead; ``scale`` and
+    ``bias`` reach the schemes that take them."""
+    from ..methods import scheme
     from ..protection import protect
 
-    protected, key = protect(original.model, method=method, scale=scale, seed=seed,
-                             example_input=(probe - original.mean) / original.std)
-    if bias == "official" and METHODS[method].copies_bias:
-        protected, key = with_official_bias(protected, key, scale)
+    accepted = scheme(method).params()
+    params = {"fake_bias": bias} if "fake_bias" in accepted else {}
+    protected, secret = protect(original.model, method=method, scale=scale, seed=seed,
+                                example_input=(probe - original.mean) / original.std, **params)
     served = Normalized(protected, original.mean.flatten().tolist(), original.std.flatten().tolist())
-    return served.to(probe.device).eval(), key
-
-
-@torch.no_grad()
-def with_official_bias(protected: nn.Module, key: Key, scale: float) -> tuple[nn.Module, Key]:
-    """``protected`` (modified in place) with its fake biases set to the released code's
-    ``S_a (max b_o - |b_o|) sign(b_o)``, and its key with the new head's fingerprint.
-
-    ``key.permutation[i]`` is the served position of plain output i (real 0..N-1, fake N..2N-1).
-    The real outputs are untouched, so decryption is unchanged."""
-    from ..core.fake_rows import official_fake_bias
-    from ..core.fingerprint import head_fingerprint
-    from ..head import build_head, head_parameters, replace_module
-
-    layer = protected.get_submodule(key.head)
-    weight, served_bias = head_parameters(layer)
-    positions = torch.as_tensor(key.permutation, device=served_bias.device)
-    new_bias = served_bias.clone()
-    new_bias[positions[key.n_real:]] = official_fake_bias(served_bias[positions[: key.n_real]], scale)
-    replace_module(protected, key.head, build_head(layer, weight, new_bias))
-    return protected, dataclasses.replace(key, model_fingerprint=head_fingerprint(weight, new_bias))
+    return served.to(probe.device).eval(), secret

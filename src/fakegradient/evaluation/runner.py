@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from ..data import Sample, load_batch
 from ..errors import FakeGradientError
-from ..key import Key
 from ..methods import ORIGINAL
 from .config import EvaluationConfig, load_samples
 from .executors import Executor, LocalExecutor
@@ -137,12 +136,7 @@ def device_cost(bench: Workbench, probe: torch.Tensor, repeats: int = 200) -> di
     for method, (served, secret) in bench.served.items():
         with torch.no_grad():
             outputs = served(probe).flatten(1).cpu().numpy()
-        if secret is None:
-            decide = lambda o: o.argmax(1)  # noqa: E731 - the original: nothing to decrypt
-        elif isinstance(secret, Key):
-            decide = secret.top1
-        else:
-            decide = lambda o, s=secret: s.decrypt(o).argmax(1)  # noqa: E731
+        decide = (lambda o: o.argmax(1)) if secret is None else secret.top1  # the original: nothing to decrypt
         times = []
         for _ in range(repeats):
             start = time.perf_counter()

@@ -4,18 +4,16 @@ full-fp32 numerics and the configured DeepFool."""
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from ..attacks.deepfool import DeepFool
 from ..data import Sample, load_batch
-from ..device_head import DeviceHead
-from ..key import Key
-from ..methods import METHODS, ORIGINAL
+from ..methods import ORIGINAL
+from ..schemes.base import Secret
 from .config import EvaluationConfig, load_samples
 from .pipeline import Normalized, load_pipeline, protected_pipeline
 
@@ -37,21 +35,6 @@ def deepfool(config: EvaluationConfig) -> DeepFool:
     return DeepFool(config.candidates, config.overshoot, config.max_iter, (0.0, 1.0) if config.clip else None)
 
 
-Secret = Union[Key, DeviceHead]  # what the device holds for a protected method
-
-
-def split_pipeline(original: Normalized, probe: torch.Tensor) -> tuple[Normalized, DeviceHead]:
-    """The served trunk (pixel images → features (B, D)) and the device's head, for split inference."""
-    from ..split import split_head, trunk_fingerprint
-
-    trunk, weight, bias, head = split_head(copy.deepcopy(original.model),
-                                           example_input=(probe - original.mean) / original.std)
-    served = Normalized(trunk, original.mean.flatten().tolist(), original.std.flatten().tolist())
-    secret = DeviceHead(weight.detach().cpu().numpy(), bias.detach().cpu().numpy(), head,
-                        model_fingerprint=trunk_fingerprint(trunk))
-    return served.to(probe.device).eval(), secret
-
-
 def served_pipelines(original: Normalized, config: EvaluationConfig, seed: int,
                      probe: torch.Tensor) -> dict[str, tuple[Normalized, Secret | None]]:
     """method → (served pipeline, what the device holds), the original served as is. ``probe`` (1, C, H, W)
@@ -59,8 +42,6 @@ def served_pipelines(original: Normalized, config: EvaluationConfig, seed: int,
     def build(method: str) -> tuple[Normalized, Secret | None]:
         if method == ORIGINAL:
             return original, None
-        if getattr(METHODS[method], "split", False):
-            return split_pipeline(original, probe)
         return protected_pipeline(original, method, scale=config.scale, seed=seed, probe=probe, bias=config.bias)
 
     with full_fp32():

@@ -1,15 +1,15 @@
-"""A served model: an ONNX file run by ONNX Runtime, with the public metadata the export stored.
+"""A served model: an ONNX file run by ONNX Runtime, with the public metadata the export stored
+(:mod:`fakegradient.bundle`).
 
-The head's fingerprint is computed from the weights actually loaded and checked against the one in the
-metadata, and so is the digest of the whole model (:mod:`.integrity`), so that a corrupted or edited
-``model.onnx`` is refused instead of served.
+The digest of the whole model (:mod:`.integrity`, metadata included) is recomputed from the bytes loaded and
+checked, so that a corrupted or edited ``model.onnx`` is refused instead of served. The server cannot check the
+fingerprint itself: it is keyed with a secret only the device holds.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from ..core.fingerprint import head_fingerprint
+from .. import schemes
+from ..bundle import read_props
 from ..defaults import ORT_PROVIDERS
-from ..device_head import is_device_head_file
-from ..errors import FakeGradientError, InvalidArgument
+from ..errors import FakeGradientError, InvalidArgument, ModelFileError
 from ..integrity import check_digest
-from ..key import KEY_FORMAT
-from ..methods import METHODS
 
 TRIM_AFTER_BYTES = 8 * 2**20  # after a run on an input this large, freed memory goes back to the OS
-KEY_SCAN_MAX_BYTES = 16 * 2**20  # files up to this size are parsed for a key (keys are far smaller)
-PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "Relu", "GlobalAveragePool"}  # after a head
+MAX_ARCHIVE_MEMBERS = 256  # members of a zip file looked into for a secret
+KEY_SCAN_MAX_BYTES = 16 * 2**20  # of each file (decompressed), looked at for a secret's declared format
 
 
 @dataclass
@@ -39,7 +37,7 @@ class ServedModel:
     input_shape: list[int]  # -1 for the batch
     output_name: str
     output_shape: list[int]
-    metadata: dict[str, str] = field(default_factory=dict)  # fakegradient.fingerprint: checked at load
+    metadata: dict[str, str] = field(default_factory=dict)  # fakegradient.*: covered by the digest
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         logits = self.session.run([self.output_name], {self.input_name: batch})[0]
@@ -49,12 +47,7 @@ class ServedModel:
 
     def parameters(self) -> dict[str, Any]:
         """Public extras for the client: fingerprint, preprocessing, class names (never a key)."""
-        out: dict[str, Any] = {}
-        for key, value in self.metadata.items():
-            if key.startswith("fakegradient."):
-                short = key.removeprefix("fakegradient.")
-                out[short] = json.loads(value) if short in ("preprocess", "categories") else value
-        return out
+        return read_props(self.metadata, str(self.path))
 
 
 @dataclass(frozen=True)
@@ -82,9 +75,8 @@ def _providers(device: str) -> list[str]:
 
 def load_model_dir(model_dir: Path, name: str | None = None,
                    runtime: RuntimeOptions = RuntimeOptions()) -> ServedModel:
-    """Open ``model_dir/model.onnx``, check its head against its fingerprint and the whole model against its
-    digest, and refuse a folder that holds a key file: keys stay on the device. A split trunk (``device-head``)
-    has no head: its digest covers it, fingerprint included."""
+    """Open ``model_dir/model.onnx``, check the whole model (metadata included) against its digest, and refuse a
+    folder that holds a device's secret (any registered kind, compressed or behind a symlink)."""
     import onnx
     import onnxruntime as ort
     from google.protobuf.message import DecodeError
@@ -100,14 +92,13 @@ def load_model_dir(model_dir: Path, name: str | None = None,
     except (DecodeError, ValueError) as exc:  # a corrupted file
         raise FakeGradientError(f"cannot load {path}: not a valid ONNX file ({exc})") from None
     meta = {p.key: p.value for p in graph.metadata_props}
-    split = meta.get("fakegradient.method") in [n for n, m in METHODS.items() if m.split]
-    if split and "fakegradient.fingerprint" not in meta:  # a trunk has no head: the digest below covers it
-        raise FakeGradientError(f"{path}: a split trunk without its fingerprint; export it again")
-    fingerprint = meta["fakegradient.fingerprint"] if split else onnx_head_fingerprint(graph, path)
-    if meta.setdefault("fakegradient.fingerprint", fingerprint) != fingerprint:
-        raise FakeGradientError(f"{path}: the head's weights do not match the fingerprint in its metadata "
-                                "(corrupted or edited file); export it again with `fakegradient protect`")
-    check_digest(graph, path)  # the whole model: a corrupted backbone is refused too
+    try:
+        if "fingerprint" not in read_props(meta, str(path)):
+            raise FakeGradientError(f"{path} is not a fakegradient-protected model (no fingerprint in its "
+                                    "metadata); make it with `fakegradient protect`")
+    except ModelFileError as exc:
+        raise FakeGradientError(str(exc)) from None
+    check_digest(graph, path)  # the whole model, metadata included: a corrupted backbone is refused too
     providers = _providers(runtime.device)
     options = ort.SessionOptions()
     options.intra_op_num_threads = runtime.threads
@@ -149,57 +140,59 @@ def release_freed_memory() -> None:
 
 
 def refuse_key_files(folder: Path) -> None:
-    """Raise if any file under ``folder`` (recursively, up to KEY_SCAN_MAX_BYTES) parses as a key, or is a
-    device-head file (any size: its header says so)."""
-    for root, _, files in os.walk(folder):
+    """Raise if any file under ``folder`` (recursively, symlinked folders followed once) is a device's secret of
+    a registered kind, also when gzip-, bz2-, xz- or zip-compressed (each one's first :data:`KEY_SCAN_MAX_BYTES`
+    are looked at)."""
+    seen: set[tuple[int, int]] = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        identity = os.stat(root)
+        if (identity.st_dev, identity.st_ino) in seen:  # a symlink loop, or a folder reached twice
+            folders.clear()
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
         for file in files:
             candidate = Path(root, file)
-            if is_device_head_file(candidate):
-                raise FakeGradientError(f"{candidate} is a device-head file: it must never reach the server")
             try:
-                if not candidate.is_file() or candidate.stat().st_size > KEY_SCAN_MAX_BYTES:
-                    continue
-                payload = json.loads(candidate.read_bytes())
-            except (ValueError, RecursionError):  # not JSON (or not text): not a key
-                continue
-            except OSError as exc:  # unreadable: it might be a key
-                reason = exc.strerror or exc
-                raise FakeGradientError(f"cannot check {candidate} for a key: {reason}") from None
-            if isinstance(payload, dict) and payload.get("format") == KEY_FORMAT:
-                raise FakeGradientError(f"{candidate} is a key file: keys must never reach the server")
+                kind = next(filter(None, map(schemes.sniff, _content_prefixes(candidate))), None)
+            except OSError as exc:  # unreadable: it might be a secret
+                raise FakeGradientError(f"cannot check {candidate} for a key: {exc.strerror or exc}") from None
+            if kind is not None:
+                raise FakeGradientError(f"{candidate} is a {kind.FORMAT.removeprefix('fakegradient-')} file: a "
+                                        "device's secret must never reach the server")
 
 
-def onnx_head_fingerprint(model: Any, path: Path) -> str:
-    """``head_fingerprint`` of the head of an ONNX ``model`` (loaded from ``path``): the Gemm or 1x1 Conv
-    that produces the output, followed at most by shape-only or per-channel ops; raises if there is none."""
-    graph = model.graph
-    stored = {t.name: t for t in graph.initializer}
-    stored |= {n.output[0]: a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
-               if a.name == "value"}
-    producer = {out: node for node in graph.node for out in node.output}
-    node = producer.get(graph.output[0].name) if len(graph.output) == 1 else None
-    while node is not None and node.op_type in PASS_THROUGH:
-        node = producer.get(node.input[0])
-    try:
-        return head_fingerprint(*_head_weights(node, stored, path.parent))
-    except (KeyError, ValueError, OSError):
-        raise FakeGradientError(f"{path}: cannot find the classification head (a Gemm or 1x1 Conv with "
-                                "stored weights producing the output) to check its fingerprint") from None
+def _content_prefixes(path: Path) -> list[bytes]:
+    """The first bytes of a regular file's content, decompressed when it is gzip, bz2 or xz, or of each member of
+    a zip file (none for anything that is not a regular file: a FIFO is never opened for reading)."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    from ..secret_files import open_regular
+
+    with open_regular(path) as handle:
+        if handle is None:
+            return []
+        head = handle.read(KEY_SCAN_MAX_BYTES)
+        opener = {b"\x1f\x8b": gzip.open, b"BZ": bz2.open, b"\xfd7": lzma.open}.get(head[:2])
+        if head[:4] == b"PK\x03\x04":
+            handle.seek(0)
+            try:
+                with zipfile.ZipFile(handle) as archive:
+                    return [_bounded(archive.open(info)) for info in archive.infolist()[:MAX_ARCHIVE_MEMBERS]]
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError):
+                return [head]
+        if opener is None:
+            return [head]
+        handle.seek(0)
+        try:
+            return [head, _bounded(opener(handle))]
+        except (OSError, EOFError, lzma.LZMAError):
+            return [head]
 
 
-def _head_weights(node: Any, stored: dict[str, Any], base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(W (rows, D...), b (rows,)) of a Gemm (transB either way) or 1x1 Conv node; KeyError if it is
-    no such node or its weights are computed rather than stored."""
-    from onnx import helper, numpy_helper
-
-    if node is None:
-        raise KeyError("no node")
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    weight, bias = [numpy_helper.to_array(stored[name], base_dir=str(base_dir)) if name else None
-                    for name in [*node.input[1:3], ""][:2]]
-    if node.op_type == "Gemm" and not attrs.get("transA", 0):
-        weight = (weight if attrs.get("transB", 0) else weight.T) * np.float32(attrs.get("alpha", 1.0))
-        bias = None if bias is None else bias * np.float32(attrs.get("beta", 1.0))
-    elif not (node.op_type == "Conv" and attrs.get("group", 1) == 1 and weight.shape[2:] == (1, 1)):
-        raise KeyError(node.op_type)
-    return weight, np.zeros(len(weight), np.float32) if bias is None else bias.reshape(-1)
+def _bounded(stream: Any) -> bytes:
+    """The first :data:`KEY_SCAN_MAX_BYTES` of a decompressed stream."""
+    with stream:
+        return stream.read(KEY_SCAN_MAX_BYTES)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ...data import Sample
 from ...errors import InvalidArgument
-from ...key import Key
+from ...methods import scheme
 from ..plan import Shard, ShardResult
 from ..workbench import Workbench
 from .attackers import ATTACKERS, Context, Target, _head_name
@@ -29,8 +29,11 @@ def check_limits(limits: dict[str, int]) -> dict[str, int]:
 
 def target(bench: Workbench, method: str) -> Target:
     served, secret = bench.served[method]
-    split = secret is not None and not isinstance(secret, Key)
-    return Target(method, served, secret, None if split else _head_name(bench, served))
+    if secret is None:
+        return Target(method, served, None, _head_name(bench, served))
+    capabilities = scheme(method).capabilities
+    return Target(method, served, secret, _head_name(bench, served) if capabilities.head_rows else None,
+                  capabilities)
 
 
 def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Sample]) -> ShardResult:

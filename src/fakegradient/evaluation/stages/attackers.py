@@ -35,10 +35,9 @@ from ...attacks.known_plaintext import recover_by_public_outputs, recover_by_pub
 from ...attacks.pgd import L2PGD
 from ...attacks.square import SquareAttack
 from ...attacks.targets import OutputRows, pair_hypotheses
-from ...device_head import DeviceHead
 from ...head import head_parameters, trace_head
-from ...key import Key
-from ...methods import METHODS, ORIGINAL
+from ...methods import ORIGINAL
+from ...schemes.base import Capabilities
 from ..pipeline import Normalized
 from ..workbench import Secret, Workbench, deepfool
 
@@ -49,16 +48,19 @@ NOISE_QUERIES = 4  # noise images the public-outputs attacker sends
 @dataclass
 class Target:
     """One scheme: ``served`` pixel images (B, C, H, W) → outputs (B, K); ``secret`` what the device holds
-    (None for the original); ``head`` the served head's module name in ``served`` (None: split, no head)."""
+    (None for the original); ``head`` the served head's module name in ``served`` (None: it serves no head
+    rows); ``capabilities`` what the scheme declares (the original's: a plain model serving its logits)."""
 
     method: str
     served: Normalized
     secret: Secret | None
     head: str | None
+    capabilities: Capabilities = Capabilities(random=False)
 
     @property
-    def split(self) -> bool:
-        return isinstance(self.secret, DeviceHead)
+    def serves_features(self) -> bool:
+        """The served outputs are features, not classes: there are no output rows to read or rank."""
+        return self.capabilities.serves == "features"
 
     @torch.no_grad()
     def device(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,10 +71,10 @@ class Target:
         return outputs if self.secret is None else self.secret.decrypt(outputs)
 
     def real_rows(self) -> np.ndarray:
-        """(N,) served position of each real class."""
-        if isinstance(self.secret, Key):
-            return np.asarray(self.secret.permutation[: self.secret.n_real])
-        return np.arange(self.served_head()[0].shape[0])
+        """(N,) served position of each real class (the original: every row)."""
+        if self.secret is None:
+            return np.arange(self.served_head()[0].shape[0])
+        return self.secret.class_positions()
 
     def served_head(self) -> tuple[torch.Tensor, torch.Tensor]:
         return head_parameters(self.served.get_submodule(self.head))
@@ -200,17 +202,19 @@ def _recover(attacker: str, ctx: Context) -> Recovery:
 
 
 def _file_only(bench: Workbench, target: Target) -> Recovery:
-    if target.split:
+    if not target.capabilities.head_rows:
         return Recovery("no head in the served file", 0.0)
     return _from_rows(target, recover_real_rows(*target.served_head()))
 
 
 def _public_weights(bench: Workbench, target: Target) -> Recovery:
     _, weight, bias = _public_head(bench)
-    if target.split:  # the device's head is the public one if the protected model is the public model
+    if target.serves_features:  # the public head decrypts if the protected model is the public model
         begin = time.perf_counter()
-        same = bool(torch.allclose(weight, weight.new_tensor(target.secret.weight)) and
-                    torch.allclose(bias, bias.new_tensor(target.secret.bias)))
+        with torch.no_grad():
+            features = _features(bench, _noise(bench))
+            same = bool(torch.allclose(features @ weight.T + bias, target.secret.decrypt(features),
+                                       rtol=1e-4, atol=1e-4))
         return Recovery("public head on the served features", time.perf_counter() - begin, 0,
                         1.0 if same else 0.0, 1.0 if same else 0.0, public_head=same)
     return _from_rows(target, recover_by_public_weights(*target.served_head(), weight, bias))
@@ -224,7 +228,7 @@ def _noise(bench: Workbench) -> torch.Tensor:
 
 def _public_outputs(bench: Workbench, target: Target) -> Recovery:
     noise = _noise(bench)
-    if target.split:  # served features vs the public trunk's features on the same noise
+    if target.serves_features:  # served features vs the public trunk's features on the same noise
         begin = time.perf_counter()
         with torch.no_grad():
             served = target.served(noise).flatten(1)
@@ -236,10 +240,10 @@ def _public_outputs(bench: Workbench, target: Target) -> Recovery:
 
 
 def _blind(bench: Workbench, target: Target) -> Recovery:
-    if target.split:
+    if target.serves_features:
         return Recovery("no output rows to rank", 0.0)
     images = bench.batch(0, len(bench.samples))
-    fakes_win = METHODS[target.method].takes_scale  # public design: fakes scaled by S_a win on natural images
+    fakes_win = target.capabilities.fakes_win  # public design: e.g. fakes scaled by S_a win on natural images
     return _from_rows(target, recover_by_winners(target.served, images, fakes_win))
 
 
@@ -302,6 +306,17 @@ def _with_head(served: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> n
     return nn.Sequential(served, nn.Flatten(1), head).eval()
 
 
+class _Decrypted(nn.Module):
+    """pixel images → the device's real logits ``secret.decrypt(served(x))``, differentiable."""
+
+    def __init__(self, served: nn.Module, secret: Secret):
+        super().__init__()
+        self.served, self.secret = served, secret
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.secret.decrypt(self.served(x).flatten(1))
+
+
 def _key_recovery(name: str) -> Callable[[Context], Attempt]:
     def run(ctx: Context) -> Attempt:
         if ctx.target.secret is None:
@@ -340,7 +355,7 @@ def _eot_candidates(ctx: Context) -> np.ndarray | None:
 
 
 def _pgd_eot(ctx: Context) -> Attempt | None:
-    if ctx.target.split:
+    if ctx.target.serves_features:
         return None  # no output rows to guess among: the served features are all real
     candidates = _eot_candidates(ctx)
     if candidates is None:
@@ -413,10 +428,8 @@ def _hopskipjump(ctx: Context) -> Attempt:
 def _sanity(ctx: Context) -> Attempt:
     """DeepFool on the device's real logits: what an attacker holding the secret does."""
     target = ctx.target
-    if target.split:
-        device = next(target.served.parameters()).device
-        weight, bias = (torch.tensor(array, device=device) for array in (target.secret.weight, target.secret.bias))
-        return _deepfool_on(ctx, _head_key(weight, bias), lambda: _with_head(target.served, weight, bias))
+    if target.serves_features:  # the device's own computation on the served features
+        return _deepfool_on(ctx, ("device", target.method), lambda: _Decrypted(target.served, target.secret))
     rows = np.sort(target.real_rows())
     return _deepfool_on(ctx, _rows_key(rows), lambda: OutputRows(target.served, rows))
 

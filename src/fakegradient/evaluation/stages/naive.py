@@ -12,7 +12,7 @@ from ...attacks.base import norms
 from ...attacks.deepfool import DeepFool
 from ...data import Sample
 from ...errors import InvalidArgument
-from ...key import Key
+from ...schemes.base import Secret
 from ..pipeline import Normalized
 from ..plan import Shard, ShardResult
 from ..records import ImageRecord
@@ -47,7 +47,7 @@ def rho_normalized(perturbation: torch.Tensor, images: torch.Tensor, pipeline: N
     return norms(perturbation / pipeline.std, (images - pipeline.mean) / pipeline.std)["rho"]
 
 
-def attack_batch(shard: Shard, original: nn.Module, served: Normalized, key: Key | None, images: torch.Tensor,
+def attack_batch(shard: Shard, original: nn.Module, served: Normalized, key: Secret | None, images: torch.Tensor,
                  samples: list[Sample], attack: DeepFool,
                  space: str = "pixel") -> tuple[list[ImageRecord], torch.Tensor]:
     """DeepFool on the served pipeline for one shard: images (b, C, H, W) → records and perturbations
