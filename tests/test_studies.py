@@ -63,3 +63,15 @@ def test_from_stored_rebuilds_the_committed_report(name, folder, report, tmp_pat
     assert len(rebuilt) == len(committed) > 5
     for new, old in zip(rebuilt, committed):
         assert new == old
+
+
+def test_the_library_never_imports_the_studies():
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "src" / "fakegradient").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{path.name}: {n}" for n in names if n == "studies" or n.startswith("studies.")]
+    assert not offenders
