@@ -42,3 +42,14 @@ def assert_records_close(a: list, b: list, rtol: float = RECORD_RTOL) -> None:
                 assert math.isclose(u, v, rel_tol=rtol, abs_tol=1e-9), (f.name, x, y)
             else:
                 assert u == v, (f.name, x, y)
+
+
+def image_record(method="fake-gradient", image="a", original=0, plain=10, adversarial=0, l2=1.0, model="m"):
+    """An evaluation record of one image (the studies' tests): the un-permuted top-1 ``plain``, the real
+    top-1 after the attack ``adversarial``, the original top-1 ``original`` (also the label)."""
+    from fakegradient.evaluation.records import ImageRecord
+
+    return ImageRecord(model=model, method=method, image=image, label=original, original_top1=original,
+                       served_top1=3, served_top1_fake=method != "original", plain_top1=plain,
+                       decrypted_top1=original, adversarial_top1=adversarial, attack_changed_served=True,
+                       rho=0.01, l2=l2, linf=0.1, iterations=2)

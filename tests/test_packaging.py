@@ -91,3 +91,22 @@ def test_a_missing_module_names_the_extra_that_installs_it():
     assert missing_extra("ray", "eval") == "ray"
     assert missing_extra("art", "eval") == "eval"  # adversarial-robustness-toolbox installs the module `art`
     assert missing_extra("no_such_module", "protect") is None  # every [protect] module is here: a real bug
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_no_study_code(tmp_path):
+    """Built from a copy of the whole tree (studies/, scripts/ and tests/ beside src/): only the library."""
+    import zipfile
+
+    skip = shutil.ignore_patterns(".*", "__pycache__", "*.pyc", "reports", "out", "*.egg-info", "build", "dist")
+    shutil.copytree(ROOT, tmp_path / "tree", ignore=skip)
+    assert (tmp_path / "tree" / "studies" / "kit.py").is_file()
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
+         str(tmp_path / "tree")])
+    (wheel,) = (tmp_path / "dist").glob("fakegradient-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fakegradient/evaluation/runner.py" in names and "fakegradient/evaluation/intervals.py" in names
+    top = {name.split("/")[0] for name in names}
+    assert top <= {"fakegradient", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}, top
+    study_code = [n for n in names if Path(n).stem in ("mnist", "class_study", "ablations", "kit", "seven_mnist")]
+    assert not study_code, study_code

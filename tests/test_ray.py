@@ -1,9 +1,11 @@
 """Scale-out on Ray: same numbers as a single process, survives dying workers, resumes."""
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,29 @@ from fakegradient.evaluation.stages.attackers import ATTACKERS
 from fakegradient.evaluation.store import ShardStore
 
 ray = pytest.importorskip("ray")  # an optional extra; `make test` installs it
+from fakegradient.evaluation.ray_executor import RayExecutor, ShardWorker  # noqa: E402
+
+CRASH_DIR_ENV = "TEST_RAY_CRASH_DIR"  # set on the Ray workers by the crashing_ray fixture
+
+
+class CrashOnceWorker(ShardWorker):
+    """A ShardWorker that dies (the process exits) the first time any worker starts a shard: a marker
+    file per shard in ``$TEST_RAY_CRASH_DIR`` says it already did."""
+
+    def __call__(self, batch):
+        for text in batch["shard"]:
+            marker = Path(os.environ[CRASH_DIR_ENV]) / Shard.from_json(str(text)).id
+            if not marker.exists():
+                marker.touch()
+                os._exit(1)  # a worker killed mid-run
+        return super().__call__(batch)
+
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+
+
+def crashing_executor(workers: int | None = None) -> RayExecutor:
+    return RayExecutor("local", workers, worker=CrashOnceWorker)
 
 
 def small_config(adaptive: bool = False):
@@ -54,12 +79,10 @@ def single_process_records(single_process):
 
 @pytest.fixture(scope="module")
 def crashing_ray(tmp_path_factory):
-    """A local Ray instance with 2 workers, each of which dies once on every shard it starts."""
-    from fakegradient.evaluation.ray_executor import CRASH_ONCE_ENV
-
+    """A local Ray instance with 2 CPUs; a :class:`CrashOnceWorker` there dies once on every shard it starts."""
     crash_dir = tmp_path_factory.mktemp("crashes")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {CRASH_ONCE_ENV: str(crash_dir), "OMP_NUM_THREADS": "1"}})
+             runtime_env={"env_vars": {CRASH_DIR_ENV: str(crash_dir), "OMP_NUM_THREADS": "1"}})
     yield crash_dir
     ray.shutdown()
 
@@ -67,11 +90,9 @@ def crashing_ray(tmp_path_factory):
 @pytest.mark.slow
 def test_ray_matches_single_process_despite_dying_workers(crashing_ray, single_process, tmp_path):
     """Naive DeepFool and the adaptive attackers on Ray Data actors, each of which dies once per shard."""
-    from fakegradient.evaluation.ray_executor import RayExecutor
-
     store = ShardStore(tmp_path / "shards")
     on_ray = evaluate(small_config(adaptive=True), progress=False, store=store,
-                      executor=RayExecutor("local")).evaluations[0]
+                      executor=crashing_executor()).evaluations[0]
     shard_ids = {path.stem for path in (tmp_path / "shards").glob("*.json") if path.name != "run.json"}
     assert len(shard_ids) == 4 + 2 + 4  # naive DeepFool, transfer, adaptive (every scheme, the original too)
     assert {path.name for path in crashing_ray.iterdir()} == shard_ids  # every shard's first worker died
@@ -94,9 +115,7 @@ def test_ray_matches_single_process_despite_dying_workers(crashing_ray, single_p
 @pytest.mark.slow
 def test_a_cpu_decode_stage_feeds_the_actors(crashing_ray, single_process_records):
     """One actor on two CPUs: images are decoded by Ray Data tasks on the free CPU (the GPU layout)."""
-    from fakegradient.evaluation.ray_executor import RayExecutor
-
-    executor = RayExecutor("local", workers=1)
+    executor = crashing_executor(workers=1)
     assert_records_close(evaluate(small_config(), progress=False, executor=executor).records, single_process_records)
     assert executor.decode_stage
 
@@ -110,11 +129,9 @@ def test_a_bad_image_on_a_worker_is_a_clear_error(crashing_ray, tmp_path):
     (folder / "z.jpg").write_bytes(b"not a jpeg")  # past the driver's heatmap images: only a worker reads it
     config = EvaluationConfig(models=["mobilenet_v2:IMAGENET1K_V1"], methods=["original"], data=str(tmp_path / "data"),
                               batch_size=1, max_iter=2, heatmap_images=1, seed=0, timing_repeats=2)
-    from fakegradient.evaluation.ray_executor import RayExecutor
-
     store = ShardStore(tmp_path / "shards")
     with pytest.raises(FakeGradientError, match=r"z\.jpg is not a readable image.*--resume"):
-        evaluate(config, progress=False, store=store, executor=RayExecutor("local"))
+        evaluate(config, progress=False, store=store, executor=crashing_executor())
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 from .._lazy import lazy
 
-_EXPORTS = {"Attack": ".base", "AttackResult": ".base", "norms": ".base", "DeepFool": ".deepfool",
+_EXPORTS = {"AttackResult": ".base", "norms": ".base", "DeepFool": ".deepfool",
             "FeatureSpacePGD": ".feature_space", "recover_real_rows": ".key_recovery",
             "RecoveredRows": ".key_recovery",
             # library adapters (foolbox 3, ART), one a file

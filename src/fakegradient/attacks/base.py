@@ -1,12 +1,10 @@
-"""A small typed base for attacks: batched tensors in pixel space, per-sample results."""
+"""What every attack returns: per-sample results on batched tensors in pixel space, and their norms."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
-from torch import nn
 
 
 @dataclass
@@ -26,10 +24,6 @@ class AttackResult:
 
     def perturbation(self, images: torch.Tensor) -> torch.Tensor:
         return self.adversarial - images
-
-
-class Attack(Protocol):
-    def __call__(self, model: nn.Module, images: torch.Tensor) -> AttackResult: ...
 
 
 def norms(perturbation: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:

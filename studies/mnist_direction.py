@@ -3,19 +3,17 @@ DeepFool on the unprotected model? Per image, the cosine between the two perturb
 
 Models: the real ImageNet MobileNetV2 on the 23 photos (`--data photos`), with its full head and with each
 photo's head restricted to 10 classes (its top-1 + 9 drawn by ``numpy.random.default_rng([seed, 10, photo
-index])``, or its 10 highest-ranked classes, as ``scripts/mnist_classes.py``), and an MNIST ResNet-18
-retrained on CPU with each of ``--mnist-recipes`` at 32×32 (as ``scripts/mnist_recipes.py``, same seed) on the first ``--eval`` held-out digits. Protection and
-attack are the evaluation's (``protected_pipeline``, the configured DeepFool: top-10 candidates, overshoot
-0.02, ≤ 50 iterations, no clipping, pixel space).
+index])``, or its 10 highest-ranked classes, as :mod:`studies.mnist_classes`), and an MNIST ResNet-18
+retrained on CPU with each of ``--mnist-recipes`` at 32×32 (as :mod:`studies.mnist_recipes`, same seed) on the
+first ``--eval`` held-out digits. Protection and attack are the evaluation's (``protected_pipeline``, the
+configured DeepFool: top-10 candidates, overshoot 0.02, ≤ 50 iterations, no clipping, pixel space).
 
-    python scripts/mnist_direction.py --seed 0 --out reports/mnist/direction
+    python -m studies.mnist_direction --seed 0 --out reports/mnist/direction
+    python -m studies.mnist_direction --from-stored --out reports/mnist/direction
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import json
 import statistics
 import sys
@@ -27,13 +25,17 @@ from tqdm.auto import tqdm
 from fakegradient.atomic import write_bytes_atomic
 from fakegradient.data import load_batch
 from fakegradient.errors import FakeGradientError
-from fakegradient.evaluation import mnist
-from fakegradient.evaluation.class_study import head_classes, rate_text, restrict_head, run_study
 from fakegradient.evaluation.config import PHOTOS_DATA, EvaluationConfig, load_samples
 from fakegradient.evaluation.pipeline import Normalized, load_pipeline, protected_pipeline
 from fakegradient.evaluation.runner import environment
 from fakegradient.evaluation.workbench import deepfool
 
+from . import mnist
+from .heads import head_classes, restrict_head
+from .kit import command_line, markdown_table, parse_bool, rate_text, read_csv, run_study, study_parser, write_csv
+
+MODULE = "studies.mnist_direction"
+COLUMNS = {"model": str, "image": str, "cos": float, "l2_ratio": float, "defense_success": parse_bool}
 SPEC = "mobilenet_v2:IMAGENET1K_V1"
 
 
@@ -92,55 +94,66 @@ def mnist_resnet18(seed: int, n: int, recipe: str) -> list[dict]:
                       f"ResNet-18 MNIST (recipe {recipe}, 32×32)")
 
 
-def report(rows: list[dict], out: Path, command: str) -> Path:
+def store(rows: list[dict], out: Path, command: str) -> None:
+    """``per_image.csv`` (one row per image, :data:`COLUMNS`) and ``run.json`` (command, environment; last)."""
     out.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_bytes_atomic(out / "per_image.csv", buffer.getvalue().encode())
+    write_csv(out / "per_image.csv", rows)
+    write_bytes_atomic(out / "run.json", json.dumps({"command": command, "environment": environment()},
+                                                    indent=2).encode())
+
+
+def report(out: Path) -> Path:
+    """``report.md`` from the stored ``per_image.csv`` and ``run.json``."""
+    rows = read_csv(out / "per_image.csv", COLUMNS)
+    try:
+        run = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise FakeGradientError(f"cannot read {out / 'run.json'}: {exc}") from None
+    if not rows:
+        raise FakeGradientError(f"{out / 'per_image.csv'} has no rows")
     lines = ["# Does DeepFool on the fake outputs push the image the way DeepFool on the original does?", "",
              "Per image: r_FG = DeepFool's perturbation on the Fake Gradient model (served outputs), r_orig = on the "
              "unprotected model; cos(r_FG, r_orig) (1: the same direction) and ‖r_FG‖/‖r_orig‖. Defense success as "
-             "in Table 1 (decrypted real top-1 on the attacked image = clean top-1): k/n = %, [Wilson 95 %].", "",
-             "| model | images | Fake Gradient: defense success | median cos (IQR) | cos > 0.9 | median ‖r‖ ratio | "
-             "median cos, defended / lost |", "|---|---|---|---|---|---|---|"]
+             "in Table 1 (decrypted real top-1 on the attacked image = clean top-1): k/n = %, [Wilson 95 %].", ""]
+    table = []
     for model in dict.fromkeys(r["model"] for r in rows):
         group = [r for r in rows if r["model"] == model]
         cos = [r["cos"] for r in group]
         q1, _, q3 = statistics.quantiles(cos, n=4) if len(cos) > 1 else (cos[0], 0, cos[0])
         split = [[r["cos"] for r in group if r["defense_success"] == won] for won in (True, False)]
-        lines.append(f"| {model} | {len(group)} | {rate_text(sum(r['defense_success'] for r in group), len(group))} "
-                     f"| {statistics.median(cos):.2f} ({q1:.2f}–{q3:.2f}) | "
-                     f"{rate_text(sum(c > 0.9 for c in cos), len(cos))} | "
-                     f"{statistics.median(r['l2_ratio'] for r in group):.2f} | "
-                     + " / ".join(f"{statistics.median(s):.2f} (n={len(s)})" if s else "—" for s in split) + " |")
-    env = environment()
-    lines += ["", f"Command: `{command}`. Machine: {env['platform']}, torch {env['torch']}, "
-                  f"{torch.get_num_threads()} torch thread(s), a contended 2-core VM. Per image: `per_image.csv`.", ""]
+        table.append([model, len(group), rate_text(sum(r["defense_success"] for r in group), len(group)),
+                      f"{statistics.median(cos):.2f} ({q1:.2f}–{q3:.2f})",
+                      rate_text(sum(c > 0.9 for c in cos), len(cos)),
+                      f"{statistics.median(r['l2_ratio'] for r in group):.2f}",
+                      " / ".join(f"{statistics.median(s):.2f} (n={len(s)})" if s else "—" for s in split)])
+    lines += markdown_table(["model", "images", "Fake Gradient: defense success", "median cos (IQR)", "cos > 0.9",
+                             "median ‖r‖ ratio", "median cos, defended / lost"], table)
+    env = run["environment"]
+    lines += ["", f"Command: `{run['command']}`. Machine: {env['platform']}, torch {env['torch']}, "
+                  f"{env['cpu_threads']} torch thread(s), a contended 2-core VM. Per image: `per_image.csv`.", ""]
     path = out / "report.md"
     write_bytes_atomic(path, "\n".join(lines).encode())
-    write_bytes_atomic(out / "run.json", json.dumps({"command": command, "environment": env}, indent=2).encode())
     return path
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0, help="keys, class subsets, MNIST split and training")
+def main(argv: list[str] | None = None) -> int:
+    parser = study_parser(__doc__, MODULE, Path("reports/mnist/direction"),
+                          "rewrite report.md from --out's per_image.csv and run.json")
     parser.add_argument("--eval", type=int, default=500, help="held-out MNIST digits attacked")
     parser.add_argument("--mnist-recipes", default="old,strong", help="recipes the MNIST ResNet-18 is trained with")
-    parser.add_argument("--out", type=Path, default=Path("reports/mnist/direction"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     def work() -> Path:
-        if not 1 <= args.eval <= mnist.HELD_OUT:
-            raise FakeGradientError(f"--eval must be in 1..{mnist.HELD_OUT}")
-        for recipe in args.mnist_recipes.split(","):
-            mnist.recipe(recipe)  # unknown: a clear error before any work
-        rows = (imagenet(args.seed, None) + imagenet(args.seed, 10, "random") + imagenet(args.seed, 10, "top")
-                + [row for recipe in args.mnist_recipes.split(",")
-                   for row in mnist_resnet18(args.seed, args.eval, recipe)])
-        return report(rows, args.out, ' '.join(sys.argv))
+        if not args.from_stored:
+            if not 1 <= args.eval <= mnist.HELD_OUT:
+                raise FakeGradientError(f"--eval must be in 1..{mnist.HELD_OUT}")
+            for recipe in args.mnist_recipes.split(","):
+                mnist.recipe(recipe)  # unknown: a clear error before any work
+            rows = (imagenet(args.seed, None) + imagenet(args.seed, 10, "random") + imagenet(args.seed, 10, "top")
+                    + [row for recipe in args.mnist_recipes.split(",")
+                       for row in mnist_resnet18(args.seed, args.eval, recipe)])
+            store(rows, args.out, command_line(MODULE, argv))
+        return report(args.out)
 
     return run_study(work)
 

@@ -1,0 +1,116 @@
+"""studies.mnist (the data, recipes, augmentation, training) and the MNIST studies' report writers, from
+stored files (no training)."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyNet
+from helpers import image_record as record
+
+from fakegradient.errors import InvalidArgument
+from fakegradient.evaluation.pipeline import Normalized
+from studies import mnist, mnist_direction, mnist_recipes, seven_mnist
+from studies.kit import write_records_csv
+
+# -- recipes, augmentation, training -----------------------------------------------------------------------
+
+def test_the_old_recipe_is_the_h200_runs_and_unknown_recipes_are_refused():
+    old = mnist.recipe("old")
+    assert (old.epochs, old.lr_for("resnet18"), old.lr_for("vgg11"), old.augment, old.with_replacement) == \
+           (4.0, 1e-3, 1e-4, False, True)
+    with pytest.raises(InvalidArgument, match="unknown recipe"):
+        mnist.recipe("longer")
+
+
+def test_augment_keeps_shape_and_range_and_is_seeded():
+    x = torch.rand(6, 3, 32, 32)
+    a = mnist.augment(x, torch.Generator().manual_seed(1))
+    b = mnist.augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1 + 1e-6
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same computation twice
+    assert not torch.allclose(a, x, atol=1e-3)
+
+
+def test_to_pixels_and_split():
+    x = np.zeros((3, 28, 28), np.uint8)
+    x[:, 10:18, 10:18] = 255
+    t = mnist.to_pixels(x, 32)
+    assert t.shape == (3, 3, 32, 32) and 0 <= t.min() and t.max() <= 1 and torch.equal(t[:, 0], t[:, 2])
+    train, held = mnist.split(5000, 0)
+    assert len(train) == mnist.TRAIN and len(held) == mnist.HELD_OUT and not set(train) & set(held)
+
+
+@pytest.mark.parametrize("name", ["old", "strong"])
+def test_each_recipe_learns_a_separable_task(name, one_torch_thread):
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 16, 16) * 0.2
+    y = torch.arange(64) % 2
+    x[y == 1, :, :8] += 0.7  # class 1: a bright upper half (survives the small affine maps)
+    pipeline = Normalized(TinyNet(2), (0.5,) * 3, (0.25,) * 3)
+    spec = replace(mnist.recipe(name), epochs=40, lr=1e-2)
+    mnist.train(pipeline, x, y, spec, "tiny", batch=16, generator=torch.Generator().manual_seed(0), progress=False)
+    assert mnist.correct(pipeline, x, y) >= 60
+
+
+# -- the studies' report writers (from stored files, no training) ------------------------------------------
+
+def _records(model):
+    out = []
+    for i in range(20):
+        c = i % 10
+        out.append(record(method="original", image=f"d{i}", original=c, plain=c, adversarial=(c + 1) % 10,
+                          model=model, l2=1.0))
+        out.append(record(image=f"d{i}", original=c, plain=10 + c, adversarial=c if i < 15 else (c + 1) % 10,
+                          model=model, l2=0.8))
+        out.append(record(method="random-weight", image=f"d{i}", original=c, plain=c, adversarial=(c + 1) % 10,
+                          model=model, l2=1.0))
+    return out
+
+
+def test_mnist_recipes_report_from_run_folders(tmp_path):
+    folder = tmp_path / "resnet18_old_32"
+    folder.mkdir()
+    write_records_csv(folder / "per_image.csv", _records("resnet18"))
+    (folder / "run.json").write_text(json.dumps({
+        "arch": "resnet18", "recipe": "old", "size": 32, "held_out_correct": 950, "held_out": 1000,
+        "train_seconds": 1.0, "torch_threads": 1, "environment": {"platform": "test", "torch": "x"}}))
+    text = mnist_recipes.report(tmp_path).read_text()
+    assert "| resnet18 | 32×32 | old | 950/1000 = 95 % [93–96] | 15/20 = 75 % [53–89] | 0.80 (n=20) |" in text
+    assert "| 5/5 = 100 % [57–100] |" in text  # the lost images land where the unprotected attack's do
+    assert "20/20 = 100 %" in text and (tmp_path / "table2_heatmap.png").stat().st_size > 0
+    assert (tmp_path / "accuracy_vs_defense.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seven_mnist_report_from_stored_files(tmp_path):
+    write_records_csv(tmp_path / "per_image.csv", _records("resnet18"))
+    timing = {"median_s": 0.001, "q1_s": 0.001, "q3_s": 0.002}
+    size = {"parameters": 10, "bytes": 40}
+    (tmp_path / "results.json").write_text(json.dumps({
+        "config": {"seed": 0, "candidates": 10, "overshoot": 0.02, "max_iter": 50, "scale": 20.0},
+        "environment": {"cuda": "none", "torch": "x", "torchvision": "y", "python": "3"},
+        "overhead": {"resnet18": {"size": {m: size for m in ("original", "fake-gradient", "random-weight")},
+                                  "time": {m: timing for m in ("original", "fake-gradient", "random-weight")}}}}))
+    (tmp_path / "seven_mnist.json").write_text(json.dumps({
+        "command_args": {"size": 64, "epochs": 4.0}, "training": {"resnet18": {"test_accuracy": 0.963}},
+        "command": "python -m studies.seven_mnist"}))
+    text = seven_mnist.write_report(tmp_path).read_text()
+    assert "not the paper's ImageNet Table 1" in text and "(paper" not in text.lower().replace("the paper's", "")
+    assert "| resnet18 | 963/1000 = 96 % [95–97] | 15/20 = 75 % [53–89] | 0.80 |" in text
+    aggregates = json.loads((tmp_path / "results.json").read_text())["aggregates"]
+    fake = next(a for a in aggregates if a["method"] == "fake-gradient")
+    assert (fake["defense_success_pct_k"], fake["defense_success_pct_n"]) == (15, 20)
+
+
+def test_mnist_direction_measures_each_image_and_reports(tmp_path, one_torch_thread):
+    torch.manual_seed(0)
+    pipeline = Normalized(TinyNet(10), (0.5,) * 3, (0.25,) * 3).eval()
+    rows = mnist_direction.directions(pipeline, torch.rand(4, 3, 16, 16), [f"i{i}" for i in range(4)], 0, "tiny")
+    assert [r["image"] for r in rows] == ["i0", "i1", "i2", "i3"]
+    assert all(-1 - 1e-6 <= r["cos"] <= 1 + 1e-6 and r["l2_ratio"] > 0 for r in rows)
+    mnist_direction.store(rows, tmp_path, "test")
+    text = mnist_direction.report(tmp_path).read_text()
+    assert "| tiny | 4 |" in text and (tmp_path / "per_image.csv").read_text().count("\n") == 5
+    assert "Command: `test`" in text
