@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import __version__, defaults, methods
-from ._lazy import missing_extra
+from ._lazy import missing_extra, missing_message
 from .errors import FakeGradientError, InvalidArgument
 
 
@@ -28,16 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidArgument as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except FakeGradientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ModuleNotFoundError as exc:  # an optional dependency: name the extra that installs it
+    except ModuleNotFoundError as exc:  # an optional dependency (MissingExtra too): name the extra, not the module
         extra = missing_extra(exc.name, _EXTRA_OF.get(args.run.__name__, "all"))
         if extra is None:
             raise
         command = args.run.__name__.removeprefix("cmd_").replace("_", "-")
-        print(f"error: `fakegradient {command}` needs {exc.name}, which is not installed: "
-              f"pip install 'fakegradient[{extra}]'", file=sys.stderr)
+        print(f"error: {missing_message(f'fakegradient {command}', extra)}", file=sys.stderr)
+        return 1
+    except FakeGradientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -15,10 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-import torchvision
-from torch import nn
-from torchvision.models._api import WeightsEnum
+from .._lazy import as_missing_extra
+
+try:
+    import torch
+    import torchvision
+    from torch import nn
+    from torchvision.models._api import WeightsEnum
+except ModuleNotFoundError as _exc:  # a device install (numpy + Pillow): name the extra, not torch
+    raise as_missing_extra(_exc, "fakegradient.models") from None
 
 from ..defaults import EMBEDDED_MODEL, EMBEDDED_SPEC, EMBEDDED_WEIGHTS
 from ..errors import FakeGradientError, WeightsUnavailable
