@@ -79,14 +79,21 @@ def missing_message(what: str, extra: str) -> str:
     return f"{what} needs the [{extra}] extra: {install_command(extra)}"
 
 
-def as_missing_extra(exc: ModuleNotFoundError, what: str, wanted: str = "protect") -> ModuleNotFoundError:
+# the extra a sub-package needs (the rest of the package needs [protect]'s torch, or nothing)
+_EXTRA_OF_PACKAGE = {"fakegradient.serving": "serve", "fakegradient.evaluation": "eval", "fakegradient.attacks": "eval"}
+
+
+def as_missing_extra(exc: ModuleNotFoundError, what: str, wanted: str | None = None) -> ModuleNotFoundError:
     """``exc`` as a :class:`~fakegradient.errors.MissingExtra` naming the extra that provides its module
-    (``wanted`` when it is one of that extra's, even deep in a dependency); ``exc`` itself when no extra
-    provides the module (a real bug), or when it already is one."""
+    (``wanted``, by default the extra of ``what``'s sub-package, when the module is one of that extra's, even deep
+    in a dependency); ``exc`` itself when no extra provides the module (a real bug), or when it already is one."""
     from .errors import MissingExtra
 
     if isinstance(exc, MissingExtra):
         return exc
+    if wanted is None:
+        wanted = next((extra for package, extra in _EXTRA_OF_PACKAGE.items()
+                       if what == package or what.startswith(package + ".")), "protect")
     extra = missing_extra(exc.name, wanted)
     if extra is None:
         return exc
