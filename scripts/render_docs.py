@@ -22,22 +22,42 @@ import math
 import re
 import statistics
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 Z95 = 1.959963984540054  # as fakegradient.evaluation.intervals
 MNV2 = "mobilenet_v2:IMAGENET1K_V1"
-SCHEMES = {"original": "Original (baseline)", "fake-gradient": "Fake Gradient", "random-weight": "Random Weight",
-           "fake-gradient-hardened": "Hardened (ours)", "device-head": "Device head (split)"}
-MODEL_NAMES = {MNV2: "MobileNetV2", "mobilenet_v2": "MobileNetV2", "efficientnet_lite0": "EfficientNet-Lite0",
-               "efficientnet_lite1": "EfficientNet-Lite1", "efficientnet_lite2": "EfficientNet-Lite2"}
-ADAPTIVE = {MNV2: "adaptive", "efficientnet_lite0": "adaptive_efficientnet_lite0",
-            "efficientnet_lite1": "adaptive_efficientnet_lite1", "efficientnet_lite2": "adaptive_efficientnet_lite2"}
+SCHEMES = {
+    "original": "Original (baseline)",
+    "fake-gradient": "Fake Gradient",
+    "random-weight": "Random Weight",
+    "fake-gradient-hardened": "Hardened (ours)",
+    "device-head": "Device head (split)",
+}
+MODEL_NAMES = {
+    MNV2: "MobileNetV2",
+    "mobilenet_v2": "MobileNetV2",
+    "efficientnet_lite0": "EfficientNet-Lite0",
+    "efficientnet_lite1": "EfficientNet-Lite1",
+    "efficientnet_lite2": "EfficientNet-Lite2",
+}
+ADAPTIVE = {
+    MNV2: "adaptive",
+    "efficientnet_lite0": "adaptive_efficientnet_lite0",
+    "efficientnet_lite1": "adaptive_efficientnet_lite1",
+    "efficientnet_lite2": "adaptive_efficientnet_lite2",
+}
 BLACKBOX = ("square", "hopskipjump")
 # the paper's Table 1 for MobileNet (Feng et al., MM 2021): the only model it shares with our reports
-PAPER_MOBILENET = {"fg_fake": 100.0, "fg_functionality": 100.0, "fg_defense": 87.1, "rw_fake": 0.0, "rw_defense": 0.0}
+PAPER_MOBILENET = {
+    "fg_fake": 100.0,
+    "fg_functionality": 100.0,
+    "fg_defense": 87.1,
+    "rw_fake": 0.0,
+    "rw_defense": 0.0,
+}
 
 BLOCK = re.compile(r"^<!-- BEGIN (table:[\w.-]+) -->\n(.*?)^<!-- END \1 -->$", re.M | re.S)
 INLINE = re.compile(r"<!-- BEGIN (value:[\w.-]+) -->(.*?)<!-- END \1 -->")
@@ -49,6 +69,7 @@ class RenderError(Exception):
 
 
 # --- the reports, read once ---
+
 
 class Reports:
     def __init__(self, root: Path) -> None:
@@ -89,12 +110,15 @@ class Reports:
 
 # --- formatting ---
 
+
 def wilson(k: int, n: int) -> tuple[float, float]:
     """The 95 % Wilson score interval of k/n, in percent (as fakegradient.evaluation.intervals)."""
     p, z2 = k / n, Z95 * Z95
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return (0.0 if k == 0 else 100 * max(0.0, centre - half)), (100.0 if k == n else 100 * min(1.0, centre + half))
+    return (0.0 if k == 0 else 100 * max(0.0, centre - half)), (
+        100.0 if k == n else 100 * min(1.0, centre + half)
+    )
 
 
 def rate(k: int, n: int, pct: bool = False) -> str:
@@ -148,6 +172,7 @@ def by_image(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, dict
 
 # --- the attacker matrix (reports/adaptive*) ---
 
+
 def matrix_cell(reports: Reports, folder: str, method: str, attacker: str) -> str:
     row = reports.cell(folder, method, attacker)
     if row is None:
@@ -185,23 +210,33 @@ def render_matrix(reports: Reports, folder: str) -> str:
         label = f"{attacker}: {threat['holds']} — {threat['threat']}"
         rows.append([label] + [matrix_cell(reports, folder, m, attacker) for m in methods])
         if attacker == "feature-space":
-            rows.append([f"… the same at 4× base ({4 * entry['budgets']['base_l2']:.3f})"]
-                        + [curve_rate(reports, folder, attacker, m, 4.0) for m in methods])
+            rows.append(
+                [f"… the same at 4× base ({4 * entry['budgets']['base_l2']:.3f})"]
+                + [curve_rate(reports, folder, attacker, m, 4.0) for m in methods]
+            )
     privacy = entry["privacy"]
-    rows.append(["**privacy**: images whose real top-1 the cloud names (best key-recovery attacker)"]
-                + [f"{rate(privacy[m]['k'], privacy[m]['n'])} ({privacy[m]['attacker']})" for m in methods])
+    rows.append(
+        ["**privacy**: images whose real top-1 the cloud names (best key-recovery attacker)"]
+        + [f"{rate(privacy[m]['k'], privacy[m]['n'])} ({privacy[m]['attacker']})" for m in methods]
+    )
     cost = entry["device_cost"]
-    rows.append(["device keeps / numpy time per image (contended VM)"]
-                + [f"{cost[m]['device_bytes'] / 1000:,.1f} kB / {1e6 * cost[m]['decrypt_s_median']:.1f} µs"
-                   for m in methods])
+    rows.append(
+        ["device keeps / numpy time per image (contended VM)"]
+        + [
+            f"{cost[m]['device_bytes'] / 1000:,.1f} kB / {1e6 * cost[m]['decrypt_s_median']:.1f} µs"
+            for m in methods
+        ]
+    )
     return table(["Attacker: what it holds — threat model"] + [SCHEMES[m] for m in methods], rows)
 
 
 def render_budgets(reports: Reports, folder: str) -> str:
     budgets = reports.adaptive(folder)["budgets"]
-    return (f"Budgets (L2 in [0, 1] pixels): base = {budgets['base_l2']:.3f} (the unprotected model's median "
-            f"DeepFool ‖r‖₂); white box ≤ 2× base = {budgets['whitebox_l2']:.3f}; black box ≤ 40× base = "
-            f"{budgets['blackbox_l2']:.2f} and ≤ {budgets['blackbox_queries']:,.0f} queries per image.")
+    return (
+        f"Budgets (L2 in [0, 1] pixels): base = {budgets['base_l2']:.3f} (the unprotected model's median "
+        f"DeepFool ‖r‖₂); white box ≤ 2× base = {budgets['whitebox_l2']:.3f}; black box ≤ 40× base = "
+        f"{budgets['blackbox_l2']:.2f} and ≤ {budgets['blackbox_queries']:,.0f} queries per image."
+    )
 
 
 DECISION_ROWS = [  # (what the attacker does, report folder, attacker; None: a special row)
@@ -210,7 +245,11 @@ DECISION_ROWS = [  # (what the attacker does, report folder, attacker; None: a s
     ("Square: score-based black box on the served outputs", "adaptive_blackbox_mobilenet_v2", "square"),
     ("Transfer: DeepFool on the public base model, then sent", "adaptive", "transfer"),
     ("Key recovery from the served model file alone", "adaptive", "key-recovery-file"),
-    ("4 noise images through the service, matched to the public model", "adaptive", "known-plaintext-outputs"),
+    (
+        "4 noise images through the service, matched to the public model",
+        "adaptive",
+        "known-plaintext-outputs",
+    ),
     ("Feature space (no key needed), 4× base budget", "adaptive", "feature-space@4"),
 ]
 DECISION_METHODS = ("original", "fake-gradient", "device-head")
@@ -222,13 +261,19 @@ def render_decision(reports: Reports) -> str:
         if attacker.endswith("@4"):
             cells = [curve_rate(reports, folder, attacker[:-2], m, 4.0) for m in DECISION_METHODS]
         else:
-            cells = [rate(reports.cell(folder, m, attacker)["k"], reports.cell(folder, m, attacker)["n"])
-                     for m in DECISION_METHODS]
+            cells = [
+                rate(reports.cell(folder, m, attacker)["k"], reports.cell(folder, m, attacker)["n"])
+                for m in DECISION_METHODS
+            ]
         rows.append([label] + cells)
     privacy = reports.adaptive("adaptive")["privacy"]
-    rows.append(["**Privacy**: images whose real class the cloud can name"]
-                + [rate(privacy[m]["k"], privacy[m]["n"]) for m in DECISION_METHODS])
-    return table(["Attacker (MobileNetV2, ImageNet photos)", "Unprotected", "Fake Gradient", "Device head"], rows)
+    rows.append(
+        ["**Privacy**: images whose real class the cloud can name"]
+        + [rate(privacy[m]["k"], privacy[m]["n"]) for m in DECISION_METHODS]
+    )
+    return table(
+        ["Attacker (MobileNetV2, ImageNet photos)", "Unprotected", "Fake Gradient", "Device head"], rows
+    )
 
 
 def render_models(reports: Reports) -> str:
@@ -238,22 +283,33 @@ def render_models(reports: Reports) -> str:
     for attacker in attackers:
         cells = []
         for folder in ADAPTIVE.values():
-            fg, orig = reports.cell(folder, "fake-gradient", attacker), reports.cell(folder, "original", attacker)
+            fg, orig = (
+                reports.cell(folder, "fake-gradient", attacker),
+                reports.cell(folder, "original", attacker),
+            )
             if fg is None:
                 cells.append("n/a")
                 continue
             weak = ", too weak" if fg.get("too_weak") else ""
             cells.append(f"{rate(fg['k'], fg['n'])} (unprotected {orig['k']}/{orig['n']}{weak})")
         rows.append([attacker] + cells)
-    rows.append(["feature-space at 4× base"] + [
-        f"{curve_rate(reports, f, 'feature-space', 'fake-gradient', 4.0)} (unprotected "
-        f"{curve_rate(reports, f, 'feature-space', 'original', 4.0).split(' ')[0]})" for f in ADAPTIVE.values()])
+    rows.append(
+        ["feature-space at 4× base"]
+        + [
+            f"{curve_rate(reports, f, 'feature-space', 'fake-gradient', 4.0)} (unprotected "
+            f"{curve_rate(reports, f, 'feature-space', 'original', 4.0).split(' ')[0]})"
+            for f in ADAPTIVE.values()
+        ]
+    )
     return table(["Attacker"] + [f"{model_name(m)} (`reports/{f}/`)" for m, f in ADAPTIVE.items()], rows)
 
 
 def blackbox_folders(reports: Reports) -> list[str]:
-    return sorted(p.name for p in reports.root.iterdir()
-                  if p.name.startswith(("adaptive_blackbox_", "adaptive_hopskipjump_")) and p.is_dir())
+    return sorted(
+        p.name
+        for p in reports.root.iterdir()
+        if p.name.startswith(("adaptive_blackbox_", "adaptive_hopskipjump_")) and p.is_dir()
+    )
 
 
 def render_blackbox_runs(reports: Reports) -> str:
@@ -264,11 +320,18 @@ def render_blackbox_runs(reports: Reports) -> str:
             cells = {m: reports.cell(folder, m, attacker) for m in SCHEMES}
             if all(c is None or c["n"] == 0 for c in cells.values()):
                 continue
-            shown = [f"{rate(c['k'], c['n'])}, {queries(c['median_queries'])}" + (" (too weak)" if c["too_weak"] else "")
-                     if c else "not run" for c in cells.values()]
+            shown = [
+                f"{rate(c['k'], c['n'])}, {queries(c['median_queries'])}"
+                + (" (too weak)" if c["too_weak"] else "")
+                if c
+                else "not run"
+                for c in cells.values()
+            ]
             rows.append([f"`{folder}/`", model_name(model), attacker] + shown)
-    return table(["Report", "Model", "Attacker"] + [f"{name}: defended, median queries" for name in SCHEMES.values()],
-                 rows)
+    return table(
+        ["Report", "Model", "Attacker"] + [f"{name}: defended, median queries" for name in SCHEMES.values()],
+        rows,
+    )
 
 
 def render_blackbox_losses(reports: Reports) -> str:
@@ -284,13 +347,20 @@ def render_blackbox_losses(reports: Reports) -> str:
             if row["attacker"] in BLACKBOX:
                 grouped[(row["attacker"], row["image"])][row["method"]] = row
         for (attacker, image), methods in sorted(grouped.items()):
-            lost = [m for m in ("fake-gradient", "device-head") if m in methods
-                    and not truthy(methods[m]["defense_success"])]
+            lost = [
+                m
+                for m in ("fake-gradient", "device-head")
+                if m in methods and not truthy(methods[m]["defense_success"])
+            ]
             if not lost:
                 continue
             model = per_image[0]["model"]
-            key = (model, attacker, image, tuple(
-                (m, methods[m]["defense_success"], methods[m]["queries"]) for m in sorted(methods)))
+            key = (
+                model,
+                attacker,
+                image,
+                tuple((m, methods[m]["defense_success"], methods[m]["queries"]) for m in sorted(methods)),
+            )
             if key in seen:  # the same image and run in two reports (a rerun at larger n)
                 continue
             seen.add(key)
@@ -302,12 +372,15 @@ def render_blackbox_losses(reports: Reports) -> str:
                 elif truthy(row["defense_success"]):
                     cells.append("defended")
                 else:
-                    cells.append(f"lost after {queries(finite(row['queries']))} queries, ‖r‖₂ {float(row['l2']):.2f}")
+                    cells.append(
+                        f"lost after {queries(finite(row['queries']))} queries, ‖r‖₂ {float(row['l2']):.2f}"
+                    )
             rows.append([f"`{folder}/`", attacker, f"`{image}`"] + cells)
     return table(["Report", "Attacker", "Photo"] + list(SCHEMES.values()), rows)
 
 
 # --- Table 1 (reports/table1, reports/table1_official) ---
+
 
 def mirror_count(reports: Reports, folder: str, model: str, n_classes: int = 1000) -> tuple[int, int]:
     """Photos whose winning (un-permuted) fake output is the mirror N + c of the real class c."""
@@ -327,33 +400,54 @@ def agrees(entry: dict, metric: str, paper: float) -> str:
 
 
 def claims_rows(reports: Reports, folder: str, models: list[str]) -> list[list[str]]:
-    get = lambda model, method: reports.aggregate(folder, model, method)  # noqa: E731
+    get = lambda model, method: reports.aggregate(folder, model, method)
+
     def paper_note(model: str, key: str, entry: dict, metric: str) -> str:
         return f" ({agrees(entry, metric, PAPER_MOBILENET[key])})" if model == MNV2 else ""
 
     rows = [
         ["Fake Gradient: the served top-1 is a fake output for 100 %"]
-        + [agg_rate(get(m, "fake-gradient"), "fake_output_pct") + paper_note(m, "fg_fake", get(m, "fake-gradient"),
-                                                                             "fake_output_pct") for m in models],
+        + [
+            agg_rate(get(m, "fake-gradient"), "fake_output_pct")
+            + paper_note(m, "fg_fake", get(m, "fake-gradient"), "fake_output_pct")
+            for m in models
+        ],
         ["Fake Gradient: decrypted top-1 = original for 100 %"]
-        + [agg_rate(get(m, "fake-gradient"), "original_functionality_pct")
-           + paper_note(m, "fg_functionality", get(m, "fake-gradient"), "original_functionality_pct") for m in models],
+        + [
+            agg_rate(get(m, "fake-gradient"), "original_functionality_pct")
+            + paper_note(m, "fg_functionality", get(m, "fake-gradient"), "original_functionality_pct")
+            for m in models
+        ],
         ["Fake Gradient: defense success 79.8–94.9 % (MobileNet 87.1)"]
-        + [agg_rate(get(m, "fake-gradient"), "defense_success_pct")
-           + paper_note(m, "fg_defense", get(m, "fake-gradient"), "defense_success_pct") for m in models],
+        + [
+            agg_rate(get(m, "fake-gradient"), "defense_success_pct")
+            + paper_note(m, "fg_defense", get(m, "fake-gradient"), "defense_success_pct")
+            for m in models
+        ],
         ["Random Weight: fake output 0–6 % (MobileNet 0)"]
-        + [agg_rate(get(m, "random-weight"), "fake_output_pct")
-           + paper_note(m, "rw_fake", get(m, "random-weight"), "fake_output_pct") for m in models],
+        + [
+            agg_rate(get(m, "random-weight"), "fake_output_pct")
+            + paper_note(m, "rw_fake", get(m, "random-weight"), "fake_output_pct")
+            for m in models
+        ],
         ["Random Weight: defense success 0–22.5 % (MobileNet 0)"]
-        + [agg_rate(get(m, "random-weight"), "defense_success_pct")
-           + paper_note(m, "rw_defense", get(m, "random-weight"), "defense_success_pct") for m in models],
+        + [
+            agg_rate(get(m, "random-weight"), "defense_success_pct")
+            + paper_note(m, "rw_defense", get(m, "random-weight"), "defense_success_pct")
+            for m in models
+        ],
         ["the unprotected model: DeepFool always wins (sanity baseline: defense success)"]
         + [agg_rate(get(m, "original"), "defense_success_pct") for m in models],
-        ["\"Fake Gradient causes smaller perturbations\": mean ρ, original → Fake Gradient, pixels"]
-        + [f"{get(m, 'original')['rho_mean']:.5f} → {get(m, 'fake-gradient')['rho_mean']:.5f}" for m in models],
+        ['"Fake Gradient causes smaller perturbations": mean ρ, original → Fake Gradient, pixels']
+        + [
+            f"{get(m, 'original')['rho_mean']:.5f} → {get(m, 'fake-gradient')['rho_mean']:.5f}"
+            for m in models
+        ],
         ["the same, normalised tensor (paper, MobileNet: 0.0012 → 0.0012)"]
-        + [f"{get(m, 'original')['rho_normalized_mean']:.5f} → {get(m, 'fake-gradient')['rho_normalized_mean']:.5f}"
-           for m in models],
+        + [
+            f"{get(m, 'original')['rho_normalized_mean']:.5f} → {get(m, 'fake-gradient')['rho_normalized_mean']:.5f}"
+            for m in models
+        ],
         ["median per-image ‖r‖₂ Fake Gradient / original"]
         + [num(get(m, "fake-gradient")["l2_ratio_median"]) for m in models],
         ["Table 2: the winning fake output is the mirror N + c of the real class c"]
@@ -368,7 +462,9 @@ def table1_models(reports: Reports, folder: str) -> list[str]:
 
 def render_table1(reports: Reports, folder: str) -> str:
     models = table1_models(reports, folder)
-    return table(["Claim (paper, Table 1)"] + [model_name(m) for m in models], claims_rows(reports, folder, models))
+    return table(
+        ["Claim (paper, Table 1)"] + [model_name(m) for m in models], claims_rows(reports, folder, models)
+    )
 
 
 def table1_pairs(reports: Reports) -> list[tuple[str, str, float | None, bool]]:
@@ -387,42 +483,70 @@ def render_table1_losses(reports: Reports) -> str:
         mine = [p for p in pairs if p[0] == model]
         lost = [f"`{image}` {num(ratio)}" for _, image, ratio, defended in mine if not defended]
         above = [p for p in mine if p[2] is not None and p[2] > 1]
-        rows.append([model_name(model), ", ".join(lost) or "none",
-                     f"{len(above)} of {len(mine)} ({sum(not p[3] for p in above)} lost)"])
-    return table(["Model", "photos Fake Gradient loses (per-image ratio)", "photos with a ratio above 1"], rows)
+        rows.append(
+            [
+                model_name(model),
+                ", ".join(lost) or "none",
+                f"{len(above)} of {len(mine)} ({sum(not p[3] for p in above)} lost)",
+            ]
+        )
+    return table(
+        ["Model", "photos Fake Gradient loses (per-image ratio)", "photos with a ratio above 1"], rows
+    )
 
 
 def value_ratio_above_one(reports: Reports) -> str:
     pairs = table1_pairs(reports)
     lost = [p for p in pairs if not p[3]]
     above = [p for p in pairs if p[2] is not None and p[2] > 1]
-    return (f"{sum(p[2] is not None and p[2] > 1 for p in lost)} of the {len(lost)} losses have a ratio above 1; "
-            f"{len(above)} of the {len(pairs)} (model, photo) pairs have one, {sum(not p[3] for p in above)} of "
-            "them lost")
+    return (
+        f"{sum(p[2] is not None and p[2] > 1 for p in lost)} of the {len(lost)} losses have a ratio above 1; "
+        f"{len(above)} of the {len(pairs)} (model, photo) pairs have one, {sum(not p[3] for p in above)} of "
+        "them lost"
+    )
 
 
 def value_mnist_ratio_at_most_one(reports: Reports) -> str:
-    lost = [finite(r["l2_ratio_to_original"]) for r in reports.csv("seven_mnist", "per_image.csv")
-            if r["method"] == "fake-gradient" and not truthy(r["defense_success"])]
+    lost = [
+        finite(r["l2_ratio_to_original"])
+        for r in reports.csv("seven_mnist", "per_image.csv")
+        if r["method"] == "fake-gradient" and not truthy(r["defense_success"])
+    ]
     return f"{sum(v is not None and v <= 1 for v in lost)} of the {len(lost)} lost digits have a ratio ≤ 1"
 
 
 def value_photos(reports: Reports) -> str:
     data = reports.json("table1")["data"]
-    return (f"n = {data['distinct_photos']} distinct photos ({data['labelled']} labelled): "
-            + "; ".join(data["sources"]))
+    return f"n = {data['distinct_photos']} distinct photos ({data['labelled']} labelled): " + "; ".join(
+        data["sources"]
+    )
 
 
 # --- controls and ablations ---
 
+
 def render_controls(reports: Reports) -> str:
     rows = []
     for entry in reports.json("controls")["aggregates"]:
-        rows.append([entry["method"], agg_rate(entry, "fake_output_pct", pct=True),
-                     agg_rate(entry, "defense_success_pct", pct=True), num(entry["l2_ratio_median"]),
-                     f"{entry['rho_median']:.5f}"])
-    return table(["Method (MobileNetV2, `reports/controls/`)", "served top-1 is a fake output", "defense success",
-                  "median per-image ‖r‖₂ ratio to the original", "median ρ (pixels)"], rows)
+        rows.append(
+            [
+                entry["method"],
+                agg_rate(entry, "fake_output_pct", pct=True),
+                agg_rate(entry, "defense_success_pct", pct=True),
+                num(entry["l2_ratio_median"]),
+                f"{entry['rho_median']:.5f}",
+            ]
+        )
+    return table(
+        [
+            "Method (MobileNetV2, `reports/controls/`)",
+            "served top-1 is a fake output",
+            "defense success",
+            "median per-image ‖r‖₂ ratio to the original",
+            "median ρ (pixels)",
+        ],
+        rows,
+    )
 
 
 def render_ablations(reports: Reports) -> str:
@@ -432,25 +556,37 @@ def render_ablations(reports: Reports) -> str:
     for row in rows_in:
         settings[row["setting"]][row["method"]] = row
     rows = []
-    for setting, by_method in settings.items():
+    for by_method in settings.values():
         first = next(iter(by_method.values()))
         scale = next((r["scale"] for r in by_method.values() if r["scale"]), "")
         fg = by_method.get("fake-gradient")
-        rows.append([scale, first["candidates"], first["clip"]]
-                     + [f"{by_method[m]['defense_success_pct_k']}/{by_method[m]['images']}" if m in by_method else "—"
-                        for m in methods]
-                     + [f"{float(fg['rho_median']):.5f}" if fg else "—"])
-    return table(["S_a", "DeepFool candidates", "clip"] + [f"{m}: defended" for m in methods]
-                 + ["Fake Gradient: median ρ"], rows)
+        rows.append(
+            [scale, first["candidates"], first["clip"]]
+            + [
+                f"{by_method[m]['defense_success_pct_k']}/{by_method[m]['images']}" if m in by_method else "—"
+                for m in methods
+            ]
+            + [f"{float(fg['rho_median']):.5f}" if fg else "—"]
+        )
+    return table(
+        ["S_a", "DeepFool candidates", "clip"]
+        + [f"{m}: defended" for m in methods]
+        + ["Fake Gradient: median ρ"],
+        rows,
+    )
 
 
 # --- MNIST (reports/seven_mnist, reports/mnist) ---
 
+
 def csv_rate(rows: list[dict[str, str]], model: str, method: str) -> tuple[int, int, float | None]:
     mine = [r for r in rows if r["model"] == model and r["method"] == method]
     ratios = [v for r in mine if (v := finite(r["l2_ratio_to_original"])) is not None]
-    return (sum(truthy(r["defense_success"]) for r in mine), len(mine),
-            statistics.median(ratios) if ratios else None)
+    return (
+        sum(truthy(r["defense_success"]) for r in mine),
+        len(mine),
+        statistics.median(ratios) if ratios else None,
+    )
 
 
 def landing(rows: list[dict[str, str]], model: str) -> tuple[int, int]:
@@ -472,10 +608,25 @@ def render_seven_mnist(reports: Reports) -> str:
     for model, trained in training.items():
         k, n, ratio = csv_rate(rows_in, model, "fake-gradient")
         correct = round(trained["test_accuracy"] * 1000)
-        rows.append([model, rate(correct, 1000, pct=True), rate(k, n, pct=True), num(ratio),
-                     rate(*landing(rows_in, model), pct=True)])
-    return table(["Architecture", "held-out accuracy", "Fake Gradient: defense success", "ratio",
-                  "lost digits whose real top-1 lands where the unprotected attack's does"], rows)
+        rows.append(
+            [
+                model,
+                rate(correct, 1000, pct=True),
+                rate(k, n, pct=True),
+                num(ratio),
+                rate(*landing(rows_in, model), pct=True),
+            ]
+        )
+    return table(
+        [
+            "Architecture",
+            "held-out accuracy",
+            "Fake Gradient: defense success",
+            "ratio",
+            "lost digits whose real top-1 lands where the unprotected attack's does",
+        ],
+        rows,
+    )
 
 
 def recipe_runs(reports: Reports) -> list[tuple[str, dict, list[dict[str, str]]]]:
@@ -491,11 +642,29 @@ def render_mnist_recipes(reports: Reports) -> str:
     rows = []
     for _, run, per_image in recipe_runs(reports):
         k, n, ratio = csv_rate(per_image, run["arch"], "fake-gradient")
-        rows.append([run["arch"], f"{run['size']}×{run['size']}", f"`{run['recipe']}`",
-                     rate(run["held_out_correct"], run["held_out"], pct=True), rate(k, n, pct=True), num(ratio),
-                     rate(*mirror_from(per_image, run["arch"], 10), pct=True)])
-    return table(["Architecture", "input", "recipe", "held-out accuracy", "Fake Gradient: defense success", "ratio",
-                  "Table 2: the mirror fake output wins"], rows)
+        rows.append(
+            [
+                run["arch"],
+                f"{run['size']}×{run['size']}",
+                f"`{run['recipe']}`",
+                rate(run["held_out_correct"], run["held_out"], pct=True),
+                rate(k, n, pct=True),
+                num(ratio),
+                rate(*mirror_from(per_image, run["arch"], 10), pct=True),
+            ]
+        )
+    return table(
+        [
+            "Architecture",
+            "input",
+            "recipe",
+            "held-out accuracy",
+            "Fake Gradient: defense success",
+            "ratio",
+            "Table 2: the mirror fake output wins",
+        ],
+        rows,
+    )
 
 
 def mirror_from(rows: list[dict[str, str]], model: str, n_classes: int) -> tuple[int, int]:
@@ -504,32 +673,55 @@ def mirror_from(rows: list[dict[str, str]], model: str, n_classes: int) -> tuple
 
 
 def value_mnist_ratio_range(reports: Reports) -> str:
-    ratios = [csv_rate(per_image, run["arch"], "fake-gradient")[2] for _, run, per_image in recipe_runs(reports)]
+    ratios = [
+        csv_rate(per_image, run["arch"], "fake-gradient")[2] for _, run, per_image in recipe_runs(reports)
+    ]
     return f"{min(ratios):.2f}–{max(ratios):.2f}"
 
 
 def value_mnist_mirror(reports: Reports) -> str:
     rows_in = reports.csv("seven_mnist", "per_image.csv")
-    counts = {m: mirror_from(rows_in, m, 10) for m in reports.json("seven_mnist", "seven_mnist.json")["training"]}
+    counts = {
+        m: mirror_from(rows_in, m, 10) for m in reports.json("seven_mnist", "seven_mnist.json")["training"]
+    }
     low, high = min(counts, key=lambda m: counts[m][0]), max(counts, key=lambda m: counts[m][0])
     recipes = [mirror_from(per_image, run["arch"], 10)[0] for _, run, per_image in recipe_runs(reports)]
-    return (f"{rate(*counts[low], pct=True)} ({low}) to {rate(*counts[high], pct=True)} ({high}) of the attacked "
-            f"digits, and {min(recipes)}–{max(recipes)} of 500 in each of the {len(recipes)} models retrained on CPU")
+    return (
+        f"{rate(*counts[low], pct=True)} ({low}) to {rate(*counts[high], pct=True)} ({high}) of the attacked "
+        f"digits, and {min(recipes)}–{max(recipes)} of 500 in each of the {len(recipes)} models retrained on CPU"
+    )
 
 
 def render_mnist_classes(reports: Reports) -> str:
     base = reports.root / "mnist" / "classes"
     rows = []
-    for folder in sorted((p for p in base.iterdir() if (p / "run.json").is_file()),
-                         key=lambda p: (-json.loads((p / "run.json").read_text())["k"], p.name)):
+    for folder in sorted(
+        (p for p in base.iterdir() if (p / "run.json").is_file()),
+        key=lambda p: (-json.loads((p / "run.json").read_text())["k"], p.name),
+    ):
         name = f"mnist/classes/{folder.name}"
         run, per_image = reports.json(name, "run.json"), reports.csv(name, "per_image.csv")
         model = per_image[0]["model"]
         k, n, ratio = csv_rate(per_image, model, "fake-gradient")
-        rows.append([str(run["k"]), run["selection"], rate(k, n, pct=True), num(ratio),
-                     rate(*mirror_from(per_image, model, run["k"]), pct=True)])
-    return table(["classes k (ImageNet MobileNetV2, 23 photos)", "which", "Fake Gradient: defense success", "ratio",
-                  "Table 2: the mirror fake output wins"], rows)
+        rows.append(
+            [
+                str(run["k"]),
+                run["selection"],
+                rate(k, n, pct=True),
+                num(ratio),
+                rate(*mirror_from(per_image, model, run["k"]), pct=True),
+            ]
+        )
+    return table(
+        [
+            "classes k (ImageNet MobileNetV2, 23 photos)",
+            "which",
+            "Fake Gradient: defense success",
+            "ratio",
+            "Table 2: the mirror fake output wins",
+        ],
+        rows,
+    )
 
 
 def render_mnist_direction(reports: Reports) -> str:
@@ -541,8 +733,14 @@ def render_mnist_direction(reports: Reports) -> str:
         q1, _, q3 = statistics.quantiles(cos, n=4)  # as scripts/mnist_direction.py
         q2 = statistics.median(cos)
         ratios = [v for r in mine if (v := finite(r["l2_ratio"])) is not None]
-        rows.append([model, f"{q2:.2f} ({q1:.2f}–{q3:.2f})", num(statistics.median(ratios)),
-                     rate(sum(truthy(r["defense_success"]) for r in mine), len(mine), pct=True)])
+        rows.append(
+            [
+                model,
+                f"{q2:.2f} ({q1:.2f}–{q3:.2f})",
+                num(statistics.median(ratios)),
+                rate(sum(truthy(r["defense_success"]) for r in mine), len(mine), pct=True),
+            ]
+        )
     return table(["Model", "median cosine (IQR)", "ratio", "Fake Gradient: defense success"], rows)
 
 
@@ -564,7 +762,10 @@ def value_labelled(reports: Reports) -> str:
 def value_rho_fall(reports: Reports) -> str:
     falls = []
     for model in table1_models(reports, "table1"):
-        orig, fg = reports.aggregate("table1", model, "original"), reports.aggregate("table1", model, "fake-gradient")
+        orig, fg = (
+            reports.aggregate("table1", model, "original"),
+            reports.aggregate("table1", model, "fake-gradient"),
+        )
         falls += [100 * (1 - fg[key] / orig[key]) for key in ("rho_mean", "rho_normalized_mean")]
     return f"{min(falls):.0f}–{max(falls):.0f} %"
 
@@ -574,11 +775,19 @@ def value_mnist_defended_lost(reports: Reports) -> str:
     medians: dict[bool, list[float]] = {True: [], False: []}
     for model in reports.json("seven_mnist", "seven_mnist.json")["training"]:
         for defended in (True, False):
-            ratios = [v for r in rows_in if r["model"] == model and r["method"] == "fake-gradient"
-                      and truthy(r["defense_success"]) == defended and (v := finite(r["l2_ratio_to_original"]))]
+            ratios = [
+                v
+                for r in rows_in
+                if r["model"] == model
+                and r["method"] == "fake-gradient"
+                and truthy(r["defense_success"]) == defended
+                and (v := finite(r["l2_ratio_to_original"]))
+            ]
             medians[defended].append(statistics.median(ratios))
-    return (f"{min(medians[True]):.2f}–{max(medians[True]):.2f} among defended digits, "
-            f"{min(medians[False]):.2f}–{max(medians[False]):.2f} among lost ones, per model")
+    return (
+        f"{min(medians[True]):.2f}–{max(medians[True]):.2f} among defended digits, "
+        f"{min(medians[False]):.2f}–{max(medians[False]):.2f} among lost ones, per model"
+    )
 
 
 RENDERERS: dict[str, Callable[[Reports], str]] = {
@@ -615,6 +824,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
 
 # --- regions ---
 
+
 def render_text(text: str, reports: Reports, where: str = "") -> tuple[str, list[str], set[str]]:
     """(the text with every region rendered, the names of regions whose content changed, the names used)."""
     changed: list[str] = []
@@ -623,8 +833,10 @@ def render_text(text: str, reports: Reports, where: str = "") -> tuple[str, list
     complete = [m.group(1) for m in BLOCK.finditer(text)] + [m.group(1) for m in INLINE.finditer(text)]
     for name in begins:
         if name not in complete:
-            raise RenderError(f"{where}: region {name} has no matching '<!-- END {name} -->'"
-                              + (" on the same line" if name.startswith("value:") else " on its own line"))
+            raise RenderError(
+                f"{where}: region {name} has no matching '<!-- END {name} -->'"
+                + (" on the same line" if name.startswith("value:") else " on its own line")
+            )
 
     def produce(name: str) -> str:
         if name not in RENDERERS:
@@ -677,7 +889,9 @@ def main(argv: list[str] | None = None) -> int:
     except RenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    problems += [f"region {name} is rendered nowhere in README.md or docs/" for name in sorted(set(RENDERERS) - used)]
+    problems += [
+        f"region {name} is rendered nowhere in README.md or docs/" for name in sorted(set(RENDERERS) - used)
+    ]
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems and args.check:

@@ -12,18 +12,36 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ("index", "quickstart", "deploying", "own-model", "security", "reproducing", "evaluation", "extending",
-         "architecture", "api", "changelog")
+PAGES = (
+    "index",
+    "quickstart",
+    "deploying",
+    "own-model",
+    "security",
+    "reproducing",
+    "evaluation",
+    "extending",
+    "architecture",
+    "api",
+    "changelog",
+)
 
 
 def test_mkdocs_build_strict(tmp_path):
-    pytest.importorskip("mkdocs", reason="mkdocs is not installed (it is in the dev and docs extras: make install)")
+    pytest.importorskip(
+        "mkdocs", reason="mkdocs is not installed (it is in the dev and docs extras: make install)"
+    )
     pytest.importorskip("material", reason="mkdocs-material is not installed (dev and docs extras)")
     pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed (dev and docs extras)")
     site = tmp_path / "site"
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=os.environ | {"NO_MKDOCS_2_WARNING": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"NO_MKDOCS_2_WARNING": "1"},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     for page in PAGES:
         assert (site / ("index.html" if page == "index" else f"{page}/index.html")).is_file(), page

@@ -92,8 +92,8 @@ def test_device_install_has_no_torch_and_classifies_through_a_server(tmp_path):
                                 env=CLEAN_ENV)
         assert failed.returncode == 1
         (line,) = failed.stderr.splitlines()  # one line, no traceback
-        assert line == f"error: fakegradient {command[0]} needs the [{extra}] extra: pip install " \
-                       f"'fakegradient[{extra}]' (in a clone: pip install '.[{extra}]')", line
+        assert line == f"error: fakegradient {command[0]} needs the [{extra}] extra: in a clone of fakegradient, " \
+                       f"pip install '.[{extra}]'", line
     assert not (tmp_path / "x").exists()
 
     # at the Python level: the extra, not the module torch (nor one deep in a dependency)

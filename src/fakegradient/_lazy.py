@@ -70,8 +70,8 @@ def _extras() -> dict[str, set[str]]:
 
 
 def install_command(extra: str) -> str:
-    """How to install ``extra``: by name, and from a clone (the package is not on PyPI)."""
-    return f"pip install 'fakegradient[{extra}]' (in a clone: pip install '.[{extra}]')"
+    """How to install ``extra`` (the package is not on PyPI: from a clone of its repository)."""
+    return f"in a clone of fakegradient, pip install '.[{extra}]'"
 
 
 def missing_message(what: str, extra: str) -> str:

