@@ -3,7 +3,7 @@
 client's, the cloud's top-1 is a fake output, no request carries the key, the page preprocesses as the Python
 client does, and a wrong key, a bad image and an unreachable server each get a clear message.
 
-Needs Chromium (``make install`` installs Debian's ``chromium`` with apt-get) and Playwright for Python (the dev
+Needs Chromium (``make browser``, a prerequisite of ``make test``, installs Debian's ``chromium`` with apt-get) and Playwright for Python (the dev
 extra); skipped, with the reason, where either is missing. ``FAKEGRADIENT_SCREENSHOT=docs/device-ui.png`` also
 saves the screenshot the end-to-end test takes there, in 256 colours (how the README's one is made)."""
 
@@ -45,7 +45,7 @@ def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
                                    "(it is in the dev extra: pip install -e '.[dev]')")
     if CHROMIUM is None:
-        pytest.skip("Chromium is not installed: `make install` installs Debian's chromium with apt-get where it can "
+        pytest.skip("Chromium is not installed: `make browser` installs Debian's chromium with apt-get where it can "
                     "(root and apt-get needed)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,

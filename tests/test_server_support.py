@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -134,14 +135,17 @@ def request(address: tuple[str, int], method: str, path: str, body: bytes | None
 
 
 @contextmanager
-def serve_subprocess(folders: list[Path], *options: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``fakegradient serve FOLDERS OPTIONS`` on a free loopback port, once ready: (process, url)."""
+def serve_subprocess(folders: list[Path], *options: str, python: str | Path = sys.executable
+                     ) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``fakegradient serve FOLDERS OPTIONS`` on a free loopback port, once ready: (process, url). Another
+    ``python`` (a venv with an installed wheel) runs without this process's PYTHONPATH."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "fakegradient.cli", "serve", *map(str, folders),
+    env = None if str(python) == sys.executable else {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    server = subprocess.Popen([str(python), "-m", "fakegradient.cli", "serve", *map(str, folders),
                                "--port", str(port), *options],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):

@@ -20,9 +20,12 @@ def lazy(package: str, exports: dict[str, str], eager: list[str]) -> tuple[Calla
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         where = exports[name]
-        if not where:
-            return importlib.import_module(f".{name}", package)
-        return getattr(importlib.import_module(where, package), name)
+        try:
+            if not where:
+                return importlib.import_module(f".{name}", package)
+            return getattr(importlib.import_module(where, package), name)
+        except ModuleNotFoundError as exc:  # an optional dependency: name the extra, not the module
+            raise as_missing_extra(exc, f"{package}.{name}") from None
 
     def __dir__() -> list[str]:
         return sorted({*eager, *exports})
@@ -64,6 +67,37 @@ def _extras() -> dict[str, set[str]]:
         return found
 
     return {extra: closure(extra, set()) for extra in direct.keys() | includes.keys()}
+
+
+def install_command(extra: str) -> str:
+    """How to install ``extra`` (the package is not on PyPI: from a clone of its repository)."""
+    return f"in a clone of fakegradient, pip install '.[{extra}]'"
+
+
+def missing_message(what: str, extra: str) -> str:
+    """One line: ``what`` needs ``extra``, and the command that installs it."""
+    return f"{what} needs the [{extra}] extra: {install_command(extra)}"
+
+
+# the extra a sub-package needs (the rest of the package needs [protect]'s torch, or nothing)
+_EXTRA_OF_PACKAGE = {"fakegradient.serving": "serve", "fakegradient.evaluation": "eval", "fakegradient.attacks": "eval"}
+
+
+def as_missing_extra(exc: ModuleNotFoundError, what: str, wanted: str | None = None) -> ModuleNotFoundError:
+    """``exc`` as a :class:`~fakegradient.errors.MissingExtra` naming the extra that provides its module
+    (``wanted``, by default the extra of ``what``'s sub-package, when the module is one of that extra's, even deep
+    in a dependency); ``exc`` itself when no extra provides the module (a real bug), or when it already is one."""
+    from .errors import MissingExtra
+
+    if isinstance(exc, MissingExtra):
+        return exc
+    if wanted is None:
+        wanted = next((extra for package, extra in _EXTRA_OF_PACKAGE.items()
+                       if what == package or what.startswith(package + ".")), "protect")
+    extra = missing_extra(exc.name, wanted)
+    if extra is None:
+        return exc
+    return MissingExtra(missing_message(what, extra), name=exc.name)
 
 
 def missing_extra(module: str | None, wanted: str) -> str | None:

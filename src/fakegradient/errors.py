@@ -27,3 +27,9 @@ class ModelFileError(FakeGradientError):
 
 class InvalidArgument(FakeGradientError, ValueError):
     """A bad option or hyper-parameter (the CLI exits 2, as for a usage error)."""
+
+
+class MissingExtra(FakeGradientError, ModuleNotFoundError):
+    """An optional dependency is not installed: the message names the extra that installs it
+    (``pip install '.[EXTRA]'`` in a clone), never a module deep in a dependency. Also a
+    ``ModuleNotFoundError``, for ``except ImportError``."""

