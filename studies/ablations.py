@@ -52,11 +52,10 @@ class Sweep:
 
 
 def swept_methods() -> Sweep:
-    """The one place that decides which schemes are swept: the paper's two, the two controls and the
-    original; S_a sweeps the methods that take S_a (``Method.takes_scale``). A scheme capability can replace
-    this body without touching the rest of the study."""
-    every = (ORIGINAL, "fake-gradient", "random-weight", "scaled-copy", "random-decoy")
-    return Sweep(every, tuple(name for name in METHODS if METHODS[name].takes_scale and name in every))
+    """The one place that decides which schemes are swept: the original, the paper's schemes and the controls
+    (registry order); S_a sweeps those whose capabilities say it applies (``uses_scale``)."""
+    swept = tuple(name for name, m in METHODS.items() if m.protects and (m.in_paper or m.control))
+    return Sweep((ORIGINAL, *swept), tuple(n for n in swept if METHODS[n].capabilities.uses_scale))
 
 
 SWEEP = swept_methods()

@@ -26,7 +26,7 @@ async function connect() {
   const key = await parseKey(await readFile(keyFile, MAX_KEY_BYTES, "key file"), `key file ${keyFile.name}`);
   const labelsFile = $("labels-file").files[0];
   const labels = labelsFile ? parseLabels(await readFile(labelsFile, MAX_LABELS_BYTES, "labels file"), labelsFile.name, key.nReal)
-    : servedLabels ? checkLabels(servedLabels, "device-ui --labels", key.nReal) : null;
+    : key.labels ?? (servedLabels ? checkLabels(servedLabels, "device-ui --labels", key.nReal) : null);
   const client = new CloudClient($("server-url").value.trim(), $("token").value.trim());
   const model = await client.model($("model-name").value.trim());
   const fingerprint = model.parameters.fingerprint;

@@ -16,7 +16,10 @@ export async function parseKey(text, source = "the key file") {
     throw corrupt();
   }
   if (!isPlainObject(payload) || payload.format !== "fakegradient-key") throw new DeviceError(`${source} is not a fakegradient key file`);
-  if (payload.version !== 1) throw new DeviceError(`${source}: unsupported key format version ${String(payload.version).slice(0, 40)}`);
+  if (payload.version !== 1 && payload.version !== 2) {
+    const newer = Number.isSafeInteger(payload.version) && payload.version > 2 ? " (made by a newer fakegradient: upgrade it)" : "";
+    throw new DeviceError(`${source}: unsupported key format version ${String(payload.version).slice(0, 40)}${newer}`);
+  }
   const { checksum, ...fields } = payload;
   const checksumVerified = await verifyChecksum(fields, checksum, source);
   const nReal = fields.n_real;
@@ -33,12 +36,19 @@ export async function parseKey(text, source = "the key file") {
     if (typeof fields[name] !== "string") throw bad(`${name} must be a string`);
   }
   if ("seeded" in fields && typeof fields.seeded !== "boolean") throw bad("seeded must be true or false");
+  let labels = null; // version 2: the class names travel with the key
+  if (payload.version === 2) {
+    if (typeof fields.fingerprint_key !== "string" || !/^[0-9a-f]{64}$/.test(fields.fingerprint_key)) {
+      throw bad("fingerprint_key must be 64 hex digits");
+    }
+    if (fields.labels !== null) labels = checkLabels(fields.labels, source, nReal);
+  }
   const plainOf = new Int32Array(2 * nReal).fill(-1); // K^-1: the plain output at each served position
   permutation.forEach((position, plain) => { plainOf[position] = plain; });
   if (plainOf.includes(-1)) throw new DeviceError(`${source}: key is not a permutation of ${2 * nReal} outputs`);
   return {
     nReal, permutation: Int32Array.from(permutation), plainOf, fingerprint: fields.model_fingerprint,
-    method: fields.method, seeded: fields.seeded === true, checksumVerified,
+    method: fields.method, seeded: fields.seeded === true, checksumVerified, labels,
   };
 }
 
