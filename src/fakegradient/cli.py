@@ -205,9 +205,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a checkpoint is not in place")
     p.set_defaults(run=cmd_weights)
 
-    p = sub.add_parser("models", help="list the model names `protect` accepts")
+    p = sub.add_parser("models", help="list the model names `protect` accepts, and the weights this machine has")
     p.set_defaults(run=cmd_models)
+    _describe(sub)
     return parser
+
+
+EXAMPLES = {
+    "protect": "fakegradient protect mobilenet_v2 --out cloud/mnv2 --key device/mnv2.key\n"
+               "fakegradient protect mobilenet_v2 --method device-head --out cloud/split --key device/head.safetensors",
+    "info": "fakegradient info device/mnv2.key\nfakegradient info cloud/mnv2",
+    "classify": "fakegradient classify --server http://127.0.0.1:8000 --key device/mnv2.key photo.jpg\n"
+                "fakegradient classify --model cloud/mnv2 --key device/mnv2.key photo.jpg",
+    "serve": "fakegradient serve cloud/mnv2 --port 8000",
+    "device-ui": "fakegradient device-ui --port 8080",
+    "export-triton": "fakegradient export-triton cloud/mnv2 triton-repo",
+    "demo": "fakegradient demo",
+    "evaluate": "fakegradient evaluate --out out/evaluation\n"
+                "fakegradient evaluate --methods original,fake-gradient --data photos --adaptive --seed 0 --out out/m",
+    "weights": "fakegradient weights\nfakegradient weights mobilenet_v2 --check",
+    "models": "fakegradient models",
+}
+
+
+def _describe(sub: argparse._SubParsersAction) -> None:
+    """Each command's --help: its one-line help as the description, and an example."""
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    for name, command in sub.choices.items():
+        command.description = helps.get(name)
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        if name in EXAMPLES:
+            command.epilog = "example:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name].splitlines())
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -307,6 +335,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     from .local import model_file
 
     path = model_file(args.file)
+    if path.suffix not in (".onnx", ".pt"):
+        raise FakeGradientError(f"{args.file} is not a key, device-head or protected-model file (a key file, "
+                                "model.pt, model.onnx or their folder)")
     if path.suffix == ".onnx":
         print(json.dumps(_onnx_info(path), indent=2))
         return
@@ -347,6 +378,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise InvalidArgument(f"--top must be >= 1, got {args.top}")
+    _check_swapped(args)
     if args.server:
         results = _classify_remote(args)
     else:
@@ -365,6 +397,25 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 f"cloud saw position {result.server_top1}, fake={result.server_top1_is_fake}")
         print(f"{result.image}: {labels}   [{seen}]", flush=True)
     return 1 if failed else 0
+
+
+def _check_swapped(args: argparse.Namespace) -> None:
+    """Catch the usual slips before reading anything: a server URL without its scheme, --model and --key swapped."""
+    if args.server and "://" not in args.server:
+        raise InvalidArgument(f"--server {args.server!r} is not a URL: give its scheme, e.g. http://{args.server}")
+    from .schemes import sniff
+
+    def is_secret(path: Path) -> bool:
+        try:
+            return path.is_file() and sniff(path.open("rb").read(65536)) is not None
+        except OSError:
+            return False
+
+    if args.key.is_dir() or args.key.suffix in (".onnx", ".pt"):
+        swapped = args.model is not None and is_secret(args.model)
+        raise InvalidArgument(f"--key {args.key} is a model, not the device's key"
+                              + ("; --model and --key look swapped" if swapped else ": give the key file `protect` "
+                                 "wrote (--key), and the model folder with --model"))
 
 
 def _classify_remote(args: argparse.Namespace) -> Iterator:
@@ -514,9 +565,16 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    """Every name, marked with the pretrained weights this machine has (protect then needs no download)."""
     from . import models
 
-    print("\n".join(models.list_models()))
+    for name in models.list_models():
+        try:
+            local = [str(entry).rsplit(".", 1)[-1] for entry in models.weights_entries(name) if models.is_local(entry)]
+        except FakeGradientError:
+            local = []
+        print(f"{name:32} weights here: {', '.join(local)}" if local else name)
+    print("(timm:NAME and hf:FOLDER load any timm or Hugging Face model from a local checkpoint or folder)")
 
 
 if __name__ == "__main__":

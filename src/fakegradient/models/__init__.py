@@ -83,6 +83,13 @@ def offline_weights(name: str) -> tuple[WeightsEnum | None, str | None]:
                        "offline); choose with --weights")
 
 
+def weights_entries(name: str) -> list[WeightsEnum]:
+    """Every pretrained weights entry of registry model ``name`` (none for a model without any)."""
+    _check_name(name)
+    enum = EXTRA_BUILDERS[name][1] if name in EXTRA_BUILDERS else torchvision.models.get_model_weights(name)
+    return [] if enum is None else list(enum)
+
+
 def get_weights(name: str, weights: str | WeightsEnum | None = "DEFAULT") -> WeightsEnum | None:
     """The weights enum entry for ``name`` (``"DEFAULT"``, an entry name, or an enum value)."""
     if weights is None or isinstance(weights, WeightsEnum):
@@ -136,6 +143,8 @@ def load(name: str, weights: str | WeightsEnum | None = "DEFAULT", **kwargs: Any
 
 def _check_name(name: str) -> None:
     if name not in EXTRA_BUILDERS and name not in torchvision.models.list_models(module=torchvision.models):
-        raise FakeGradientError(
-            f"unknown model {name!r}; see `fakegradient models` for the names it accepts"
-        )
+        import difflib
+
+        close = difflib.get_close_matches(name, list_models(), n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise FakeGradientError(f"unknown model {name!r}; {hint}see `fakegradient models` for the names it accepts")
