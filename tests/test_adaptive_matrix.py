@@ -145,7 +145,7 @@ def test_the_report_command_parses_back_into_the_same_config():
 def test_attacker_images_must_be_distinct_names_with_counts(bad):
     from fakegradient.errors import InvalidArgument
 
-    with pytest.raises(InvalidArgument, match="--attacker-images"):
+    with pytest.raises(InvalidArgument, match="attacker_images"):
         EvaluationConfig(attacker_images=bad)
 
 
@@ -162,5 +162,5 @@ def test_unknown_attacker_names_are_refused():
 
     assert check_limits({"square": 2}) == {"square": 2}
     for bad in ({"sqaure": 2}, {"naive": 3}):  # a typo; a round-1 attacker (always on every image)
-        with pytest.raises(InvalidArgument, match="--attacker-images"):
+        with pytest.raises(InvalidArgument, match="attacker_images"):
             check_limits(bad)

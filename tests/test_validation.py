@@ -1,5 +1,5 @@
-"""Bad hyper-parameters are refused up front with InvalidArgument and a message naming the flag, never a
-silent no-op or a failure halfway through a run."""
+"""Bad hyper-parameters are refused up front with InvalidArgument and a message naming the setting (the field in
+the library, the flag on the command line), never a silent no-op or a failure halfway through a run."""
 
 import dataclasses
 import math
@@ -38,11 +38,14 @@ def test_invalid_argument_is_a_fakegradient_error_and_a_value_error():
     ("blackbox_factor", 0.0, "--blackbox-factor"),
     ("feature_steps", 0, "--feature-steps"),
 ])
-def test_config_rejects_a_bad_value_naming_its_flag(field, value, flag):
-    with pytest.raises(InvalidArgument) as info:
+def test_config_rejects_a_bad_value_naming_its_field_and_the_cli_its_flag(field, value, flag):
+    from fakegradient.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
         EvaluationConfig(**{field: value})
     message = str(info.value)
-    assert flag in message and "\n" not in message, message
+    assert info.value.field == field and field in message and "--" not in message and "\n" not in message, message
+    assert flag in info.value.as_flag()
 
 
 def test_config_accepts_the_edge_values():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__, defaults, methods
 from ._lazy import missing_extra, missing_message
-from .errors import FakeGradientError, InvalidArgument
+from .errors import ConfigError, FakeGradientError, InvalidArgument
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         code = args.run(args) or 0
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
+    except ConfigError as exc:  # a library setting: named by its flag here
+        print(f"error: {exc.as_flag()}", file=sys.stderr)
+        return 2
     except InvalidArgument as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

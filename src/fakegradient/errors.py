@@ -33,3 +33,16 @@ class MissingExtra(FakeGradientError, ModuleNotFoundError):
     """An optional dependency is not installed: the message names the extra that installs it
     (``pip install '.[EXTRA]'`` in a clone), never a module deep in a dependency. Also a
     ``ModuleNotFoundError``, for ``except ImportError``."""
+
+
+class ConfigError(InvalidArgument):
+    """A bad setting of a library configuration (e.g. ``EvaluationConfig``): ``field`` names it, the message
+    speaks of it by its field name (``batch_size``); the CLI names the flag instead (:meth:`as_flag`)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+    def as_flag(self) -> str:
+        """The message with the field's name replaced by its command-line flag (``--batch-size``)."""
+        return str(self).replace(self.field, "--" + self.field.replace("_", "-"))

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import defaults
 from ..data import Sample, bundled_photos, foolbox_imagenet, image_folder
-from ..errors import InvalidArgument
+from ..errors import ConfigError, InvalidArgument
 from ..methods import METHODS, ORIGINAL, PAPER_METHODS
 
 BIASES = ("paper", "official")  # b_F = b_o (the paper's text) | S_a (max b - |b|) sign(b) (the released code)
@@ -76,7 +76,7 @@ class EvaluationConfig:
             set_(self, "batch_size", defaults.batch_size(self.device))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise InvalidArgument(f"--methods: unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+            raise ConfigError("methods", f"methods: unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
         if not self.methods or not self.models:
             raise InvalidArgument("give at least one model and one method")
         for name, low in (("limit", 1), ("batch_size", 1), ("max_iter", 1), ("candidates", 2),
@@ -87,24 +87,24 @@ class EvaluationConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 why = " (a median and an IQR)" if name == "timing_repeats" else ""
-                raise InvalidArgument(f"--{name.replace('_', '-')} must be an integer >= {low}{why}, got {value!r}")
+                raise ConfigError(name, f"{name} must be an integer >= {low}{why}, got {value!r}")
         for name, choices in (("bias", BIASES), ("space", SPACES)):
             if getattr(self, name) not in choices:
-                raise InvalidArgument(f"--{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+                raise ConfigError(name, f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if self.clip and self.space == "normalized":
-            raise InvalidArgument("--clip works in pixel space only: DeepFool's clip is one (low, high) for all "
+            raise ConfigError("clip", "clip works in pixel space only: DeepFool's clip is one (low, high) for all "
                                   "channels, the normalised tensor's bounds differ per channel")
         set_(self, "attacker_images", tuple(self.attacker_images))
         self.images_per_attacker  # validates
         if self.adaptive and ORIGINAL not in self.methods:
-            raise InvalidArgument("--adaptive needs the original among --methods: every attacker's row has its "
+            raise ConfigError("adaptive", "adaptive needs the original among the methods: every attacker's row has its "
                                   "sanity baseline, the same attack on the unprotected model")
         for name, positive in (("scale", True), ("overshoot", False), ("blackbox_factor", True),
                                ("budget_factor", True)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
                     positive and value == 0):
-                raise InvalidArgument(f"--{name.replace('_', '-')} must be finite and "
+                raise ConfigError(name, f"{name} must be finite and "
                                       f"{'> 0' if positive else '>= 0'}, got {value!r}")
 
     @property
@@ -114,7 +114,8 @@ class EvaluationConfig:
         for item in self.attacker_images:
             name, _, count = item.partition("=")
             if not name or not count.isdigit() or name in out:
-                raise InvalidArgument(f"--attacker-images: expected distinct name=N with N >= 0, got {item!r}")
+                raise ConfigError("attacker_images", f"attacker_images: expected distinct name=N with N >= 0, "
+                                  f"got {item!r}")
             out[name] = int(count)
         return out
 

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...data import Sample
-from ...errors import InvalidArgument
+from ...errors import ConfigError
 from ...methods import scheme
 from ..plan import Shard, ShardResult
 from ..workbench import Workbench
@@ -22,7 +22,7 @@ def check_limits(limits: dict[str, int]) -> dict[str, int]:
     """``--attacker-images``, its names checked against the registry."""
     unknown = sorted(set(limits) - {name for name, a in ATTACKERS.items() if a.run is not None})
     if unknown:
-        raise InvalidArgument(f"--attacker-images: unknown or round-1 attacker(s) {unknown}; one of "
+        raise ConfigError("attacker_images", f"attacker_images: unknown or round-1 attacker(s) {unknown}; one of "
                               f"{', '.join(n for n, a in ATTACKERS.items() if a.run is not None)}")
     return limits
 
