@@ -57,7 +57,8 @@ def test_a_token_file_others_may_read_is_warned_about(tmp_path, caplog, mode, wa
         assert read_token(path) == TOKEN
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     if warned:
-        assert warnings == [f"token file {path} is readable or writable by group or others (mode {mode:04o}): "
-                            f"whoever reads it can call the server as the device; run chmod 600 {path}"]
+        expected = (f"token file {path} is readable or writable by group or others (mode {mode:04o}): "
+                    f"whoever reads it can call the server as the device; run chmod 600 {path}")
+        assert warnings == [expected]
     else:
         assert warnings == []

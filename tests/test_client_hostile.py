@@ -18,7 +18,14 @@ import pytest
 from test_client_stream import KEY, SPEC, FakeServer, binary_answer, files, run  # noqa: F401 - files: a fixture
 
 from fakegradient import FakeGradientError
-from fakegradient.serving.client import MAX_JSON_ANSWER, MAX_SIDE, InferenceClient, ServerModel, answer_limit, classify
+from fakegradient.serving.client import (
+    MAX_JSON_ANSWER,
+    MAX_SIDE,
+    InferenceClient,
+    ServerModel,
+    answer_limit,
+    classify,
+)
 from fakegradient.terminal import escape_terminal
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -151,9 +158,9 @@ def test_a_scheme_or_port_change_is_another_origin(files):  # noqa: F811
         port = int(url.rsplit(":", 1)[1])
         for target in (url.replace("http:", "https:"), f"http://127.0.0.1:{port + 1}/v2/models/m",
                        f"http://localhost:{port}/v2/models/m"):
-            with hostile({("GET", "/v2/models/m"): redirect(307, target)}) as (_, cloud_url):
-                with pytest.raises(FakeGradientError, match="redirected /v2/models/m to another origin"):
-                    classify(cloud_url, KEY, [files["red"]])
+            with hostile({("GET", "/v2/models/m"): redirect(307, target)}) as (_, cloud_url), \
+                    pytest.raises(FakeGradientError, match="redirected /v2/models/m to another origin"):
+                classify(cloud_url, KEY, [files["red"]])
 
 
 # --- answer sizes ------------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from PIL import Image
 from test_client_hostile import HUGE, hostile, redirect, send, stream
 
 from fakegradient.data import on_black
-from fakegradient.serving.client import MAX_SIDE, answer_limit, check_spec
 from fakegradient.errors import FakeGradientError
+from fakegradient.serving.client import MAX_SIDE, answer_limit, check_spec
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="Node.js is not installed (test_device_ui.py runs the page's "

@@ -69,9 +69,10 @@ def test_one_process_may_open_its_run_folder_again_and_release_it(tmp_path):
     first = ShardStore(tmp_path / ".shards")
     with ShardStore(tmp_path / ".shards", resume=True):  # the same process: a resumed store, as the CLI's tests do
         pass
-    other = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from fakegradient.evaluation."
-                            "store import ShardStore; ShardStore(Path(sys.argv[1]) / '.shards')", str(tmp_path)],
-                           capture_output=True, text=True, timeout=60, check=False)
+    take = "import sys; from pathlib import Path; from fakegradient.evaluation.store import ShardStore; " \
+           "ShardStore(Path(sys.argv[1]) / '.shards')"
+    other = subprocess.run([sys.executable, "-c", take, str(tmp_path)], capture_output=True, text=True, timeout=60,
+                           check=False)
     assert other.returncode == 1 and "another `fakegradient evaluate`" in other.stderr  # still held by `first`
     first.close()
     with running_run(tmp_path):  # released: another process can take it

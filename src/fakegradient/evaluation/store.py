@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class ShardStore:
         if self.folder is not None:
             release_run_folder(self.folder.parent)
 
-    def __enter__(self) -> ShardStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

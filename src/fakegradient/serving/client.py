@@ -219,7 +219,7 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
     the model is not reachable where it was named), not followed without the token: a 307/308 would send the
     photos' tensors there too, and the device never meant to talk to that server."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # urllib's signature
         if _origin(newurl) != _origin(req.full_url):
             fp.close()
             where = escape_terminal(newurl)[:200]
@@ -310,8 +310,7 @@ def check_spec(spec: Any) -> dict[str, Any]:
         raise FakeGradientError("the server's preprocessing parameters are invalid: "
                                 f"{escape_terminal(str(spec)[:200])}")
     bounds = [(spec["resize"] <= MAX_SIDE, f"resize {spec['resize']} (at most {MAX_SIDE})"),
-              (all(abs(m) <= MAX_ABS_MEAN for m in spec["mean"]), f"mean {spec['mean']} (|mean| at most "
-                                                                  f"{MAX_ABS_MEAN:g})"),
+              (all(abs(m) <= MAX_ABS_MEAN for m in spec["mean"]), f"mean {spec['mean']} (|mean| at most {MAX_ABS_MEAN:g})"),
               (all(STD_RANGE[0] <= x <= STD_RANGE[1] for x in spec["std"]),
                f"std {spec['std']} (within {STD_RANGE[0]:g}..{STD_RANGE[1]:g})")]
     outside = [text for within, text in bounds if not within]

@@ -113,7 +113,7 @@ class _DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
+    def readinto(self, buffer) -> int:  # a writable buffer
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the request took too long")
