@@ -84,14 +84,18 @@ def open_rgb(path: str | Path) -> Image.Image:
             with open_regular(path) as handle:
                 if handle is None:
                     raise FakeGradientError(f"{path} is not a regular file (a folder, a pipe or a device)")
-                with Image.open(handle) as image:
+                image = Image.open(handle)  # not closed once loaded: closing frees the pixels an RGB image returns
+                try:
                     _check_size(path, *image.size)
                     _check_samples(path, image)
                     image.load()
-                    ImageOps.exif_transpose(image, in_place=True)  # no copy of an upright image
-                    if image.mode in SIXTEEN_BIT_MODES:
-                        return Image.fromarray((np.asarray(image).clip(0, 65535) >> 8).astype(np.uint8)).convert("RGB")
-                    return on_black(image)
+                except BaseException:
+                    image.close()
+                    raise
+        ImageOps.exif_transpose(image, in_place=True)  # no copy of an upright image
+        if image.mode in SIXTEEN_BIT_MODES:
+            return Image.fromarray((np.asarray(image).clip(0, 65535) >> 8).astype(np.uint8)).convert("RGB")
+        return on_black(image)
     except FileNotFoundError:
         raise FakeGradientError(f"no such image: {path}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -107,7 +111,7 @@ def on_black(image: Image.Image) -> Image.Image:
     the device page applies too (a browser canvas keeps colours premultiplied, zeroing them under alpha 0)."""
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if not has_alpha:
-        return image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")  # (convert would copy an RGB image)
     rgba = image.convert("RGBA")
     black = Image.new("RGB", rgba.size)
     black.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))  # Pillow's exact round(c * a / 255)
