@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from fakegradient import FakeGradientError
-from fakegradient.data import MAX_ASPECT_RATIO, foolbox_imagenet, open_rgb
+from fakegradient.data import MAX_ASPECT_RATIO, MAX_PIXELS, foolbox_imagenet, open_rgb
 from fakegradient.serving.client import preprocess
 
 # torchvision's IMAGENET1K_V1 preset as plain data (what the server publishes for MobileNetV2)
@@ -90,11 +90,9 @@ def sixteen_bit_versions(folder: Path, upright: Image.Image) -> tuple[Path, dict
     wide = np.asarray(grey).astype(np.uint16) * 257
     rgb = np.asarray(grey.convert("RGB")).astype(">u2") * 257
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 65535, ">u2")], axis=2)
-    made = {"I;16 PNG": folder / "grey16.png", "I;16B TIFF": folder / "grey16b.tif",
-            "I (32-bit) TIFF": folder / "grey32.tif"}
+    made = {"I;16 PNG": folder / "grey16.png", "I;16B TIFF": folder / "grey16b.tif"}
     Image.fromarray(wide).save(made["I;16 PNG"])
     Image.fromarray(wide.astype(">u2")).save(made["I;16B TIFF"])
-    Image.fromarray(wide.astype(np.int32)).save(made["I (32-bit) TIFF"])
     h, w = wide.shape
     made["RGB 16-bit PNG"] = write_png(folder / "rgb16.png", w, h, 16, 2, (r.tobytes() for r in rgb))
     made["RGBA 16-bit PNG"] = write_png(folder / "rgba16.png", w, h, 16, 6, (r.tobytes() for r in rgba))
@@ -105,7 +103,7 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path, photos):
     for upright in photos:
         eight, sixteen = sixteen_bit_versions(tmp_path, upright)
         for form, path in sixteen.items():
-            assert Image.open(path).mode in {"I;16", "I;16B", "I", "RGB", "RGBA"}, form
+            assert Image.open(path).mode in {"I;16", "I;16B", "RGB", "RGBA"}, form
             assert np.array_equal(pixels(path), pixels(eight)), form
             np.testing.assert_array_equal(preprocess(path, SPEC), preprocess(eight, SPEC))
 
@@ -167,3 +165,91 @@ def test_a_truncated_photo_is_a_one_line_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(FakeGradientError, match="cut.jpg is not a readable image"):
         open_rgb(path)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            open_rgb(fifo)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(exc)
+
+    reader = threading.Thread(target=attempt, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():  # blocked in open(): release it so the test ends, then fail
+        with open(fifo, "wb"):
+            pass
+        reader.join(timeout=30)
+        pytest.fail("open_rgb blocked on a FIFO")
+    assert isinstance(outcome[0], FakeGradientError)
+    assert str(outcome[0]) == f"{fifo} is not a regular file (a folder, a pipe or a device)"
+
+
+@pytest.mark.parametrize("dtype, kind", [(np.int32, "integer"), (np.float32, "floating-point")])
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+def test_32_bit_tiffs_are_refused_not_misread(tmp_path, dtype, kind, compression):
+    """No scale of 32-bit samples to 8 bits is standard: 0..255 stored as int32 would read black if taken as 16-bit,
+    0..1 floats would read black if taken as 0..255. Both are refused, from the header."""
+    path = tmp_path / "deep.tif"
+    Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(dtype)).save(path, compression=compression)
+    with pytest.raises(FakeGradientError, match=rf"deep.tif is refused: it holds 32-bit {kind} samples \(mode "
+                                                r"[FI]\), which have no standard 8-bit scale"):
+        open_rgb(path)
+
+
+def test_a_16_bit_pgm_is_still_read_as_16_bit(tmp_path):
+    path = tmp_path / "grey.pgm"
+    path.write_bytes(b"P5 3 1 65535\n" + np.array([0, 0x1234, 0xFFFF], ">u2").tobytes())
+    assert Image.open(path).mode == "I"
+    assert pixels(path)[0, :, 0].tolist() == [0, 0x12, 0xFF]
+
+
+def test_a_tiny_png_declaring_9000x9000_is_refused_before_decoding(tmp_path):
+    """81 megapixels (under Pillow's own 89 M limit) would decode to hundreds of MB: over the decoded budget."""
+    side = 9000
+    bomb = write_png(tmp_path / "big.png", side, side, 1, 0, (bytes(side // 8 + 1) for _ in range(side)))
+    assert bomb.stat().st_size < 20_000 and side * side > MAX_PIXELS
+    with pytest.raises(FakeGradientError, match=f"big.png is refused: 9000x9000 pixels exceed the limit of {MAX_PIXELS}"):
+        open_rgb(bomb)
+    at_limit = write_png(tmp_path / "ok.png", 7000, 7000, 1, 0, None)  # 49 MP: within budget, decoding is tried
+    with pytest.raises(FakeGradientError, match="ok.png is not a readable image"):
+        open_rgb(at_limit)
+
+
+def half_transparent(path: Path) -> np.ndarray:
+    """A random RGBA PNG whose alpha covers 0 (transparent), 255 (opaque) and everything between; its pixels."""
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (16, 24, 4), dtype=np.uint8)
+    rgba[0, :, 3], rgba[1, :, 3] = 0, 255
+    Image.fromarray(rgba, "RGBA").save(path)
+    return rgba
+
+
+def test_transparency_is_composited_on_black(tmp_path):
+    """round(c * alpha / 255) per channel: what the device page computes from the browser's canvas (which zeroes
+    colours under alpha 0), so a half-transparent PNG preprocesses alike in Python and in the page."""
+    rgba = half_transparent(tmp_path / "logo.png")
+    expected = np.floor(rgba[..., :3].astype(np.float64) * rgba[..., 3:] / 255 + 0.5).astype(np.uint8)
+    got = pixels(tmp_path / "logo.png")
+    np.testing.assert_array_equal(got, expected)
+    assert (got[0] == 0).all() and np.array_equal(got[1], rgba[1, :, :3])
+
+    grey = Image.fromarray(rgba[..., 0], "L")  # palette + tRNS and grey + alpha: the same rule
+    grey_alpha = Image.merge("LA", [grey, Image.fromarray(rgba[..., 3], "L")])
+    grey_alpha.save(tmp_path / "la.png")
+    expected_grey = np.floor(rgba[..., 0].astype(np.float64) * rgba[..., 3] / 255 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(pixels(tmp_path / "la.png")[..., 1], expected_grey)
+    palette = Image.fromarray(rgba[..., :3]).quantize(8)
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "p.png", transparency=0)
+    index = np.asarray(Image.open(tmp_path / "p.png"))
+    assert (pixels(tmp_path / "p.png")[index == 0] == 0).all() and (index == 0).any()

@@ -389,16 +389,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
         from .schemes import load_secret
 
         results = classify_local(args.model, load_secret(args.key), args.images, k=args.top)
+    from .terminal import escape_terminal  # class names and errors may come from the server: never raw
+
     failed = 0
     for result in results:
         if isinstance(result, Failure):
             failed += 1
-            print(f"error: {result.error}", file=sys.stderr, flush=True)
+            print(f"error: {escape_terminal(result.error)}", file=sys.stderr, flush=True)
             continue
-        labels = ", ".join(f"{label} {p:.1%}" for _, label, p in result.topk)
+        labels = ", ".join(f"{escape_terminal(label)} {p:.1%}" for _, label, p in result.topk)
         seen = ("cloud saw features only" if result.server_top1 is None else
                 f"cloud saw position {result.server_top1}, fake={result.server_top1_is_fake}")
-        print(f"{result.image}: {labels}   [{seen}]", flush=True)
+        print(f"{escape_terminal(result.image)}: {labels}   [{seen}]", flush=True)
     return 1 if failed else 0
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,14 +34,45 @@ TABLE1_ROWS = [  # label, metric, the methods it is reported for (registry order
 ]
 RATE_METRICS = {"fake_output_pct", "original_functionality_pct", "defense_success_pct"}
 METHOD_NAMES = {name: m.display for name, m in METHODS.items()}
+MANIFEST = ".report-files.json"  # the names of the files the last report wrote into its folder
+REPORT_FILES = ("fig*.png", "*.csv", "results.json", "report.md")  # what a report may own (and so remove)
 
 
 def write_report(result: EvaluationResult, out: Path, title: str = "Fake Gradient evaluation") -> list[Path]:
-    """Write every output into ``out``; returns the paths written."""
+    """Write every output into ``out``; returns the paths written. The files an earlier report wrote there (listed
+    in ``out/.report-files.json``) and this one did not are removed: no earlier figure is left beside the new
+    report. No other file is touched."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FakeGradientError(f"cannot create {out}: {exc.strerror or exc}") from None
+    earlier = _owned(out)
+    written = _write_all(result, out, title)
+    for name in earlier - {p.name for p in written}:
+        try:
+            os.unlink(out / name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise FakeGradientError(f"cannot remove the earlier report's {out / name}: {exc.strerror or exc}") from None
+    write_bytes_atomic(out / MANIFEST, json.dumps(sorted(p.name for p in written)).encode())
+    return written
+
+
+def _owned(out: Path) -> set[str]:
+    """The file names the earlier report in ``out`` wrote (none if it left no readable list): only plain names of
+    the kinds a report writes."""
+    try:
+        names = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError, RecursionError):
+        return set()
+    if not isinstance(names, list):
+        return set()
+    return {n for n in names if isinstance(n, str) and n == Path(n).name and not n.startswith(".")
+            and any(fnmatch.fnmatchcase(n, pattern) for pattern in REPORT_FILES)}
+
+
+def _write_all(result: EvaluationResult, out: Path, title: str) -> list[Path]:
     aggregates = aggregate_by(result.records)
     written = [*_figures(result, out)]
     ratios = [{"l2_ratio_to_original": ratio} for ratio in l2_ratios(result.records)]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -15,24 +16,47 @@ from ..atomic import write_bytes_atomic, write_with
 from ..errors import FakeGradientError
 from .plan import Shard, ShardResult
 
+try:
+    import fcntl
+except ImportError:  # Windows: runs into one folder are not locked
+    fcntl = None
+
 RESUMABLE_CHANGES = ("device", "timing_repeats", "adaptive")  # settings a resumed run may change
+_HELD: dict[str, list[int]] = {}  # run folder (real path) → [descriptor holding its lock, stores using it]
 
 
 class ShardStore:
     """Finished shards as files (``<id>.json``: the shard and its records and values, ``<id>.npy``:
     heatmap perturbations), written atomically as they finish, and ``run.json``: the run's settings
     and evaluation seeds, so that a resumed run uses the same ones. ``resume=False`` starts afresh (the CLI
-    first asks for ``--fresh`` when :func:`unfinished_run`)."""
+    first asks for ``--fresh`` when :func:`unfinished_run`).
+
+    The run folder (``folder``'s parent, the CLI's ``--out``) is locked first, before anything in it changes: a
+    second process that runs into it fails at once (:func:`lock_run_folder`); the lock is held until
+    :meth:`close` (or the end of a ``with`` block), else until the process exits."""
 
     def __init__(self, folder: Path | None, resume: bool = False):
         self.folder = folder
         if folder is not None:
             try:
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                lock_run_folder(folder.parent)
                 if folder.exists() and not resume:
                     shutil.rmtree(folder)
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise FakeGradientError(f"cannot use {folder} for shard results: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        """Release the run folder's lock (the shards stay)."""
+        if self.folder is not None:
+            release_run_folder(self.folder.parent)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def begin(self, settings: dict[str, Any]) -> None:
         """A fresh run records its settings; a resumed run must have the same ones."""
@@ -94,6 +118,39 @@ class ShardStore:
             write_with(self.folder / f"{shard.id}.npy", lambda tmp: _save_npy(tmp, result.perturbation))
         payload = {"shard": asdict(shard), "records": result.records, "values": result.values}
         write_bytes_atomic(self.folder / f"{shard.id}.json", json.dumps(payload).encode())
+
+
+def lock_run_folder(folder: Path) -> None:
+    """Lock the run folder ``folder`` for this process (an exclusive ``flock`` on the folder itself: nothing is
+    written, and the lock ends with the process however it ends); :class:`FakeGradientError` at once if another
+    process holds it. Taking it again in the same process counts once more (see :func:`release_run_folder`).
+    Where locks are not supported (Windows, some network file systems), nothing is locked."""
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return
+    if fcntl is None:
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FakeGradientError(f"another `fakegradient evaluate` is running into {folder}: wait until it ends, or "
+                                "choose another --out") from None
+    except OSError:  # no lock support here
+        os.close(fd)
+        return
+    _HELD[key] = [fd, 1]
+
+
+def release_run_folder(folder: Path) -> None:
+    """Release one hold of this process on ``folder``'s lock; the lock ends with the last."""
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0:
+            os.close(_HELD.pop(key)[0])
 
 
 def unfinished_run(folder: Path) -> bool:

@@ -1,13 +1,17 @@
 """Bearer tokens shared by the server (``serve --token-file``) and the device client (``classify
---token-file``): read from a file, never from the command line (where ``ps`` would show them). Stdlib only."""
+--token-file``): read from a file, never from the command line (where ``ps`` would show them)."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import re
 
 from ..errors import FakeGradientError
+from ..secret_files import open_regular, warn_if_shared
+
+_log = logging.getLogger(__name__)
 
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token: safe in an HTTP header
 MIN_TOKEN_CHARS = 16  # e.g. `openssl rand -hex 32` gives 64
@@ -15,9 +19,13 @@ MAX_TOKEN_FILE_BYTES = 4096
 
 
 def read_token(path: str | os.PathLike) -> str:
-    """The token in ``path`` (surrounding whitespace ignored); a one-line error unless it is one."""
+    """The token in ``path`` (surrounding whitespace ignored); a one-line error unless it is one. Only a regular
+    file is read (a FIFO never blocks); on POSIX, a warning is logged when group or others may read it."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
+            if handle is None:
+                raise FakeGradientError(f"token file {path} is not a regular file")
+            mode = os.fstat(handle.fileno()).st_mode
             data = handle.read(MAX_TOKEN_FILE_BYTES + 1)
     except OSError as exc:
         raise FakeGradientError(f"cannot read token file {path}: {exc.strerror or exc}") from None
@@ -28,6 +36,7 @@ def read_token(path: str | os.PathLike) -> str:
     if len(token) < MIN_TOKEN_CHARS:
         raise FakeGradientError(f"the token in {path} is too short ({len(token)} characters; at least "
                                 f"{MIN_TOKEN_CHARS}): make one with `openssl rand -hex 32`")
+    warn_if_shared(_log, path, mode, "token file", "can call the server as the device")
     return token
 
 

@@ -5,10 +5,12 @@ binary tensors) and decrypts there. This server never sees the key, the photos o
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import socket
 import sys
+import time
 from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +33,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+REQUEST_SECONDS = 20  # a connection's whole request, however slowly it trickles in (each read: ``timeout``)
 
 
 def page_files(labels: list[str] | None = None) -> dict[str, tuple[bytes, str]]:
@@ -44,14 +47,28 @@ def page_files(labels: list[str] | None = None) -> dict[str, tuple[bytes, str]]:
 
 
 class PageHandler(BaseHTTPRequestHandler):
-    """GET/HEAD of the page's files; 404 for any other path, 405 for any other method; no logging."""
+    """GET/HEAD of the page's files; 404 for any other path, 405 for any other method, 403 for a Host header that
+    names neither this machine nor the address the page was served on (DNS rebinding); the security headers on
+    every answer; a request that takes more than ``request_seconds`` in all is dropped; no logging."""
 
     server_version = "fakegradient-device-ui"
-    timeout = 10  # seconds a connection may take to send its request
+    timeout = 10  # seconds a connection may wait for each piece of its request
+    request_seconds = REQUEST_SECONDS
 
-    def __init__(self, *args, files: dict[str, tuple[bytes, str]], **kwargs) -> None:
+    def __init__(self, *args, files: dict[str, tuple[bytes, str]], host: str = "127.0.0.1", **kwargs) -> None:
         self.files = files
+        self.bound_host = host
         super().__init__(*args, **kwargs)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + self.request_seconds,
+                                                       self.timeout))
+
+    def end_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():  # every answer, error pages included
+            self.send_header(name, value)
+        super().end_headers()
 
     def do_GET(self) -> None:
         self._answer(body=True)
@@ -60,6 +77,9 @@ class PageHandler(BaseHTTPRequestHandler):
         self._answer(body=False)
 
     def _answer(self, body: bool) -> None:
+        if not host_allowed(self.headers.get("Host"), self.bound_host):
+            self.send_error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+            return
         path = self.path.split("?", 1)[0]
         if path == "/favicon.ico":  # browsers ask for it; the page has none
             self.send_response(HTTPStatus.NO_CONTENT)
@@ -70,8 +90,6 @@ class PageHandler(BaseHTTPRequestHandler):
         self.send_response(HTTPStatus.OK if found else HTTPStatus.NOT_FOUND)
         self.send_header("Content-Type", media)
         self.send_header("Content-Length", str(len(content)))
-        for name, value in SECURITY_HEADERS.items():
-            self.send_header(name, value)
         self.end_headers()
         if body:
             self.wfile.write(content)
@@ -83,6 +101,43 @@ class PageHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         pass
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, each waiting at most ``per_read`` seconds and all of them ending by ``deadline``: a client
+    trickling its request a byte at a time cannot hold the thread that reads it."""
+
+    def __init__(self, sock: socket.socket, deadline: float, per_read: float) -> None:
+        self.sock, self.deadline, self.per_read = sock, deadline, per_read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # a writable buffer
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long")
+        self.sock.settimeout(min(left, self.per_read))
+        return self.sock.recv_into(buffer)
+
+
+def host_allowed(header: str | None, bound_host: str) -> bool:
+    """Whether a request's ``Host`` header may be answered: an IP address, ``localhost``, or the name the page was
+    served on (``--host``); any port (an SSH tunnel changes it). A page of another name that the DNS points here
+    (DNS rebinding) is refused, so it cannot read ``/labels.json``. No header (not a browser): answered."""
+    if header is None:
+        return True
+    name = header.strip()
+    if name.startswith("["):  # [IPv6]:port
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.split(":")[0]
+    name = name.lower().rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name == "localhost" or name == bound_host.strip("[]").lower().rstrip(".")
 
 
 def page_server(host: str = "127.0.0.1", port: int = 8080, labels: list[str] | None = None) -> ThreadingHTTPServer:
@@ -98,7 +153,7 @@ def page_server(host: str = "127.0.0.1", port: int = 8080, labels: list[str] | N
         daemon_threads = True
 
     try:
-        return Server((host, port), partial(PageHandler, files=page_files(labels)))
+        return Server((host, port), partial(PageHandler, files=page_files(labels), host=host))
     except (OSError, OverflowError) as exc:
         raise FakeGradientError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
 

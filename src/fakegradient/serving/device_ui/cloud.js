@@ -5,6 +5,48 @@ import { DeviceError, Unreachable, isObject } from "./common.js";
 
 export const HEADER_LENGTH = "Inference-Header-Content-Length";
 const TOKEN_PATTERN = /^[A-Za-z0-9\-._~+/]+=*$/; // as fakegradient.serving.auth
+// the cloud is not trusted: answers are bounded as in fakegradient.serving.client
+export const MAX_JSON_ANSWER = 4 * 2 ** 20;
+const MAX_ERROR_ANSWER = 64 * 2 ** 10;
+const JSON_BYTES_PER_VALUE = 32;
+const ANSWER_HEAD_BYTES = 64 * 2 ** 10;
+const MAX_OUTPUTS_PER_ROW = 2 ** 18;
+
+/** The most bytes an infer answer of `rows` x `width` outputs may take (client.answer_limit). */
+export function answerLimit(rows, width) {
+  return rows * width * JSON_BYTES_PER_VALUE + ANSWER_HEAD_BYTES;
+}
+
+/** The body of `response`, read as it arrives and refused past `limit` bytes (`cut`: keep the first `limit`). */
+export async function readBounded(response, limit, path, cut = false) {
+  const declared = Number(response.headers.get("Content-Length"));
+  if (!cut && response.headers.has("Content-Length") && declared > limit) {
+    await response.body?.cancel();
+    throw new DeviceError(`the server's answer to ${path} is ${declared} bytes, over the ${limit} expected: refused`);
+  }
+  const chunks = [];
+  let total = 0;
+  const reader = response.body ? response.body.getReader() : null;
+  while (reader) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    total += value.length;
+    if (total > limit) {
+      await reader.cancel();
+      if (!cut) throw new DeviceError(`the server's answer to ${path} is over the ${limit} bytes expected: refused`);
+      break;
+    }
+  }
+  const body = new Uint8Array(Math.min(total, limit));
+  let offset = 0;
+  for (const chunk of chunks) {
+    const part = chunk.subarray(0, body.length - offset);
+    body.set(part, offset);
+    offset += part.length;
+  }
+  return body;
+}
 
 /** An Open Inference Protocol v2 client (fetch), like fakegradient.serving.client.InferenceClient. */
 export class CloudClient {
@@ -21,14 +63,24 @@ export class CloudClient {
     if (this.token) headers = { ...headers, Authorization: `Bearer ${this.token}` };
     let response;
     try {
-      response = await fetch(this.url + path, { method, body, headers, mode: "cors", credentials: "omit", cache: "no-store", referrerPolicy: "no-referrer" });
+      // redirect: "manual": a redirect is refused, never followed (a 307 would carry the photo elsewhere)
+      response = await fetch(this.url + path, { method, body, headers, mode: "cors", credentials: "omit", cache: "no-store", referrerPolicy: "no-referrer", redirect: "manual" });
     } catch {
       throw await this.unreachable();
     }
+    if (response.type === "opaqueredirect" || (response.status >= 300 && response.status < 400)) {
+      await response.body?.cancel();
+      throw new Unreachable(`the server redirected ${path} elsewhere: refused, so that neither the token nor the photos go `
+                            + "there; if another server is meant, enter its address");
+    }
     if (!response.ok) {
       let detail = response.statusText;
-      try { detail = (await response.json()).error ?? detail; } catch { /* not JSON: the status text */ }
-      throw new DeviceError(`the server answered ${response.status}: ${String(detail).slice(0, 300)}`);
+      try {
+        const text = new TextDecoder().decode(await readBounded(response, MAX_ERROR_ANSWER, path, true));
+        detail = text.trim() ? text : detail;
+        detail = JSON.parse(text).error ?? detail;
+      } catch { /* not JSON: the text or the status text */ }
+      throw new DeviceError(`the server answered ${response.status}: ${String(detail).split(/\s+/).join(" ").trim().slice(0, 300)}`);
     }
     return response;
   }
@@ -46,7 +98,8 @@ export class CloudClient {
 
   async json(path, options) {
     const response = await this.call(path, options);
-    try { return await response.json(); } catch { throw new DeviceError(`the server's answer to ${path} is not JSON`); }
+    const body = await readBounded(response, MAX_JSON_ANSWER, path);
+    try { return JSON.parse(new TextDecoder().decode(body)); } catch { throw new DeviceError(`the server's answer to ${path} is not JSON`); }
   }
 
   /** The model's metadata: input and output names and the public parameters (from the config on Triton). */
@@ -90,8 +143,9 @@ export class CloudClient {
     return out;
   }
 
-  /** One image's tensor (3, crop, crop) → the served outputs (2N), tensors as binary data both ways. */
-  async infer(model, tensor, crop) {
+  /** One image's tensor (3, crop, crop) → the served outputs (2N), tensors as binary data both ways; `width`: the
+   * outputs expected (the key's 2N), which bounds the answer. */
+  async infer(model, tensor, crop, width = MAX_OUTPUTS_PER_ROW) {
     const data = new Uint8Array(tensor.length * 4);
     const view = new DataView(data.buffer);
     tensor.forEach((v, i) => view.setFloat32(i * 4, v, true));
@@ -102,10 +156,12 @@ export class CloudClient {
     const body = new Uint8Array(header.length + data.length);
     body.set(header);
     body.set(data, header.length);
-    const response = await this.call(`/v2/models/${encodeURIComponent(model.name)}/infer`, {
+    const path = `/v2/models/${encodeURIComponent(model.name)}/infer`;
+    const response = await this.call(path, {
       method: "POST", body, headers: { "Content-Type": "application/octet-stream", [HEADER_LENGTH]: String(header.length) },
     });
-    return parseInferAnswer(new Uint8Array(await response.arrayBuffer()), response.headers.get(HEADER_LENGTH), model.output);
+    const answer = await readBounded(response, answerLimit(1, width), path);
+    return parseInferAnswer(answer, response.headers.get(HEADER_LENGTH), model.output);
   }
 }
 

@@ -4,11 +4,15 @@
 
 import { DeviceError, isObject } from "./common.js";
 
-const MAX_IMAGE_PIXELS = 89478485; // Pillow's decompression-bomb limit, which the Python client applies
+const MAX_IMAGE_PIXELS = 50_000_000; // the decoded-pixel budget of fakegradient.data (MAX_PIXELS)
 const MAX_ASPECT_RATIO = 20; // as fakegradient.data
+export const MAX_SIDE = 1024; // preprocess.resize and crop, as fakegradient.serving.client
+const MAX_ABS_MEAN = 1e3;
+const STD_RANGE = [1e-3, 1e3];
 
 /** A photo → {width, height, rgba}: decoded upright (EXIF orientation applied) without colour management,
- * as Pillow decodes it; refused past Pillow's pixel limit or more elongated than 1:20. */
+ * as Pillow decodes it, transparency composited on black (onBlack); refused past the pixel budget or more
+ * elongated than 1:20. */
 export async function decodeImage(blob, name = blob.name ?? "the image") {
   let bitmap;
   try {
@@ -25,10 +29,23 @@ export async function decodeImage(blob, name = blob.name ?? "the image") {
     const canvas = new OffscreenCanvas(width, height);
     const context = canvas.getContext("2d", { willReadFrequently: true });
     context.drawImage(bitmap, 0, 0);
-    return { width, height, rgba: context.getImageData(0, 0, width, height).data };
+    return { width, height, rgba: onBlack(context.getImageData(0, 0, width, height).data) };
   } finally {
     bitmap.close();
   }
+}
+
+/** RGBA pixels composited on black, in place: each channel becomes round(c * alpha / 255) and alpha 255, as
+ * fakegradient.data.on_black does. The canvas keeps colours premultiplied (zero under alpha 0), so the colours
+ * under transparency are not known here: black is the one rule both sides can apply alike. */
+export function onBlack(rgba) {
+  for (let p = 0; p < rgba.length; p += 4) {
+    const alpha = rgba[p + 3];
+    if (alpha === 255) continue;
+    for (let c = 0; c < 3; c++) rgba[p + c] = Math.round((rgba[p + c] * alpha) / 255);
+    rgba[p + 3] = 255;
+  }
+  return rgba;
 }
 
 const FILTERS = { // Pillow's (libImaging/Resample.c): kernel and support
@@ -167,7 +184,7 @@ export async function preprocess(blob, spec, name) {
   return preprocessPixels(await decodeImage(blob, name), spec);
 }
 
-/** The server's preprocessing parameters, refused unless complete and sane (client.check_spec). */
+/** The server's preprocessing parameters, refused unless complete, sane and within bounds (client.check_spec). */
 export function checkSpec(spec) {
   const positive = (v) => Number.isSafeInteger(v) && v > 0;
   const three = (v, low) => Array.isArray(v) && v.length === 3 && v.every((x) => Number.isFinite(x) && x > low);
@@ -176,6 +193,11 @@ export function checkSpec(spec) {
         && three(spec.mean, -Infinity) && three(spec.std, 0))) {
     throw new DeviceError(`the server's preprocessing parameters are invalid: ${JSON.stringify(spec).slice(0, 200)}`);
   }
+  const outside = [];
+  if (spec.resize > MAX_SIDE) outside.push(`resize ${spec.resize} (at most ${MAX_SIDE})`);
+  if (!spec.mean.every((m) => Math.abs(m) <= MAX_ABS_MEAN)) outside.push(`mean [${spec.mean.join(", ")}] (|mean| at most ${MAX_ABS_MEAN})`);
+  if (!spec.std.every((x) => x >= STD_RANGE[0] && x <= STD_RANGE[1])) outside.push(`std [${spec.std.join(", ")}] (within ${STD_RANGE[0]}..${STD_RANGE[1]})`);
+  if (outside.length) throw new DeviceError(`the server's preprocessing parameters are out of bounds: ${outside.join("; ")}`);
   return spec;
 }
 
