@@ -64,3 +64,27 @@ def test_info_on_a_photo_says_what_it_reads(tmp_path, capsys):
     assert main(["info", str(tmp_path / "photo.jpg")]) == 1
     err = capsys.readouterr().err
     assert "is not a key, device-head or protected-model file" in err and "torch" not in err
+
+
+def test_without_a_model_name_the_key_picks_its_model(tiny, tiny_input, tmp_path, capsys):
+    """Two protected models on one server: the key's fingerprint names its own, no --model-name needed."""
+    import numpy as np
+    from PIL import Image
+    from test_server_support import in_thread
+
+    from fakegradient.serving.onnx_model import load_model_dir
+    from fakegradient.serving.server import build_server
+
+    keys = {}
+    for name in ("first", "second"):
+        served, key = protect(tiny, example_input=tiny_input, labels=[f"{name} {i}" for i in range(10)])
+        save_deployment(tmp_path / name, tmp_path / f"{name}.key", served, key, input_size=[3, 16, 16],
+                        extra={"preprocess": PREPROCESS})
+        keys[name] = tmp_path / f"{name}.key"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "photo.png")
+    models = [load_model_dir(tmp_path / name) for name in ("first", "second")]
+    with in_thread(build_server(models)) as (host, port):
+        for name, key in keys.items():
+            assert main(["classify", "--server", f"http://{host}:{port}", "--key", str(key), "--top", "1",
+                         str(tmp_path / "photo.png")]) == 0
+            assert capsys.readouterr().out.startswith(f"photo.png: {name} ")
