@@ -88,3 +88,22 @@ def test_without_a_model_name_the_key_picks_its_model(tiny, tiny_input, tmp_path
             assert main(["classify", "--server", f"http://{host}:{port}", "--key", str(key), "--top", "1",
                          str(tmp_path / "photo.png")]) == 0
             assert capsys.readouterr().out.startswith(f"photo.png: {name} ")
+
+
+def test_classify_json_is_one_object_per_image(deployed, tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    cloud, key = deployed
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "photo.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    code = main(["classify", "--model", str(cloud), "--key", str(key), "--json", "--top", "2",
+                 str(tmp_path / "photo.png"), str(tmp_path / "broken.png")])
+    assert code == 1  # one image failed
+    lines = {entry["image"]: entry for entry in map(json.loads, capsys.readouterr().out.splitlines())}
+    good, bad = lines["photo.png"], lines["broken.png"]  # a failure is told at once, before its batch
+    assert good["image"] == "photo.png" and len(good["top"]) == 2 and isinstance(good["fake"], bool)
+    assert {"class", "label", "p"} == set(good["top"][0]) and 0 <= good["top"][0]["p"] <= 1
+    assert bad["image"] == "broken.png" and "not" in bad["error"]

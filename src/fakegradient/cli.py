@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from . import __version__, defaults, methods
 from ._lazy import missing_extra, missing_message
@@ -114,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "metadata (the default) does not send them")
     p.add_argument("--key", type=Path, required=True,
                    help="the key file `protect` wrote (for a device-head model: the head file)")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line and image: {image, top: [{class, label, p}], cloud_saw, fake} "
+                        "or {image, error}")
     p.set_defaults(run=cmd_classify)
 
     p = sub.add_parser("serve", help="serve protected model folders over the Open Inference Protocol v2 (no key)")
@@ -393,6 +397,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     failed = 0
     for result in results:
+        if args.json:  # JSON escapes every control character itself
+            failed += isinstance(result, Failure)
+            print(json.dumps(_as_json(result, isinstance(result, Failure))), flush=True)
+            continue
         if isinstance(result, Failure):
             failed += 1
             print(f"error: {escape_terminal(result.error)}", file=sys.stderr, flush=True)
@@ -402,6 +410,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 f"cloud saw position {result.server_top1}, fake={result.server_top1_is_fake}")
         print(f"{escape_terminal(result.image)}: {labels}   [{seen}]", flush=True)
     return 1 if failed else 0
+
+
+def _as_json(result: Any, failed: bool) -> dict[str, Any]:
+    """One image's result (a Classification, or a Failure when ``failed``) as plain JSON data."""
+    if failed:
+        return {"image": result.image, "error": result.error}
+    return {"image": result.image, "top": [{"class": c, "label": name, "p": p} for c, name, p in result.topk],
+            "cloud_saw": result.server_top1, "fake": result.server_top1_is_fake}
 
 
 def _check_swapped(args: argparse.Namespace) -> None:
