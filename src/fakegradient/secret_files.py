@@ -50,7 +50,8 @@ def read_private_file(path: str | os.PathLike, limit: int, what: str) -> tuple[b
     except OSError as exc:
         raise KeyFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if len(data) > limit:
-        raise KeyFileError(f"{what} {path} is larger than {limit // 2**20} MiB: not a {what}")
+        size = f"{limit // 2**20} MiB" if limit >= 2**20 else f"{limit} bytes"
+        raise KeyFileError(f"{what} {path} is larger than {size}: not a {what}")
     return data, mode
 
 

@@ -9,7 +9,7 @@ import os
 import re
 
 from ..errors import FakeGradientError
-from ..secret_files import open_regular, warn_if_shared
+from ..secret_files import read_private_file, warn_if_shared
 
 _log = logging.getLogger(__name__)
 
@@ -21,16 +21,9 @@ MAX_TOKEN_FILE_BYTES = 4096
 def read_token(path: str | os.PathLike) -> str:
     """The token in ``path`` (surrounding whitespace ignored); a one-line error unless it is one. Only a regular
     file is read (a FIFO never blocks); on POSIX, a warning is logged when group or others may read it."""
-    try:
-        with open_regular(path) as handle:
-            if handle is None:
-                raise FakeGradientError(f"token file {path} is not a regular file")
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(MAX_TOKEN_FILE_BYTES + 1)
-    except OSError as exc:
-        raise FakeGradientError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    data, mode = read_private_file(path, MAX_TOKEN_FILE_BYTES, "token file")
     token = data.decode("ascii", errors="replace").strip()
-    if len(data) > MAX_TOKEN_FILE_BYTES or not TOKEN_PATTERN.fullmatch(token):
+    if not TOKEN_PATTERN.fullmatch(token):
         raise FakeGradientError(f"token file {path} must hold one token of letters, digits and -._~+/ "
                                 "(e.g. made by `openssl rand -hex 32`)")
     if len(token) < MIN_TOKEN_CHARS:
