@@ -179,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--name", help="model name in the repository (default: the folder's name)")
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=64, help="Triton's max_batch_size (default 64)")
+    p.add_argument("--backend", choices=["onnxruntime", "python"], default="onnxruntime",
+                   help="onnxruntime (default): Triton's ONNX Runtime backend runs model.onnx; python: a model.py "
+                        "runs it with ONNX Runtime in Triton's Python backend (where the onnxruntime backend is "
+                        "absent; the backend's Python needs numpy and onnxruntime)")
     p.set_defaults(run=cmd_export_triton)
 
     p = sub.add_parser("demo", help="protect MobileNetV2 and classify the 20 ImageNet photos shipped in foolbox")
@@ -461,8 +465,8 @@ def cmd_device_ui(args: argparse.Namespace) -> None:
 def cmd_export_triton(args: argparse.Namespace) -> None:
     from .serving.triton import export_triton
 
-    path = export_triton(args.model_dir, args.out, name=args.name, max_batch=args.max_batch)
-    print(f"Triton model repository: {args.out} (model {path.parent.parent.name!r})")
+    path = export_triton(args.model_dir, args.out, name=args.name, max_batch=args.max_batch, backend=args.backend)
+    print(f"Triton model repository: {args.out} (model {path.parent.parent.name!r}, {args.backend} backend)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
