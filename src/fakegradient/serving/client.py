@@ -114,7 +114,20 @@ class InferenceClient:
             raise FakeGradientError(f"the server's metadata of model {name!r} is malformed") from None
 
     def _only_model(self) -> str:
-        index = self._json("/v2/repository/index", b"{}")
+        """The name of the only model: from Triton's repository index, else KServe's model list."""
+        try:
+            index = self._json("/v2/repository/index", b"{}")
+        except Unreachable:
+            raise
+        except FakeGradientError as refused:  # KServe has no repository index: GET /v2/models lists names
+            try:
+                listing = self._json("/v2/models")
+            except Unreachable:
+                raise
+            except FakeGradientError:
+                raise refused from None
+            index = [{"name": name} for name in listing["models"]] if isinstance(listing, dict) and isinstance(
+                listing.get("models"), list) else None
         try:
             names = [_text(entry["name"]) for entry in index]
         except (KeyError, TypeError, ValueError):
