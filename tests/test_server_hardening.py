@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from test_server_support import INPUT_SHAPE, request, running_server, tiny_models, tiny_request
 
+import fakegradient.serving.dataplane as dataplane_module
 import fakegradient.serving.server as server_module
 from fakegradient import defaults
 from fakegradient.errors import FakeGradientError, InvalidArgument
@@ -232,14 +233,14 @@ def test_health_answers_while_a_request_is_being_parsed(guarded, monkeypatch):
     """A parse that does not end until the test says so: the health check is answered meanwhile (it was
     not while parsing ran on the event loop)."""
     entered, release = threading.Event(), threading.Event()
-    parse = server_module.parse_infer_request
+    parse = dataplane_module.parse_infer_request
 
     def slow_parse(*args, **kwargs):
         entered.set()
         release.wait(timeout=20)
         return parse(*args, **kwargs)
 
-    monkeypatch.setattr(server_module, "parse_infer_request", slow_parse)
+    monkeypatch.setattr(dataplane_module, "parse_infer_request", slow_parse)
     result: list = []
     sender = threading.Thread(target=lambda: result.append(request(guarded[0], "POST", INFER, tiny_request(GOOD))))
     sender.start()

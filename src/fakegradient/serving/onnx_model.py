@@ -24,6 +24,7 @@ from ..errors import FakeGradientError, InvalidArgument
 from ..integrity import check_digest
 from ..key import KEY_FORMAT
 from ..methods import METHODS
+from .settings import RuntimeOptions
 
 TRIM_AFTER_BYTES = 8 * 2**20  # after a run on an input this large, freed memory goes back to the OS
 KEY_SCAN_MAX_BYTES = 16 * 2**20  # files up to this size are parsed for a key (keys are far smaller)
@@ -55,16 +56,6 @@ class ServedModel:
                 short = key.removeprefix("fakegradient.")
                 out[short] = json.loads(value) if short in ("preprocess", "categories") else value
         return out
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """ONNX Runtime settings. Without the CPU arena (the default) the memory of a run goes back when the
-    run ends; with it, large batches run faster but ORT keeps the peak of the concurrent runs for good."""
-
-    threads: int = 0  # intra-op threads, 0 = all cores
-    cpu_arena: bool = False
-    device: str = "cpu"  # a key of defaults.ORT_PROVIDERS
 
 
 def _providers(device: str) -> list[str]:

@@ -82,22 +82,8 @@ def parse_infer_request(body: bytes, header_length: int | None, expected: dict[s
     tensor = request["inputs"][0]
     if not isinstance(tensor, dict):
         raise InvalidInput("each input must be an object")
-    if tensor.get("name") != expected["name"]:
-        raise InvalidInput(f"unknown input {reprlib.repr(tensor.get('name'))}; "
-                           f"the model's input is {expected['name']!r}")
-    datatype = tensor.get("datatype")
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise InvalidInput(f"datatype {reprlib.repr(datatype)} not supported; send FP32")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise InvalidInput("'shape' must be a list of non-negative integers")
-    want = expected["shape"]
-    if len(shape) != len(want) or any(w != -1 and w != d for w, d in zip(want, shape)) or shape[0] < 1:
-        raise InvalidInput(f"input shape {reprlib.repr(shape)} does not match the model's {want}")
-    if shape[0] > max_batch:
-        raise PayloadTooLarge(f"batch of {shape[0]} exceeds the limit of {max_batch}")
-    count = math.prod(shape)
+    count = check_input(tensor.get("name"), tensor.get("datatype"), shape, expected, max_batch)
     params = _parameters(tensor.get("parameters"), "the input's 'parameters'")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
@@ -106,8 +92,7 @@ def parse_infer_request(body: bytes, header_length: int | None, expected: dict[s
         array = np.frombuffer(binary, dtype="<f4").reshape(shape)
     else:
         array = _numbers(tensor.get("data"), shape, count)
-    if not np.isfinite(array).all():
-        raise InvalidInput("input holds NaN or infinite values")
+    check_values(array)
     outputs = request.get("outputs", [])
     if not isinstance(outputs, list):
         raise InvalidInput("'outputs' must be a list")
@@ -119,6 +104,30 @@ def parse_infer_request(body: bytes, header_length: int | None, expected: dict[s
         params = _parameters(output.get("parameters"), "an output's 'parameters'")
         binary_outputs |= _flag(params, "binary_data")
     return InferRequest({expected["name"]: array}, binary_outputs, request_id)
+
+
+def check_input(name: Any, datatype: Any, shape: Any, expected: dict[str, Any], max_batch: int) -> int:
+    """Check an input's ``name``, ``datatype`` and ``shape`` (a list of ints) against ``expected`` =
+    {name, shape (-1: the batch)}; returns its number of values. For every transport's parser."""
+    if name != expected["name"]:
+        raise InvalidInput(f"unknown input {reprlib.repr(name)}; the model's input is {expected['name']!r}")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidInput(f"datatype {reprlib.repr(datatype)} not supported; send FP32")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise InvalidInput("'shape' must be a list of non-negative integers")
+    want = expected["shape"]
+    if len(shape) != len(want) or any(w != -1 and w != d for w, d in zip(want, shape)) or shape[0] < 1:
+        raise InvalidInput(f"input shape {reprlib.repr(shape)} does not match the model's {want}")
+    if shape[0] > max_batch:
+        raise PayloadTooLarge(f"batch of {shape[0]} exceeds the limit of {max_batch}")
+    return math.prod(shape)
+
+
+def check_values(array: np.ndarray) -> None:
+    """400 unless every value of an input is finite."""
+    if not np.isfinite(array).all():
+        raise InvalidInput("input holds NaN or infinite values")
 
 
 def _numbers(data: Any, shape: list[int], count: int) -> np.ndarray:
