@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", type=Path, help="local: protected model folder or model.pt")
-    where.add_argument("--server", help="remote: URL of a v2 inference server, e.g. http://127.0.0.1:8000")
+    where.add_argument("--server", help="remote: URL of a v2 inference server, e.g. http://127.0.0.1:8000, or "
+                                        "grpc://127.0.0.1:8001 over gRPC (needs grpcio)")
     p.add_argument("--model-name", help="with --server: the served model (default: the only one)")
     p.add_argument("--token-file", type=Path, help="with --server: file holding the server's bearer token")
     p.add_argument("--labels", type=Path,
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dirs", nargs="+", type=Path, metavar="MODEL_DIR")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int,
+                   help="also serve the v2 protocol over gRPC on this port (same host, limits and token; needs "
+                        "grpcio: pip install 'fakegradient[grpc]'; 0: any free one) (default: no gRPC)")
     p.add_argument("--http", default=defaults.HTTP, choices=list(defaults.HTTP_PARSERS),
                    help="HTTP/1.1 parser: h11 (pure Python) or httptools (C: ~4x less time to parse a request; "
                         "no throughput gain measured on 2 CPU cores) (default %(default)s)")
@@ -397,15 +401,16 @@ def _classify_remote(args: argparse.Namespace) -> Iterator:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serving.settings import Access, Batching, Limits, RuntimeOptions, from_flags
 
-    if not 0 <= args.port <= 65535:
-        raise InvalidArgument(f"--port must be in 0..65535, got {args.port}")
+    for flag, port in (("--port", args.port), ("--grpc-port", args.grpc_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise InvalidArgument(f"{flag} must be in 0..65535, got {port}")
     runtime, limits, batching = (from_flags(cls, args) for cls in (RuntimeOptions, Limits, Batching))
     from .serving.auth import read_token
     from .serving.server import serve
 
     access = Access(args.public_metadata, read_token(args.token_file) if args.token_file else None,
                     tuple(args.cors_origin))
-    serve(args.model_dirs, args.host, args.port, limits, runtime, access, batching, args.http)
+    serve(args.model_dirs, args.host, args.port, limits, runtime, access, batching, args.http, args.grpc_port)
 
 
 def cmd_device_ui(args: argparse.Namespace) -> None:

@@ -105,18 +105,26 @@ class InferenceClient:
         """Metadata of model ``name`` (or the only one served)."""
         if name is None:
             name = self._only_model()
-        path = _model_path(name)
-        meta = self._json(path)
+        meta = self._metadata(name)
         try:
             return ServerModel(_text(meta["name"]), _text(meta["inputs"][0]["name"]),
                                _text(meta["outputs"][0]["name"]), dict(meta.get("parameters") or {}))
         except (KeyError, IndexError, TypeError, ValueError):
             raise FakeGradientError(f"the server's metadata of model {name!r} is malformed") from None
 
+    def _metadata(self, name: str) -> Any:
+        return self._json(_model_path(name))
+
+    def _index(self) -> Any:
+        return self._json("/v2/repository/index", b"{}")
+
+    def _config(self, name: str) -> Any:
+        return self._json(_model_path(name) + "/config")
+
     def _only_model(self) -> str:
         """The name of the only model: from Triton's repository index, else KServe's model list."""
         try:
-            index = self._json("/v2/repository/index", b"{}")
+            index = self._index()
         except Unreachable:
             raise
         except FakeGradientError as refused:  # KServe has no repository index: GET /v2/models lists names
@@ -140,7 +148,7 @@ class InferenceClient:
         """Triton's model config (our server has it too), {} if the server has none; fetched once."""
         if name not in self._configs:
             try:
-                config = self._json(_model_path(name) + "/config")
+                config = self._config(name)
             except Unreachable:
                 raise
             except FakeGradientError:  # no config endpoint
@@ -187,6 +195,42 @@ class InferenceClient:
             return _output(body, headers.get(HEADER_LENGTH), model.output_name, len(batch))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise FakeGradientError(f"malformed inference answer: {str(exc)[:200]}") from None
+
+
+class GrpcInferenceClient(InferenceClient):
+    """The same client over gRPC (``grpc://host:port``): the calls go through :class:`.grpc_client.GrpcWire`,
+    whose answers are the REST client's JSON values, checked alike. Needs grpcio."""
+
+    def __init__(self, url: str, timeout: float = 60.0, token: str | None = None):
+        from .grpc_client import GrpcWire
+
+        super().__init__(url, timeout, token)
+        self.wire = GrpcWire(url, timeout, token)
+
+    def _metadata(self, name: str) -> Any:
+        return self.wire.model_metadata(name)
+
+    def _index(self) -> Any:
+        return self.wire.repository_index()
+
+    def _config(self, name: str) -> Any:
+        return self.wire.model_config(name)
+
+    def _only_model(self) -> str:
+        names = [entry["name"] for entry in self._index()]
+        if len(names) != 1:
+            raise FakeGradientError(f"the server has models {names}: name the one to use (--model-name)")
+        return names[0]
+
+    def infer(self, model: ServerModel, batch: np.ndarray) -> np.ndarray:
+        return self.wire.infer(model.name, model.input_name, model.output_name, batch)
+
+
+def open_client(url: str, timeout: float = 60.0, token: str | None = None) -> InferenceClient:
+    """The client for ``url``: ``grpc://host:port`` speaks gRPC, ``http(s)://`` REST."""
+    if url.startswith("grpc://"):
+        return GrpcInferenceClient(url, timeout, token)
+    return InferenceClient(url, timeout, token)
 
 
 def _model_path(name: str) -> str:
@@ -272,7 +316,7 @@ def classify_iter(url: str, key: Key | DeviceHead, images: Sequence[str | Path],
     else class numbers."""
     if labels is not None and len(labels) != key.n_real:
         raise FakeGradientError(f"{len(labels)} labels for a key of {key.n_real} classes")
-    client = InferenceClient(url, token=token)
+    client = open_client(url, token=token)
     model = client.model(model_name)
     if model.parameters.get("fingerprint") is None or model.parameters.get("preprocess") is None:
         # Triton publishes no metadata parameters: they are in the model's config (export-triton writes them)

@@ -354,8 +354,9 @@ def build_server(models: list[ServedModel], limits: Limits = Limits(), access: A
 
 def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
           runtime: RuntimeOptions | None = None, access: Access = Access(), batching: Batching = Batching(),
-          http: str = defaults.HTTP) -> None:
-    """Load ``model_dirs`` (each checked: no key file, head matching its fingerprint) and serve them."""
+          http: str = defaults.HTTP, grpc_port: int | None = None) -> None:
+    """Load ``model_dirs`` (each checked: no key file, head matching its fingerprint) and serve them, over
+    gRPC too on ``grpc_port`` (same host, same data plane) unless it is None."""
     _guarded(http)  # an unknown or missing HTTP implementation: refused before loading the models
     models = [load_model_dir(d, runtime=runtime or RuntimeOptions()) for d in model_dirs]
     names = [m.name for m in models]
@@ -365,4 +366,10 @@ def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, lim
     print(f"serving {', '.join(names)} on http://{host}:{sock.getsockname()[1]} (Open Inference Protocol v2)",
           flush=True)
     plane = DataPlane(models, limits, access, batching)
-    build_server(models, http=http, plane=plane).run(sockets=[sock])
+    rest = build_server(models, http=http, plane=plane)
+    if grpc_port is None:
+        rest.run(sockets=[sock])
+        return
+    from .grpc_transport import run_with_grpc  # needs grpcio
+
+    run_with_grpc(rest, [sock], plane, host, grpc_port)
