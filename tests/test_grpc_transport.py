@@ -296,3 +296,33 @@ def test_a_grpc_port_in_use_is_a_one_line_error(bundle, tmp_path):
                                 check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.startswith("error: cannot listen for gRPC"), result.stderr
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_the_20_photos_through_tritonclient_grpc_and_http_match_the_original(tmp_path, photos_top1, capsys):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from fakegradient.data import foolbox_imagenet
+    from fakegradient.key import Key
+
+    assert main(["protect", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--out", str(tmp_path / "mnv2"),
+                 "--key", str(tmp_path / "mnv2.key")]) == 0
+    key = Key.load(tmp_path / "mnv2.key")
+    model = load_model_dir(tmp_path / "mnv2")
+    paths = [s.path for s in foolbox_imagenet()]
+    batch = np.stack([preprocess(p, model.parameters()["preprocess"]) for p in paths])
+    plane = DataPlane([model], Limits(max_batch=8), Access(), Batching())
+    with running_transports(plane) as (http_address, grpc_address):
+        for module, address in ((grpcclient, grpc_address), (httpclient, http_address)):
+            client = module.InferenceServerClient(address)
+            top1 = []
+            for start in range(0, len(batch), 8):
+                tensor = module.InferInput("input", list(batch[start:start + 8].shape), "FP32")
+                tensor.set_data_from_numpy(batch[start:start + 8])
+                served = client.infer("mnv2", [tensor]).as_numpy("logits")
+                top1 += [p.topk[0][0] for p in predictions(key, served, k=1)]
+            assert top1 == photos_top1, module.__name__
+        assert main(["classify", "--server", f"grpc://{grpc_address}", "--key", str(tmp_path / "mnv2.key"),
+                     "--top", "1", *map(str, paths)]) == 0
+    assert _printed_top1(capsys.readouterr().out) == [f"class {i}" for i in photos_top1]  # minimal: no names
