@@ -5,15 +5,12 @@ refusals get their status (never INTERNAL); the generated messages match the .pr
 from __future__ import annotations
 
 import ast
-import asyncio
 import json
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_server_support import serve_subprocess
+from test_server_support import running_transports, serve_subprocess
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not installed (pip install 'fakegradient[grpc]')")
 
@@ -40,9 +37,8 @@ from fakegradient.serving.errors import (
     Unauthorized,
     UploadsBusy,
 )
-from fakegradient.serving.grpc_transport import serve_both, status_of
+from fakegradient.serving.grpc_transport import status_of
 from fakegradient.serving.onnx_model import load_model_dir
-from fakegradient.serving.server import build_server
 from fakegradient.serving.settings import Access, Batching, Limits
 
 SPEC = {"resize": 16, "crop": 16, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
@@ -71,33 +67,6 @@ def bundle(tmp_path_factory) -> dict[str, Any]:
     with torch.no_grad():
         expected = tiny(torch.from_numpy(batch)).argmax(1).tolist()
     return {"root": root, "key": key, "images": images, "batch": batch, "expected": expected}
-
-
-@contextmanager
-def running_transports(plane: DataPlane) -> Iterator[tuple[str, str]]:
-    """REST and gRPC on ``plane`` in one event loop in a thread (as ``serve --grpc-port`` runs them), on free
-    loopback ports; yields (REST host:port, gRPC host:port)."""
-    import socket
-
-    rest = build_server([], plane=plane)
-    rest.config.log_config = None
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    grpc_port: list[int] = []
-    thread = threading.Thread(target=lambda: asyncio.run(serve_both(rest, [sock], plane, "127.0.0.1", 0,
-                                                                    grpc_port.append)), daemon=True)
-    thread.start()
-    for _ in range(1000):
-        if rest.started and grpc_port:
-            break
-        time.sleep(0.01)
-    assert rest.started and grpc_port
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}", f"127.0.0.1:{grpc_port[0]}"
-    finally:
-        rest.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

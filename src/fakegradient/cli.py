@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int,
                    help="also serve the v2 protocol over gRPC on this port (same host, limits and token; needs "
                         "grpcio: pip install 'fakegradient[grpc]'; 0: any free one) (default: no gRPC)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log one line per request to stderr: peer, operation, path or model, status, time (never a "
+                        "payload or a token) (default: off; counts are always at GET /metrics)")
     p.add_argument("--http", default=defaults.HTTP, choices=list(defaults.HTTP_PARSERS),
                    help="HTTP/1.1 parser: h11 (pure Python) or httptools (C: ~4x less time to parse a request; "
                         "no throughput gain measured on 2 CPU cores) (default %(default)s)")
@@ -410,7 +413,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     access = Access(args.public_metadata, read_token(args.token_file) if args.token_file else None,
                     tuple(args.cors_origin))
-    serve(args.model_dirs, args.host, args.port, limits, runtime, access, batching, args.http, args.grpc_port)
+    serve(args.model_dirs, args.host, args.port, limits, runtime, access, batching, args.http, args.grpc_port,
+          args.access_log)
 
 
 def cmd_device_ui(args: argparse.Namespace) -> None:

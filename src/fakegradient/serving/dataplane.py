@@ -22,6 +22,7 @@ from .. import __version__
 from .auth import bearer_matches
 from .batching import DynamicBatcher
 from .errors import InvalidInput, ModelNotFound, ServerBusy, Unauthorized, UploadsBusy
+from .metrics import Metrics
 from .onnx_model import ServedModel
 from .protocol import (
     InferRequest,
@@ -81,15 +82,20 @@ class DataPlane:
     server's event loop; parsing, inference and encoding go to threads, so the loop stays responsive."""
 
     def __init__(self, models: list[ServedModel], limits: Limits = Limits(), access: Access = Access(),
-                 batching: Batching = Batching()) -> None:
+                 batching: Batching = Batching(), metrics: Metrics | None = None) -> None:
         self.models = {m.name: m for m in models}
         self.limits, self.access, self.batching = limits, access, batching
+        self.metrics = metrics or Metrics()  # both transports record their requests here
         self.runners = asyncio.Semaphore(limits.max_runs)  # ONNX Runtime runs at once, batched or not
-        self.batchers = ({m.name: DynamicBatcher(m.infer, batching, self.runners) for m in models}
-                         if batching.enabled else {})
+        self.batchers = ({m.name: DynamicBatcher(self.metrics.counted(m.infer), batching, self.runners)
+                          for m in models} if batching.enabled else {})
         self.gil_bound = anyio.CapacityLimiter(1)  # big JSON work holds the GIL: one at a time, the loop between
         self.uploads = UploadBudget(limits.max_buffered_bytes)
         self.inflight = 0
+        self.waiting = 0  # requests waiting for a runner (unbatched; a batcher's queue is its own)
+        self.metrics.watch(lambda: self.inflight,
+                           lambda: self.waiting + sum(len(b.pending) for b in self.batchers.values()),
+                           lambda: self.uploads.held)
 
     def close(self) -> None:
         """Cancel the batchers' work (server shutdown)."""
@@ -211,6 +217,13 @@ class DataPlane:
         if model.name in self.batchers:
             logits = await self.batchers[model.name].submit(batch)
         else:
-            async with self.runners:
-                logits = await anyio.to_thread.run_sync(model.infer, batch)
+            self.waiting += 1
+            try:
+                await self.runners.acquire()
+            finally:
+                self.waiting -= 1
+            try:
+                logits = await anyio.to_thread.run_sync(self.metrics.counted(model.infer), batch)
+            finally:
+                self.runners.release()
         return {model.output_name: logits}

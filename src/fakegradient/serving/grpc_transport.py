@@ -22,6 +22,7 @@ import asyncio
 import logging
 import math
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ from .errors import (
     ServerBusy,
     Unauthorized,
 )
+from .metrics import Metrics
 from .onnx_model import ServedModel
 from .protocol import InferRequest, check_input
 
@@ -193,19 +195,28 @@ METHODS = {  # wire name: (servicer method, request message, response message)
 }
 
 
-def _answering(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
-    """``method`` with the data plane's errors as gRPC statuses; a bug answers INTERNAL (traceback logged)."""
+def _answering(method: Callable[[Any, Any], Awaitable[Any]], wire: str,
+               metrics: Metrics) -> Callable[[Any, Any], Awaitable[Any]]:
+    """``method`` with the data plane's errors as gRPC statuses (a bug answers INTERNAL, its traceback
+    logged), each call counted and timed in ``metrics`` (and access-logged if asked)."""
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+        start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            return await method(request, context)
-        except ProtocolError as exc:
-            error = exc
-        except Exception:
-            log.exception("gRPC %s failed", getattr(method, "__name__", method))
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
-        await context.abort(status_of(error), str(error))
+            if isinstance(request, Undecodable):
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                await context.abort(code, request.error)
+            try:
+                return await method(request, context)
+            except ProtocolError as exc:
+                code, message = status_of(exc), str(exc)
+            except Exception:
+                log.exception("gRPC %s failed", wire)
+                code, message = grpc.StatusCode.INTERNAL, "internal server error"
+            await context.abort(code, message)
+        finally:
+            name = getattr(request, "model_name", None) or getattr(request, "name", "")
+            metrics.request("grpc", wire, code.name, time.perf_counter() - start, context.peer() or "-",
+                            f"{wire} {name}".strip())
     return handle
 
 
@@ -213,7 +224,7 @@ def handler(plane: DataPlane) -> grpc.GenericRpcHandler:
     """The service's methods on ``plane``, for ``server.add_generic_rpc_handlers``."""
     servicer = Servicer(plane)
     return grpc.method_handlers_generic_handler(SERVICE, {
-        wire: grpc.unary_unary_rpc_method_handler(_answering(getattr(servicer, name)),
+        wire: grpc.unary_unary_rpc_method_handler(_answering(getattr(servicer, name), wire, plane.metrics),
                                                   request_deserializer=_decoder(request),
                                                   response_serializer=response.SerializeToString)
         for wire, (name, request, response) in METHODS.items()})

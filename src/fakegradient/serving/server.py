@@ -33,6 +33,7 @@ from .. import __version__, defaults
 from ..errors import FakeGradientError, InvalidArgument
 from .dataplane import BodyHold, DataPlane, UploadBudget
 from .errors import InvalidInput, PayloadTooLarge, ProtocolError, RequestTimeout, UploadsBusy
+from .metrics import Metrics, RequestMetrics
 from .onnx_model import ServedModel, load_model_dir
 from .protocol import HEADER_LENGTH
 from .settings import Access, Batching, Limits, RuntimeOptions, cors_origin
@@ -62,6 +63,7 @@ def rest_app(plane: DataPlane) -> FastAPI:
     app = FastAPI(title="fakegradient inference server", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
     add_error_handlers(app)
+    app.add_middleware(RequestMetrics, metrics=plane.metrics)  # added first: inside CORS, which answers preflights
     if plane.access.cors_origins:  # preflights are answered before routing: they need no token
         app.add_middleware(CORSMiddleware, allow_origins=list(plane.access.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=list(CORS_REQUEST_HEADERS),
@@ -104,6 +106,12 @@ def rest_app(plane: DataPlane) -> FastAPI:
     async def model_config(name: str, request: Request):
         authorize(request)
         return plane.model_config(name)
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        authorize(request)
+        body, media_type = plane.metrics.exposition()
+        return Response(body, media_type=media_type)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
@@ -354,9 +362,10 @@ def build_server(models: list[ServedModel], limits: Limits = Limits(), access: A
 
 def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
           runtime: RuntimeOptions | None = None, access: Access = Access(), batching: Batching = Batching(),
-          http: str = defaults.HTTP, grpc_port: int | None = None) -> None:
+          http: str = defaults.HTTP, grpc_port: int | None = None, access_log: bool = False) -> None:
     """Load ``model_dirs`` (each checked: no key file, head matching its fingerprint) and serve them, over
-    gRPC too on ``grpc_port`` (same host, same data plane) unless it is None."""
+    gRPC too on ``grpc_port`` (same host, same data plane) unless it is None; ``access_log``: one line per
+    request on stderr."""
     _guarded(http)  # an unknown or missing HTTP implementation: refused before loading the models
     models = [load_model_dir(d, runtime=runtime or RuntimeOptions()) for d in model_dirs]
     names = [m.name for m in models]
@@ -365,7 +374,7 @@ def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, lim
     sock = listen(host, port)
     print(f"serving {', '.join(names)} on http://{host}:{sock.getsockname()[1]} (Open Inference Protocol v2)",
           flush=True)
-    plane = DataPlane(models, limits, access, batching)
+    plane = DataPlane(models, limits, access, batching, Metrics(access_log))
     rest = build_server(models, http=http, plane=plane)
     if grpc_port is None:
         rest.run(sockets=[sock])
