@@ -5,6 +5,7 @@ DataPlane, v2 REST endpoints and error handlers) serving the protected model on 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -67,9 +68,16 @@ def _get(url: str, body: bytes | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def need_kserve() -> None:
+    """Skip unless kserve is installed; not imported here: its protobuf messages (package ``inference``) clash
+    with tritonclient.grpc's in one process, and the server runs in its own."""
+    if importlib.util.find_spec("kserve") is None:
+        pytest.skip("the kserve package is not installed (it is in the dev extra)")
+
+
 @contextlib.contextmanager
 def kserve_server(model_dir: Path, log: Path) -> Iterator[str]:
-    pytest.importorskip("kserve", reason="the kserve package is not installed (it is in the dev extra)")
+    need_kserve()
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                         os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
@@ -142,7 +150,7 @@ def test_classify_through_kserves_model_server(bundle, capsys):
 
 @pytest.mark.slow
 def test_the_predictor_refuses_a_folder_holding_a_key(bundle, tmp_path):
-    pytest.importorskip("kserve", reason="the kserve package is not installed (it is in the dev extra)")
+    need_kserve()
     (bundle["root"] / "cloud" / "notes.txt").write_bytes((bundle["root"] / "key.json").read_bytes())
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     result = subprocess.run([sys.executable, "-m", "fakegradient.serving.kserve_model", "--model_dir",
