@@ -83,3 +83,11 @@ def test_infer_body_is_the_rest_codec_around_infer(models):
     length = int(answer.headers["Inference-Header-Content-Length"])
     np.testing.assert_allclose(np.frombuffer(answer.body[length:], "<f4").reshape(2, ROWS), expected(GOOD),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_an_output_the_model_does_not_have_is_refused_on_every_transport(models):
+    plane = DataPlane(models)
+    with pytest.raises(InvalidInput, match="unknown output 'probabilities'"):
+        asyncio.run(plane.infer("tiny", InferRequest({"input": GOOD}, False, None, ("probabilities",))))
+    outputs = asyncio.run(plane.infer("tiny", InferRequest({"input": GOOD}, False, None, ("logits",))))
+    assert list(outputs) == ["logits"]

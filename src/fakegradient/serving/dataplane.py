@@ -28,6 +28,7 @@ from .protocol import (
     InferRequest,
     build_infer_response,
     check_input,
+    check_outputs,
     check_values,
     parse_header_length,
     parse_infer_request,
@@ -49,32 +50,73 @@ class EncodedResponse:
 
 
 class UploadBudget:
-    """Bytes of request bodies the server holds at once, across all connections (event loop only: no lock)."""
+    """Bytes of request bodies the server holds at once, all connections together, charged as they arrive (not
+    as declared: a head declaring 64 MiB holds nothing until its bytes come). When full, a body within its fair
+    share (``limit`` / bodies held) takes the room of the body still arriving that holds the most over its share,
+    which is dropped (:meth:`BodyHold.evict`); so a few connections that stall holding much cannot lock others
+    out. Event loop only: no lock."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.held = limit, 0
+        self.holds: set[BodyHold] = set()  # those holding bytes
+
+    def fair_share(self, hold: BodyHold) -> float:
+        return self.limit / len(self.holds | {hold})
+
+    def busy(self) -> UploadsBusy:
+        return UploadsBusy(f"the server holds {self.held} bytes of request bodies (the limit is {self.limit}); "
+                           "retry later")
 
 
 class BodyHold:
-    """One request's share of the :class:`UploadBudget`: grows as its body is stored, released at the end."""
+    """One request's body and its share of the :class:`UploadBudget`: grows as chunks arrive, released when the
+    answer is built; evicted (data dropped, :class:`UploadsBusy` at its next chunk) for a body within its share."""
 
     def __init__(self, budget: UploadBudget) -> None:
         self.budget, self.held = budget, 0
+        self.chunks: list[bytes] = []
+        self.arriving = True  # false once the body is whole (then evicting it would free nothing)
+        self.evicted = False
+
+    def add(self, chunk: bytes) -> None:
+        """Store ``chunk``; :class:`UploadsBusy` (503, connection closed) if the budget has no room for it."""
+        self.grow_to(self.held + len(chunk))
+        self.chunks.append(chunk)
 
     def grow_to(self, size: int) -> None:
-        """Hold ``size`` bytes in all; 503 (connection closed) if the budget has no room for them."""
-        extra = size - self.held
+        """Hold ``size`` bytes in all, making room by evicting a body over its fair share if this one is within
+        its own; :class:`UploadsBusy` otherwise."""
+        budget, extra = self.budget, size - self.held
+        if self.evicted:
+            raise budget.busy()
         if extra <= 0:
             return
-        if self.budget.held + extra > self.budget.limit:
-            raise UploadsBusy(f"the server holds {self.budget.held} bytes of request bodies (the limit is "
-                              f"{self.budget.limit}); retry later")
-        self.budget.held += extra
+        while budget.held + extra > budget.limit:
+            share = budget.fair_share(self)
+            over = [h for h in budget.holds if h is not self and h.arriving and h.held > share]
+            if size > share or not over:
+                raise budget.busy()
+            max(over, key=lambda h: h.held).evict()
+        budget.held += extra
+        budget.holds.add(self)
         self.held = size
+
+    def body(self) -> bytes:
+        """The whole body (it stays held until :meth:`release`)."""
+        self.arriving = False
+        data = b"".join(self.chunks)
+        self.chunks = [data]
+        return data
+
+    def evict(self) -> None:
+        self.release()
+        self.evicted = True
 
     def release(self) -> None:
         self.budget.held -= self.held
+        self.budget.holds.discard(self)
         self.held = 0
+        self.chunks = []
 
 
 class DataPlane:
@@ -213,6 +255,7 @@ class DataPlane:
         return EncodedResponse(payload, headers, media)
 
     async def _run(self, model: ServedModel, request: InferRequest) -> dict[str, np.ndarray]:
+        check_outputs(request.outputs, [model.output_name])
         batch = request.inputs[model.input_name]
         if model.name in self.batchers:
             logits = await self.batchers[model.name].submit(batch)

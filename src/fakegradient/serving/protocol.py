@@ -21,11 +21,18 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 DATATYPES = {"FP32": np.float32}
 
 
+MAX_LENGTH_DIGITS = 20  # a byte count: 2**64 has 20 digits (and int() refuses over 4300)
+
+
 @dataclass
 class InferRequest:
+    """A parsed infer request: ``inputs`` {name: (B, ...) array}, whether the answer is wanted as binary
+    tensors, the client's id, and the outputs it names (none: all)."""
+
     inputs: dict[str, np.ndarray]
     binary_outputs: bool
     request_id: str | None
+    outputs: tuple[str, ...] = ()
 
 
 def parse_header_length(value: str | None) -> int | None:
@@ -33,7 +40,9 @@ def parse_header_length(value: str | None) -> int | None:
     if value is None:
         return None
     if not (value.isascii() and value.isdigit()):
-        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
+        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {reprlib.repr(value)}")
+    if len(value) > MAX_LENGTH_DIGITS:
+        raise InvalidInput(f"{HEADER_LENGTH} of {len(value)} digits is no length (at most {MAX_LENGTH_DIGITS})")
     return int(value)
 
 
@@ -86,6 +95,8 @@ def parse_infer_request(body: bytes, header_length: int | None, expected: dict[s
     count = check_input(tensor.get("name"), tensor.get("datatype"), shape, expected, max_batch)
     params = _parameters(tensor.get("parameters"), "the input's 'parameters'")
     if "binary_data_size" in params:
+        if "data" in tensor:
+            raise InvalidInput("an input has both 'data' and 'binary_data_size': send one of them")
         size = params["binary_data_size"]
         if type(size) is not int or size != count * 4 or len(binary) != size:
             raise InvalidInput(f"binary data of {len(binary)} bytes does not hold {count} FP32 values")
@@ -103,7 +114,15 @@ def parse_infer_request(body: bytes, header_length: int | None, expected: dict[s
             raise InvalidInput("each output must be an object with a 'name'")
         params = _parameters(output.get("parameters"), "an output's 'parameters'")
         binary_outputs |= _flag(params, "binary_data")
-    return InferRequest({expected["name"]: array}, binary_outputs, request_id)
+    return InferRequest({expected["name"]: array}, binary_outputs, request_id,
+                        tuple(output["name"] for output in outputs))
+
+
+def check_outputs(requested: tuple[str, ...], served: list[str]) -> None:
+    """400 if a request names an output the model does not have."""
+    unknown = [name for name in requested if name not in served]
+    if unknown:
+        raise InvalidInput(f"unknown output {reprlib.repr(unknown[0])}; the model's outputs: {served}")
 
 
 def check_input(name: Any, datatype: Any, shape: Any, expected: dict[str, Any], max_batch: int) -> int:

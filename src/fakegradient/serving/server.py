@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import h11
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -62,21 +64,23 @@ def rest_app(plane: DataPlane) -> FastAPI:
 
     app = FastAPI(title="fakegradient inference server", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
+    app.state.plane = plane
     add_error_handlers(app)
     app.add_middleware(RequestMetrics, metrics=plane.metrics)  # added first: inside CORS, which answers preflights
     if plane.access.cors_origins:  # preflights are answered before routing: they need no token
-        app.add_middleware(CORSMiddleware, allow_origins=list(plane.access.cors_origins),
+        app.add_middleware(JSONCORSMiddleware, allow_origins=list(plane.access.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=list(CORS_REQUEST_HEADERS),
                            expose_headers=list(CORS_RESPONSE_HEADERS), allow_private_network=True)
+    app.add_middleware(HeadGuard, limits=plane.limits)  # the outermost: before anything reads the request
 
     def authorize(request: Request) -> None:
         plane.authorize(request.headers.get("authorization"))
 
-    @app.get("/v2/health/live")
+    @app.api_route("/v2/health/live", methods=["GET", "HEAD"])  # HEAD: the same answer without its body
     async def live():
         return plane.live()
 
-    @app.get("/v2/health/ready")
+    @app.api_route("/v2/health/ready", methods=["GET", "HEAD"])
     async def ready():
         return plane.ready()
 
@@ -128,6 +132,50 @@ def rest_app(plane: DataPlane) -> FastAPI:
     return app
 
 
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered ``{"error": ...}`` as every other error."""
+
+    def preflight_response(self, request_headers: Any) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        vary = {"Vary": response.headers["vary"]} if "vary" in response.headers else None
+        return _error(response.status_code, f"CORS preflight refused: {bytes(response.body).decode()}", vary)
+
+
+class HeadGuard:
+    """ASGI middleware for what the HTTP parsers leave through, each answered ``{"error"}`` and closed: a head
+    over ``max_head_bytes`` or with over ``max_header_fields`` lines (431: h11 bounds only a head still
+    unfinished, and the httptools guard a head arriving in pieces; a whole head in one read passed), and a
+    request with both Content-Length and Transfer-Encoding (400, RFC 9112 §6.1: h11 took the chunked body and
+    kept the connection, so a pipelined request behind it was answered; httptools refuses it itself)."""
+
+    def __init__(self, app: Any, limits: Limits) -> None:
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            problem = self.problem(scope)
+            if problem is not None:
+                await _error(*problem, {"Connection": "close"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def problem(self, scope: dict) -> tuple[int, str] | None:
+        headers = scope["headers"]
+        if len(headers) > self.limits.max_header_fields:
+            return 431, f"over {self.limits.max_header_fields} header lines"
+        query = scope.get("query_string", b"")
+        size = (len(scope["method"]) + len(scope.get("raw_path") or b"") + (len(query) + 1 if query else 0) + 12
+                + sum(len(name) + len(value) + 4 for name, value in headers) + 2)
+        if size > self.limits.max_head_bytes:
+            return 431, f"request head over {self.limits.max_head_bytes} bytes"
+        names = {name for name, _ in headers}
+        if b"transfer-encoding" in names and b"content-length" in names:
+            return 400, "both Content-Length and Transfer-Encoding (RFC 9112 section 6.1)"
+        return None
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one error body the server sends."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -159,27 +207,17 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 async def _read_limited(request: Request, limits: Limits, hold: BodyHold) -> bytes:
-    """The body; 413 over max_body_bytes, 408 after body_timeout, 503 when the bodies of all requests would
-    hold over max_buffered_bytes (a declared length is held from the start). A body that is refused is
-    drained (up to 4x the limit, not stored) so that the client reads the 413 or 503 instead of a reset
-    connection; beyond that the request is cut off."""
+    """The body, stored in ``hold`` as it arrives; 413 over max_body_bytes, 408 after body_timeout, 503 when the
+    upload budget has no room for it (or dropped it for another body: :class:`~.dataplane.UploadBudget`). A
+    body that is refused is drained (up to 4x the limit, not stored) so that the client reads the 413 or 503
+    instead of a reset connection; beyond that the request is cut off. Bytes not yet read stay in the
+    connection's buffer (uvicorn stops reading a connection beyond 64 KiB) and the kernel's."""
     limit = limits.max_body_bytes
-    declared = request.headers.get("content-length")
+    declared = request.headers.get("content-length")  # a number of at most 20 digits (both parsers check)
     if declared is not None and declared.isdigit() and int(declared) > 4 * limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
     busy: UploadsBusy | None = None
-
-    def grow(size: int) -> None:
-        nonlocal busy
-        try:
-            hold.grow_to(size)
-        except UploadsBusy as exc:  # from now on the body is drained, not stored
-            busy = exc
-            hold.release()
-
-    if declared is not None and declared.isdigit() and int(declared) <= limit:
-        grow(int(declared))  # before reading: a client cannot make the server hold what is not there
-    chunks, size = [], 0
+    size = 0
     try:
         with anyio.fail_after(limits.body_timeout):
             async for chunk in request.stream():
@@ -187,8 +225,11 @@ async def _read_limited(request: Request, limits: Limits, hold: BodyHold) -> byt
                 if size > 4 * limit:
                     break
                 if size <= limit and busy is None:
-                    grow(size)
-                    chunks.append(chunk)
+                    try:
+                        hold.add(chunk)
+                    except UploadsBusy as exc:  # from now on the body is drained, not stored
+                        busy = exc
+                        hold.release()
     except TimeoutError:
         raise RequestTimeout(f"the request body took over {limits.body_timeout:g} s to arrive") from None
     except ClientDisconnect:  # nobody to answer: not worth a traceback in the log
@@ -197,7 +238,9 @@ async def _read_limited(request: Request, limits: Limits, hold: BodyHold) -> byt
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     if busy is not None:
         raise busy
-    return b"".join(chunks)
+    if hold.evicted:  # dropped while its last bytes were on the way
+        raise hold.budget.busy()
+    return hold.body()
 
 
 class ConnectionCap:
@@ -244,6 +287,7 @@ class _Guard(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        no_delay(transport)
         self._await_head()
         self.cap.arrived(self)
 
@@ -276,10 +320,42 @@ class _Guard(asyncio.Protocol):
         if self.idle_since is not None:
             self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what its parser refuses, as ``{"error"}`` JSON, and only where no answer to this
+        request has begun: after an early 401, a chunked body going bad made h11 raise (a traceback in the log
+        each time) and httptools send a second answer. The request's application, if it still runs, answers
+        into nowhere (as to a client gone)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if not self.transport.is_closing() and not self._answered():
+            body = json.dumps({"error": msg}).encode()
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: "
+                                 b"close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+    def _answered(self) -> bool:
+        """Whether an answer to the request being parsed has begun."""
+        raise NotImplementedError
+
+
+def no_delay(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY on a connection: uvicorn writes an answer's head and body apart, and with Nagle's algorithm
+    the body waited for the client's delayed ACK, 40 ms, on every request after a connection's first (asyncio
+    sets it only on sockets made with IPPROTO_TCP, and ``socket.create_server`` makes them with 0)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
 
 class GuardedH11Protocol(_Guard, H11Protocol):
     """uvicorn's pure-Python HTTP/1.1 protocol (h11), guarded; h11 bounds a head itself
     (``h11_max_incomplete_event_size``, set to ``max_head_bytes`` by :func:`build_server`)."""
+
+    def _answered(self) -> bool:
+        return self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE)
 
 
 @functools.cache
@@ -307,6 +383,9 @@ def _guarded_httptools() -> type[_Guard]:
         def on_message_complete(self) -> None:
             self.in_message = False
             super().on_message_complete()
+
+        def _answered(self) -> bool:  # in a body: the cycle is this request's (a new one begins with a head)
+            return self.in_message and not self.in_head and self.cycle is not None and self.cycle.response_started
 
         def data_received(self, data: bytes) -> None:
             whole = self.in_head or not self.in_message  # no byte of this chunk belongs to an earlier body

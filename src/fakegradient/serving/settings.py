@@ -90,9 +90,11 @@ class Limits:
 
     max_body_bytes: int = setting(64 * MIB, "largest request body in MiB (~21 images of 3x224x224 as JSON, ~110 "
                                             "as binary data)", flag="--max-body-mb", unit=MIB, above=0)
-    max_buffered_bytes: int = setting(256 * MIB, "request bodies held at once, all connections together, in MiB; "
-                                                 "beyond, 503 + Retry-After (at least --max-body-mb)",
-                                      flag="--max-buffered-mb", unit=MIB, above=0)
+    max_buffered_bytes: int = setting(256 * MIB, "request bodies held at once, all connections together, in MiB, "
+                                                 "charged as their bytes arrive; when full, a body within its fair "
+                                                 "share (this / bodies held) takes the room of the one most over "
+                                                 "its share (dropped: 503), else 503 + Retry-After (at least "
+                                                 "--max-body-mb)", flag="--max-buffered-mb", unit=MIB, above=0)
     max_batch: int = setting(64, "largest batch accepted", above=0)
     max_inflight: int = setting(32, "requests in progress (parsed, queued for or in inference); more get 503 + "
                                     "Retry-After", above=0)
@@ -100,8 +102,9 @@ class Limits:
     max_connections: int = setting(256, "open connections; beyond, those idle the longest are closed", above=0)
     header_timeout: float = setting(10.0, "seconds a client has to send a request's head, from connecting or "
                                           "the previous answer", above=0)
-    max_head_bytes: int = setting(16 * KIB, "a request's head (URL and headers) in KiB; 400 and closed beyond",
-                                  flag="--max-head-kb", unit=KIB, above=0)
+    max_head_bytes: int = setting(16 * KIB, "a request's head (URL and headers) in KiB; 431 or 400 and closed "
+                                            "beyond", flag="--max-head-kb", unit=KIB, above=0)
+    max_header_fields: int = setting(100, "header lines in a request's head; 431 and closed beyond", above=0)
     body_timeout: float = setting(30.0, "seconds a client has to send a request's body; 408 beyond", above=0)
     keep_alive: float = setting(5.0, "seconds an idle connection stays open between requests", above=0)
 
