@@ -156,6 +156,7 @@ def _request(shape: list[int], values: np.ndarray | None = None, **fields: Any) 
     ("batch over the limit", "RESOURCE_EXHAUSTED", "exceeds the limit of 4"),
     ("oversize message", "RESOURCE_EXHAUSTED", "larger than max"),
     ("not a protobuf", "INVALID_ARGUMENT", "malformed ModelInferRequest"),
+    ("unknown output", "INVALID_ARGUMENT", "unknown output"),
 ])
 def test_refusals_get_their_status_never_internal(servers, case, code, message):
     _, address = servers
@@ -183,6 +184,8 @@ def test_refusals_get_their_status_never_internal(servers, case, code, message):
         request.raw_input_contents[0] = b"\0" * (2 * 2**20)  # the limit: 4 images (12 KiB) + 64 KiB
     elif case == "not a protobuf":
         raw = b"\xff" * 64
+    elif case == "unknown output":
+        request.outputs.add(name="probabilities")
     error = _infer(address, request, metadata, raw)
     assert error is not None and error.code().name == code and message in error.details(), (
         error and (error.code(), error.details()))

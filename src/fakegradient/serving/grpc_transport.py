@@ -102,7 +102,7 @@ def decode_infer_request(request: Any, model: ServedModel, max_batch: int) -> In
     else:
         raise InvalidInput(f"the input needs {count} FP32 values in raw_input_contents or contents.fp32_contents, "
                            f"got {len(tensor.contents.fp32_contents)}")
-    return InferRequest({model.input_name: array}, True, request.id or None)
+    return InferRequest({model.input_name: array}, True, request.id or None, tuple(o.name for o in request.outputs))
 
 
 def encode_infer_response(model: ServedModel, outputs: dict[str, np.ndarray], request_id: str) -> Any:
@@ -176,6 +176,7 @@ class Servicer:
         hold = self.plane.hold()
         try:  # the message counts against the shared upload budget until its answer is built
             hold.grow_to(request.ByteSize())
+            hold.arriving = False  # received whole: evicting it would free no memory
             parsed = decode_infer_request(request, model, self.plane.limits.max_batch)
             outputs = await self.plane.infer(model.name, parsed, version)
         finally:
