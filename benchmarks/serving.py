@@ -1,6 +1,7 @@
 """Served throughput against the limit: protected vs unprotected MobileNetV2, with and without dynamic batching.
 
     python benchmarks/serving.py [--clients 32] [--requests 20] [--rounds 3] [--threads 0] [--device cuda]
+                                 [--transports rest,grpc] [--settings 'no batching']
     python benchmarks/serving.py --hostile [--seconds 30] [--big-json 4] [--slow-bodies 16] [--idle 500]
                                            [--big-batches 32]
 
@@ -8,8 +9,9 @@ The limit: in-process ONNX Runtime throughput of the same model file, with the s
 threads, at the best batch size (``--batch-sizes``); measured again just before and after every served
 phase (the server idle), as a shared machine's speed drifts by tens of percent within minutes. Then one
 server process per batching setting serves both models; ``--clients`` client threads (one keep-alive
-connection each) send ``--requests`` batch-1 requests each with the binary tensor extension. Phases
-alternate (protected, unprotected, ...) so drift hits both alike. Prints per setting and model: images/s
+connection each) send ``--requests`` batch-1 requests each with the binary tensor extension (REST) or raw
+tensor bytes (gRPC, ``--grpc-port``). Phases alternate (protected and unprotected, over each transport) so
+drift hits all alike. Prints per setting and model: images/s
 (median of rounds), served / in-process (median and range of the rounds' ratios, each over the limit
 measured around its phase), p50/p99 latency, and protected / unprotected (goal >= 0.97; served /
 in-process goal >= 0.8 on CPU). The client threads share the machine with the server: on a small machine
@@ -135,6 +137,54 @@ def phase(address: tuple[str, int], name: str, clients: int, requests: int, batc
     return clients * requests * batch / (time.perf_counter() - start), latencies
 
 
+def grpc_phase(address: tuple[str, int], name: str, clients: int, requests: int,
+               batch: int) -> tuple[float, list[float]]:
+    """:func:`phase` over gRPC: ``clients`` threads, one connection each, ModelInfer with raw tensor bytes."""
+    import grpc
+
+    from fakegradient.serving import open_inference_pb2 as pb
+
+    x = np.random.default_rng(batch).random((batch, 3, 224, 224), dtype=np.float32)
+    message = pb.ModelInferRequest(model_name=name)
+    message.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    message.raw_input_contents.append(x.tobytes())
+    payload = message.SerializeToString()
+    barrier = threading.Barrier(clients + 1)
+
+    def worker(_):
+        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", 2**30)]
+        with grpc.insecure_channel(f"{address[0]}:{address[1]}", options=options) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                       request_serializer=lambda b: b,
+                                       response_deserializer=pb.ModelInferResponse.FromString)
+            grpc.channel_ready_future(channel).result(timeout=60)  # connected before the clock starts
+            times = []
+            barrier.wait()
+            for _ in range(requests):
+                start = time.perf_counter()
+                answer = call(payload, timeout=120)
+                times.append(time.perf_counter() - start)
+                if len(answer.raw_output_contents[0]) < batch * 1000 * 4:
+                    raise RuntimeError(f"{name}: short gRPC answer")
+        return times
+
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(worker, i) for i in range(clients)]
+        barrier.wait()
+        start = time.perf_counter()
+        latencies = [t for future in futures for t in future.result()]
+    return clients * requests * batch / (time.perf_counter() - start), latencies
+
+
+PHASES = {"rest": phase, "grpc": grpc_phase}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_server(root: Path, names: list[str], threads: int, *options: str) -> tuple[subprocess.Popen, str]:
     """The server (default limits unless ``options``) on a free port, once ready: (process, url)."""
     with socket.socket() as s:
@@ -157,25 +207,31 @@ def served(args: argparse.Namespace, root: Path, options: list[str],
     """model → {rate: median images/s over the rounds, ratios: served / in-process per round, latencies} for one
     server started with ``options``. Each round's limit is measured just before and after its phase (the
     server idle), and the round's ratio is over their mean: the machine's drift hits both alike."""
+    grpc_port = free_port()
+    if "grpc" in args.transports:
+        options = [*options, "--grpc-port", str(grpc_port)]
     server, url = start_server(root, list(MODELS), args.threads, *options)
-    address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
-    results: dict[str, dict[str, list[float]]] = {name: {"rates": [], "ratios": [], "latencies": []} for name in MODELS}
+    addresses = {"rest": ("127.0.0.1", int(url.rsplit(":", 1)[1])), "grpc": ("127.0.0.1", grpc_port)}
+    keys = [(transport, name) for name in MODELS for transport in args.transports]
+    results: dict[tuple[str, str], dict[str, list[float]]] = {
+        key: {"rates": [], "ratios": [], "latencies": []} for key in keys}
     try:
-        for name in MODELS:
-            phase(address, name, args.clients, 2, args.batch)  # warm-up
+        for transport, name in keys:
+            PHASES[transport](addresses[transport], name, args.clients, 2, args.batch)  # warm-up
         for _ in range(args.rounds):
-            for name in MODELS:
+            for transport, name in keys:
                 before = limit[name]()
-                rate, latencies = phase(address, name, args.clients, args.requests, args.batch)
+                rate, latencies = PHASES[transport](addresses[transport], name, args.clients, args.requests,
+                                                    args.batch)
                 after = limit[name]()
-                results[name]["rates"].append(rate)
-                results[name]["ratios"].append(rate / ((before + after) / 2))
-                results[name]["latencies"].extend(latencies)
+                results[transport, name]["rates"].append(rate)
+                results[transport, name]["ratios"].append(rate / ((before + after) / 2))
+                results[transport, name]["latencies"].extend(latencies)
     finally:
         server.terminate()
         server.wait()
-    return {name: {"rate": statistics.median(r["rates"]), "ratios": r["ratios"], "latencies": r["latencies"]}
-            for name, r in results.items()}
+    return {key: {"rate": statistics.median(r["rates"]), "ratios": r["ratios"], "latencies": r["latencies"]}
+            for key, r in results.items()}
 
 
 def throughput(args: argparse.Namespace, root: Path) -> None:
@@ -197,16 +253,19 @@ def throughput(args: argparse.Namespace, root: Path) -> None:
           f"tensors, keep-alive), {args.rounds} interleaved rounds; server --http {args.http} --device {args.device} "
           f"--threads {args.threads} --max-runs "
           f"{args.max_runs}{' --cpu-arena' if args.cpu_arena else ''}, other limits default")
-    print(f"{'setting':<18} {'model':<12} {'images/s':>9} {'served/in-process [min-max]':>28} {'p50 ms':>8} "
-          f"{'p99 ms':>8}")
+    print(f"{'setting':<18} {'transport':<9} {'model':<12} {'images/s':>9} {'served/in-process [min-max]':>28} "
+          f"{'p50 ms':>8} {'p99 ms':>8}")
     for setting, options in settings.items():
+        if setting not in args.settings:
+            continue
         results = served(args, root, options + args.server_options, limit)
-        for name, r in results.items():
+        for (transport, name), r in results.items():
             p50, p99 = np.percentile(r["latencies"], [50, 99]) * 1e3
             ratios = f"{statistics.median(r['ratios']):.3f} [{min(r['ratios']):.3f}-{max(r['ratios']):.3f}]"
-            print(f"{setting:<18} {name:<12} {r['rate']:>9.1f} {ratios:>28} {p50:>8.1f} {p99:>8.1f}")
-        ratio = results["protected"]["rate"] / results["unprotected"]["rate"]
-        print(f"{setting:<18} protected / unprotected throughput: {ratio:.3f} (goal >= 0.97)")
+            print(f"{setting:<18} {transport:<9} {name:<12} {r['rate']:>9.1f} {ratios:>28} {p50:>8.1f} {p99:>8.1f}")
+        for transport in args.transports:
+            ratio = results[transport, "protected"]["rate"] / results[transport, "unprotected"]["rate"]
+            print(f"{setting:<18} {transport:<9} protected / unprotected throughput: {ratio:.3f} (goal >= 0.97)")
 
 
 # --- hostile clients --------------------------------------------------------------------------------------
@@ -433,6 +492,10 @@ def main() -> None:
     parser.add_argument("--batch-delay-ms", type=float, default=1.0, help="server --batch-delay-ms")
     parser.add_argument("--server-option", dest="server_options", action="append", default=[],
                         help="extra `serve` option (repeat; e.g. --server-option=--max-runs=1)")
+    parser.add_argument("--transports", type=lambda t: t.split(","), default=["rest", "grpc"],
+                        help="served over: rest, grpc (comma-separated; phases interleaved)")
+    parser.add_argument("--settings", type=lambda t: t.split(","), default=["dynamic batching", "no batching"],
+                        help="server settings measured: 'dynamic batching', 'no batching' (comma-separated)")
     parser.add_argument("--hostile", action="store_true", help="health latency under hostile clients instead")
     parser.add_argument("--seconds", type=float, default=30, help="--hostile: probing time, each way")
     parser.add_argument("--big-json", type=int, default=4, help="--hostile: clients sending ~62 MiB JSON")

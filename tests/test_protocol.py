@@ -14,6 +14,7 @@ from fakegradient.serving.errors import InvalidInput, ModelNotFound, PayloadTooL
 from fakegradient.serving.protocol import (
     HEADER_LENGTH,
     build_infer_response,
+    check_outputs,
     parse_header_length,
     parse_infer_request,
 )
@@ -241,6 +242,34 @@ def test_header_length_parsing():
     for bad in ["", "abc", "-5", "1.5", " 12", "1_2", "\u00b2"]:
         with pytest.raises(InvalidInput, match=f"{HEADER_LENGTH} must be a non-negative integer"):
             parse_header_length(bad)
+
+
+def test_a_giant_header_length_is_refused_in_a_short_message():
+    assert parse_header_length("9" * 20) == 10**20 - 1
+    for digits in (21, 4301, 100_000):  # int() itself refuses over 4300 digits (a ValueError: a 500)
+        with pytest.raises(InvalidInput) as info:
+            parse_header_length("9" * digits)
+        assert str(info.value) == f"{HEADER_LENGTH} of {digits} digits is no length (at most 20)"
+    with pytest.raises(InvalidInput) as info:
+        parse_header_length("x" * 5000)
+    assert len(str(info.value)) < 100  # not echoed whole
+
+
+def test_data_and_binary_data_in_one_input_are_refused():
+    x = np.zeros((1, 3, 2, 2), np.float32)
+    data, header_length = binary_body(x)
+    both = data.replace(b'"parameters"', b'"data": [' + b", ".join([b"0"] * 12) + b'], "parameters"', 1)
+    error = refused(both, header_length + len(both) - len(data))
+    assert error.status == 400 and "both 'data' and 'binary_data_size'" in str(error)
+
+
+def test_the_outputs_named_are_kept_and_checked():
+    assert parse(body({"inputs": [tensor()], "outputs": [{"name": "logits"}, {"name": "x"}]})).outputs == (
+        "logits", "x")
+    assert parse(body({"inputs": [tensor()]})).outputs == ()
+    check_outputs(("logits",), ["logits"])
+    with pytest.raises(InvalidInput, match=r"unknown output 'x'; the model's outputs: \['logits'\]"):
+        check_outputs(("logits", "x"), ["logits"])
 
 
 @pytest.mark.parametrize("extra, declared", [

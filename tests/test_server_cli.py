@@ -12,7 +12,9 @@ import urllib.request
 import pytest
 from test_server_support import write_model
 
-from fakegradient.cli import main
+from fakegradient.cli import build_parser, main
+from fakegradient.errors import InvalidArgument
+from fakegradient.serving.settings import Access, Batching, Limits, RuntimeOptions, from_flags
 
 
 @pytest.fixture
@@ -66,3 +68,41 @@ def test_serve_on_port_0_prints_its_port_and_applies_the_timeouts(folder):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# --- the settings validate themselves; serve's flags and defaults come from their fields --------------------
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: Limits(max_inflight=0), "Limits.max_inflight"), (lambda: Limits(header_timeout=float("nan")),
+                                                              "Limits.header_timeout"),
+    (lambda: Limits(max_batch=2.5), "Limits.max_batch"), (lambda: Limits(keep_alive=float("inf")), "Limits.keep_alive"),
+    (lambda: Limits(max_body_bytes=2**20, max_buffered_bytes=2**19), "Limits.max_buffered_bytes"),
+    (lambda: Batching(max_rows=0), "Batching.max_rows"), (lambda: Batching(max_delay=-1e-3), "Batching.max_delay"),
+    (lambda: Batching(enabled="yes"), "Batching.enabled"), (lambda: RuntimeOptions(threads=-1), "RuntimeOptions.threads"),
+    (lambda: RuntimeOptions(device="tpu"), "RuntimeOptions.device"),
+    (lambda: Access(public_metadata="all"), "Access.public_metadata"),
+])
+def test_settings_refuse_bad_values_naming_the_field(make, field):
+    with pytest.raises(InvalidArgument, match=rf"^{field} must be "):
+        make()
+
+
+def test_serve_flags_and_defaults_are_the_settings_fields():
+    """Every field of Limits, Batching and RuntimeOptions has a serve flag whose default, parsed back, is the
+    field's default: a default written once."""
+    args = build_parser().parse_args(["serve", "folder"])
+    for cls in (Limits, Batching, RuntimeOptions):
+        assert from_flags(cls, args) == cls()  # each field read from its flag (an AttributeError if none)
+    args = build_parser().parse_args(["serve", "folder", "--max-body-mb", "1.5", "--batch-delay-ms", "4",
+                                      "--max-head-kb", "8", "--dynamic-batching", "--threads", "3", "--cpu-arena"])
+    assert from_flags(Limits, args).max_body_bytes == 3 * 2**19 and from_flags(Limits, args).max_head_bytes == 8192
+    assert from_flags(Batching, args) == Batching(enabled=True, max_delay=0.004)
+    assert from_flags(RuntimeOptions, args) == RuntimeOptions(threads=3, cpu_arena=True)
+
+
+def test_flag_errors_are_in_the_flags_units(folder, capsys):
+    assert main(["serve", str(folder), "--max-buffered-mb", "32"]) == 2
+    assert one_line_error(capsys) == "error: --max-buffered-mb must be >= --max-body-mb, got 32\n"
+    assert main(["serve", str(folder), "--batch-delay-ms", "-2"]) == 2
+    assert one_line_error(capsys) == "error: --batch-delay-ms must be >= 0, got -2\n"

@@ -53,6 +53,15 @@ def test_a_preflight_from_another_origin_gets_no_allow_header(allowing, origin):
     assert status == 400 and "access-control-allow-origin" not in lower(headers)
 
 
+def test_a_refused_preflight_answers_a_json_error(allowing):
+    """As every other error (it was plain text)."""
+    for origin, method in (("http://evil.example", "POST"), (ALLOWED, "DELETE")):
+        status, headers, body = preflight(allowing, origin, method)
+        assert status == 400 and lower(headers)["content-type"] == "application/json"
+        payload = json.loads(body)
+        assert list(payload) == ["error"] and payload["error"].startswith("CORS preflight refused: Disallowed CORS")
+
+
 def test_a_preflight_for_other_headers_or_methods_is_refused(allowing):
     assert preflight(allowing, ALLOWED, headers="x-other")[0] == 400
     assert preflight(allowing, ALLOWED, method="DELETE")[0] == 400

@@ -3,6 +3,7 @@ and the real server (``build_server``: the protocol guard, the limits) in a thre
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -114,6 +115,33 @@ def in_thread(server: Any) -> Iterator[tuple[str, int]]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
+
+
+@contextmanager
+def running_transports(plane: Any) -> Iterator[tuple[str, str]]:
+    """REST and gRPC on ``plane`` in one event loop in a thread (as ``serve --grpc-port`` runs them), on free
+    loopback ports; yields (REST host:port, gRPC host:port)."""
+    from fakegradient.serving.grpc_transport import serve_both  # needs grpcio
+
+    rest = build_server([], plane=plane)
+    rest.config.log_config = None
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    grpc_port: list[int] = []
+    thread = threading.Thread(target=lambda: asyncio.run(serve_both(rest, [sock], plane, "127.0.0.1", 0,
+                                                                    grpc_port.append)), daemon=True)
+    thread.start()
+    for _ in range(1000):
+        if rest.started and grpc_port:
+            break
+        time.sleep(0.01)
+    assert rest.started and grpc_port
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}", f"127.0.0.1:{grpc_port[0]}"
+    finally:
+        rest.should_exit = True
+        thread.join(timeout=15)
         sock.close()
 
 

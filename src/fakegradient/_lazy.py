@@ -35,7 +35,8 @@ def lazy(package: str, exports: dict[str, str], eager: list[str]) -> tuple[Calla
 
 # --- optional dependencies: which extra of ``pip install 'fakegradient[EXTRA]'`` provides a module ---
 
-_MODULE_OF = {"adversarial_robustness_toolbox": "art", "scikit_learn": "sklearn", "pillow": "PIL"}  # ≠ its name
+_MODULE_OF = {"adversarial_robustness_toolbox": "art", "scikit_learn": "sklearn", "pillow": "PIL",
+              "grpcio": "grpc", "protobuf": "google"}  # ≠ its name
 _REQUIREMENT = re.compile(r'^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?[^;]*;\s*extra\s*==\s*"([^"]+)"')
 
 

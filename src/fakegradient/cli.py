@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", type=Path, help="local: protected model folder or model.pt")
-    where.add_argument("--server", help="remote: URL of a v2 inference server, e.g. http://127.0.0.1:8000")
+    where.add_argument("--server", help="remote: URL of a v2 inference server, e.g. http://127.0.0.1:8000, or "
+                                        "grpc://127.0.0.1:8001 over gRPC (needs grpcio)")
     p.add_argument("--model-name", help="with --server: the served model (default: the only one)")
     p.add_argument("--token-file", type=Path, help="with --server: file holding the server's bearer token")
     p.add_argument("--labels", type=Path,
@@ -125,32 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dirs", nargs="+", type=Path, metavar="MODEL_DIR")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch accepted (default 64)")
-    p.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
-    p.add_argument("--device", default="cpu", choices=list(defaults.ORT_PROVIDERS),
-                   help="ONNX Runtime execution provider: cpu, or cuda (needs onnxruntime-gpu; refused if "
-                        "ONNX Runtime cannot start it)")
+    p.add_argument("--grpc-port", type=int,
+                   help="also serve the v2 protocol over gRPC on this port (same host, limits and token; needs "
+                        "grpcio: pip install 'fakegradient[grpc]'; 0: any free one) (default: no gRPC)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log one line per request to stderr: peer, operation, path or model, status, time (never a "
+                        "payload or a token) (default: off; counts are always at GET /metrics)")
     p.add_argument("--http", default=defaults.HTTP, choices=list(defaults.HTTP_PARSERS),
                    help="HTTP/1.1 parser: h11 (pure Python) or httptools (C: ~4x less time to parse a request; "
                         "no throughput gain measured on 2 CPU cores) (default %(default)s)")
-    p.add_argument("--cpu-arena", action="store_true",
-                   help="keep ONNX Runtime's CPU memory arena: large batches run faster, but the memory of "
-                        "peak loads is never returned")
-    p.add_argument("--max-inflight", type=int, default=32,
-                   help="requests in progress (parsed, queued for or in inference); more get 503 + Retry-After "
-                        "(default 32)")
-    p.add_argument("--max-buffered-mb", type=float, default=256,
-                   help="request bodies held at once, all connections together, in MiB; beyond, 503 + "
-                        "Retry-After (default 256; at least --max-body-mb)")
-    p.add_argument("--dynamic-batching", action=argparse.BooleanOptionalAction, default=False,
-                   help="run concurrent requests as one ONNX Runtime call; pays where larger batches run faster "
-                        "per image (see benchmarks/serving.py), not for small models on a few CPU cores "
-                        "(default: off)")
-    p.add_argument("--batch-rows", type=int, default=16,
-                   help="dynamic batching: most images in one run (default 16)")
-    p.add_argument("--batch-delay-ms", type=float, default=1,
-                   help="dynamic batching: ms a free runner waits for more requests (default 1)")
     p.add_argument("--public-metadata", choices=["minimal", "full"], default="minimal",
                    help="model parameters published: minimal = fingerprint and preprocessing (what the device "
                         "client needs); full = also architecture, class names, digest (default minimal)")
@@ -159,16 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (scheme://host[:port], e.g. the address `fakegradient device-ui` "
                         "prints) call the server from a browser; repeatable (default: none)")
-    p.add_argument("--max-runs", type=int, default=2,
-                   help="ONNX Runtime runs at once; their memory grows with it (default 2)")
-    p.add_argument("--max-connections", type=int, default=256,
-                   help="open connections; beyond, those idle the longest are closed (default 256)")
-    p.add_argument("--header-timeout", type=float, default=10,
-                   help="seconds a client has to send a request's headers (default 10)")
-    p.add_argument("--body-timeout", type=float, default=30,
-                   help="seconds a client has to send a request's body; 408 beyond (default 30)")
-    p.add_argument("--keep-alive", type=float, default=5,
-                   help="seconds an idle connection stays open between requests (default 5)")
+    from .serving.settings import Batching, Limits, RuntimeOptions, add_flags  # stdlib only: no server deps
+
+    for settings in (RuntimeOptions, Limits, Batching):  # their fields' help, units and defaults
+        add_flags(p, settings)
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("device-ui", help="the device as a web page on localhost: pick the key and photos, classify "
@@ -185,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--name", help="model name in the repository (default: the folder's name)")
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=64, help="Triton's max_batch_size (default 64)")
+    p.add_argument("--backend", choices=["onnxruntime", "python"], default="onnxruntime",
+                   help="onnxruntime (default): Triton's ONNX Runtime backend runs model.onnx; python: a model.py "
+                        "runs it with ONNX Runtime in Triton's Python backend (where the onnxruntime backend is "
+                        "absent; the backend's Python needs numpy and onnxruntime)")
     p.set_defaults(run=cmd_export_triton)
 
     p = sub.add_parser("demo", help="protect MobileNetV2 and classify the 20 ImageNet photos shipped in foolbox")
@@ -451,34 +433,19 @@ def _classify_remote(args: argparse.Namespace) -> Iterator:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .serving.auth import read_token
-    from .serving.batching import Batching
-    from .serving.onnx_model import RuntimeOptions
-    from .serving.server import Access, Limits, serve
+    from .serving.settings import Access, Batching, Limits, RuntimeOptions, from_flags
 
-    if not 0 <= args.port <= 65535:
-        raise InvalidArgument(f"--port must be in 0..65535, got {args.port}")
-    if args.threads < 0:
-        raise InvalidArgument(f"--threads must be >= 0 (0 = all cores), got {args.threads}")
-    for name in ("max_batch", "max_body_mb", "max_inflight", "max_runs", "max_connections", "header_timeout",
-                 "body_timeout", "keep_alive", "max_buffered_mb", "batch_rows"):
-        value = getattr(args, name)
-        if not 0 < value < float("inf"):  # also refuses NaN
-            raise InvalidArgument(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
-    if not 0 <= args.batch_delay_ms < float("inf"):
-        raise InvalidArgument(f"--batch-delay-ms must be >= 0 and finite, got {args.batch_delay_ms}")
-    if args.max_buffered_mb < args.max_body_mb:
-        raise InvalidArgument(f"--max-buffered-mb ({args.max_buffered_mb:g}) must be at least --max-body-mb "
-                              f"({args.max_body_mb:g}), or no request of the largest size could ever be read")
-    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_batch=args.max_batch,
-                    max_inflight=args.max_inflight, max_runs=args.max_runs, max_connections=args.max_connections,
-                    header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-                    keep_alive=args.keep_alive, max_buffered_bytes=int(args.max_buffered_mb * 2**20))
+    for flag, port in (("--port", args.port), ("--grpc-port", args.grpc_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise InvalidArgument(f"{flag} must be in 0..65535, got {port}")
+    runtime, limits, batching = (from_flags(cls, args) for cls in (RuntimeOptions, Limits, Batching))
+    from .serving.auth import read_token
+    from .serving.server import serve
+
     access = Access(args.public_metadata, read_token(args.token_file) if args.token_file else None,
                     tuple(args.cors_origin))
-    batching = Batching(args.dynamic_batching, args.batch_rows, args.batch_delay_ms / 1000)
-    serve(args.model_dirs, args.host, args.port, limits, RuntimeOptions(args.threads, args.cpu_arena, args.device), access,
-          batching, args.http)
+    serve(args.model_dirs, args.host, args.port, limits, runtime, access, batching, args.http, args.grpc_port,
+          args.access_log)
 
 
 def cmd_device_ui(args: argparse.Namespace) -> None:
@@ -492,8 +459,8 @@ def cmd_device_ui(args: argparse.Namespace) -> None:
 def cmd_export_triton(args: argparse.Namespace) -> None:
     from .serving.triton import export_triton
 
-    path = export_triton(args.model_dir, args.out, name=args.name, max_batch=args.max_batch)
-    print(f"Triton model repository: {args.out} (model {path.parent.parent.name!r})")
+    path = export_triton(args.model_dir, args.out, name=args.name, max_batch=args.max_batch, backend=args.backend)
+    print(f"Triton model repository: {args.out} (model {path.parent.parent.name!r}, {args.backend} backend)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

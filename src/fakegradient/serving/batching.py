@@ -16,16 +16,7 @@ from dataclasses import dataclass
 import anyio
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Batching:
-    """``enabled``: batch concurrent requests (off by default: on CPUs, MobileNetV2-sized models run no faster
-    per image in batches, see benchmarks/serving.py); ``max_rows``: most rows (images) in one run (a larger
-    request runs alone); ``max_delay``: seconds a free runner waits for more requests after the first."""
-
-    enabled: bool = False
-    max_rows: int = 16
-    max_delay: float = 0.001
+from .settings import Batching
 
 
 @dataclass

@@ -132,16 +132,37 @@ class InferenceClient:
             if len(names) != 1:
                 raise FakeGradientError(f"the server has models {names}: name the one to use (--model-name)")
             name = names[0]
-        path = _model_path(name)
-        meta = self._json(path)
+        meta = self._metadata(name)
         try:
             return ServerModel(_text(meta["name"]), _text(meta["inputs"][0]["name"]),
                                _text(meta["outputs"][0]["name"]), dict(meta.get("parameters") or {}))
         except (KeyError, IndexError, TypeError, ValueError):
             raise FakeGradientError(f"the server's metadata of model {name!r} is malformed") from None
 
+    def _metadata(self, name: str) -> Any:
+        return self._json(_model_path(name))
+
+    def _index(self) -> Any:
+        return self._json("/v2/repository/index", b"{}")
+
+    def _config(self, name: str) -> Any:
+        return self._json(_model_path(name) + "/config")
+
     def _model_names(self) -> list[str]:
-        index = self._json("/v2/repository/index", b"{}")
+        """The served models' names: from Triton's repository index, else KServe's model list."""
+        try:
+            index = self._index()
+        except Unreachable:
+            raise
+        except FakeGradientError as refused:  # KServe has no repository index: GET /v2/models lists names
+            try:
+                listing = self._json("/v2/models")
+            except Unreachable:
+                raise
+            except FakeGradientError:
+                raise refused from None
+            index = [{"name": name} for name in listing["models"]] if isinstance(listing, dict) and isinstance(
+                listing.get("models"), list) else None
         try:
             return [_text(entry["name"]) for entry in index]
         except (KeyError, TypeError, ValueError):
@@ -166,7 +187,7 @@ class InferenceClient:
         """Triton's model config (our server has it too), {} if the server has none; fetched once."""
         if name not in self._configs:
             try:
-                config = self._json(_model_path(name) + "/config")
+                config = self._config(name)
             except Unreachable:
                 raise
             except FakeGradientError:  # no config endpoint
@@ -280,6 +301,39 @@ def _read_answer(response: http.client.HTTPResponse, limit: int, path: str, seco
     return body
 
 
+class GrpcInferenceClient(InferenceClient):
+    """The same client over gRPC (``grpc://host:port``): the calls go through :class:`.grpc_client.GrpcWire`,
+    whose answers are the REST client's JSON values, checked alike. Needs grpcio."""
+
+    def __init__(self, url: str, timeout: float = 60.0, token: str | None = None):
+        from .grpc_client import GrpcWire
+
+        super().__init__(url, timeout, token)
+        self.wire = GrpcWire(url, timeout, token)
+
+    def _metadata(self, name: str) -> Any:
+        return self.wire.model_metadata(name)
+
+    def _index(self) -> Any:
+        return self.wire.repository_index()
+
+    def _config(self, name: str) -> Any:
+        return self.wire.model_config(name)
+
+    def _model_names(self) -> list[str]:
+        return [_text(entry["name"]) for entry in self._index()]
+
+    def infer(self, model: ServerModel, batch: np.ndarray, width: int | None = None) -> np.ndarray:
+        return self.wire.infer(model.name, model.input_name, model.output_name, batch)
+
+
+def open_client(url: str, timeout: float = 60.0, token: str | None = None) -> InferenceClient:
+    """The client for ``url``: ``grpc://host:port`` speaks gRPC, ``http(s)://`` REST."""
+    if url.startswith("grpc://"):
+        return GrpcInferenceClient(url, timeout, token)
+    return InferenceClient(url, timeout, token)
+
+
 def _model_path(name: str) -> str:
     return "/v2/models/" + urllib.parse.quote(name, safe="")
 
@@ -373,7 +427,7 @@ def classify_iter(url: str, key: Secret, images: Sequence[str | Path], *, model_
     the only one served, or the one publishing the key's fingerprint."""
     if labels is not None and len(labels) != key.n_real:
         raise FakeGradientError(f"{len(labels)} labels for a key of {key.n_real} classes")
-    client = InferenceClient(url, token=token)
+    client = open_client(url, token=token)
     model = client.model(model_name, key.model_fingerprint)
     if model.parameters.get("fingerprint") is None or model.parameters.get("preprocess") is None:
         # Triton publishes no metadata parameters: they are in the model's config (export-triton writes them)

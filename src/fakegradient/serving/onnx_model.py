@@ -22,6 +22,7 @@ from ..bundle import read_props
 from ..defaults import ORT_PROVIDERS
 from ..errors import FakeGradientError, InvalidArgument, ModelFileError
 from ..integrity import check_digest
+from .settings import RuntimeOptions
 
 TRIM_AFTER_BYTES = 8 * 2**20  # after a run on an input this large, freed memory goes back to the OS
 MAX_ARCHIVE_MEMBERS = 256  # members of a zip file looked into for a secret
@@ -48,16 +49,6 @@ class ServedModel:
     def parameters(self) -> dict[str, Any]:
         """Public extras for the client: fingerprint, preprocessing, class names (never a key)."""
         return read_props(self.metadata, str(self.path))
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """ONNX Runtime settings. Without the CPU arena (the default) the memory of a run goes back when the
-    run ends; with it, large batches run faster but ORT keeps the peak of the concurrent runs for good."""
-
-    threads: int = 0  # intra-op threads, 0 = all cores
-    cpu_arena: bool = False
-    device: str = "cpu"  # a key of defaults.ORT_PROVIDERS
 
 
 def _providers(device: str) -> list[str]:

@@ -21,11 +21,18 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 DATATYPES = {"FP32": np.float32}
 
 
+MAX_LENGTH_DIGITS = 20  # a byte count: 2**64 has 20 digits (and int() refuses over 4300)
+
+
 @dataclass
 class InferRequest:
+    """A parsed infer request: ``inputs`` {name: (B, ...) array}, whether the answer is wanted as binary
+    tensors, the client's id, and the outputs it names (none: all)."""
+
     inputs: dict[str, np.ndarray]
     binary_outputs: bool
     request_id: str | None
+    outputs: tuple[str, ...] = ()
 
 
 def parse_header_length(value: str | None) -> int | None:
@@ -33,7 +40,9 @@ def parse_header_length(value: str | None) -> int | None:
     if value is None:
         return None
     if not (value.isascii() and value.isdigit()):
-        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
+        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {reprlib.repr(value)}")
+    if len(value) > MAX_LENGTH_DIGITS:
+        raise InvalidInput(f"{HEADER_LENGTH} of {len(value)} digits is no length (at most {MAX_LENGTH_DIGITS})")
     return int(value)
 
 
@@ -82,32 +91,19 @@ def parse_infer_request(body: bytes, header_length: int | None, expected: dict[s
     tensor = request["inputs"][0]
     if not isinstance(tensor, dict):
         raise InvalidInput("each input must be an object")
-    if tensor.get("name") != expected["name"]:
-        raise InvalidInput(f"unknown input {reprlib.repr(tensor.get('name'))}; "
-                           f"the model's input is {expected['name']!r}")
-    datatype = tensor.get("datatype")
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise InvalidInput(f"datatype {reprlib.repr(datatype)} not supported; send FP32")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise InvalidInput("'shape' must be a list of non-negative integers")
-    want = expected["shape"]
-    if len(shape) != len(want) or any(w != -1 and w != d for w, d in zip(want, shape)) or shape[0] < 1:
-        raise InvalidInput(f"input shape {reprlib.repr(shape)} does not match the model's {want}")
-    if shape[0] > max_batch:
-        raise PayloadTooLarge(f"batch of {shape[0]} exceeds the limit of {max_batch}")
-    count = math.prod(shape)
+    count = check_input(tensor.get("name"), tensor.get("datatype"), shape, expected, max_batch)
     params = _parameters(tensor.get("parameters"), "the input's 'parameters'")
     if "binary_data_size" in params:
+        if "data" in tensor:
+            raise InvalidInput("an input has both 'data' and 'binary_data_size': send one of them")
         size = params["binary_data_size"]
         if type(size) is not int or size != count * 4 or len(binary) != size:
             raise InvalidInput(f"binary data of {len(binary)} bytes does not hold {count} FP32 values")
         array = np.frombuffer(binary, dtype="<f4").reshape(shape)
     else:
         array = _numbers(tensor.get("data"), shape, count)
-    if not np.isfinite(array).all():
-        raise InvalidInput("input holds NaN or infinite values")
+    check_values(array)
     outputs = request.get("outputs", [])
     if not isinstance(outputs, list):
         raise InvalidInput("'outputs' must be a list")
@@ -118,7 +114,39 @@ def parse_infer_request(body: bytes, header_length: int | None, expected: dict[s
             raise InvalidInput("each output must be an object with a 'name'")
         params = _parameters(output.get("parameters"), "an output's 'parameters'")
         binary_outputs |= _flag(params, "binary_data")
-    return InferRequest({expected["name"]: array}, binary_outputs, request_id)
+    return InferRequest({expected["name"]: array}, binary_outputs, request_id,
+                        tuple(output["name"] for output in outputs))
+
+
+def check_outputs(requested: tuple[str, ...], served: list[str]) -> None:
+    """400 if a request names an output the model does not have."""
+    unknown = [name for name in requested if name not in served]
+    if unknown:
+        raise InvalidInput(f"unknown output {reprlib.repr(unknown[0])}; the model's outputs: {served}")
+
+
+def check_input(name: Any, datatype: Any, shape: Any, expected: dict[str, Any], max_batch: int) -> int:
+    """Check an input's ``name``, ``datatype`` and ``shape`` (a list of ints) against ``expected`` =
+    {name, shape (-1: the batch)}; returns its number of values. For every transport's parser."""
+    if name != expected["name"]:
+        raise InvalidInput(f"unknown input {reprlib.repr(name)}; the model's input is {expected['name']!r}")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidInput(f"datatype {reprlib.repr(datatype)} not supported; send FP32")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise InvalidInput("'shape' must be a list of non-negative integers")
+    want = expected["shape"]
+    if len(shape) != len(want) or any(w != -1 and w != d for w, d in zip(want, shape)) or shape[0] < 1:
+        raise InvalidInput(f"input shape {reprlib.repr(shape)} does not match the model's {want}")
+    if shape[0] > max_batch:
+        raise PayloadTooLarge(f"batch of {shape[0]} exceeds the limit of {max_batch}")
+    return math.prod(shape)
+
+
+def check_values(array: np.ndarray) -> None:
+    """400 unless every value of an input is finite."""
+    if not np.isfinite(array).all():
+        raise InvalidInput("input holds NaN or infinite values")
 
 
 def _numbers(data: Any, shape: list[int], count: int) -> np.ndarray:

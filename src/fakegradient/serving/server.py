@@ -1,12 +1,12 @@
 """``fakegradient serve``: the cloud side. Runs protected ONNX models; knows nothing of keys.
 
-Open Inference Protocol v2 (KServe / Triton) over REST, served by FastAPI + uvicorn. Hostile clients
-are bounded (:class:`Limits`): open connections, time to send a request's head and body, a head's size,
-idle time between requests, body size, bodies held across all connections, requests in progress (503 +
-Retry-After beyond), ONNX Runtime runs at once. JSON is parsed off the event loop, so health checks stay
-fast under load. Concurrent requests are batched into one run (:mod:`.batching`). :class:`Access` sets what the
-model metadata publishes, the bearer token every endpoint but health needs, and the web origins whose pages
-may call the server (CORS; none by default).
+The REST transport of the Open Inference Protocol v2 (KServe / Triton), served by FastAPI + uvicorn: routes
+that read what a request carries and ask the :class:`~.dataplane.DataPlane` (auth, lookup, admission, batching,
+parse / run / answer, metadata), plus the transport's guards. Hostile clients are bounded (:class:`Limits`):
+open connections, time to send a request's head and body, a head's size, idle time between requests, body
+size, bodies held across all connections, requests in progress (503 + Retry-After beyond), ONNX Runtime runs
+at once. :class:`Access` sets what the model metadata publishes, the bearer token every endpoint but health
+needs, and the web origins whose pages may call the server (CORS; none by default).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import socket
-import urllib.parse
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import h11
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,87 +33,15 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import __version__, defaults
 from ..errors import FakeGradientError, InvalidArgument
-from .auth import bearer_matches
-from .batching import Batching, DynamicBatcher
-from .errors import (
-    InvalidInput,
-    ModelNotFound,
-    PayloadTooLarge,
-    ProtocolError,
-    RequestTimeout,
-    ServerBusy,
-    Unauthorized,
-    UploadsBusy,
-)
-from .onnx_model import RuntimeOptions, ServedModel, load_model_dir
-from .protocol import HEADER_LENGTH, build_infer_response, parse_header_length, parse_infer_request
-from .triton import triton_parameters
+from .dataplane import BodyHold, DataPlane, UploadBudget
+from .errors import InvalidInput, PayloadTooLarge, ProtocolError, RequestTimeout, UploadsBusy
+from .metrics import Metrics, RequestMetrics
+from .onnx_model import ServedModel, load_model_dir
+from .protocol import HEADER_LENGTH
+from .settings import Access, Batching, Limits, RuntimeOptions, cors_origin
 
-JSON_GIL_BOUND_BYTES = 2**20  # JSON parsed over this size holds the GIL long: one such parse at a time
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one client, or all of them together, may take of the server."""
-
-    max_body_bytes: int = 64 * 2**20  # 64 MiB: ~21 images of 3x224x224 FP32 as JSON, ~110 as binary data
-    max_buffered_bytes: int = 256 * 2**20  # bodies held at once, all connections together; 503 beyond
-    max_batch: int = 64
-    max_inflight: int = 32  # requests parsed, queued for or in inference; 503 + Retry-After beyond
-    max_runs: int = 2  # ONNX Runtime runs at once (each uses all its intra-op threads)
-    max_connections: int = 256  # open connections; beyond, those idle the longest are closed
-    header_timeout: float = 10.0  # s to send a request's head, from connecting or the previous response
-    max_head_bytes: int = 16 * 2**10  # a request's head: URL and headers (h11's default; 400 and closed beyond)
-    body_timeout: float = 30.0  # s to send a request's body (408 beyond)
-    keep_alive: float = 5.0  # s an idle connection stays open between requests
-
-
-PUBLIC_METADATA = ("minimal", "full")
-MINIMAL_PARAMETERS = ("fingerprint", "preprocess")  # what the device client needs, nothing more
-
-
-@dataclass(frozen=True)
-class Access:
-    """Who may ask what. ``public_metadata``: ``minimal`` publishes only the model parameters the device
-    client needs (fingerprint, preprocessing), ``full`` also the architecture, the class names, the output
-    count and the model's digest. ``token``: when set, every endpoint but ``/v2/health/*`` needs
-    ``Authorization: Bearer <token>`` (401 otherwise). ``cors_origins``: the web origins (``scheme://host[:port]``,
-    as :func:`cors_origin` writes them) whose pages a browser lets call the server; none: no page of another
-    origin may (no CORS headers at all). Each is checked and written as a browser sends it."""
-
-    public_metadata: str = "minimal"
-    token: str | None = None
-    cors_origins: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.public_metadata not in PUBLIC_METADATA:
-            raise ValueError(f"public_metadata must be one of {PUBLIC_METADATA}, got {self.public_metadata!r}")
-        object.__setattr__(self, "cors_origins", tuple(dict.fromkeys(map(cors_origin, self.cors_origins))))
-
-    def parameters(self, model: ServedModel) -> dict[str, Any]:
-        """The model's parameters this setting publishes."""
-        published = model.parameters()
-        if self.public_metadata == "full":
-            return published
-        return {k: v for k, v in published.items() if k in MINIMAL_PARAMETERS}
-
-
-def cors_origin(text: str) -> str:
-    """An origin a browser sends (``scheme://host[:port]``: lower case, no default port, no path) from what an
-    operator typed; :class:`InvalidArgument` for anything else ("*" included: name each origin)."""
-    try:
-        parts = urllib.parse.urlsplit(text.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidArgument(f"CORS origin {text!r} is not an origin: {exc}") from None
-    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password
-            or parts.path not in ("", "/") or parts.query or parts.fragment):
-        raise InvalidArgument(f"CORS origin {text!r} is not an origin: give scheme://host[:port], e.g. "
-                              "http://127.0.0.1:8080 (the address the page is opened at)")
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    default = {"http": 80, "https": 443}[parts.scheme]
-    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
-
+__all__ = ["Access", "Batching", "BodyHold", "DataPlane", "Limits", "UploadBudget", "build_server", "cors_origin",
+           "create_app", "listen", "rest_app", "serve"]
 
 # what a page may send (the bearer token, the binary tensor extension's header) and read (that header)
 CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", HEADER_LENGTH)
@@ -123,127 +51,129 @@ CORS_RESPONSE_HEADERS = (HEADER_LENGTH, "Retry-After")
 def create_app(models: list[ServedModel], limits: Limits = Limits(), access: Access = Access(),
                batching: Batching = Batching()) -> FastAPI:
     """The v2 REST app serving ``models``. Every error answers ``{"error": "<message>"}``."""
-    by_name = {m.name: m for m in models}
-    runners = asyncio.Semaphore(limits.max_runs)  # ONNX Runtime runs at once, batched or not
-    batchers = {m.name: DynamicBatcher(m.infer, batching, runners) for m in models} if batching.enabled else {}
+    return rest_app(DataPlane(models, limits, access, batching))
+
+
+def rest_app(plane: DataPlane) -> FastAPI:
+    """The v2 REST routes on ``plane``: each reads what the request carries, asks the data plane, answers."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        for batcher in batchers.values():
-            batcher.close()
+        plane.close()
 
     app = FastAPI(title="fakegradient inference server", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
+    app.state.plane = plane
     add_error_handlers(app)
-    if access.cors_origins:  # preflights are answered before routing: they need no token
-        app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=list(CORS_REQUEST_HEADERS), expose_headers=list(CORS_RESPONSE_HEADERS),
-                           allow_private_network=True)
-    inflight = 0
-    gil_bound = anyio.CapacityLimiter(1)  # big JSON work holds the GIL: one at a time, the event loop between
-    uploads = UploadBudget(limits.max_buffered_bytes)
+    app.add_middleware(RequestMetrics, metrics=plane.metrics)  # added first: inside CORS, which answers preflights
+    if plane.access.cors_origins:  # preflights are answered before routing: they need no token
+        app.add_middleware(JSONCORSMiddleware, allow_origins=list(plane.access.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=list(CORS_REQUEST_HEADERS),
+                           expose_headers=list(CORS_RESPONSE_HEADERS), allow_private_network=True)
+    app.add_middleware(HeadGuard, limits=plane.limits)  # the outermost: before anything reads the request
 
     def authorize(request: Request) -> None:
-        """401 unless the request carries the token (when the server has one)."""
-        if access.token is None:
-            return
-        header = request.headers.get("authorization")
-        if not bearer_matches(header, access.token):
-            raise Unauthorized("a bearer token is needed (Authorization: Bearer <token>)" if header is None
-                               else "invalid bearer token")
+        plane.authorize(request.headers.get("authorization"))
 
-    def lookup(name: str, version: str = "1") -> ServedModel:
-        """The served model ``name`` (version 1: the only one), or 404."""
-        if name not in by_name:
-            raise ModelNotFound(f"unknown model {name!r}; served: {sorted(by_name)}")
-        if version != "1":
-            raise ModelNotFound(f"model {name!r} has no version {version!r}; its only version is '1'")
-        return by_name[name]
-
-    @app.get("/v2/health/live")
+    @app.api_route("/v2/health/live", methods=["GET", "HEAD"])  # HEAD: the same answer without its body
     async def live():
-        return {"live": True}
+        return plane.live()
 
-    @app.get("/v2/health/ready")
+    @app.api_route("/v2/health/ready", methods=["GET", "HEAD"])
     async def ready():
-        return {"ready": True}
+        return plane.ready()
 
     @app.get("/v2")
     async def server_metadata(request: Request):
         authorize(request)
-        return {"name": "fakegradient", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return plane.server_metadata()
 
     @app.post("/v2/repository/index")
     async def repository_index(request: Request):
         authorize(request)
-        return [{"name": name, "version": "1", "state": "READY"} for name in by_name]
+        return plane.repository_index()
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, request: Request, version: str = "1"):
         authorize(request)
-        model = lookup(name, version)
-        return {
-            "name": model.name, "versions": ["1"], "platform": "onnxruntime_onnx",
-            "inputs": [{"name": model.input_name, "datatype": "FP32", "shape": model.input_shape}],
-            "outputs": [{"name": model.output_name, "datatype": "FP32", "shape": model.output_shape}],
-            "parameters": access.parameters(model),
-        }
+        return plane.model_metadata(name, version)
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, request: Request, version: str = "1"):
         authorize(request)
-        return {"name": lookup(name, version).name, "ready": True}
+        return plane.model_ready(name, version)
 
     @app.get("/v2/models/{name}/config")
     async def model_config(name: str, request: Request):
-        """Triton's config endpoint, with the public parameters as Triton shows them (JSON-encoded strings,
-        as ``export-triton`` writes them into config.pbtxt)."""
         authorize(request)
-        model = lookup(name)
-        return {"name": model.name, "platform": "onnxruntime_onnx", "max_batch_size": limits.max_batch,
-                "parameters": triton_parameters(access.parameters(model))}
+        return plane.model_config(name)
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        authorize(request)
+        body, media_type = plane.metrics.exposition()
+        return Response(body, media_type=media_type)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str = "1"):
         authorize(request)  # before the body: strangers hold no memory
-        hold = BodyHold(uploads)
+        hold = plane.hold()
         try:  # the body counts against the shared budget until its answer is built
-            body = await _read_limited(request, limits, hold)  # read first: errors reach the client
-            return await run(lookup(name, version), body, request.headers.get(HEADER_LENGTH))
+            body = await _read_limited(request, plane.limits, hold)  # read first: errors reach the client
+            answer = await plane.infer_body(name, body, request.headers.get(HEADER_LENGTH), version)
         finally:
             hold.release()
-
-    async def run(model: ServedModel, body: bytes, header_length: str | None) -> Response:
-        """Parse, infer, answer: in threads, so that the event loop stays responsive."""
-        nonlocal inflight
-        length = parse_header_length(header_length)
-        if inflight >= limits.max_inflight:
-            raise ServerBusy(f"{inflight} requests in progress (the limit); retry later")
-        inflight += 1
-        try:
-            big_json = (len(body) if length is None else length) > JSON_GIL_BOUND_BYTES
-            parsed = await anyio.to_thread.run_sync(
-                parse_infer_request, body, length, {"name": model.input_name, "shape": model.input_shape},
-                limits.max_batch, limiter=gil_bound if big_json else None)
-            batch = parsed.inputs[model.input_name]
-            if model.name in batchers:
-                logits = await batchers[model.name].submit(batch)
-            else:
-                async with runners:
-                    logits = await anyio.to_thread.run_sync(model.infer, batch)
-            payload, headers = await anyio.to_thread.run_sync(
-                build_infer_response, model.name, {model.output_name: logits}, parsed.binary_outputs,
-                parsed.request_id, limiter=None if parsed.binary_outputs else gil_bound)
-        finally:
-            inflight -= 1
-        media = "application/octet-stream" if parsed.binary_outputs else "application/json"
-        return Response(payload, media_type=media, headers=headers)
+        return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
     return app
+
+
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered ``{"error": ...}`` as every other error."""
+
+    def preflight_response(self, request_headers: Any) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        vary = {"Vary": response.headers["vary"]} if "vary" in response.headers else None
+        return _error(response.status_code, f"CORS preflight refused: {bytes(response.body).decode()}", vary)
+
+
+class HeadGuard:
+    """ASGI middleware for what the HTTP parsers leave through, each answered ``{"error"}`` and closed: a head
+    over ``max_head_bytes`` or with over ``max_header_fields`` lines (431: h11 bounds only a head still
+    unfinished, and the httptools guard a head arriving in pieces; a whole head in one read passed), and a
+    request with both Content-Length and Transfer-Encoding (400, RFC 9112 §6.1: h11 took the chunked body and
+    kept the connection, so a pipelined request behind it was answered; httptools refuses it itself)."""
+
+    def __init__(self, app: Any, limits: Limits) -> None:
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            problem = self.problem(scope)
+            if problem is not None:
+                await _error(*problem, {"Connection": "close"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def problem(self, scope: dict) -> tuple[int, str] | None:
+        headers = scope["headers"]
+        if len(headers) > self.limits.max_header_fields:
+            return 431, f"over {self.limits.max_header_fields} header lines"
+        query = scope.get("query_string", b"")
+        size = (len(scope["method"]) + len(scope.get("raw_path") or b"") + (len(query) + 1 if query else 0) + 12
+                + sum(len(name) + len(value) + 4 for name, value in headers) + 2)
+        if size > self.limits.max_head_bytes:
+            return 431, f"request head over {self.limits.max_head_bytes} bytes"
+        names = {name for name, _ in headers}
+        if b"transfer-encoding" in names and b"content-length" in names:
+            return 400, "both Content-Length and Transfer-Encoding (RFC 9112 section 6.1)"
+        return None
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -276,57 +206,18 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
-class UploadBudget:
-    """Bytes of request bodies the server holds at once, across all connections (event loop only: no lock)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.held = limit, 0
-
-
-class BodyHold:
-    """One request's share of the :class:`UploadBudget`: grows as its body is stored, released at the end."""
-
-    def __init__(self, budget: UploadBudget) -> None:
-        self.budget, self.held = budget, 0
-
-    def grow_to(self, size: int) -> None:
-        """Hold ``size`` bytes in all; 503 (connection closed) if the budget has no room for them."""
-        extra = size - self.held
-        if extra <= 0:
-            return
-        if self.budget.held + extra > self.budget.limit:
-            raise UploadsBusy(f"the server holds {self.budget.held} bytes of request bodies (the limit is "
-                              f"{self.budget.limit}); retry later")
-        self.budget.held += extra
-        self.held = size
-
-    def release(self) -> None:
-        self.budget.held -= self.held
-        self.held = 0
-
-
 async def _read_limited(request: Request, limits: Limits, hold: BodyHold) -> bytes:
-    """The body; 413 over max_body_bytes, 408 after body_timeout, 503 when the bodies of all requests would
-    hold over max_buffered_bytes (a declared length is held from the start). A body that is refused is
-    drained (up to 4x the limit, not stored) so that the client reads the 413 or 503 instead of a reset
-    connection; beyond that the request is cut off."""
+    """The body, stored in ``hold`` as it arrives; 413 over max_body_bytes, 408 after body_timeout, 503 when the
+    upload budget has no room for it (or dropped it for another body: :class:`~.dataplane.UploadBudget`). A
+    body that is refused is drained (up to 4x the limit, not stored) so that the client reads the 413 or 503
+    instead of a reset connection; beyond that the request is cut off. Bytes not yet read stay in the
+    connection's buffer (uvicorn stops reading a connection beyond 64 KiB) and the kernel's."""
     limit = limits.max_body_bytes
-    declared = request.headers.get("content-length")
+    declared = request.headers.get("content-length")  # a number of at most 20 digits (both parsers check)
     if declared is not None and declared.isdigit() and int(declared) > 4 * limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
     busy: UploadsBusy | None = None
-
-    def grow(size: int) -> None:
-        nonlocal busy
-        try:
-            hold.grow_to(size)
-        except UploadsBusy as exc:  # from now on the body is drained, not stored
-            busy = exc
-            hold.release()
-
-    if declared is not None and declared.isdigit() and int(declared) <= limit:
-        grow(int(declared))  # before reading: a client cannot make the server hold what is not there
-    chunks, size = [], 0
+    size = 0
     try:
         with anyio.fail_after(limits.body_timeout):
             async for chunk in request.stream():
@@ -334,8 +225,11 @@ async def _read_limited(request: Request, limits: Limits, hold: BodyHold) -> byt
                 if size > 4 * limit:
                     break
                 if size <= limit and busy is None:
-                    grow(size)
-                    chunks.append(chunk)
+                    try:
+                        hold.add(chunk)
+                    except UploadsBusy as exc:  # from now on the body is drained, not stored
+                        busy = exc
+                        hold.release()
     except TimeoutError:
         raise RequestTimeout(f"the request body took over {limits.body_timeout:g} s to arrive") from None
     except ClientDisconnect:  # nobody to answer: not worth a traceback in the log
@@ -344,7 +238,9 @@ async def _read_limited(request: Request, limits: Limits, hold: BodyHold) -> byt
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     if busy is not None:
         raise busy
-    return b"".join(chunks)
+    if hold.evicted:  # dropped while its last bytes were on the way
+        raise hold.budget.busy()
+    return hold.body()
 
 
 class ConnectionCap:
@@ -391,6 +287,7 @@ class _Guard(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        no_delay(transport)
         self._await_head()
         self.cap.arrived(self)
 
@@ -423,10 +320,42 @@ class _Guard(asyncio.Protocol):
         if self.idle_since is not None:
             self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what its parser refuses, as ``{"error"}`` JSON, and only where no answer to this
+        request has begun: after an early 401, a chunked body going bad made h11 raise (a traceback in the log
+        each time) and httptools send a second answer. The request's application, if it still runs, answers
+        into nowhere (as to a client gone)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if not self.transport.is_closing() and not self._answered():
+            body = json.dumps({"error": msg}).encode()
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: "
+                                 b"close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+    def _answered(self) -> bool:
+        """Whether an answer to the request being parsed has begun."""
+        raise NotImplementedError
+
+
+def no_delay(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY on a connection: uvicorn writes an answer's head and body apart, and with Nagle's algorithm
+    the body waited for the client's delayed ACK, 40 ms, on every request after a connection's first (asyncio
+    sets it only on sockets made with IPPROTO_TCP, and ``socket.create_server`` makes them with 0)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
 
 class GuardedH11Protocol(_Guard, H11Protocol):
     """uvicorn's pure-Python HTTP/1.1 protocol (h11), guarded; h11 bounds a head itself
     (``h11_max_incomplete_event_size``, set to ``max_head_bytes`` by :func:`build_server`)."""
+
+    def _answered(self) -> bool:
+        return self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE)
 
 
 @functools.cache
@@ -454,6 +383,9 @@ def _guarded_httptools() -> type[_Guard]:
         def on_message_complete(self) -> None:
             self.in_message = False
             super().on_message_complete()
+
+        def _answered(self) -> bool:  # in a body: the cycle is this request's (a new one begins with a head)
+            return self.in_message and not self.in_head and self.cycle is not None and self.cycle.response_started
 
         def data_received(self, data: bytes) -> None:
             whole = self.in_head or not self.in_message  # no byte of this chunk belongs to an earlier body
@@ -490,11 +422,15 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def build_server(models: list[ServedModel], limits: Limits = Limits(), access: Access = Access(),
-                 batching: Batching = Batching(), http: str = defaults.HTTP) -> uvicorn.Server:
+                 batching: Batching = Batching(), http: str = defaults.HTTP, *,
+                 plane: DataPlane | None = None) -> uvicorn.Server:
     """The uvicorn server (not started) for ``models`` under ``limits``; run it with ``.run(sockets=...)``.
-    ``http``: the HTTP/1.1 parser, one of :data:`defaults.HTTP_PARSERS`."""
+    ``http``: the HTTP/1.1 parser, one of :data:`defaults.HTTP_PARSERS`. ``plane``: a data plane shared with
+    another transport (then ``models``, ``limits``, ``access`` and ``batching`` are its own)."""
+    plane = plane or DataPlane(models, limits, access, batching)
+    limits = plane.limits
     protocol = functools.partial(_guarded(http), limits=limits, cap=ConnectionCap(limits.max_connections))
-    config = uvicorn.Config(create_app(models, limits, access, batching), log_level="warning",
+    config = uvicorn.Config(rest_app(plane), log_level="warning",
                             http=protocol,  # type: ignore[arg-type]  # a factory of protocols works too
                             h11_max_incomplete_event_size=limits.max_head_bytes,
                             loop="asyncio",  # not uvloop, which uvicorn picks when installed: under
@@ -505,8 +441,10 @@ def build_server(models: list[ServedModel], limits: Limits = Limits(), access: A
 
 def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
           runtime: RuntimeOptions | None = None, access: Access = Access(), batching: Batching = Batching(),
-          http: str = defaults.HTTP) -> None:
-    """Load ``model_dirs`` (each checked: no key file, head matching its fingerprint) and serve them."""
+          http: str = defaults.HTTP, grpc_port: int | None = None, access_log: bool = False) -> None:
+    """Load ``model_dirs`` (each checked: no key file, head matching its fingerprint) and serve them, over
+    gRPC too on ``grpc_port`` (same host, same data plane) unless it is None; ``access_log``: one line per
+    request on stderr."""
     _guarded(http)  # an unknown or missing HTTP implementation: refused before loading the models
     models = [load_model_dir(d, runtime=runtime or RuntimeOptions()) for d in model_dirs]
     names = [m.name for m in models]
@@ -515,4 +453,11 @@ def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, lim
     sock = listen(host, port)
     print(f"serving {', '.join(names)} on http://{host}:{sock.getsockname()[1]} (Open Inference Protocol v2)",
           flush=True)
-    build_server(models, limits, access, batching, http).run(sockets=[sock])
+    plane = DataPlane(models, limits, access, batching, Metrics(access_log))
+    rest = build_server(models, http=http, plane=plane)
+    if grpc_port is None:
+        rest.run(sockets=[sock])
+        return
+    from .grpc_transport import run_with_grpc  # needs grpcio
+
+    run_with_grpc(rest, [sock], plane, host, grpc_port)

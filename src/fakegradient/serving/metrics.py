@@ -1,0 +1,152 @@
+"""What the server counts, for Prometheus (``GET /metrics``), and the access log: one registry per data plane,
+fed by both transports (REST and gRPC) through :meth:`Metrics.request`, and by the data plane itself (ONNX
+Runtime runs and their batch sizes; in-flight requests, queue depth and upload bytes read at scrape time).
+
+Series (``transport``: rest or grpc; ``method``: the v2 operation, e.g. ModelInfer, the same for both):
+
+- ``fakegradient_requests_total{transport,method,code}``: answers by status (HTTP code or gRPC status name)
+- ``fakegradient_request_duration_seconds{transport,method}``: time from request to answer (histogram)
+- ``fakegradient_rejected_total{transport,limit}``: refused by a limit: ``busy`` (503 / UNAVAILABLE: requests
+  in progress, upload budget), ``size`` (413 / RESOURCE_EXHAUSTED: body, message or batch), ``time`` (408)
+- ``fakegradient_batch_size``: images per ONNX Runtime run (histogram), ``fakegradient_runs_in_progress``
+- ``fakegradient_inflight_requests``, ``fakegradient_queue_depth`` (admitted, waiting for a runner or in a
+  batcher's queue), ``fakegradient_upload_bytes_held``
+
+The access log (off unless asked for): one line per request on the ``fakegradient.access`` logger (stderr):
+peer, transport, operation and target (path, or gRPC model name), status, milliseconds; never a payload or a
+header, so never a token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LIMIT_OF = {"503": "busy", "413": "size", "408": "time",
+            "UNAVAILABLE": "busy", "RESOURCE_EXHAUSTED": "size", "DEADLINE_EXCEEDED": "time"}
+ACCESS_LOGGER = "fakegradient.access"
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+_REST_METHODS = [  # (path pattern, operation), first match wins
+    (re.compile(r"^/v2/health/live$"), "ServerLive"), (re.compile(r"^/v2/health/ready$"), "ServerReady"),
+    (re.compile(r"^/v2/?$"), "ServerMetadata"), (re.compile(r"^/v2/repository/index$"), "RepositoryIndex"),
+    (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$"), "ModelInfer"),
+    (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$"), "ModelReady"),
+    (re.compile(r"^/v2/models/[^/]+/config$"), "ModelConfig"),
+    (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?$"), "ModelMetadata"), (re.compile(r"^/metrics$"), "Metrics"),
+]
+
+
+def rest_method(path: str) -> str:
+    """The v2 operation a REST path names (``other`` for any other path: bounded label values)."""
+    return next((name for pattern, name in _REST_METHODS if pattern.match(path)), "other")
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe for one log line: non-printable characters escaped, at most ``limit`` characters."""
+    clean = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+    return clean if len(clean) <= limit else clean[:limit] + "..."
+
+
+class Metrics:
+    """The series above in a registry of their own (several servers in one process do not mix)."""
+
+    def __init__(self, access_log: bool = False) -> None:
+        self.registry = CollectorRegistry()
+        self.access_log = access_log
+        self.log = logging.getLogger(ACCESS_LOGGER)
+        if access_log:
+            if not self.log.handlers:
+                handler = logging.StreamHandler(sys.stderr)
+                handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+                self.log.addHandler(handler)
+            self.log.setLevel(logging.INFO)
+            self.log.propagate = False
+        r = self.registry
+        self.requests = Counter("fakegradient_requests", "answers by transport, v2 operation and status",
+                                ["transport", "method", "code"], registry=r)
+        self.latency = Histogram("fakegradient_request_duration_seconds", "time from request to answer",
+                                 ["transport", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.rejected = Counter("fakegradient_rejected", "requests refused by a limit (busy, size, time)",
+                                ["transport", "limit"], registry=r)
+        self.batch_size = Histogram("fakegradient_batch_size", "images per ONNX Runtime run",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.runs = Gauge("fakegradient_runs_in_progress", "ONNX Runtime runs in progress", registry=r)
+        self.inflight = Gauge("fakegradient_inflight_requests", "requests admitted and not yet answered",
+                              registry=r)
+        self.queue = Gauge("fakegradient_queue_depth", "admitted requests waiting for an ONNX Runtime runner "
+                                                       "(or in a dynamic batcher's queue)", registry=r)
+        self.uploads = Gauge("fakegradient_upload_bytes_held", "request bytes held, all requests together",
+                             registry=r)
+
+    def watch(self, inflight: Callable[[], float], queue: Callable[[], float], uploads: Callable[[], float]) -> None:
+        """Read these gauges from the data plane at scrape time."""
+        self.inflight.set_function(inflight)
+        self.queue.set_function(queue)
+        self.uploads.set_function(uploads)
+
+    def counted(self, infer: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``infer`` (a model's run on a batch) observed: its batch size and runs in progress."""
+        def run(batch: Any) -> Any:
+            self.batch_size.observe(len(batch))
+            with self.runs.track_inprogress():
+                return infer(batch)
+        return run
+
+    def request(self, transport: str, method: str, code: str, seconds: float, peer: str = "-",
+                target: str = "") -> None:
+        """One answered request: counted, timed, and logged when the access log is on."""
+        self.requests.labels(transport, method, code).inc()
+        self.latency.labels(transport, method).observe(seconds)
+        limit = LIMIT_OF.get(code)
+        if limit is not None:
+            self.rejected.labels(transport, limit).inc()
+        if self.access_log:
+            self.log.info("%s %s %s %s %s %.1fms", printable(peer, 64), transport, method, printable(target),
+                          code, seconds * 1000)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """(body, content type) of ``GET /metrics``."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RequestMetrics:
+    """ASGI middleware of the REST transport: each HTTP request's operation, status and time to
+    :meth:`Metrics.request` (an exception that escapes the app counts as 500)."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = ["500"]
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client")
+            peer = f"{client[0]}:{client[1]}" if client else "-"
+            self.metrics.request("rest", rest_method(scope["path"]), status[0], time.perf_counter() - start, peer,
+                                 f"{scope['method']} {scope['path']}")

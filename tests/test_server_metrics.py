@@ -1,0 +1,146 @@
+"""serving/metrics.py: ``GET /metrics`` shows the requests just made through REST and gRPC (one data plane),
+the limits' refusals, ONNX Runtime runs and their batch sizes; the access log has one line per request, with
+no payload and no token."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from test_server_support import (
+    INPUT_SHAPE,
+    request,
+    running_server,
+    running_transports,
+    tiny_models,
+    tiny_request,
+)
+
+from fakegradient.serving.dataplane import DataPlane
+from fakegradient.serving.metrics import ACCESS_LOGGER, Metrics, printable, rest_method
+from fakegradient.serving.protocol import InferRequest
+from fakegradient.serving.settings import Access, Batching, Limits
+
+TOKEN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+X = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, *INPUT_SHAPE)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return tiny_models(tmp_path_factory.mktemp("metrics"))
+
+
+def scrape(address: tuple[str, int], headers: dict[str, str] | None = AUTH) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of GET /metrics."""
+    status, response_headers, body = request(address, "GET", "/metrics", headers=headers)
+    assert status == 200 and response_headers["content-type"].startswith("text/plain"), (status, body)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def access_lines() -> Any:
+    logger = logging.getLogger(ACCESS_LOGGER)
+    handler = Lines()
+    logger.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_metrics_show_the_requests_of_both_transports(models, access_lines):
+    grpc = pytest.importorskip("grpc", reason="grpcio is not installed")
+    from fakegradient.serving import open_inference_pb2 as pb
+
+    plane = DataPlane(models, Limits(max_batch=2), Access(token=TOKEN), Batching(), Metrics(access_log=True))
+    with running_transports(plane) as (rest, grpc_address):
+        host, port = rest.split(":")
+        address = (host, int(port))
+        for _ in range(3):
+            assert request(address, "POST", "/v2/models/tiny/infer", tiny_request(X), AUTH)[0] == 200
+        assert request(address, "POST", "/v2/models/tiny/infer", tiny_request(X[:, :2]), AUTH)[0] == 400
+        assert request(address, "POST", "/v2/models/tiny/infer", tiny_request(np.concatenate([X, X])),
+                       AUTH)[0] == 413  # batch of 4 over the limit of 2
+        assert request(address, "GET", "/v2/models/tiny", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert request(address, "GET", "/v2/health/ready")[0] == 200
+        with grpc.insecure_channel(grpc_address) as channel:
+            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                        request_serializer=pb.ModelInferRequest.SerializeToString,
+                                        response_deserializer=pb.ModelInferResponse.FromString)
+            message = pb.ModelInferRequest(model_name="tiny")
+            message.inputs.add(name="input", datatype="FP32", shape=list(X.shape))
+            message.raw_input_contents.append(X.tobytes())
+            infer(message, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=10)
+            with pytest.raises(grpc.RpcError):
+                infer(message, timeout=10)  # no token
+        assert request(address, "GET", "/metrics")[0] == 401  # the token guards the counts too
+        samples = scrape(address)
+
+    def requests(transport: str, method: str, code: str) -> float:
+        return value(samples, "fakegradient_requests_total", transport=transport, method=method, code=code)
+
+    assert requests("rest", "ModelInfer", "200") == 3 and requests("rest", "ModelInfer", "400") == 1
+    assert requests("rest", "ModelInfer", "413") == 1 and requests("rest", "ModelMetadata", "401") == 1
+    assert requests("rest", "ServerReady", "200") == 1 and requests("rest", "Metrics", "401") == 1
+    assert requests("grpc", "ModelInfer", "OK") == 1 and requests("grpc", "ModelInfer", "UNAUTHENTICATED") == 1
+    assert value(samples, "fakegradient_request_duration_seconds_count", transport="rest", method="ModelInfer") == 5
+    assert value(samples, "fakegradient_rejected_total", transport="rest", limit="size") == 1
+    # ONNX Runtime ran the 3 REST and the 1 gRPC good requests, 2 images each
+    assert value(samples, "fakegradient_batch_size_count") == 4 and value(samples, "fakegradient_batch_size_sum") == 8
+    for gauge in ("fakegradient_inflight_requests", "fakegradient_queue_depth", "fakegradient_upload_bytes_held",
+                  "fakegradient_runs_in_progress"):
+        assert (gauge, ()) in samples and samples[(gauge, ())] == 0  # nothing in progress now
+
+    # the access log: one line per request (the scrape's own line comes after its answer was built)
+    assert len(access_lines) == 11, access_lines
+    assert any(" rest ModelInfer POST /v2/models/tiny/infer 413 " in line for line in access_lines)
+    assert any(" grpc ModelInfer ModelInfer tiny UNAUTHENTICATED " in line for line in access_lines)
+    assert not any(TOKEN in line or "wrong" in line for line in access_lines)
+
+
+def test_batched_runs_are_counted_with_their_size(models):
+    plane = DataPlane(models, Limits(), Access(), Batching(enabled=True, max_rows=8, max_delay=0.05))
+
+    async def three_at_once() -> None:
+        await asyncio.gather(*(plane.infer("tiny", InferRequest({"input": X}, True, None)) for _ in range(3)))
+        plane.close()
+
+    asyncio.run(three_at_once())
+    histogram = {s.name: s.value for f in text_string_to_metric_families(plane.metrics.exposition()[0].decode())
+                 for s in f.samples if s.name.startswith("fakegradient_batch_size")}
+    assert histogram["fakegradient_batch_size_sum"] == 6  # every image counted once, in 1 to 3 runs
+    assert 1 <= histogram["fakegradient_batch_size_count"] <= 3
+
+
+def test_access_log_is_off_by_default(models, access_lines):
+    with running_server(models, Limits()) as address:
+        assert request(address, "POST", "/v2/models/tiny/infer", tiny_request(X))[0] == 200
+        samples = scrape(address, headers=None)  # no token configured: /metrics is open, as every endpoint
+    assert value(samples, "fakegradient_requests_total", transport="rest", method="ModelInfer", code="200") == 1
+    assert access_lines == []
+
+
+def test_labels_are_bounded_and_log_lines_single():
+    assert rest_method("/v2/models/x/versions/1/infer") == "ModelInfer"
+    assert rest_method("/v2/models/x/config") == "ModelConfig" and rest_method("/v2") == "ServerMetadata"
+    assert rest_method("/anything/else") == "other"  # unknown paths share one label value
+    assert printable("a\nb\x1b[31m") == "a\\nb\\x1b[31m" and len(printable("x" * 999)) == 203
