@@ -11,7 +11,7 @@ def test_the_swept_methods_come_from_one_function():
     sweep = ablations.swept_methods()
     assert sweep == ablations.SWEEP and sweep.every[0] == ORIGINAL
     assert set(sweep.scaled) <= set(sweep.every) and "fake-gradient" in sweep.scaled
-    assert all(METHODS[m].takes_scale for m in sweep.scaled) and "random-weight" not in sweep.scaled
+    assert all(METHODS[m].capabilities.uses_scale for m in sweep.scaled) and "random-weight" not in sweep.scaled
 
 
 @pytest.mark.slow  # matplotlib

@@ -63,6 +63,14 @@ def preprocess(path: str | Path, spec: dict[str, Any]) -> np.ndarray:
     return ((array - mean) / std).transpose(2, 0, 1).copy()
 
 
+class ServerRefused(FakeGradientError):
+    """The server answered with an HTTP error ``status``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass
 class ServerModel:
     name: str
@@ -108,7 +116,7 @@ class InferenceClient:
             finally:
                 exc.close()
             one_line = escape_terminal(" ".join(str(detail).split())[:300])
-            raise FakeGradientError(f"server answered {exc.code}: {one_line}") from None
+            raise ServerRefused(exc.code, f"server answered {exc.code}: {one_line}") from None
         except (ValueError, http.client.InvalidURL) as exc:  # a space in the URL, a bad port
             raise FakeGradientError(f"invalid server URL {self.url!r}: {exc}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
@@ -152,9 +160,9 @@ class InferenceClient:
         """The served models' names: from Triton's repository index, else KServe's model list."""
         try:
             index = self._index()
-        except Unreachable:
-            raise
-        except FakeGradientError as refused:  # KServe has no repository index: GET /v2/models lists names
+        except ServerRefused as refused:  # KServe has no repository index: GET /v2/models lists names
+            if refused.status not in (404, 405):
+                raise
             try:
                 listing = self._json("/v2/models")
             except Unreachable:
