@@ -3,7 +3,7 @@
     python benchmarks/serving.py [--clients 32] [--requests 20] [--rounds 3] [--threads 0] [--device cuda]
                                  [--transports rest,grpc] [--settings 'no batching']
     python benchmarks/serving.py --hostile [--seconds 30] [--big-json 4] [--slow-bodies 16] [--idle 500]
-                                           [--big-batches 32]
+                                           [--big-batches 32] [--lockout 4]
 
 The limit: in-process ONNX Runtime throughput of the same model file, with the server's session options and
 threads, at the best batch size (``--batch-sizes``); measured again just before and after every served
@@ -22,8 +22,10 @@ they take part of the CPU the server needs.
 first alone, then while hostile clients run: ``--big-json`` clients
 sending ~62 MiB JSON requests in a loop, ``--slow-bodies`` connections sending all but the last bytes
 of a ~63 MiB body then stalling, ``--idle`` connections that never send anything, ``--big-batches``
-clients sending 64-image requests. Prints the probe's p50/p99/max both ways, the attackers' answers and
-the server's resident memory (before, peak, after; Linux /proc).
+clients sending 64-image requests, ``--lockout`` connections each sending a head that declares the largest
+body (64 MiB) and one byte of it, then idling (reconnecting when closed: red team round 3 locked all clients
+out with 4 of these). Prints the probe's p50/p99/max both ways, the well-behaved client's answers, the
+attackers' answers and the server's resident memory (before, peak, after; Linux /proc).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import argparse
 import functools
 import http.client
 import json
+import re
 import socket
 import statistics
 import subprocess
@@ -366,6 +369,28 @@ def slow_body(address, stop, tally: Counter) -> None:
             tally[f"slow body: {type(exc).__name__}"] += 1
 
 
+def lockout(address, stop, tally: Counter, declared: int = 64 * 2**20) -> None:
+    """A head declaring a ``declared``-byte body and one byte of it, then nothing, on one connection, again
+    whenever the server closes it (1.2 KB sent per 30 s locked every client out while bodies were charged
+    with their declared length)."""
+    while not stop.is_set():
+        try:
+            with socket.create_connection(address) as sock:
+                sock.sendall(f"POST /v2/models/protected/infer HTTP/1.1\r\nHost: x\r\n"
+                             f"Content-Length: {declared}\r\n\r\n{{".encode())
+                sock.settimeout(1)
+                answer = b""
+                while not stop.is_set() and not answer:
+                    try:
+                        answer = sock.recv(64) or b"closed"
+                    except TimeoutError:
+                        continue
+                status = answer.split(b"\r\n")[0].decode(errors="replace") or "stopped"
+                tally[f"lock-out head: {status}"] += 1
+        except OSError as exc:
+            tally[f"lock-out head: {type(exc).__name__}"] += 1
+
+
 def idle_flood(address, count: int, stop, tally: Counter) -> None:
     """Keep ``count`` connections open that never send a byte (reopening those the server closes)."""
     open_: list[socket.socket] = []
@@ -406,6 +431,7 @@ def attack(address: tuple[str, int], counts: dict[str, int], ready, stop, result
                + [threading.Thread(target=repeat_post, args=(address, batch, batch_headers, "64-image batch", stop,
                                                              tally)) for _ in range(counts["big_batches"])]
                + [threading.Thread(target=slow_body, args=(address, stop, tally)) for _ in range(counts["slow_bodies"])]
+               + [threading.Thread(target=lockout, args=(address, stop, tally)) for _ in range(counts["lockout"])]
                + [threading.Thread(target=idle_flood, args=(address, counts["idle"], stop, tally))])
     for thread in threads:
         thread.start()
@@ -423,7 +449,7 @@ def hostile(args: argparse.Namespace, root: Path) -> None:
     context = multiprocessing.get_context("spawn")
     ready, stop, results = context.Event(), context.Event(), context.Queue()
     counts = {"big_json": args.big_json, "big_batches": args.big_batches, "slow_bodies": args.slow_bodies,
-              "idle": args.idle}
+              "idle": args.idle, "lockout": args.lockout}
     try:
         post(address, *binary_body(1))  # warm-up
         failures: Counter = Counter()
@@ -460,13 +486,23 @@ def hostile(args: argparse.Namespace, root: Path) -> None:
         statuses = Counter(status for status, _ in results)
         p50, p99 = np.percentile([t for _, t in results], [50, 99]) * 1e3
         print(f"  {name:<16} n {len(results):>4}  answers {dict(sorted(statuses.items()))}  "
-              f"p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+              f"success {statuses[200] / len(results):.1%}  p50 {p50:.1f} ms  p99 {p99:.1f} ms")
     for failure, count in failures.items():
         print(f"  failed probes: {failure}: {count}")
     print(f"attack: {args.big_json} big-JSON clients, {args.slow_bodies} slow bodies, {args.idle} idle connections, "
-          f"{args.big_batches} 64-image clients; their answers:")
+          f"{args.big_batches} 64-image clients, {args.lockout} lock-out heads; their answers:")
     for outcome, count in sorted(tally.items()):
         print(f"  {outcome}: {count}")
+    statuses = Counter()  # every answer of the run: probes, the well-behaved client, the attackers
+    statuses[200] += sum(1 for t in quiet + attacked if t < 30.0)
+    statuses.update(status for results in served.values() for status, _ in results)
+    for outcome, count in tally.items():
+        code = re.search(r"\b([1-5]\d\d)\b", outcome.rsplit(": ", 1)[-1])
+        if code:
+            statuses[int(code.group(1))] += count
+    errors = {code: n for code, n in statuses.items() if code >= 500}
+    print(f"answers in all: {sum(statuses.values())}, 5xx: {sum(errors.values())} {errors} (503: load shed, "
+          "with Retry-After)")
     if before:
         print(f"server memory (MiB): RSS before the attack {before['VmRSS']:.0f}, peak {peak['VmHWM']:.0f}, "
               f"RSS 5 s after it {after['VmRSS']:.0f}")
@@ -502,6 +538,8 @@ def main() -> None:
     parser.add_argument("--slow-bodies", type=int, default=16, help="--hostile: stalled ~63 MiB bodies")
     parser.add_argument("--idle", type=int, default=500, help="--hostile: idle connections")
     parser.add_argument("--big-batches", type=int, default=32, help="--hostile: clients sending 64 images")
+    parser.add_argument("--lockout", type=int, default=4,
+                        help="--hostile: connections declaring a 64 MiB body, sending 1 byte, then idling")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
