@@ -297,6 +297,13 @@ def report(out: Path) -> Path:
         lines += [f"(d) decoys against a design-aware attacker (keeps the 2N least-varying outputs, "
                   f"{record['schemes']['decoys']['aware_found']}/10 real among them, then DeepFool on those 2N): "
                   f"{rate_text(sum(aware), len(aware))}; vs (c) on the same images {b01}/{b10}, p = {p:.2g}.", ""]
+    lines += ["Notes: every attack's row on `original` is its sanity baseline. (b) cannot differ between schemes: the "
+              "served model computes the owner's function and the attacker never queries it to build the images. "
+              "(c) keeps the outputs that vary *least*: on random-weight and the hardened variant the fakes vary "
+              "less than the real rows, so it finds none there (a design-aware attacker would rank the other way; "
+              "not run) — those two are broken by (a) anyway. (e) is invariant to any affine map of the served "
+              "outputs (it standardises them and fits a linear read-out): on `mixing` it gives the original's "
+              "result image for image, and the released code's fake bias cannot change it either.", ""]
     cost = [[name, info["n_outputs"], info["secret_bytes"], f"{info['decrypt_us_per_image']:.1f}",
              "—" if info.get("fakes_win_pct") is None else f"{info['fakes_win_pct']:.0f} %",
              f"{info['decoder_agreement_pct']:.0f} %"]
@@ -323,12 +330,13 @@ def _figure(path: Path, by: dict[str, list[dict]]) -> None:
                ("discovery_defended", "(c) noise discovery + DeepFool"),
                ("decoder_defended", "(e) labelled read-out + PGD")]
     names = list(by)
-    fig, ax = plt.subplots(figsize=(11, 4.2))
+    fig, ax = plt.subplots(figsize=(11, 5))
     width = 0.2
     for j, (column, label) in enumerate(attacks):
         for i, name in enumerate(names):
             values = [r[column] for r in by[name]]
             if any(v is None for v in values):
+                ax.text(i + (j - 1.5) * width, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
                 continue
             rate = Rate(sum(values), len(values))
             low, high = rate.ci95_pct
@@ -337,8 +345,8 @@ def _figure(path: Path, by: dict[str, list[dict]]) -> None:
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylabel("defense success, % (95 % Wilson)")
     ax.set_ylim(0, 105)
-    ax.set_title(f"Private MNIST CNN, n = {len(by['original'])} images per bar (missing bar: not applicable)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"Private MNIST CNN, n = {len(by['original'])} images per bar (n/a: not applicable)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=4, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
