@@ -14,7 +14,8 @@ protects the owner's model (keys from ``--seed``); per evaluation image and sche
   can change this row, it is the baseline every scheme shares);
 - (c) discovery: the attacker sends ``--queries`` uniform-noise images, keeps the N outputs that vary least
   (the red team's discovery of the real rows), then DeepFool on those N columns; the share of real rows it
-  found and the noise queries a full discovery needed (2, 4, …, 64) are recorded; for ``decoys`` also
+  found and the noise queries a full discovery needed (2, 4, …, 64) are recorded; (c′) the same keeping the N
+  outputs that vary most (where fakes are quieter than the real rows); for ``decoys`` also
   (d) a design-aware attacker that keeps the 2N least-varying outputs;
 - (e) labelled read-out: the attacker sends ``--labelled-queries`` of its own labelled images, fits a linear
   read-out of the classes from whatever the served model returns (no key, no knowledge of the scheme; for split
@@ -46,9 +47,25 @@ from fakegradient.atomic import write_bytes_atomic
 from fakegradient.attacks.deepfool import DeepFool
 from fakegradient.errors import FakeGradientError
 
-from .kit import command_line, markdown_table, parse_bool, rate_text, read_csv, run_study, study_parser, write_csv
-from .private_attacks import (Columns, Decoded, discovery_curve, fit_decoder, mcnemar_exact, noise_discovery,
-                              pgd_l2)
+from .kit import (
+    command_line,
+    markdown_table,
+    parse_bool,
+    rate_text,
+    read_csv,
+    run_study,
+    study_parser,
+    write_csv,
+)
+from .private_attacks import (
+    Columns,
+    Decoded,
+    discovery_curve,
+    fit_decoder,
+    mcnemar_exact,
+    noise_discovery,
+    pgd_l2,
+)
 
 MODULE = "studies.private"
 OWNER, ATTACKER = 2000, 2000  # images in the owner's and the attacker's splits; the rest are evaluation images
@@ -65,7 +82,7 @@ SCHEMES: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("decoys", "decoys", {}),
     ("mixing", "mixing", {}),
 )
-ATTACKS = ("naive", "transfer", "discovery", "aware", "decoder")  # the per-image "<attack>_defended" columns
+ATTACKS = ("naive", "transfer", "discovery", "reverse", "aware", "decoder")  # per image: "<attack>_defended"
 
 
 @dataclass(frozen=True)
@@ -184,13 +201,16 @@ def run(args: Any) -> None:
         info: dict[str, Any] = {"method": method, "params": params, "n_outputs": n_out,
                                 "secret_bytes": 0 if secret is None else len(secret.to_bytes()),
                                 "decrypt_us_per_image": decrypt_microseconds(secret, n_out)}
-        discovery_top1 = aware_top1 = None
+        discovery_top1 = reverse_top1 = aware_top1 = None
         if method != "device-head":  # served outputs are logits: discover the real rows from noise, attack them
             found = noise_discovery(served, SHAPE, 10, args.queries, args.seed + 2)
             discovery_top1 = _real_top1(served, secret, _deepfool(Columns(served, found), x)[0])
+            most = noise_discovery(served, SHAPE, 10, args.queries, args.seed + 2, most=True)
+            reverse_top1 = _real_top1(served, secret, _deepfool(Columns(served, most), x)[0])
         if real is not None and method != "device-head":
             curve = discovery_curve(served, SHAPE, real, BUDGETS, args.seed + 2)
             info |= {"discovery_curve": curve, "discovery_found": len(set(found.tolist()) & set(real.tolist())),
+                     "reverse_found": len(set(most.tolist()) & set(real.tolist())),
                      "queries_needed": next((q for q in BUDGETS if curve[q] == len(real)), None)}
             if method == "decoys":  # the attacker knows the design: keep the 2N rows that vary least
                 aware = noise_discovery(served, SHAPE, 20, args.queries, args.seed + 2)
@@ -215,6 +235,7 @@ def run(args: Any) -> None:
                          "naive_defended": bool(naive_top1[i] == clean[i]), "naive_l2": float(l2_naive[i]),
                          "transfer_defended": bool(transfer_top1[i] == clean[i]),
                          "discovery_defended": "" if discovery_top1 is None else bool(discovery_top1[i] == clean[i]),
+                         "reverse_defended": "" if reverse_top1 is None else bool(reverse_top1[i] == clean[i]),
                          "aware_defended": "" if aware_top1 is None else bool(aware_top1[i] == clean[i]),
                          "decoder_defended": bool(decoder_top1[i] == clean[i])})
         print(f"{row_name}: {info['seconds']} s", flush=True)
@@ -229,7 +250,8 @@ def run(args: Any) -> None:
               "transfer_eps": args.transfer_eps, "transfer_median_l2": float(
                   (adv_transfer - x).flatten(1).norm(dim=1).median()),
               "queries": args.queries, "labelled_queries": args.labelled_queries, "discovery_seed": args.seed + 2,
-              "deepfool": "top-10, 50 iterations, overshoot 0.02, unclipped", "schemes": schemes, "seconds": round(time.time() - started),
+              "deepfool": "top-10, 50 iterations, overshoot 0.02, unclipped", "schemes": schemes,
+              "seconds": round(time.time() - started),
               "machine": args.machine}
     write_bytes_atomic(args.out / "run.json", (json.dumps(record, indent=1) + "\n").encode())
 
@@ -266,9 +288,10 @@ def report(out: Path) -> Path:
     table = []
     for name in by:
         info = record["schemes"][name]
-        found = (f"{info['discovery_found']}/10 at {record['queries']} q; all at "
-                 f"{info['queries_needed'] or '> 64'}" if "discovery_found" in info else "n/a")
-        cells = [cell(name, f"{a}_defended") for a in ("naive", "transfer", "discovery", "decoder")]
+        found = (f"(c) {info['discovery_found']}/10 at {record['queries']} q, all at "
+                 f"{info['queries_needed'] or '> 64'}; (c′) {info['reverse_found']}/10"
+                 if "discovery_found" in info else "n/a")
+        cells = [cell(name, f"{a}_defended") for a in ("naive", "transfer", "discovery", "reverse", "decoder")]
         table.append([name, cell(name, "functionality")[0], *(part for c in cells for part in c), found])
     n = len(base)
     lines = [f"# Fake Gradient on a private model (MNIST-5000, n = {n} evaluation images)", "",
@@ -284,13 +307,16 @@ def report(out: Path) -> Path:
              "exact two-sided McNemar p on the same images. (a) naive DeepFool on the served outputs; (b) transfer "
              f"from the surrogate, L2 PGD (margin loss, 40 steps) at eps = {record['transfer_eps']} (median ‖r‖₂ "
              f"{record['transfer_median_l2']:.2f}); (c) noise-query discovery of the real rows ({record['queries']} "
-             "uniform-noise queries, the N least-varying outputs kept), then DeepFool on them; (e) the attacker sends "
+             "uniform-noise queries, the N least-varying outputs kept), then DeepFool on them; (c′) the same keeping "
+             "the N most-varying outputs (the attacker who expects fakes quieter than real rows); (e) the attacker "
+             "sends "
              f"{record['labelled_queries']} of its own labelled images, fits a linear read-out of the classes from "
              "the served outputs (ridge least squares, no key, no knowledge of the scheme), then L2 PGD at the same "
              "eps on served outputs → read-out.", "",
              *markdown_table(["scheme", "functionality", "(a) naive", "vs original", "(b) transfer", "vs original",
-                              "(c) discovery + DeepFool", "vs original", "(e) labelled read-out + PGD",
-                              "vs original", "real rows found by (c)"], table), ""]
+                              "(c) discovery + DeepFool", "vs original", "(c′) reverse discovery + DeepFool",
+                              "vs original", "(e) labelled read-out + PGD", "vs original", "real rows found"],
+                             table), ""]
     if "decoys" in by and by["decoys"][0]["aware_defended"] is not None:
         aware = [r["aware_defended"] for r in by["decoys"]]
         b01, b10, p = mcnemar_exact([r["discovery_defended"] for r in by["decoys"]], aware)
@@ -300,8 +326,8 @@ def report(out: Path) -> Path:
     lines += ["Notes: every attack's row on `original` is its sanity baseline. (b) cannot differ between schemes: the "
               "served model computes the owner's function and the attacker never queries it to build the images. "
               "(c) keeps the outputs that vary *least*: on random-weight and the hardened variant the fakes vary "
-              "less than the real rows, so it finds none there (a design-aware attacker would rank the other way; "
-              "not run) — those two are broken by (a) anyway. (e) is invariant to any affine map of the served "
+              "less than the real rows, so it finds none there; (c′) ranks the other way. (e) is invariant to any "
+              "affine map of the served "
               "outputs (it standardises them and fits a linear read-out): on `mixing` it gives the original's "
               "result image for image, and the released code's fake bias cannot change it either.", ""]
     cost = [[name, info["n_outputs"], info["secret_bytes"], f"{info['decrypt_us_per_image']:.1f}",
@@ -328,25 +354,26 @@ def _figure(path: Path, by: dict[str, list[dict]]) -> None:
 
     attacks = [("naive_defended", "(a) naive DeepFool"), ("transfer_defended", "(b) transfer"),
                ("discovery_defended", "(c) noise discovery + DeepFool"),
+               ("reverse_defended", "(c′) reverse discovery + DeepFool"),
                ("decoder_defended", "(e) labelled read-out + PGD")]
     names = list(by)
     fig, ax = plt.subplots(figsize=(11, 5))
-    width = 0.2
+    width = 0.16
     for j, (column, label) in enumerate(attacks):
         for i, name in enumerate(names):
             values = [r[column] for r in by[name]]
             if any(v is None for v in values):
-                ax.text(i + (j - 1.5) * width, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
+                ax.text(i + (j - 2) * width, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
                 continue
             rate = Rate(sum(values), len(values))
             low, high = rate.ci95_pct
-            ax.bar(i + (j - 1.5) * width, rate.pct, width, color=f"C{j}", label=label if i == 0 else None,
+            ax.bar(i + (j - 2) * width, rate.pct, width, color=f"C{j}", label=label if i == 0 else None,
                    yerr=[[rate.pct - low], [high - rate.pct]], capsize=2)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylabel("defense success, % (95 % Wilson)")
     ax.set_ylim(0, 105)
     ax.set_title(f"Private MNIST CNN, n = {len(by['original'])} images per bar (n/a: not applicable)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=4, fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=5, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -35,12 +35,12 @@ class Columns(nn.Module):
 
 @torch.no_grad()
 def noise_discovery(served: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int], keep: int, queries: int,
-                    seed: int) -> np.ndarray:
-    """The ``keep`` served positions (sorted by spread, least first) whose outputs vary least over ``queries``
-    uniform-noise images of ``shape`` (C, H, W) drawn from ``seed``: the attacker's guess of the real rows."""
+                    seed: int, most: bool = False) -> np.ndarray:
+    """The ``keep`` served positions whose outputs vary least (``most``: most) over ``queries`` uniform-noise
+    images of ``shape`` (C, H, W) drawn from ``seed``, in that order: the attacker's guess of the real rows."""
     noise = torch.rand((queries, *shape), generator=torch.Generator().manual_seed(seed))
-    out = served(noise).reshape(queries, -1).double()
-    return np.argsort(out.std(0).numpy(), kind="stable")[:keep]
+    spread = served(noise).reshape(queries, -1).double().std(0).numpy()
+    return np.argsort(-spread if most else spread, kind="stable")[:keep]
 
 
 def discovery_curve(served: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int], real: np.ndarray,

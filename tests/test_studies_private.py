@@ -12,7 +12,8 @@ import torch
 
 from fakegradient import protect
 from studies import private
-from studies.private_attacks import Columns, Decoded, discovery_curve, fit_decoder, mcnemar_exact, pgd_l2
+from studies.private_attacks import (Columns, Decoded, discovery_curve, fit_decoder, mcnemar_exact, noise_discovery,
+                                     pgd_l2)
 
 
 def test_mcnemar_exact_against_known_values():
@@ -44,6 +45,8 @@ def test_discovery_curve_and_columns(digits_model, one_torch_thread):
     served, key = protect(model, example_input=images[:2], seed=0)
     curve = discovery_curve(served, (1, 8, 8), key.class_positions(), (2, 16), seed=0)
     assert curve[16] == 10  # the red team's finding, on a model the attacker never saw
+    loudest = noise_discovery(served, (1, 8, 8), 10, 16, seed=0, most=True)
+    assert key.is_fake(loudest).all()  # ranked the other way: the fakes
     with torch.no_grad():
         real = Columns(served, key.class_positions())(images[:5])
         torch.testing.assert_close(real, model(images[:5]))
@@ -72,7 +75,8 @@ def test_a_short_run_writes_the_matrix(tmp_path, capsys):
     out = tmp_path / "private"
     assert private.main(["--seed", "1", "--out", str(out), "--eval-images", "12", "--epochs", "1",
                          "--labelled-queries", "100"]) == 0, capsys.readouterr().err
-    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    with open(out / "per_image.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == 12 * len(private.SCHEMES)
     record = json.loads((out / "run.json").read_text())
     assert record["seed"] == 1 and len(record["splits"]["eval"]) == 12
