@@ -112,3 +112,41 @@ def test_a_decoy_key_is_a_permutation_of_3n():
     key = DecoyKey(np.random.default_rng(0).permutation(30), 10, "fc", "0" * 64)
     assert key.n_outputs == 30 and key.is_fake(key.class_positions()).sum() == 0
     assert key.is_decoy(np.arange(30)).sum() == 10 and key.is_fake(np.arange(30)).sum() == 20
+
+
+@pytest.mark.parametrize("method", ["decoys", "mixing"])
+def test_a_candidate_runs_through_bundle_serve_classify_and_evaluate(method, tiny, tiny_input, tmp_path, capsys,
+                                                                     one_torch_thread):
+    from pathlib import Path
+
+    from PIL import Image
+
+    from fakegradient.cli import main
+    from fakegradient.data import Sample
+    from fakegradient.deployment import save_deployment
+    from fakegradient.evaluation.config import EvaluationConfig
+    from fakegradient.evaluation.pipeline import Normalized
+    from fakegradient.evaluation.records import aggregate_by
+    from fakegradient.evaluation.runner import evaluate_model
+    from fakegradient.serving.client import preprocess
+    from fakegradient.serving.onnx_model import load_model_dir
+    from fakegradient.serving.server import build_server
+    from test_server_support import in_thread
+
+    preprocess_spec = {"resize": 16, "crop": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
+    served, secret = protect(tiny, method=method, example_input=tiny_input, labels=NAMES)
+    deployed = save_deployment(tmp_path / "cloud", tmp_path / "device" / "k.secret", served, secret,
+                               input_size=[3, 16, 16], extra={"preprocess": preprocess_spec})
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(image)
+    with torch.no_grad():
+        expected = tiny(torch.from_numpy(preprocess(image, preprocess_spec))[None]).argmax(1).item()
+    with in_thread(build_server([load_model_dir(tmp_path / "cloud")])) as (host, port):
+        assert main(["classify", "--server", f"http://{host}:{port}", "--key", str(deployed.secret),
+                     "--top", "1", str(image)]) == 0
+    assert capsys.readouterr().out.strip().startswith(f"photo.png: {NAMES[expected]} ")
+    samples = [Sample(Path(f"img_{i}.png"), None) for i in range(len(tiny_input))]
+    config = EvaluationConfig(models=["tiny"], methods=("original", method), seed=0, max_iter=5, timing_repeats=2)
+    evaluation = evaluate_model("tiny", Normalized(tiny, (0.0,), (1.0,)), tiny_input, samples, config,
+                                progress=False)
+    assert aggregate_by(evaluation.records)[("tiny", method)]["original_functionality_pct"] == 100.0
