@@ -14,7 +14,7 @@ import os
 from ..errors import InvalidArgument, KeyFileError
 from .base import SNIFF_BYTES, Capabilities, Scheme, Secret
 
-MODULES = (".fake_rows", ".split")  # the built-in scheme modules, in registry order
+MODULES = (".fake_rows", ".split", ".decoys", ".mixing")  # the built-in scheme modules, in registry order
 
 _SCHEMES: dict[str, Scheme] = {}
 _SECRETS: dict[str, type[Secret]] = {}
