@@ -150,8 +150,9 @@ def test_python_m_fakegradient_models():
     result = subprocess.run([sys.executable, "-m", "fakegradient", "models"], capture_output=True, text=True,
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr
-    names = result.stdout.split()
-    assert names == sorted(names) and len(names) == len(set(names))
+    *lines, note = result.stdout.splitlines()
+    names = [line.split()[0] for line in lines]  # a name, then the weights this machine has, if any
+    assert names == sorted(names) and len(names) == len(set(names)) and "timm:NAME" in note
     assert {"mobilenet_v2", "resnet18", "efficientnet_lite0", "vit_b_16"} <= set(names)
 
 
@@ -231,7 +232,7 @@ def test_bad_inputs_in_process(tmp_path, protected_dir, capsys):
     assert "cannot" in error_of("protect", "mobilenet_v2", "--weights", "IMAGENET1K_V1",
                                 "--out", tmp_path / "o2", "--key", blocker / "k.json")
     assert not (tmp_path / "k2.json").exists() and not (tmp_path / "o2").exists()
-    assert "fakegradient model file" in error_of("info", text)
+    assert "is not a key, device-head or protected-model file" in error_of("info", text)
     assert "inside --out" in error_of("protect", "mobilenet_v2", "--weights", "IMAGENET1K_V1",
                                       "--out", tmp_path / "cloud", "--key", tmp_path / "cloud" / "k.json")
     assert not (tmp_path / "cloud").exists()

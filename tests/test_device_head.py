@@ -347,7 +347,8 @@ def test_the_device_client_classifies_with_a_head_file_without_torch(deployed_sp
 def test_the_head_file_info_and_no_overwrite_from_the_cli(deployed_split, capsys):
     head, cloud = deployed_split["head"], deployed_split["root"] / "cloud"
     assert stat.S_IMODE(head.stat().st_mode) == 0o600
-    assert head.stat().st_size < 1000 * 1280 * 4 + 1000 * 4 + 4096  # the head and a small header
+    # the head and a header holding the 1000 class names (about 16 KB of JSON)
+    assert head.stat().st_size < 1000 * 1280 * 4 + 1000 * 4 + 64 * 1024
     assert main(["info", str(head)]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["method"] == "device-head" and (described["n_real"], described["n_features"]) == (1000, 1280)

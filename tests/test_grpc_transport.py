@@ -22,7 +22,7 @@ from test_server_support import running_transports, serve_subprocess
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not installed (pip install 'fakegradient[grpc]')")
 
-from fakegradient import protect
+from fakegradient import load_secret, protect
 from fakegradient.classify import predictions
 from fakegradient.cli import main
 from fakegradient.modelfile import write_bundle
@@ -297,4 +297,6 @@ def test_the_20_photos_through_tritonclient_grpc_and_http_match_the_original(tmp
             assert top1 == photos_top1, module.__name__
         assert main(["classify", "--server", f"grpc://{grpc_address}", "--key", str(tmp_path / "mnv2.key"),
                      "--top", "1", *map(str, paths)]) == 0
-    assert _printed_top1(capsys.readouterr().out) == [f"class {i}" for i in photos_top1]  # minimal: no names
+    # minimal metadata publishes no names: the ones printed came with the key
+    assert _printed_top1(capsys.readouterr().out) == [load_secret(tmp_path / "mnv2.key").label(i) for i in photos_top1]
+    assert "categories" in model.parameters() and "categories" not in Access().public(model.parameters())
