@@ -8,7 +8,7 @@ Each attacker of :data:`ATTACKERS` runs, as the adaptive stage does, on every sc
 ``--limit`` images, seed 0, the committed run's budgets for this model where ``reports/`` has them).
 Every call of a served pipeline is counted by hooks: forward passes (with or without a graph) and their rows,
 backward passes that reach the input and their rows. The **roofline** is those passes timed alone on the same
-batch shapes (the faster of two memory layouts, best of two), summed: the unavoidable work for the
+batch shapes (the median of three, in the faster of two memory layouts), summed: the unavoidable work for the
 queries/iterations the attack ran. ``wall/roof`` is its fraction of the wall time, ``rest`` the difference
 (ART/foolbox/Python bookkeeping, query hashing, numpy). Variants: ``before`` attacks every scheme for real
 (the committed path), ``after`` lets a scheme reuse the original's black-box run where
@@ -92,7 +92,8 @@ class Roofline:
                 return time.perf_counter() - start
 
             layouts = (torch.contiguous_format, torch.channels_last) if len(shape) == 4 else (torch.contiguous_format,)
-            best = lambda grad, backward: min(forward(lay, grad, backward) for lay in layouts for _ in range(2))
+            best = lambda grad, backward: min(statistics.median(forward(lay, grad, backward) for _ in range(3))
+                                              for lay in layouts)
             if kind == "fwd":
                 self.cache[key] = best(False, False)
             elif kind == "fwd_grad":

@@ -413,10 +413,10 @@ def _square(ctx: Context) -> Attempt:
 
 def _hopskipjump(ctx: Context) -> Attempt:
     attack = HopSkipJump(queries=ctx.bench.config.blackbox_queries, eps=ctx.budgets["blackbox_l2"])
-    return ctx.cached(("hopskipjump", ctx.target.method), lambda: _black_box(ctx, "hopskipjump", attack))
+    return ctx.cached(("hopskipjump", ctx.target.method), lambda: _black_box(ctx, "hopskipjump", attack, top1_only=True))
 
 
-def _black_box(ctx: Context, name: str, attack: Callable) -> Attempt:
+def _black_box(ctx: Context, name: str, attack: Callable, top1_only: bool = False) -> Attempt:
     """``attack`` on the scheme; one whose served scores are the original's on every query of the
     original's run (checked while it ran, :mod:`.reuse`) gets that run's images and query counts."""
     def compute(target: Target) -> Attempt:
@@ -432,11 +432,11 @@ def _black_box(ctx: Context, name: str, attack: Callable) -> Attempt:
     if ctx.target.secret is None:
         schemes = {m: (s, _head_name(bench, s), k.class_positions()) for m, (s, k) in bench.served.items()
                    if k is not None and scheme(m).capabilities.head_rows and not scheme(m).capabilities.fakes_win}
-        with reuse.SameScores(served, original.target.head, schemes) as watch:
+        with reuse.SameScores(served, original.target.head, schemes, top1_only) as watch:
             attempt = compute(original.target)
         bench.memo[key] = watch.verdict()
         return attempt
-    first = original.cached((name, ORIGINAL), lambda: _black_box(original, name, attack))
+    first = original.cached((name, ORIGINAL), lambda: _black_box(original, name, attack, top1_only))
     if ctx.target.method in bench.memo.get(key, ()):
         return Attempt(first.adversarial.clone(), queries=first.queries.clone())
     return compute(ctx.target)
