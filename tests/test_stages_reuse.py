@@ -124,9 +124,9 @@ def test_digits_fakes_that_come_second_are_not_reused_for_square_but_are_for_hop
         verdicts.append(watch.verdict())
     assert verdicts == [set(), {"random-weight"}]
     with reuse.SameScores(original, head, schemes, top1_only=True) as watch, torch.no_grad():
-        original(x[:1])  # one image: here its real rows are one ulp off the original's
-    assert (pipeline(x[:1])[:, secret.class_positions()] != original(x[:1])).any()  # the premise
-    assert watch.verdict() == set()
+        original(x[:1])  # one image: here (MKL, 1 thread) its real rows were one ulp off the original's
+        differs = bool((pipeline(x[:1])[:, secret.class_positions()] != original(x[:1])).any())
+    assert watch.verdict() == (set() if differs else {"random-weight"})  # bit for bit, or not reused
 
 
 def test_the_same_row_is_the_originals_query_for_query(bench):
