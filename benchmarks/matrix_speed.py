@@ -221,12 +221,15 @@ def main() -> None:
                       f"{span(fractions, '4.2f'):>18} {span(rests, '6.1f'):>20}  {summary(runs[0]['counts']):<28} "
                       f"{'yes' if same else 'NO'}")
     if len(variants) > 1:
-        print("\nspeed-up (median wall before / after, per thread count):")
+        print(f"\nspeed-up {variants[0]} / {variants[-1]}: wall time, paired within each round (median [range]), "
+              "and rows passed")
         for t in threads:
             for name in names:
-                b = statistics.median(x["wall"] for x in results[(t, name, variants[0])])
-                a = statistics.median(x["wall"] for x in results[(t, name, variants[-1])])
-                print(f"  threads {t} {name:<24} {b / a:5.2f}x")
+                pairs = zip(results[(t, name, variants[0])], results[(t, name, variants[-1])])
+                ratios = [b["wall"] / a["wall"] for b, a in pairs]
+                rows = [sum(n * shape[0] for (_, shape, _), n in results[(t, name, v)][0]["counts"].items())
+                        for v in (variants[0], variants[-1])]
+                print(f"  threads {t} {name:<24} wall {span(ratios, '4.2f')}x   rows {rows[0] / max(rows[1], 1):4.2f}x")
 
 
 if __name__ == "__main__":
