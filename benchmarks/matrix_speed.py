@@ -88,7 +88,7 @@ class Roofline:
                 with torch.set_grad_enabled(grad):
                     out = model(xs)
                     if backward:
-                        (g,) = torch.autograd.grad(out.float().sum(), xs)
+                        torch.autograd.grad(out.float().sum(), xs)
                 return time.perf_counter() - start
 
             layouts = (torch.contiguous_format, torch.channels_last) if len(shape) == 4 else (torch.contiguous_format,)

@@ -21,6 +21,8 @@ failure: the scheme is attacked for real.
 
 from __future__ import annotations
 
+from typing import Self
+
 import numpy as np
 import torch
 from torch import nn
@@ -36,13 +38,13 @@ class SameScores:
     def __init__(self, original: nn.Module, head: str, schemes: dict[str, tuple[nn.Module, str, np.ndarray]],
                  top1_only: bool = False):
         self.original, self.head, self.rank = original, head, 0 if top1_only else 1
-        self.schemes = {m: (served, served.get_submodule(name), torch.as_tensor(np.asarray(positions), dtype=torch.long))
+        self.schemes = {m: (served, served.get_submodule(name), torch.as_tensor(np.asarray(positions)).long())
                         for m, (served, name, positions) in schemes.items()}
         self.alive = {m for m, (_, module, _) in self.schemes.items() if module is not original.get_submodule(head)}
         self.inputs: dict[tuple[int, ...], torch.Tensor] = {}  # one pipeline input per batch shape
         self._handles: list = []
 
-    def __enter__(self) -> SameScores:
+    def __enter__(self) -> Self:
         self._handles = [self.original.register_forward_pre_hook(self._input),
                          self.original.get_submodule(self.head).register_forward_hook(self._scores)]
         return self
