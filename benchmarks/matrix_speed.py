@@ -1,0 +1,236 @@
+"""Where the adaptive matrix's time goes: per attacker, wall time vs the forward/backward passes it ran.
+
+    PYTHONPATH=src python benchmarks/matrix_speed.py [--model mobilenet_v2:IMAGENET1K_V1] [--data photos]
+        [--limit 2] [--attackers square,hopskipjump] [--queries 5000] [--threads 1,2] [--rounds 3]
+        [--variants before,after]
+
+Each attacker of :data:`ATTACKERS` runs, as the adaptive stage does, on every scheme (one shard: the first
+``--limit`` images, seed 0, the committed run's budgets for this model where ``reports/`` has them).
+Every call of a served pipeline is counted by hooks: forward passes (with or without a graph) and their rows,
+backward passes that reach the input and their rows. The **roofline** is those passes timed alone on the same
+batch shapes (the median of three, in the faster of two memory layouts), summed: the unavoidable work for the
+queries/iterations the attack ran. ``wall/roof`` is its fraction of the wall time, ``rest`` the difference
+(ART/foolbox/Python bookkeeping, query hashing, numpy). Variants: ``before`` attacks every scheme for real
+(the committed path), ``after`` lets a scheme reuse the original's black-box run where
+:mod:`fakegradient.evaluation.stages.reuse` proves its scores equal. The memo is cleared before each
+(attacker, variant), so each attacker pays its own shared computations. Rounds interleave threads,
+variants and attackers (the machine is shared); the table gives the median and range over rounds, and
+whether each attacker's per-image decisions (device top-1 = original clean top-1) and query counts agree
+between variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.stages import reuse
+from fakegradient.evaluation.stages.adaptive import target
+from fakegradient.evaluation.stages.attackers import ATTACKERS, Context
+from fakegradient.evaluation.workbench import Workbench, deepfool, full_fp32
+
+METHODS = "original,fake-gradient,random-weight,fake-gradient-hardened,device-head"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Passes:
+    """Counts, on each watched pipeline, forward calls ``fwd`` (no graph) / ``fwd_grad`` and backward passes
+    ``bwd`` that reach the pipeline's input: Counter of (pipeline, kind, rows, input shape)."""
+
+    def __init__(self, pipelines: dict[str, nn.Module]):
+        self.counts: Counter = Counter()
+        self.handles = [p.register_forward_hook(self._hook(name)) for name, p in pipelines.items()]
+
+    def _hook(self, name: str):
+        def hook(_module, inputs, output):
+            x = inputs[0]
+            key = (name, tuple(x.shape))
+            if torch.is_grad_enabled() and output.requires_grad:
+                self.counts[(*key, "fwd_grad")] += 1
+                if x.requires_grad:
+                    x.register_hook(lambda g: self._backward(key))
+            else:
+                self.counts[(*key, "fwd")] += 1
+        return hook
+
+    def _backward(self, key) -> None:
+        self.counts[(*key, "bwd")] += 1
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class Roofline:
+    """Seconds of one pass of each (pipeline, input shape, kind), timed alone; cached per round."""
+
+    def __init__(self, pipelines: dict[str, nn.Module]):
+        self.pipelines, self.cache = pipelines, {}
+
+    def cost(self, name: str, shape: tuple[int, ...], kind: str) -> float:
+        key = (name, shape, kind)
+        if key not in self.cache:
+            model = self.pipelines[name]
+            x = torch.rand(shape)
+
+            def forward(layout, grad: bool, backward: bool) -> float:
+                xs = x.contiguous(memory_format=layout).requires_grad_(grad)
+                start = time.perf_counter()
+                with torch.set_grad_enabled(grad):
+                    out = model(xs)
+                    if backward:
+                        torch.autograd.grad(out.float().sum(), xs)
+                return time.perf_counter() - start
+
+            layouts = (torch.contiguous_format, torch.channels_last) if len(shape) == 4 else (torch.contiguous_format,)
+            best = lambda grad, backward: min(statistics.median(forward(lay, grad, backward) for _ in range(3))
+                                              for lay in layouts)
+            if kind == "fwd":
+                self.cache[key] = best(False, False)
+            elif kind == "fwd_grad":
+                self.cache[key] = best(True, False)
+            else:
+                self.cache[key] = max(best(True, True) - best(True, False), 0.0)
+        return self.cache[key]
+
+    def seconds(self, counts: Counter) -> float:
+        return sum(n * self.cost(name, shape, kind) for (name, shape, kind), n in counts.items())
+
+
+def committed_budgets(spec: str) -> dict[str, float] | None:
+    for path in sorted(glob.glob(str(ROOT / "reports" / "*" / "results.json"))):
+        adaptive = json.loads(Path(path).read_text()).get("adaptive") or {}
+        if spec in adaptive and adaptive[spec].get("budgets"):
+            return dict(adaptive[spec]["budgets"])
+    return None
+
+
+def run_attacker(bench: Workbench, name: str, images: torch.Tensor, budgets: dict, passes: Passes,
+                 roofline: Roofline) -> dict:
+    """``name`` on every scheme, as the adaptive stage; its wall time, passes, roofline and decisions."""
+    bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}  # keep only the traced head names
+    with torch.no_grad():
+        truth = bench.original(images).argmax(1)
+    passes.counts.clear()
+    decisions, queries = {}, {}
+    begin = time.perf_counter()
+    for method in bench.config.methods:
+        scheme = target(bench, method)
+        attempt = ATTACKERS[name].run(Context(bench, scheme, images, 0, budgets, truth))
+        if attempt is None:
+            continue
+        with torch.no_grad():
+            decisions[method] = (scheme.device(attempt.adversarial).argmax(1) == truth).tolist()
+        queries[method] = None if attempt.queries is None else attempt.queries.tolist()
+    wall = time.perf_counter() - begin
+    counts = Counter(passes.counts)
+    roof = roofline.seconds(counts)
+    return {"wall": wall, "roof": roof, "counts": counts, "decisions": decisions, "queries": queries}
+
+
+def summary(counts: Counter) -> str:
+    out = []
+    for kind in ("fwd", "fwd_grad", "bwd"):
+        calls = sum(n for (_, _, k), n in counts.items() if k == kind)
+        rows = sum(n * shape[0] for (_, shape, k), n in counts.items() if k == kind)
+        out.append(f"{calls}/{rows}")
+    return " ".join(out)
+
+
+def span(values: list[float], fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mobilenet_v2:IMAGENET1K_V1")
+    parser.add_argument("--data", default="photos")
+    parser.add_argument("--limit", type=int, default=2)
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--attackers", default=",".join(n for n, a in ATTACKERS.items() if a.run is not None))
+    parser.add_argument("--queries", type=int, default=5000, help="black-box queries per image (the matrix: 5000)")
+    parser.add_argument("--threads", default="1", help="comma-separated torch thread counts")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default="after", help="before (every scheme attacked), after, or both")
+    args = parser.parse_args()
+
+    names = args.attackers.split(",")
+    unknown = [n for n in names if n not in ATTACKERS or ATTACKERS[n].run is None]
+    if unknown:
+        parser.error(f"unknown or round-1 attacker(s) {unknown}")
+    config = EvaluationConfig(models=[args.model], methods=args.methods.split(","), data=args.data, limit=args.limit,
+                              seed=0, adaptive=True, blackbox_queries=args.queries)
+    with full_fp32():
+        bench = Workbench.load(config, args.model, 0)
+        images = bench.batch(0, len(bench.samples))
+        budgets = committed_budgets(args.model)
+        source = "committed run"
+        if budgets is None:
+            adversarial = deepfool(config)(bench.original, images).adversarial
+            base = float((adversarial - images).flatten(1).norm(dim=1).median())
+            budgets = {"base_l2": base, "whitebox_l2": config.budget_factor * base,
+                       "blackbox_l2": config.blackbox_factor * base}
+            source = "DeepFool on these images"
+        budgets["blackbox_queries"] = float(args.queries)
+        pipelines = {m: served for m, (served, _) in bench.served.items()}
+        passes = Passes(pipelines)
+        variants, threads = args.variants.split(","), [int(t) for t in args.threads.split(",")]
+        print(f"{args.model} on {len(images)} of --data {args.data}; schemes {args.methods}; budgets ({source}) "
+              f"white-box L2 {budgets['whitebox_l2']:.3f}, black-box L2 {budgets['blackbox_l2']:.2f}, "
+              f"{args.queries} queries/image; {args.rounds} rounds, interleaved", flush=True)
+        results: dict = {}
+        for r in range(args.rounds):
+            for t in threads if r % 2 == 0 else threads[::-1]:
+                torch.set_num_threads(t)
+                roofline = Roofline(pipelines)  # timed afresh each round, under that round's load
+                for name in names:
+                    for variant in variants if r % 2 == 0 else variants[::-1]:
+                        reuse.ENABLED = variant != "before"
+                        res = run_attacker(bench, name, images, budgets, passes, roofline)
+                        results.setdefault((t, name, variant), []).append(res)
+                        print(f"  round {r + 1} threads {t} {name:<24} {variant:<6} wall {res['wall']:7.1f} s  "
+                              f"roofline {res['roof']:7.1f} s", flush=True)
+        passes.close()
+        reuse.ENABLED = True
+
+    print(f"\npasses: calls/rows of forward without graph, forward with graph, backward to the input "
+          f"(summed over schemes, round 1); times in s, median [range] over {args.rounds} rounds")
+    header = f"{'thr':>3} {'attacker':<24} {'variant':<7} {'wall s':>22} {'roofline s':>22} {'wall/roof':>18} " \
+             f"{'rest s':>20}  {'passes (fwd fwd_grad bwd)':<28} same"
+    print(header)
+    print("-" * len(header))
+    for t in threads:
+        for name in names:
+            for variant in variants:
+                runs = results[(t, name, variant)]
+                walls, roofs = [x["wall"] for x in runs], [x["roof"] for x in runs]
+                fractions = [x["roof"] / x["wall"] for x in runs]
+                rests = [x["wall"] - x["roof"] for x in runs]
+                base = results[(t, name, variants[0])][0]
+                same = all(x["decisions"] == base["decisions"] and x["queries"] == base["queries"] for x in runs)
+                print(f"{t:>3} {name:<24} {variant:<7} {span(walls, '7.1f'):>22} {span(roofs, '7.1f'):>22} "
+                      f"{span(fractions, '4.2f'):>18} {span(rests, '6.1f'):>20}  {summary(runs[0]['counts']):<28} "
+                      f"{'yes' if same else 'NO'}")
+    if len(variants) > 1:
+        print(f"\nspeed-up {variants[0]} / {variants[-1]}: wall time, paired within each round (median [range]), "
+              "and rows passed")
+        for t in threads:
+            for name in names:
+                pairs = zip(results[(t, name, variants[0])], results[(t, name, variants[-1])])
+                ratios = [b["wall"] / a["wall"] for b, a in pairs]
+                rows = [sum(n * shape[0] for (_, shape, _), n in results[(t, name, v)][0]["counts"].items())
+                        for v in (variants[0], variants[-1])]
+                print(f"  threads {t} {name:<24} wall {span(ratios, '4.2f')}x   rows {rows[0] / max(rows[1], 1):4.2f}x")
+
+
+if __name__ == "__main__":
+    main()

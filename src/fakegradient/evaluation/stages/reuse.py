@@ -1,0 +1,113 @@
+"""Reusing the original's black-box run on a scheme that serves the same scores, checked query by query.
+
+A score- or decision-based attack (Square, HopSkipJump) reads the served outputs only through the top-1
+position, the label's score and the second-largest score. A scheme whose served outputs are, on every
+query the attack sent, the original's logits bit for bit at the real positions, with every fake output
+below the second-largest real one (the largest, for an attack that reads only the top-1) and a unique
+top-1, makes all of those the same (the top-1 moved to its served position), so the attack on it sends
+the same queries and makes the same decisions: its images and query counts are the original's. A query
+whose outputs are all NaN on the original must be all NaN on the scheme; Square reads such a query only
+through its margin (NaN on both: the candidate is rejected on both), an attack reading the top-1 alone
+gets no such allowance (the argmax of a NaN row is position 0, not the same class). Random Weight and the hardened scheme are such schemes on
+natural and attacked images (their fakes never win); the paper's scheme (fakes win) is not.
+
+:class:`SameScores` watches the original's head while the original is attacked and keeps, for each
+candidate scheme, whether that held on every query, computing the scheme's served outputs from the
+original's head input with the scheme's own head at the same batch shape (a matrix product per query,
+not a forward pass). It then checks, on one recorded input of each batch shape, that the scheme's trunk
+gives the original's head input bit for bit and that its served output is its head's output. Any
+failure: the scheme is attacked for real.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+import torch
+from torch import nn
+
+ENABLED = True  # off: every scheme is attacked for real (benchmarks/matrix_speed.py compares both)
+
+
+class SameScores:
+    """While active, watches ``original`` (a pipeline ending at its head ``head``) and checks each scheme
+    of ``schemes`` (method → (served pipeline, its head's name, (N,) served position of each class)).
+    ``top1_only``: the attack reads only the top-1 (HopSkipJump): fakes need only stay below the top score."""
+
+    def __init__(self, original: nn.Module, head: str, schemes: dict[str, tuple[nn.Module, str, np.ndarray]],
+                 top1_only: bool = False):
+        self.original, self.head, self.rank = original, head, 0 if top1_only else 1
+        self.schemes = {m: (served, served.get_submodule(name), torch.as_tensor(np.asarray(positions)).long())
+                        for m, (served, name, positions) in schemes.items()}
+        self.alive = {m for m, (_, module, _) in self.schemes.items() if module is not original.get_submodule(head)}
+        self.inputs: dict[tuple[int, ...], torch.Tensor] = {}  # one pipeline input per batch shape
+        self._handles: list = []
+
+    def __enter__(self) -> Self:
+        self._handles = [self.original.register_forward_pre_hook(self._input),
+                         self.original.get_submodule(self.head).register_forward_hook(self._scores)]
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _input(self, _module, inputs) -> None:
+        self.inputs.setdefault(tuple(inputs[0].shape), inputs[0].detach().clone())
+
+    @torch.no_grad()
+    def _scores(self, _module, inputs, output) -> None:
+        if not self.alive:
+            return
+        features, logits = inputs[0].detach(), output.detach().flatten(1)
+        void = logits.isnan().all(dim=1)  # ART's L2 Square sends NaN images (a 0/0 in its update)
+        if logits.shape[1] < 2 or (void.any() and self.rank == 0) or logits[~void].isnan().any():
+            self.alive.clear()
+            return
+        top2 = logits[~void].topk(2, dim=1).values
+        unique_top = bool((top2[:, 0] > top2[:, 1]).all())
+        for method in sorted(self.alive):
+            _, module, positions = self.schemes[method]
+            served = module(features).flatten(1)  # the scheme's served outputs: its head, same batch shape
+            if not (unique_top and bool(served[void].isnan().all())
+                    and _same_top(served[~void], logits[~void], positions, top2[:, self.rank])):
+                self.alive.discard(method)
+
+    @torch.no_grad()
+    def verdict(self) -> set[str]:
+        """The schemes whose attack is the original's: the per-query condition held and, on one recorded
+        input per batch shape, the trunks agree bit for bit and each pipeline ends at its head."""
+        same = set(self.alive)
+        for x in self.inputs.values():
+            features, logits = _head_io(self.original, self.original.get_submodule(self.head), x)
+            if not torch.equal(self.original(x).flatten(1), logits):
+                return set()
+            for method in sorted(same):
+                served, module, _ = self.schemes[method]
+                theirs, outputs = _head_io(served, module, x)
+                if not (torch.equal(theirs, features) and torch.equal(served(x).flatten(1), outputs)):
+                    same.discard(method)
+        return same
+
+
+def _same_top(served: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor, bound: torch.Tensor) -> bool:
+    """served (b, M) equals logits (b, N) at ``positions`` and is below ``bound`` (b,) elsewhere."""
+    if len(positions) != logits.shape[1] or int(positions.max()) >= served.shape[1] \
+            or not torch.equal(served[:, positions.to(served.device)], logits):
+        return False
+    fake = torch.ones(served.shape[1], dtype=torch.bool, device=served.device)
+    fake[positions.to(served.device)] = False
+    return not bool(fake.any()) or bool((served[:, fake].amax(dim=1) < bound).all())
+
+
+def _head_io(pipeline: nn.Module, head: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(head input, head output) of ``pipeline`` on x (b, C, H, W)."""
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = head.register_forward_hook(lambda _m, i, o: captured.append((i[0].detach(), o.detach().flatten(1))))
+    try:
+        pipeline(x)
+    finally:
+        handle.remove()
+    return captured[0]

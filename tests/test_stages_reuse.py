@@ -1,0 +1,176 @@
+"""evaluation/stages/reuse.py: a scheme reuses the original's black-box run only where its served scores are
+provably the original's on every query; the reused rows equal those of attacking the scheme for real."""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fakegradient.data import Sample
+from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.pipeline import Normalized
+from fakegradient.evaluation.stages import reuse
+from fakegradient.evaluation.stages.adaptive import target
+from fakegradient.evaluation.stages.attackers import ATTACKERS, Context, _head_name
+from fakegradient.evaluation.workbench import Workbench, served_pipelines
+from fakegradient.head import replace_module
+from fakegradient.methods import ORIGINAL
+
+SCHEMES = [ORIGINAL, "fake-gradient", "random-weight", "fake-gradient-hardened"]
+N = 4
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def bench(digits_model):
+    """The digits model on 32x32 images (pooled to 8x8 inside): ART's L2 Square sends NaN
+    images on 8x8 ones (1-pixel stripes) and where clipping at 0 or 1 zeroes a window's perturbation (a
+    0/0: all-NaN outputs, which the reuse accepts only for Square)."""
+    model, x, y = digits_model
+    config = EvaluationConfig(models=["digits"], methods=SCHEMES, seed=0, adaptive=True, blackbox_queries=100)
+    original = Normalized(nn.Sequential(nn.AvgPool2d(4), model), (0.0,), (1.0,)).eval()
+    x = x.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+    samples = [Sample(Path(f"d{i}.png"), int(label)) for i, label in enumerate(y[:N])]
+    bench = Workbench(config, original, served_pipelines(original, config, 0, x[:1]), samples, 0, x[:N])
+    for method in ("random-weight", "fake-gradient-hardened"):
+        served, secret = bench.served[method]
+        name = _head_name(bench, served)
+        replace_module(served, name, ExactReals(served.get_submodule(name), original.get_submodule(
+            _head_name(bench, original)), secret.class_positions()))
+    return bench
+
+
+class ExactReals(nn.Linear):
+    """A served head whose real rows are the original head's output itself, and whose fakes sit 100 below.
+
+    On 8x8 digits, Random Weight's real rows differ from the original's by one ulp at batch 1 (a 20-row vs
+    a 10-row product) and its fakes can come second: the reuse rightly refuses both (tests below). This
+    head has neither, as the ImageNet models' schemes measured (benchmarks/matrix_speed.py)."""
+
+    def __init__(self, served: nn.Linear, original: nn.Linear, positions: np.ndarray):
+        super().__init__(served.in_features, served.out_features)
+        with torch.no_grad():
+            self.weight.copy_(served.weight)
+            self.bias.copy_(served.bias - 100.0)
+        self.real = (original.weight.detach().clone(), original.bias.detach().clone())  # the same op as its own
+        self.positions = torch.as_tensor(positions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x).clone()
+        out[:, self.positions] = nn.functional.linear(x, *self.real)
+        return out
+
+
+BUDGETS = {"base_l2": 0.56, "whitebox_l2": 1.12, "blackbox_l2": 2.5}
+
+
+def run_matrix_row(bench, name: str, enabled: bool, order=SCHEMES) -> dict:
+    """``name`` on every scheme in ``order`` with a fresh memo: method → (adversarial, queries, defended)."""
+    bench.memo = {}
+    reuse.ENABLED = enabled
+    try:
+        images = bench.images
+        with torch.no_grad():
+            truth = bench.original(images).argmax(1)
+        out = {}
+        for method in order:
+            scheme = target(bench, method)
+            attempt = ATTACKERS[name].run(Context(bench, scheme, images, 0, BUDGETS, truth))
+            with torch.no_grad():
+                defended = (scheme.device(attempt.adversarial).argmax(1) == truth).tolist()
+            out[method] = (attempt.adversarial, attempt.queries.tolist(), defended)
+        return out
+    finally:
+        reuse.ENABLED = True
+
+
+@pytest.mark.parametrize("name", ["square", "hopskipjump"])
+@pytest.mark.parametrize("original_first", [True, False])
+def test_reused_rows_equal_attacking_each_scheme(bench, name, original_first):
+    order = SCHEMES if original_first else SCHEMES[::-1]  # a scheme before the original: it runs the original
+    real = run_matrix_row(bench, name, enabled=False)
+    fast = run_matrix_row(bench, name, enabled=True, order=order)
+    verdict = next(v for k, v in bench.memo.items() if k[0] == "same-scores" and k[1] == name)
+    assert verdict == {"random-weight", "fake-gradient-hardened"}  # the paper's fakes win: attacked for real
+    for method in SCHEMES:
+        adversarial, queries, defended = fast[method]
+        assert queries == real[method][1], method
+        assert defended == real[method][2], method
+        assert torch.allclose(adversarial, real[method][0], rtol=0, atol=1e-6), method
+
+
+def test_digits_fakes_that_come_second_are_not_reused_for_square_but_are_for_hopskipjump(digits_model):
+    """Unlowered, Random Weight's fakes on digits exceed the second score (Square reads that margin) but
+    never the first (all HopSkipJump reads)."""
+    model, x, _ = digits_model
+    config = EvaluationConfig(models=["digits"], methods=[ORIGINAL, "random-weight"], seed=0)
+    original = Normalized(model, (0.0,), (1.0,)).eval()
+    served = served_pipelines(original, config, 0, x[:1])
+    bench = Workbench(config, original, served, [], 0, x[:N])
+    head, (pipeline, secret) = _head_name(bench, original), served["random-weight"]
+    with torch.no_grad():
+        fakes_max = pipeline(x[:N]).index_fill(1, torch.as_tensor(secret.class_positions()), -torch.inf).amax(1)
+        top2 = original(x[:N]).topk(2, dim=1).values
+    assert (fakes_max > top2[:, 1]).any() and (fakes_max < top2[:, 0]).all()  # the premise
+    verdicts = []
+    for top1_only in (False, True):
+        schemes = {"random-weight": (pipeline, _head_name(bench, pipeline), secret.class_positions())}
+        with reuse.SameScores(original, head, schemes, top1_only) as watch, torch.no_grad():
+            original(x[:N])
+        verdicts.append(watch.verdict())
+    assert verdicts == [set(), {"random-weight"}]
+    with reuse.SameScores(original, head, schemes, top1_only=True) as watch, torch.no_grad():
+        original(x[:1])  # one image: here (MKL, 1 thread) its real rows were one ulp off the original's
+        differs = bool((pipeline(x[:1])[:, secret.class_positions()] != original(x[:1])).any())
+    assert watch.verdict() == (set() if differs else {"random-weight"})  # bit for bit, or not reused
+
+
+def test_the_same_row_is_the_originals_query_for_query(bench):
+    fast = run_matrix_row(bench, "square", enabled=True)
+    assert fast["random-weight"][1] == fast[ORIGINAL][1]
+    assert fast["fake-gradient"][1] != fast[ORIGINAL][1]  # the paper's scheme: its own attack
+
+
+def scheme_tampered(bench, method: str, where: str) -> Normalized:
+    """A copy of ``method``'s served pipeline whose real rows (``head``) or trunk (``trunk``) differ slightly."""
+    served = copy.deepcopy(bench.served[method][0])
+    with torch.no_grad():
+        if where == "head":
+            served.get_submodule(_head_name(bench, bench.served[method][0])).real[1][0] += 1e-3  # class 0
+        else:
+            next(p for p in served.parameters() if p.dim() == 4).mul_(1.001)
+    return served
+
+
+@pytest.mark.parametrize("where", ["head", "trunk"])
+def test_scores_that_differ_anywhere_are_not_reused(bench, where):
+    """The per-query check catches a real row that differs; the per-shape check a trunk that differs (the
+    per-query check reads the original's trunk features, so only the latter can see it)."""
+    method = "random-weight"
+    served = scheme_tampered(bench, method, where)
+    head = _head_name(bench, bench.served[method][0])
+    schemes = {method: (bench.served[method][0], head, bench.served[method][1].class_positions()),
+               "tampered": (served, head, bench.served[method][1].class_positions())}
+    with reuse.SameScores(bench.original, _head_name(bench, bench.original), schemes) as watch, torch.no_grad():
+        bench.original(bench.images)
+        bench.original(torch.rand(3, *bench.images.shape[1:]))
+    assert watch.verdict() == {method}
+
+
+def test_fakes_reaching_the_second_score_are_not_reused(bench):
+    """A scheme whose fake outputs reach the original's second-largest score changes the margin ART reads."""
+    method = "random-weight"
+    served = copy.deepcopy(bench.served[method][0])
+    head = _head_name(bench, bench.served[method][0])
+    rows = bench.served[method][1].class_positions()
+    fakes = sorted(set(range(2 * len(rows))) - set(rows.tolist()))
+    with torch.no_grad():
+        served.get_submodule(head).bias[fakes[0]] += 1e3  # this fake now wins everywhere
+    schemes = {"tampered": (served, head, rows)}
+    with reuse.SameScores(bench.original, _head_name(bench, bench.original), schemes) as watch, torch.no_grad():
+        bench.original(bench.images)
+    assert watch.verdict() == set()
