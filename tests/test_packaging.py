@@ -95,6 +95,10 @@ def test_device_install_has_no_torch_and_classifies_through_a_server(tmp_path):
         assert line == f"error: fakegradient {command[0]} needs the [{extra}] extra: in a clone of fakegradient, " \
                        f"pip install '.[{extra}]'", line
     assert not (tmp_path / "x").exists()
+    failed = subprocess.run([str(cli), "info", str(image)], capture_output=True, text=True, timeout=120, env=CLEAN_ENV)
+    assert failed.returncode == 1 and failed.stderr.splitlines() == [  # says what it reads, needs no torch
+        f"error: {image} is not a key, device-head or protected-model file (a key file, model.pt, model.onnx or "
+        "their folder)"]
 
     # at the Python level: the extra, not the module torch (nor one deep in a dependency)
     failed = subprocess.run([str(python), "-c", "import fakegradient.models"], capture_output=True, text=True,
