@@ -20,6 +20,8 @@ from fakegradient.methods import METHODS
 SCHEMES = ["original", "fake-gradient", "random-weight", "fake-gradient-hardened"] + (
     ["device-head"] if "device-head" in METHODS else [])
 N = 8
+BLACK_BOX = ("square", "hopskipjump", "query-only-square", "query-only-hopskipjump")
+QUERY_ONLY_LIMITS = ["query-only-square=4", "query-only-hopskipjump=4"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,7 +34,7 @@ def matrix_run(digits_model):
     samples = [Sample(Path(f"d{i}.png"), int(label)) for i, label in enumerate(y[:N])]
     config = EvaluationConfig(models=["digits"], methods=SCHEMES, seed=0, timing_repeats=3, adaptive=True,
                               batch_size=4, blackbox_queries=500, blackbox_factor=4.5, feature_steps=10,
-                              iterative_steps=20, attacker_images=["square=4", "hopskipjump=4"])
+                              iterative_steps=20, attacker_images=["square=4", "hopskipjump=4", *QUERY_ONLY_LIMITS])
     evaluation = evaluate_model("digits", Normalized(model, (0.0,), (1.0,)), x[:N], samples, config, progress=False)
     return config, evaluation
 
@@ -44,11 +46,11 @@ def test_every_attacker_breaks_the_unprotected_model_at_its_budget(matrix_run):
     for attacker in ATTACKERS:
         baseline = rows["original", attacker]
         assert baseline["k"] <= baseline["n"] // 2 and not baseline["too_weak"], (attacker, baseline)
-        assert baseline["n"] == (4 if attacker in ("square", "hopskipjump") else N)
+        assert baseline["n"] == (4 if attacker in BLACK_BOX else N)
     for method in SCHEMES:
         assert rows[method, "sanity"]["k"] == 0, method  # with the secret the evaluation fails every defense
         assert rows[method, "transfer"]["k"] == 0, method  # the service computes the public model's logits
-    for attacker in ("square", "hopskipjump"):
+    for attacker in BLACK_BOX:
         queries = rows["original", attacker]["median_queries"]
         assert queries is not None and 1 <= queries <= 500
 
@@ -59,6 +61,9 @@ def test_key_recovery_attackers_recover_known_keys(matrix_run):
     recovery = evaluation.adaptive.key_recovery
     assert recovery["fake-gradient"]["key-recovery-file"]["recovered_pct"] == 100.0
     assert recovery["fake-gradient"]["key-recovery-file"]["oracle"] == "bias-equality"
+    for attacker in ("query-only-square", "query-only-hopskipjump"):  # from noise alone, shared discovery
+        assert recovery["fake-gradient"][attacker]["recovered_pct"] == 100.0
+        assert 4 <= recovery["fake-gradient"][attacker]["queries"] <= 16
     for method in ("fake-gradient", "random-weight", "fake-gradient-hardened"):
         for attacker in ("known-plaintext-weights", "known-plaintext-outputs"):
             assert recovery[method][attacker]["recovered_pct"] == 100.0, (method, attacker)

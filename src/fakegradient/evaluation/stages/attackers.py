@@ -33,6 +33,7 @@ from ...attacks.hopskipjump import HopSkipJump
 from ...attacks.key_recovery import RecoveredRows, file_pairs, recover_real_rows
 from ...attacks.known_plaintext import recover_by_public_outputs, recover_by_public_weights
 from ...attacks.pgd import L2PGD
+from ...attacks.query_only import discover_real_outputs
 from ...attacks.square import SquareAttack
 from ...attacks.targets import OutputRows, pair_hypotheses
 from ...head import head_parameters, trace_head
@@ -43,6 +44,7 @@ from ..workbench import Secret, Workbench, deepfool
 
 CURVE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # budget-curve points, in multiples of the base ‖r‖₂
 NOISE_QUERIES = 4  # noise images the public-outputs attacker sends
+DISCOVERY_LIMIT = 64  # most noise images the query-only attacker sends to find the real outputs
 
 
 @dataclass
@@ -247,6 +249,18 @@ def _blind(bench: Workbench, target: Target) -> Recovery:
     return _from_rows(target, recover_by_winners(target.served, images, fakes_win))
 
 
+def _query_only(bench: Workbench, target: Target) -> Recovery:
+    """The real outputs from noise images alone (their spread; the design says whether fakes win), once
+    per scheme and worker whichever black-box attack then uses them."""
+    key = ("discovery", target.method)
+    if key not in bench.memo:
+        shape = bench.batch(0, 1).shape[1:]
+        found = discover_real_outputs(target.served, shape, target.capabilities.fakes_win, seed=bench.seed % 2**63,
+                                      limit=DISCOVERY_LIMIT, device=bench.batch(0, 1).device)
+        bench.memo[key] = _from_rows(target, found)
+    return bench.memo[key]
+
+
 def _identity(bench: Workbench, target: Target) -> Recovery:
     n = target.served_head()[0].shape[0]
     return Recovery("no fakes: every output is real", 0.0, 0, 1.0, 1.0, np.arange(n), np.arange(n))
@@ -254,7 +268,8 @@ def _identity(bench: Workbench, target: Target) -> Recovery:
 
 RECOVERERS: dict[str, Callable[[Workbench, Target], Recovery]] = {
     "key-recovery-file": _file_only, "known-plaintext-weights": _public_weights,
-    "known-plaintext-outputs": _public_outputs, "blind": _blind}
+    "known-plaintext-outputs": _public_outputs, "blind": _blind,
+    "query-only-square": _query_only, "query-only-hopskipjump": _query_only}
 
 
 def _deepfool_on(ctx: Context, key: tuple, model: Callable[[], nn.Module]) -> Attempt:
@@ -425,6 +440,31 @@ def _hopskipjump(ctx: Context) -> Attempt:
     return ctx.cached(("hopskipjump", ctx.target.method), compute)
 
 
+def _query_only_attack(name: str, attack: str, plain: Callable[[Context], Attempt],
+                       make: Callable[[Context], Callable[..., Any]]) -> Callable[[Context], Attempt | None]:
+    """Discovery from noise (:func:`_query_only`), then the black-box ``attack`` (built by ``make``) on the
+    top-1 of the positions found real, with the same draws as its plain row (``plain``: the original, where
+    every position is real). None for a scheme serving features (no output positions to tell apart)."""
+    def run(ctx: Context) -> Attempt | None:
+        target = ctx.target
+        if target.serves_features:
+            return None
+        if target.secret is None:
+            ctx.bench.memo.setdefault(("recovery", name, ORIGINAL), _identity(ctx.bench, target))
+            return plain(ctx)
+        recovery = _recover(name, ctx)
+        rows = np.sort(recovery.rows)
+
+        def compute() -> Attempt:
+            result = make(ctx)(OutputRows(target.served, rows), ctx.images, judge=_judged(ctx),
+                               generator=ctx.generator(attack))
+            return Attempt(result.adversarial, queries=result.queries)
+        attempt = ctx.cached((attack, target.method, *_rows_key(rows)), compute)
+        return Attempt(attempt.adversarial, queries=attempt.queries, seconds=attempt.seconds + recovery.seconds)
+    run.__name__ = name.replace("-", "_")
+    return run
+
+
 def _sanity(ctx: Context) -> Attempt:
     """DeepFool on the device's real logits: what an attacker holding the secret does."""
     target = ctx.target
@@ -466,6 +506,19 @@ ATTACKERS: dict[str, Attacker] = {
                               budget="whitebox_l2"),
     "square": Attacker("the served outputs (scores)", "Square attack (ART), score-based black box", _square, budget="blackbox_l2"),
     "hopskipjump": Attacker("the served top-1 label", "HopSkipJump (ART), decision-based black box", _hopskipjump, budget="blackbox_l2"),
+    "query-only-square": Attacker(
+        "query access only", "sends uniform-noise images it makes (never the attacked photos) until the N "
+        "positions it believes real are stable (spread of each output over the noise; the design says whether "
+        "fakes win), then Square on their top-1", _query_only_attack(
+            "query-only-square", "square", _square,
+            lambda ctx: SquareAttack(eps=ctx.budgets["blackbox_l2"], queries=ctx.bench.config.blackbox_queries)),
+        key_recovery=True, budget="blackbox_l2"),
+    "query-only-hopskipjump": Attacker(
+        "query access only (the served scores)", "the same discovery from noise, then "
+        "HopSkipJump on the top-1 among the positions it believes real", _query_only_attack(
+            "query-only-hopskipjump", "hopskipjump", _hopskipjump,
+            lambda ctx: HopSkipJump(queries=ctx.bench.config.blackbox_queries, eps=ctx.budgets["blackbox_l2"])),
+        key_recovery=True, budget="blackbox_l2"),
     "sanity": Attacker("the secret (key or device head)", "DeepFool on the device's real logits: shows the "
                        "evaluation can fail a defense", _sanity),
 }
