@@ -9,6 +9,7 @@ import pytest
 
 from fakegradient.data import Sample
 from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.paired import mcnemar_exact
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.records import AttackerRecord
 from fakegradient.evaluation.report import write_report
@@ -102,11 +103,24 @@ def test_the_matrix_csv_and_figures_are_written(matrix_run, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == sum(1 for r in evaluation.adaptive.matrix())
     assert {"k", "n", "rate_pct", "ci95_low_pct", "ci95_high_pct", "budget_l2", "median_queries", "baseline_k",
-            "too_weak", "seconds"} <= set(rows[0])
+            "too_weak", "seconds", "under_powered", "deepfool_within_k", "p_vs_original"} <= set(rows[0])
+    with open(tmp_path / "attackers_per_image.csv") as handle:
+        per_image = list(csv.DictReader(handle))
+    outcome = {(r["method"], r["attacker"], r["image"]): r["defense_success"] == "True" for r in per_image}
+    for row in rows:  # every scheme cell's p recomputed from the per-image rows, paired by image
+        if row["method"] == "original":
+            assert row["p_vs_original"] == ""
+            continue
+        images = [i for (m, a, i) in outcome if (m, a) == (row["method"], row["attacker"])]
+        here = sum(outcome[row["method"], row["attacker"], i] and not outcome["original", row["attacker"], i]
+                   for i in images)
+        there = sum(outcome["original", row["attacker"], i] and not outcome[row["method"], row["attacker"], i]
+                    for i in images)
+        assert float(row["p_vs_original"]) == pytest.approx(mcnemar_exact(here, there)), row
     attackers = {r["attacker"] for r in rows}
     assert attackers == set(ATTACKERS)
     report = (tmp_path / "report.md").read_text()
-    assert "## Adaptive attackers: digits" in report and "privacy" in report
+    assert "## Adaptive attackers: digits" in report and "privacy" in report and ", p = " in report
     for name in ("fig_matrix_digits.png", "fig_budgets_digits.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

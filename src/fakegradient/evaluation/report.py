@@ -15,7 +15,7 @@ from ..data import BUNDLED_PHOTOS
 from ..defaults import EMBEDDED_DATA, TOO_WEAK
 from ..errors import FakeGradientError
 from ..methods import METHODS, ORIGINAL, PROTECTIONS
-from . import figures, intervals
+from . import figures, intervals, paired
 from .config import PHOTOS_DATA
 from .paper import paper_value
 from .records import aggregate_by, fake_class_table, l2_ratios
@@ -203,6 +203,10 @@ def _cell_text(row: dict | None) -> str:
     if row is None:
         return "n/a"
     text = f"{row['k']}/{row['n']} = {row['rate_pct']:.0f} % [{row['ci95_low_pct']:.0f}–{row['ci95_high_pct']:.0f}]"
+    if row.get("p_vs_original") is not None:
+        text += f", p = {row['p_vs_original']:.2g}"
+    if row.get("under_powered"):
+        text += f" — under-powered (DeepFool: {row['deepfool_within_k']}/{row['baseline_n']} within the budget)"
     return text + (" — too weak to mean anything" if row["too_weak"] else "")
 
 
@@ -223,7 +227,11 @@ def _matrix_section(e: ModelEvaluation) -> list[str]:
              f"[{intervals.METHOD} interval]. The *Original Model* column is every row's sanity baseline: the "
              f"same attack at the same budget on the unprotected model; where it succeeds on fewer than "
              f"{100 * TOO_WEAK:.0f} % of the images there, the whole row is marked *too weak to mean "
-             "anything*. Lower is worse for the defense. L2 budgets are in [0, 1] pixel space; the base scale is "
+             "anything*; an iterative white-box row (PGD, EOT-PGD, APGD, C&W) that breaks fewer unprotected images "
+             "than DeepFool changes within the same budget is *under-powered*: its protected cells understate "
+             f"the attack. p: {paired.METHOD} of the scheme against the original on the same images (p ≥ 0.05: "
+             "not significant at that n). Lower is worse for the defense. L2 budgets are in [0, 1] pixel space; "
+             "the base scale is "
              f"the median DeepFool ‖r‖₂ on the original, {budgets['base_l2']:.4f}.", "",
              "| Attacker | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |",
              "|---|" + "---|" * len(methods)]

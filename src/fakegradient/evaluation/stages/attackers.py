@@ -125,14 +125,16 @@ class Context:
 class Attacker:
     """One row of the matrix. ``run`` is None for the attackers computed in round 1 (naive, transfer);
     it returns None where the attack does not apply to a scheme. ``budget``: the key of its L2 budget in
-    the run's budgets (None: a minimum-norm attack, unbounded). ``--attacker-images name=N`` limits an
-    attacker to the first N images."""
+    the run's budgets (None: a minimum-norm attack, unbounded). ``iterative``: a white-box iterative attack,
+    checked against what DeepFool finds within its budget (under-powered). ``--attacker-images name=N``
+    limits an attacker to the first N images."""
 
     holds: str
     threat: str
     run: Callable[[Context], Attempt | None] | None = None
     key_recovery: bool = False
     budget: str | None = None
+    iterative: bool = False
 
 
 # --- key recovery ---------------------------------------------------------------------------------------
@@ -494,13 +496,15 @@ ATTACKERS: dict[str, Attacker] = {
     "blind": Attacker("query access only", "ranks the served outputs by how often they win on the n natural "
                       "photos (the scheme's design says whether fakes win), then DeepFool on the believed-real rows",
                       _key_recovery("blind"), key_recovery=True),
-    "pgd": Attacker("the served model", "L2 PGD (foolbox) on the served outputs' clean top-1", _pgd, budget="whitebox_l2"),
+    "pgd": Attacker("the served model", "L2 PGD (foolbox) on the served outputs' clean top-1", _pgd, budget="whitebox_l2",
+                   iterative=True),
     "pgd-eot": Attacker("the served model file", "L2 PGD on the summed loss over "
                         f"{defaults.EOT_CANDIDATES} candidate real-row sets (one row of each pair the file reveals, "
-                        "else random halves)", _pgd_eot, budget="whitebox_l2"),
-    "apgd": Attacker("the served model", "L2 Auto-PGD (ART) on the served outputs", _apgd, budget="whitebox_l2"),
+                        "else random halves)", _pgd_eot, budget="whitebox_l2", iterative=True),
+    "apgd": Attacker("the served model", "L2 Auto-PGD (ART) on the served outputs", _apgd, budget="whitebox_l2",
+                    iterative=True),
     "cw": Attacker("the served model", "Carlini & Wagner L2 (foolbox), minimum norm, success within the budget",
-                   _cw, budget="whitebox_l2"),
+                   _cw, budget="whitebox_l2", iterative=True),
     "feature-space": Attacker("the served model minus its head", "L2 PGD pushing the trunk's features away from "
                               "the clean ones, with random restarts (needs no key)", _feature_space,
                               budget="whitebox_l2"),
