@@ -44,7 +44,7 @@ def separation(outputs: np.ndarray) -> float:
 
 
 def discover_real_outputs(served: Served, shape: Sequence[int], fakes_win: bool, *, seed: int = 0,
-                          first: int = 2, limit: int = 64, device: torch.device | str = "cpu") -> RecoveredRows:
+                          first: int = 2, limit: int = 256, device: torch.device | str = "cpu") -> RecoveredRows:
     """The N served positions (of 2N) believed real, from uniform-noise images of ``shape`` (C, H, W) in
     [0, 1] only. Rounds of first, 2·first, … queries (at most ``limit``) until two successive rounds choose
     the same set. ``queries``: the noise images sent; the oracle names the spread separation reached."""

@@ -44,7 +44,7 @@ from ..workbench import Secret, Workbench, deepfool
 
 CURVE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # budget-curve points, in multiples of the base ‖r‖₂
 NOISE_QUERIES = 4  # noise images the public-outputs attacker sends
-DISCOVERY_LIMIT = 64  # most noise images the query-only attacker sends to find the real outputs
+DISCOVERY_LIMIT = 256  # most noise images the query-only attacker sends to find the real outputs
 
 
 @dataclass
