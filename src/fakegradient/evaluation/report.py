@@ -206,8 +206,9 @@ def _cell_text(row: dict | None) -> str:
     text = f"{row['k']}/{row['n']} = {row['rate_pct']:.0f} % [{row['ci95_low_pct']:.0f}–{row['ci95_high_pct']:.0f}]"
     if row.get("p_vs_original") is not None:
         text += f", p = {row['p_vs_original']:.2g}"
-    if row.get("under_powered"):
-        text += f" — under-powered (DeepFool: {row['deepfool_within_k']}/{row['baseline_n']} within the budget)"
+    if row.get("under_powered"):  # the numbers once, in the baseline's cell
+        text += " — under-powered" + (f" (DeepFool changes {row['deepfool_within_k']}/{row['n']} within the budget)"
+                                      if row["method"] == ORIGINAL else "")
     return text + (" — too weak to mean anything" if row["too_weak"] else "")
 
 

@@ -496,8 +496,8 @@ ATTACKERS: dict[str, Attacker] = {
     "blind": Attacker("query access only", "ranks the served outputs by how often they win on the n natural "
                       "photos (the scheme's design says whether fakes win), then DeepFool on the believed-real rows",
                       _key_recovery("blind"), key_recovery=True),
-    "pgd": Attacker("the served model", "L2 PGD (foolbox) on the served outputs' clean top-1", _pgd, budget="whitebox_l2",
-                   iterative=True),
+    "pgd": Attacker("the served model", "L2 PGD (foolbox) on the served outputs' clean top-1", _pgd,
+                   budget="whitebox_l2", iterative=True),
     "pgd-eot": Attacker("the served model file", "L2 PGD on the summed loss over "
                         f"{defaults.EOT_CANDIDATES} candidate real-row sets (one row of each pair the file reveals, "
                         "else random halves)", _pgd_eot, budget="whitebox_l2", iterative=True),
@@ -511,9 +511,10 @@ ATTACKERS: dict[str, Attacker] = {
     "square": Attacker("the served outputs (scores)", "Square attack (ART), score-based black box", _square, budget="blackbox_l2"),
     "hopskipjump": Attacker("the served top-1 label", "HopSkipJump (ART), decision-based black box", _hopskipjump, budget="blackbox_l2"),
     "query-only-square": Attacker(
-        "query access only", "sends uniform-noise images it makes (never the attacked photos) until the N "
-        "positions it believes real are stable (spread of each output over the noise; the design says whether "
-        "fakes win), then Square on their top-1", _query_only_attack(
+        "query access only", f"sends uniform-noise images it makes (never the attacked photos; ≤ {DISCOVERY_LIMIT}, "
+        "shared by all photos: the key-recovery table's queries) until the N positions it believes real are "
+        "stable (spread of each output over the noise; the design says whether fakes win), then Square on "
+        "their top-1", _query_only_attack(
             "query-only-square", "square", _square,
             lambda ctx: SquareAttack(eps=ctx.budgets["blackbox_l2"], queries=ctx.bench.config.blackbox_queries)),
         key_recovery=True, budget="blackbox_l2"),
