@@ -9,6 +9,7 @@ import pytest
 
 from fakegradient.data import Sample
 from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.paired import mcnemar_exact
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.records import AttackerRecord
 from fakegradient.evaluation.report import write_report
@@ -20,6 +21,8 @@ from fakegradient.methods import METHODS
 SCHEMES = ["original", "fake-gradient", "random-weight", "fake-gradient-hardened"] + (
     ["device-head"] if "device-head" in METHODS else [])
 N = 8
+BLACK_BOX = ("square", "hopskipjump", "query-only-square", "query-only-hopskipjump")
+QUERY_ONLY_LIMITS = ["query-only-square=4", "query-only-hopskipjump=4"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,7 +35,7 @@ def matrix_run(digits_model):
     samples = [Sample(Path(f"d{i}.png"), int(label)) for i, label in enumerate(y[:N])]
     config = EvaluationConfig(models=["digits"], methods=SCHEMES, seed=0, timing_repeats=3, adaptive=True,
                               batch_size=4, blackbox_queries=500, blackbox_factor=4.5, feature_steps=10,
-                              iterative_steps=20, attacker_images=["square=4", "hopskipjump=4"])
+                              iterative_steps=20, attacker_images=["square=4", "hopskipjump=4", *QUERY_ONLY_LIMITS])
     evaluation = evaluate_model("digits", Normalized(model, (0.0,), (1.0,)), x[:N], samples, config, progress=False)
     return config, evaluation
 
@@ -44,11 +47,11 @@ def test_every_attacker_breaks_the_unprotected_model_at_its_budget(matrix_run):
     for attacker in ATTACKERS:
         baseline = rows["original", attacker]
         assert baseline["k"] <= baseline["n"] // 2 and not baseline["too_weak"], (attacker, baseline)
-        assert baseline["n"] == (4 if attacker in ("square", "hopskipjump") else N)
+        assert baseline["n"] == (4 if attacker in BLACK_BOX else N)
     for method in SCHEMES:
         assert rows[method, "sanity"]["k"] == 0, method  # with the secret the evaluation fails every defense
         assert rows[method, "transfer"]["k"] == 0, method  # the service computes the public model's logits
-    for attacker in ("square", "hopskipjump"):
+    for attacker in BLACK_BOX:
         queries = rows["original", attacker]["median_queries"]
         assert queries is not None and 1 <= queries <= 500
 
@@ -59,6 +62,9 @@ def test_key_recovery_attackers_recover_known_keys(matrix_run):
     recovery = evaluation.adaptive.key_recovery
     assert recovery["fake-gradient"]["key-recovery-file"]["recovered_pct"] == 100.0
     assert recovery["fake-gradient"]["key-recovery-file"]["oracle"] == "bias-equality"
+    for attacker in ("query-only-square", "query-only-hopskipjump"):  # from noise alone, shared discovery
+        assert recovery["fake-gradient"][attacker]["recovered_pct"] == 100.0
+        assert 4 <= recovery["fake-gradient"][attacker]["queries"] <= 16
     for method in ("fake-gradient", "random-weight", "fake-gradient-hardened"):
         for attacker in ("known-plaintext-weights", "known-plaintext-outputs"):
             assert recovery[method][attacker]["recovered_pct"] == 100.0, (method, attacker)
@@ -97,11 +103,24 @@ def test_the_matrix_csv_and_figures_are_written(matrix_run, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == sum(1 for r in evaluation.adaptive.matrix())
     assert {"k", "n", "rate_pct", "ci95_low_pct", "ci95_high_pct", "budget_l2", "median_queries", "baseline_k",
-            "too_weak", "seconds"} <= set(rows[0])
+            "too_weak", "seconds", "under_powered", "deepfool_within_k", "p_vs_original"} <= set(rows[0])
+    with open(tmp_path / "attackers_per_image.csv") as handle:
+        per_image = list(csv.DictReader(handle))
+    outcome = {(r["method"], r["attacker"], r["image"]): r["defense_success"] == "True" for r in per_image}
+    for row in rows:  # every scheme cell's p recomputed from the per-image rows, paired by image
+        if row["method"] == "original":
+            assert row["p_vs_original"] == ""
+            continue
+        images = [i for (m, a, i) in outcome if (m, a) == (row["method"], row["attacker"])]
+        here = sum(outcome[row["method"], row["attacker"], i] and not outcome["original", row["attacker"], i]
+                   for i in images)
+        there = sum(outcome["original", row["attacker"], i] and not outcome[row["method"], row["attacker"], i]
+                    for i in images)
+        assert float(row["p_vs_original"]) == pytest.approx(mcnemar_exact(here, there)), row
     attackers = {r["attacker"] for r in rows}
     assert attackers == set(ATTACKERS)
     report = (tmp_path / "report.md").read_text()
-    assert "## Adaptive attackers: digits" in report and "privacy" in report
+    assert "## Adaptive attackers: digits" in report and "privacy" in report and ", p = " in report
     for name in ("fig_matrix_digits.png", "fig_budgets_digits.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -54,7 +54,7 @@ def test_photos_data_counts_distinct_photos_once():
     from fakegradient.evaluation.config import load_samples
 
     samples = load_samples(EvaluationConfig(data="photos"))
-    assert len(samples) == 23 and len({s.path.name for s in samples}) == 23
-    assert [s.label is None for s in samples] == [False] * 20 + [True] * 3
-    assert len({s.path.read_bytes() for s in samples}) == 23  # no two files are copies
+    assert len(samples) == 29 and len({s.path.name for s in samples}) == 29
+    assert [s.label is None for s in samples] == [False] * 20 + [True] * 9
+    assert len({s.path.read_bytes() for s in samples}) == 29  # no two files are copies
     assert len(load_samples(EvaluationConfig(data="photos", limit=21))) == 21

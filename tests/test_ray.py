@@ -51,7 +51,8 @@ def small_config(adaptive: bool = False):
     return EvaluationConfig(models=["mobilenet_v2:IMAGENET1K_V1"], methods=["original", "fake-gradient"],
                             limit=4, batch_size=2, seed=0, timing_repeats=2, adaptive=adaptive,
                             blackbox_queries=10, feature_steps=2, feature_restarts=1, iterative_steps=2,
-                            attacker_images=("cw=1", "square=1", "hopskipjump=1"))
+                            attacker_images=("cw=1", "square=1", "hopskipjump=1", "query-only-square=1",
+                                             "query-only-hopskipjump=1"))
 
 
 @pytest.fixture

@@ -151,6 +151,14 @@ BUNDLED_PHOTOS = (
     ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "portrait photograph of Grace Hopper"),
     ("sklearn", "datasets/images/china.jpg", "photograph of a Chinese temple (scikit-learn sample image)"),
     ("sklearn", "datasets/images/flower.jpg", "photograph of a flower (scikit-learn sample image)"),
+    # scikit-image's colour photographs (its others are grey, synthetic, medical or microscopy images, and
+    # motorcycle_right.png is the stereo twin of motorcycle_left.png)
+    ("skimage", "data/astronaut.png", "portrait photograph of the astronaut Eileen Collins (scikit-image)"),
+    ("skimage", "data/chelsea.png", "photograph of a cat, Chelsea (scikit-image)"),
+    ("skimage", "data/coffee.png", "photograph of a cup of coffee (scikit-image)"),
+    ("skimage", "data/motorcycle_left.png", "photograph of a motorcycle in a garage (scikit-image)"),
+    ("skimage", "data/rocket.jpg", "photograph of a rocket on its launch pad at night (scikit-image)"),
+    ("skimage", "data/hubble_deep_field.jpg", "the Hubble Deep Field, a telescope photograph (scikit-image)"),
 )
 
 

@@ -31,7 +31,7 @@ class EvaluationConfig:
     methods: tuple[str, ...] = _opt(PAPER_METHODS, "comma-separated: " + ", ".join(METHODS), list=True)
     data: str = _opt(defaults.EMBEDDED_DATA, f"an ImageFolder (ImageNet val layout), {defaults.EMBEDDED_DATA} (the "
                                              f"20 labelled photos in foolbox) or {PHOTOS_DATA} (those + the "
-                                             "unlabelled photos bundled in matplotlib and scikit-learn)")
+                                             "unlabelled photos bundled in matplotlib, scikit-learn and scikit-image)")
     limit: int | None = _opt(None, "use the first N images", type=int)
     seed: int | None = _opt(None, "reproducible keys and random rows (NOT secure); default: drawn per run",
                             type=int)

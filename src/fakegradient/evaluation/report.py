@@ -17,12 +17,13 @@ from ..data import BUNDLED_PHOTOS
 from ..defaults import EMBEDDED_DATA, TOO_WEAK
 from ..errors import FakeGradientError
 from ..methods import METHODS, ORIGINAL, PROTECTIONS
-from . import figures, intervals
+from . import figures, intervals, paired
 from .config import PHOTOS_DATA
 from .paper import paper_value
 from .records import aggregate_by, fake_class_table, l2_ratios
 from .runner import EvaluationResult, ModelEvaluation
 from .stages.attackers import ATTACKERS, BUDGET_TEXT
+from .summary import AdaptiveResult
 
 TABLE1_ROWS = [  # label, metric, the methods it is reported for (registry order), format
     ("Fake Output (%)", "fake_output_pct", PROTECTIONS, "{:.0f}"),
@@ -236,6 +237,11 @@ def _cell_text(row: dict | None) -> str:
     if row is None:
         return "n/a"
     text = f"{row['k']}/{row['n']} = {row['rate_pct']:.0f} % [{row['ci95_low_pct']:.0f}–{row['ci95_high_pct']:.0f}]"
+    if row.get("p_vs_original") is not None:
+        text += f", p = {row['p_vs_original']:.2g}"
+    if row.get("under_powered"):  # the numbers once, in the baseline's cell
+        text += " — under-powered" + (f" (DeepFool changes {row['deepfool_within_k']}/{row['n']} within the budget)"
+                                      if row["method"] == ORIGINAL else "")
     return text + (" — too weak to mean anything" if row["too_weak"] else "")
 
 
@@ -256,7 +262,11 @@ def _matrix_section(e: ModelEvaluation) -> list[str]:
              f"[{intervals.METHOD} interval]. The *Original Model* column is every row's sanity baseline: the "
              f"same attack at the same budget on the unprotected model; where it succeeds on fewer than "
              f"{100 * TOO_WEAK:.0f} % of the images there, the whole row is marked *too weak to mean "
-             "anything*. Lower is worse for the defense. L2 budgets are in [0, 1] pixel space; the base scale is "
+             "anything*; an iterative white-box row (PGD, EOT-PGD, APGD, C&W) that breaks fewer unprotected images "
+             "than DeepFool changes within the same budget is *under-powered*: its protected cells understate "
+             f"the attack. p: {paired.METHOD} of the scheme against the original on the same images (p ≥ 0.05: "
+             "not significant at that n). Lower is worse for the defense. L2 budgets are in [0, 1] pixel space; "
+             "the base scale is "
              f"the median DeepFool ‖r‖₂ on the original, {budgets['base_l2']:.4f}.", "",
              "| Attacker | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |",
              "|---|" + "---|" * len(methods)]
@@ -311,9 +321,11 @@ def _matrix_section(e: ModelEvaluation) -> list[str]:
         lines.append(f"| {METHOD_NAMES[m]} | {named} | {best} | "
                      f"{cost.get('device_bytes', 0):,} | {1e6 * cost.get('decrypt_s_median', 0):.1f} | "
                      f"{size[m]['bytes']:,} |" if m in size else f"| {METHOD_NAMES[m]} | {named} | — | — | — | — |")
-    lines += ["", f"Figures: `fig_matrix_{config_name}.png` (the matrix), `fig_budgets_{config_name}.png` "
-                  "(defense success against the L2 budget, per attacker; for a single-budget attack, success "
-                  "within ε counts adversarials with ‖r‖₂ ≤ ε). Files: `attackers.csv` (one row per scheme × "
+    lines += ["", f"Figures: `fig_matrix_{config_name}.png` (the matrix: k/n in each cell; hatched: too weak, "
+                  f"under-powered, or fewer than {SMALL_N} images), `fig_budgets_{config_name}.png` (defense success "
+                  "against the L2 budget as measured: a line with its Wilson band for an attack run at several "
+                  "budgets, a point with its Wilson interval at the one budget of any other; minimum-norm attacks "
+                  "without a budget appear in the matrix only). Files: `attackers.csv` (one row per scheme × "
                   "attacker), `attackers_per_image.csv`.", ""]
     return lines
 
@@ -355,19 +367,49 @@ def _overhead(result: EvaluationResult) -> list[str]:
     return lines + [""]
 
 
+SMALL_N = 10  # a matrix cell on fewer images is hatched in the figure
+
+
+def _caveats(row: dict) -> list[str]:
+    """Why a matrix cell means little (the figure hatches it): keys of :data:`figures.HATCHES`."""
+    return [name for name, hit in (("too weak", row["too_weak"]), ("under-powered", row.get("under_powered")),
+                                   ("n < 10", row["n"] < SMALL_N)) if hit]
+
+
+def _measured_curves(adaptive: AdaptiveResult, rows: dict, methods: list[str]) -> dict[str, dict[str, list]]:
+    """attacker → scheme → [(eps, k, n)] as measured: every budget of an attack run at several, else the one
+    budget it ran at; minimum-norm attacks without a budget are left out (the matrix shows them). ``rows``:
+    (scheme, attacker) → its matrix row."""
+    out = {}
+    for a in ATTACKERS:
+        by_method = {}
+        for m in methods:
+            row = rows.get((m, a))
+            if row is None:
+                continue
+            if a in adaptive.multi_budget and m in adaptive.curves.get(a, {}):
+                by_method[m] = [(eps, round(pct * row["n"] / 100), row["n"]) for eps, pct in adaptive.curves[a][m]]
+            elif row["budget_l2"] is not None:
+                by_method[m] = [(row["budget_l2"], row["k"], row["n"])]
+        if by_method:
+            out[a] = by_method
+    return out
+
+
 def _adaptive_figures(e: ModelEvaluation, out: Path) -> list[Path]:
     name = e.name.split(":")[0]
     rows = {(r["method"], r["attacker"]): r for r in e.adaptive.matrix()}
     methods = list(dict.fromkeys(m for m, _ in rows))
     attackers = [a for a in ATTACKERS if any((m, a) in rows for m in methods)]
     values = np.array([[rows[m, a]["rate_pct"] if (m, a) in rows else np.nan for m in methods] for a in attackers])
-    text = [[(f"{rows[m, a]['k']}/{rows[m, a]['n']}" + (" weak" if rows[m, a]["too_weak"] else ""))
-             if (m, a) in rows else "n/a" for m in methods] for a in attackers]
+    text = [[f"{rows[m, a]['k']}/{rows[m, a]['n']}" if (m, a) in rows else "n/a" for m in methods]
+            for a in attackers]
+    caveats = [[_caveats(rows[m, a]) if (m, a) in rows else [] for m in methods] for a in attackers]
     matrix, curves = out / f"fig_matrix_{name}.png", out / f"fig_budgets_{name}.png"
     figures.matrix_heatmap(matrix, values, text, attackers, [METHOD_NAMES[m] for m in methods],
-                           f"Defense success (%), scheme × attacker, {e.name}")
-    figures.budget_curves(curves, e.adaptive.curves, METHOD_NAMES, f"Defense success vs L2 budget, {e.name}",
-                          ORIGINAL)
+                           f"Defense success (%), scheme × attacker, {e.name}", caveats)
+    figures.budget_curves(curves, _measured_curves(e.adaptive, rows, methods), METHOD_NAMES,
+                          f"Defense success vs L2 budget, {e.name}", ORIGINAL)
     return [matrix, curves]
 
 

@@ -15,6 +15,7 @@ from .. import defaults
 from ..methods import ORIGINAL
 from .config import EvaluationConfig
 from .intervals import Rate
+from .paired import paired_test
 from .plan import Shard, ShardResult
 from .records import AttackerRecord, ImageRecord
 from .stages.attackers import ATTACKERS, CURVE_FACTORS
@@ -33,17 +34,24 @@ class AdaptiveResult:
 
     def matrix(self) -> list[dict[str, Any]]:
         """One row per (scheme, attacker): k of n defended, rate and Wilson interval, budget, median
-        queries, the sanity baseline (the same attacker on the original) and whether it is too weak."""
+        queries, the sanity baseline (the same attacker on the original) and whether it is too weak; for
+        an iterative white-box attack, whether it is under-powered (:meth:`deepfool_within`); for a scheme,
+        the exact McNemar test against the original on the same images (``p_vs_original``, and the images
+        defended only here / only on the original)."""
         groups: dict[tuple[str, str], list[AttackerRecord]] = defaultdict(list)
         for r in self.records:
             groups[r.method, r.attacker].append(r)
         baselines = {a: Rate(sum(r.defense_success for r in v), len(v)) for (m, a), v in groups.items()
                      if m == ORIGINAL}
+        original = {a: {r.image: r.defense_success for r in v} for (m, a), v in groups.items() if m == ORIGINAL}
         rows = []
         for (method, attacker), items in groups.items():
             rate, base = Rate(sum(r.defense_success for r in items), len(items)), baselines.get(attacker)
             queries = [r.queries for r in items if r.queries is not None]
             budget = ATTACKERS[attacker].budget
+            within = self.deepfool_within(attacker)
+            paired = None if method == ORIGINAL or attacker not in original else paired_test(
+                {r.image: r.defense_success for r in items}, original[attacker])
             rows.append({
                 "method": method, "attacker": attacker, "k": rate.k, "n": rate.n, "rate_pct": rate.pct,
                 "ci95_low_pct": rate.ci95_pct[0], "ci95_high_pct": rate.ci95_pct[1],
@@ -52,9 +60,27 @@ class AdaptiveResult:
                 "median_queries": statistics.median(queries) if queries else None,
                 "baseline_k": base.k if base else None, "baseline_n": base.n if base else None,
                 "too_weak": base is None or (base.n - base.k) / base.n < defaults.TOO_WEAK,
+                "deepfool_within_k": within, "under_powered": within is not None and base is not None
+                and base.n - base.k < within,
+                "p_vs_original": paired.p if paired else None,
+                "defended_only_here": paired.only_a if paired else None,
+                "defended_only_original": paired.only_b if paired else None,
                 "seconds": self.seconds.get(method, {}).get(attacker),
             })
         return rows
+
+    def deepfool_within(self, attacker: str) -> int | None:
+        """For an iterative white-box attacker: on the unprotected model, the images it ran on where DeepFool
+        (the naive row) changed the top-1 within the same L2 budget; an attacker breaking fewer is
+        *under-powered*. None for other attackers or without both rows."""
+        if not ATTACKERS[attacker].iterative:
+            return None
+        eps = self.budgets[ATTACKERS[attacker].budget]
+        deepfool = {r.image: r for r in self.records if r.method == ORIGINAL and r.attacker == "naive"}
+        images = [r.image for r in self.records if r.method == ORIGINAL and r.attacker == attacker]
+        if not images or not all(i in deepfool for i in images):
+            return None
+        return sum(not deepfool[i].defense_success and deepfool[i].l2 <= eps * (1 + 1e-5) for i in images)
 
     def privacy(self) -> dict[str, dict[str, Any]]:
         """method → the key-recovery attacker that names the most clean real top-1s: k of n, and its name."""
@@ -87,7 +113,8 @@ def collect_adaptive(methods: list[str], naive: list[ImageRecord], transfer: lis
         seconds = result.seconds.setdefault(shard.method, {})
         for attacker, value in part.values["seconds"].items():
             seconds[attacker] = seconds.get(attacker, 0.0) + value
-        result.key_recovery[shard.method] = part.values["key_recovery"]  # the same in every shard
+        # the same in every shard that ran the attacker (one limited by --attacker-images runs in the first ones)
+        result.key_recovery.setdefault(shard.method, {}).update(part.values["key_recovery"])
         for attacker, points in part.values["curves"].items():
             for eps, defended in points:
                 flags[shard.method, attacker][eps] += defended

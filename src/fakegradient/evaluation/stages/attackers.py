@@ -33,6 +33,7 @@ from ...attacks.hopskipjump import HopSkipJump
 from ...attacks.key_recovery import RecoveredRows, file_pairs, recover_real_rows
 from ...attacks.known_plaintext import recover_by_public_outputs, recover_by_public_weights
 from ...attacks.pgd import L2PGD
+from ...attacks.query_only import discover_real_outputs
 from ...attacks.square import SquareAttack
 from ...attacks.targets import OutputRows, pair_hypotheses
 from ...head import head_parameters, trace_head
@@ -44,6 +45,7 @@ from . import reuse
 
 CURVE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # budget-curve points, in multiples of the base ‖r‖₂
 NOISE_QUERIES = 4  # noise images the public-outputs attacker sends
+DISCOVERY_LIMIT = 256  # most noise images the query-only attacker sends to find the real outputs
 
 
 @dataclass
@@ -124,14 +126,16 @@ class Context:
 class Attacker:
     """One row of the matrix. ``run`` is None for the attackers computed in round 1 (naive, transfer);
     it returns None where the attack does not apply to a scheme. ``budget``: the key of its L2 budget in
-    the run's budgets (None: a minimum-norm attack, unbounded). ``--attacker-images name=N`` limits an
-    attacker to the first N images."""
+    the run's budgets (None: a minimum-norm attack, unbounded). ``iterative``: a white-box iterative attack,
+    checked against what DeepFool finds within its budget (under-powered). ``--attacker-images name=N``
+    limits an attacker to the first N images."""
 
     holds: str
     threat: str
     run: Callable[[Context], Attempt | None] | None = None
     key_recovery: bool = False
     budget: str | None = None
+    iterative: bool = False
 
 
 # --- key recovery ---------------------------------------------------------------------------------------
@@ -248,6 +252,18 @@ def _blind(bench: Workbench, target: Target) -> Recovery:
     return _from_rows(target, recover_by_winners(target.served, images, fakes_win))
 
 
+def _query_only(bench: Workbench, target: Target) -> Recovery:
+    """The real outputs from noise images alone (their spread; the design says whether fakes win), once
+    per scheme and worker whichever black-box attack then uses them."""
+    key = ("discovery", target.method)
+    if key not in bench.memo:
+        shape = bench.batch(0, 1).shape[1:]
+        found = discover_real_outputs(target.served, shape, target.capabilities.fakes_win, seed=bench.seed % 2**63,
+                                      limit=DISCOVERY_LIMIT, device=bench.batch(0, 1).device)
+        bench.memo[key] = _from_rows(target, found)
+    return bench.memo[key]
+
+
 def _identity(bench: Workbench, target: Target) -> Recovery:
     n = target.served_head()[0].shape[0]
     return Recovery("no fakes: every output is real", 0.0, 0, 1.0, 1.0, np.arange(n), np.arange(n))
@@ -255,7 +271,8 @@ def _identity(bench: Workbench, target: Target) -> Recovery:
 
 RECOVERERS: dict[str, Callable[[Workbench, Target], Recovery]] = {
     "key-recovery-file": _file_only, "known-plaintext-weights": _public_weights,
-    "known-plaintext-outputs": _public_outputs, "blind": _blind}
+    "known-plaintext-outputs": _public_outputs, "blind": _blind,
+    "query-only-square": _query_only, "query-only-hopskipjump": _query_only}
 
 
 def _deepfool_on(ctx: Context, key: tuple, model: Callable[[], nn.Module]) -> Attempt:
@@ -442,6 +459,31 @@ def _black_box(ctx: Context, name: str, attack: Callable, top1_only: bool = Fals
     return compute(ctx.target)
 
 
+def _query_only_attack(name: str, attack: str, plain: Callable[[Context], Attempt],
+                       make: Callable[[Context], Callable[..., Any]]) -> Callable[[Context], Attempt | None]:
+    """Discovery from noise (:func:`_query_only`), then the black-box ``attack`` (built by ``make``) on the
+    top-1 of the positions found real, with the same draws as its plain row (``plain``: the original, where
+    every position is real). None for a scheme serving features (no output positions to tell apart)."""
+    def run(ctx: Context) -> Attempt | None:
+        target = ctx.target
+        if target.serves_features:
+            return None
+        if target.secret is None:
+            ctx.bench.memo.setdefault(("recovery", name, ORIGINAL), _identity(ctx.bench, target))
+            return plain(ctx)
+        recovery = _recover(name, ctx)
+        rows = np.sort(recovery.rows)
+
+        def compute() -> Attempt:
+            result = make(ctx)(OutputRows(target.served, rows), ctx.images, judge=_judged(ctx),
+                               generator=ctx.generator(attack))
+            return Attempt(result.adversarial, queries=result.queries)
+        attempt = ctx.cached((attack, target.method, *_rows_key(rows)), compute)
+        return Attempt(attempt.adversarial, queries=attempt.queries, seconds=attempt.seconds + recovery.seconds)
+    run.__name__ = name.replace("-", "_")
+    return run
+
+
 def _sanity(ctx: Context) -> Attempt:
     """DeepFool on the device's real logits: what an attacker holding the secret does."""
     target = ctx.target
@@ -471,18 +513,34 @@ ATTACKERS: dict[str, Attacker] = {
     "blind": Attacker("query access only", "ranks the served outputs by how often they win on the n natural "
                       "photos (the scheme's design says whether fakes win), then DeepFool on the believed-real rows",
                       _key_recovery("blind"), key_recovery=True),
-    "pgd": Attacker("the served model", "L2 PGD (foolbox) on the served outputs' clean top-1", _pgd, budget="whitebox_l2"),
+    "pgd": Attacker("the served model", "L2 PGD (foolbox) on the served outputs' clean top-1", _pgd,
+                   budget="whitebox_l2", iterative=True),
     "pgd-eot": Attacker("the served model file", "L2 PGD on the summed loss over "
                         f"{defaults.EOT_CANDIDATES} candidate real-row sets (one row of each pair the file reveals, "
-                        "else random halves)", _pgd_eot, budget="whitebox_l2"),
-    "apgd": Attacker("the served model", "L2 Auto-PGD (ART) on the served outputs", _apgd, budget="whitebox_l2"),
+                        "else random halves)", _pgd_eot, budget="whitebox_l2", iterative=True),
+    "apgd": Attacker("the served model", "L2 Auto-PGD (ART) on the served outputs", _apgd, budget="whitebox_l2",
+                    iterative=True),
     "cw": Attacker("the served model", "Carlini & Wagner L2 (foolbox), minimum norm, success within the budget",
-                   _cw, budget="whitebox_l2"),
+                   _cw, budget="whitebox_l2", iterative=True),
     "feature-space": Attacker("the served model minus its head", "L2 PGD pushing the trunk's features away from "
                               "the clean ones, with random restarts (needs no key)", _feature_space,
                               budget="whitebox_l2"),
     "square": Attacker("the served outputs (scores)", "Square attack (ART), score-based black box", _square, budget="blackbox_l2"),
     "hopskipjump": Attacker("the served top-1 label", "HopSkipJump (ART), decision-based black box", _hopskipjump, budget="blackbox_l2"),
+    "query-only-square": Attacker(
+        "query access only", f"sends uniform-noise images it makes (never the attacked photos; ≤ {DISCOVERY_LIMIT}, "
+        "shared by all photos: the key-recovery table's queries) until the N positions it believes real are "
+        "stable (spread of each output over the noise; the design says whether fakes win), then Square on "
+        "their top-1", _query_only_attack(
+            "query-only-square", "square", _square,
+            lambda ctx: SquareAttack(eps=ctx.budgets["blackbox_l2"], queries=ctx.bench.config.blackbox_queries)),
+        key_recovery=True, budget="blackbox_l2"),
+    "query-only-hopskipjump": Attacker(
+        "query access only (the served scores)", "the same discovery from noise, then "
+        "HopSkipJump on the top-1 among the positions it believes real", _query_only_attack(
+            "query-only-hopskipjump", "hopskipjump", _hopskipjump,
+            lambda ctx: HopSkipJump(queries=ctx.bench.config.blackbox_queries, eps=ctx.budgets["blackbox_l2"])),
+        key_recovery=True, budget="blackbox_l2"),
     "sanity": Attacker("the secret (key or device head)", "DeepFool on the device's real logits: shows the "
                        "evaluation can fail a defense", _sanity),
 }
