@@ -281,7 +281,9 @@ def test_the_registry_drives_the_cli():
     assert methods.ORIGINAL in methods.METHODS and methods.ORIGINAL not in methods.PROTECTIONS
     assert fakegradient.METHODS is methods.METHODS
     protect_method = option("protect", "--method")
-    assert methods.DEPLOYABLE == tuple(n for n in methods.PROTECTIONS if not methods.METHODS[n].control)
+    assert methods.DEPLOYABLE == tuple(n for n in methods.PROTECTIONS
+                                       if not (methods.METHODS[n].control or methods.METHODS[n].candidate))
+    assert {"decoys", "mixing"} <= set(methods.PROTECTIONS) - set(methods.DEPLOYABLE) - set(methods.CONTROLS)
     assert tuple(protect_method.choices) == methods.DEPLOYABLE  # controls are for experiments, not deployment
     for name in methods.DEPLOYABLE:
         assert f"{name}: {methods.METHODS[name].help}" in protect_method.help

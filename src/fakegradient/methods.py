@@ -26,6 +26,7 @@ class Baseline:
     display: str = "Original Model"
     help: str = "the unprotected model (the attack's baseline)"
     control: bool = False
+    candidate: bool = False
     in_paper: bool = True
     paper: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: paper_values(
         rho_mean=[0.0018, 0.0016, 0.0017, 0.0017, 0.0020, 0.0012, 0.0018]))
@@ -66,8 +67,9 @@ def controls() -> tuple[str, ...]:
 
 
 def deployable() -> tuple[str, ...]:
-    """What ``fakegradient protect`` offers: the schemes but the controls."""
-    return tuple(name for name in protections() if not METHODS[name].control)
+    """What ``fakegradient protect`` offers: the schemes but the controls and the candidates under study."""
+    return tuple(name for name in protections()
+                 if not (METHODS[name].control or METHODS[name].candidate))
 
 
 def paper_methods() -> tuple[str, ...]:

@@ -163,7 +163,8 @@ class Scheme(ABC):
     """A protection scheme, torch side: how a model is protected and how its served module is rebuilt.
 
     ``name`` is the registry key (``--method``), ``display`` the report's name, ``help`` one line for the CLI.
-    ``control``: an ablation, not a protection to deploy. ``in_paper``: one of the paper's three columns.
+    ``control``: an ablation, not a protection to deploy. ``candidate``: a design under study, not offered by
+    ``fakegradient protect`` yet. ``in_paper``: one of the paper's three columns.
     ``paper``: the paper's Table 1 values (metric → column → value) where it has them.
     """
 
@@ -173,6 +174,7 @@ class Scheme(ABC):
     capabilities: Capabilities
     secret_type: type[Secret]
     control: bool = False
+    candidate: bool = False
     in_paper: bool = False
     paper: Mapping[str, Mapping[str, float]] = {}
     protects: ClassVar[bool] = True

@@ -169,7 +169,7 @@ class DecoyScheme(Scheme):
                  "in a secret order")
     capabilities: Capabilities = Capabilities(fakes_win=True, uses_scale=True)
     secret_type: type[DecoyKey] = DecoyKey
-    control: bool = True  # a candidate under measurement (reports/private), not offered by `protect` yet
+    candidate: bool = True  # under measurement (reports/private), not offered by `protect` yet
 
     def params(self) -> dict[str, Any]:
         return {"scale": defaults.SCALE}

@@ -134,7 +134,7 @@ class MixingScheme(Scheme):
     help: str = "experimental: the logits under a secret orthogonal mixing; the device keeps a 32-byte seed"
     capabilities: Capabilities = Capabilities()
     secret_type: type[MixingKey] = MixingKey
-    control: bool = True  # a candidate under measurement (reports/private), not offered by `protect` yet
+    candidate: bool = True  # under measurement (reports/private), not offered by `protect` yet
 
     def protect(self, model: nn.Module, *, head: str | None = None, example_input: torch.Tensor | None = None,
                 seed: int | None = None, labels: Sequence[str] | None = None) -> tuple[nn.Module, MixingKey]:
