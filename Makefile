@@ -39,7 +39,7 @@ demo: install
 test: install browser
 	$(PY) -m pytest -q
 
-# the fast tier (under a minute on 2 cores): everything not marked slow
+# the fast tier (about two minutes on 2 cores): everything not marked slow
 test-fast: install browser
 	$(PY) -m pytest -q -m "not slow"
 
