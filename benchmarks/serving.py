@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from fakegradient import defaults, models, protect
+from fakegradient.bundle import PREFIX
 from fakegradient.integrity import seal_file
 from fakegradient.modelfile import write_bundle
 from fakegradient.serving.onnx_model import RuntimeOptions, load_model_dir
@@ -71,7 +72,18 @@ def export_models(root: Path) -> None:
     torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(root / "unprotected" / "model.onnx"),
                       dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    mark_baseline(root / "unprotected" / "model.onnx")
     seal_file(root / "unprotected" / "model.onnx")  # the whole-model digest the server checks
+
+
+def mark_baseline(path: Path) -> None:
+    """Label the unprotected export so that the server opens it (it serves only files with a fingerprint): a
+    placeholder fingerprint, no secret behind it; the baseline's clients read its outputs directly."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {PREFIX + "fingerprint": "unprotected-baseline"})
+    onnx.save(graph, str(path))
 
 
 def in_process(root: Path, name: str, args: argparse.Namespace) -> Callable[[int, int], float]:
