@@ -15,7 +15,9 @@ drift hits all alike. Prints per setting and model: images/s
 (median of rounds), served / in-process (median and range of the rounds' ratios, each over the limit
 measured around its phase), p50/p99 latency, and protected / unprotected (goal >= 0.97; served /
 in-process goal >= 0.8 on CPU). The client threads share the machine with the server: on a small machine
-they take part of the CPU the server needs.
+they take part of the CPU the server needs, so the CPU column also gives in-process / server CPU seconds per
+image (the server process's user + system time over its phase, all threads; Linux /proc): the server's own
+overhead, whatever the clients cost.
 
 ``--hostile``: the server with its default limits, probed on /v2/health/live (a fresh connection every
 20 ms, as a liveness probe does) and used by one well-behaved client (a 1-image request every 100 ms),
@@ -34,6 +36,8 @@ import argparse
 import functools
 import http.client
 import json
+import math
+import os
 import re
 import socket
 import statistics
@@ -46,6 +50,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +91,8 @@ def mark_baseline(path: Path) -> None:
     onnx.save(graph, str(path))
 
 
-def in_process(root: Path, name: str, args: argparse.Namespace) -> Callable[[int, int], float]:
-    """``measure(batch size, concurrent runs)`` → images/s of ONNX Runtime over ``--seconds-per-size`` on the
+def in_process(root: Path, name: str, args: argparse.Namespace) -> Callable[[int, int], "Rate"]:
+    """``measure(batch size, concurrent runs)`` → :class:`Rate` of ONNX Runtime over ``--seconds-per-size`` on the
     model file as the server opens it (same session options and threads), 1 or ``--max-runs`` runs at once
     as the server may."""
     model = load_model_dir(root / name, runtime=RuntimeOptions(threads=args.threads, cpu_arena=args.cpu_arena,
@@ -102,24 +107,40 @@ def in_process(root: Path, name: str, args: argparse.Namespace) -> Callable[[int
             count += len(x)
         return count
 
-    def measure(size: int, runs: int) -> float:
+    def measure(size: int, runs: int) -> Rate:
         x = inputs[size]
         model.infer(x)  # warm-up
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()  # nothing else runs in this process meanwhile
         with ThreadPoolExecutor(runs) as pool:
             counts = list(pool.map(loop, [x] * runs, [start + args.seconds_per_size] * runs))
-        return sum(counts) / (time.perf_counter() - start)
+        return Rate(sum(counts) / (time.perf_counter() - start), (time.process_time() - cpu) / sum(counts))
 
     return measure
 
 
-def sweep(measure: Callable[[int, int], float], args: argparse.Namespace) -> dict[tuple[int, int], float]:
+@dataclass(frozen=True)
+class Rate:
+    """images/s, and CPU seconds (all threads of the process) per image."""
+    per_s: float
+    cpu_per_image: float
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid``, all its threads (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sweep(measure: Callable[[int, int], Rate], args: argparse.Namespace) -> dict[tuple[int, int], float]:
     """(batch size, runs at once) → images/s, median of ``--rounds`` interleaved measurements."""
     samples: dict[tuple[int, int], list[float]] = {}
     for _ in range(args.rounds):
         for size in args.batch_sizes:
             for runs in sorted({1, args.max_runs}):
-                samples.setdefault((size, runs), []).append(measure(size, runs))
+                samples.setdefault((size, runs), []).append(measure(size, runs).per_s)
     return {setting: statistics.median(rates) for setting, rates in samples.items()}
 
 
@@ -218,10 +239,12 @@ def start_server(root: Path, names: list[str], threads: int, *options: str) -> t
 
 
 def served(args: argparse.Namespace, root: Path, options: list[str],
-           limit: dict[str, Callable[[], float]]) -> dict[str, dict[str, Any]]:
-    """model → {rate: median images/s over the rounds, ratios: served / in-process per round, latencies} for one
-    server started with ``options``. Each round's limit is measured just before and after its phase (the
-    server idle), and the round's ratio is over their mean: the machine's drift hits both alike."""
+           limit: dict[str, Callable[[], Rate]]) -> dict[str, dict[str, Any]]:
+    """model → {rate: median images/s over the rounds, ratios: served / in-process per round, cpu_ratios:
+    in-process / server CPU seconds per image per round, latencies} for one server started with ``options``.
+    Each round's limit is measured just before and after its phase (the server idle), and the round's ratios
+    are over their mean: the machine's drift hits both alike. The CPU ratio leaves out what the clients spend
+    (on a small machine they compete with the server): it is the server's own overhead per image."""
     grpc_port = free_port()
     if "grpc" in args.transports:
         options = [*options, "--grpc-port", str(grpc_port)]
@@ -229,24 +252,27 @@ def served(args: argparse.Namespace, root: Path, options: list[str],
     addresses = {"rest": ("127.0.0.1", int(url.rsplit(":", 1)[1])), "grpc": ("127.0.0.1", grpc_port)}
     keys = [(transport, name) for name in MODELS for transport in args.transports]
     results: dict[tuple[str, str], dict[str, list[float]]] = {
-        key: {"rates": [], "ratios": [], "latencies": []} for key in keys}
+        key: {"rates": [], "ratios": [], "cpu_ratios": [], "latencies": []} for key in keys}
     try:
         for transport, name in keys:
             PHASES[transport](addresses[transport], name, args.clients, 2, args.batch)  # warm-up
         for _ in range(args.rounds):
             for transport, name in keys:
-                before = limit[name]()
+                before, cpu = limit[name](), cpu_seconds(server.pid)
                 rate, latencies = PHASES[transport](addresses[transport], name, args.clients, args.requests,
                                                     args.batch)
+                served_cpu = (cpu_seconds(server.pid) - cpu) / (args.clients * args.requests * args.batch)
                 after = limit[name]()
                 results[transport, name]["rates"].append(rate)
-                results[transport, name]["ratios"].append(rate / ((before + after) / 2))
+                results[transport, name]["ratios"].append(rate / ((before.per_s + after.per_s) / 2))
+                results[transport, name]["cpu_ratios"].append(
+                    (before.cpu_per_image + after.cpu_per_image) / 2 / served_cpu)
                 results[transport, name]["latencies"].extend(latencies)
     finally:
         server.terminate()
         server.wait()
-    return {key: {"rate": statistics.median(r["rates"]), "ratios": r["ratios"], "latencies": r["latencies"]}
-            for key, r in results.items()}
+    return {key: {"rate": statistics.median(r["rates"]), "ratios": r["ratios"], "cpu_ratios": r["cpu_ratios"],
+                  "latencies": r["latencies"]} for key, r in results.items()}
 
 
 def throughput(args: argparse.Namespace, root: Path) -> None:
@@ -269,18 +295,24 @@ def throughput(args: argparse.Namespace, root: Path) -> None:
           f"--threads {args.threads} --max-runs "
           f"{args.max_runs}{' --cpu-arena' if args.cpu_arena else ''}, other limits default")
     print(f"{'setting':<18} {'transport':<9} {'model':<12} {'images/s':>9} {'served/in-process [min-max]':>28} "
-          f"{'p50 ms':>8} {'p99 ms':>8}")
+          f"{'CPU/image in-process/served':>28} {'p50 ms':>8} {'p99 ms':>8}")
     for setting, options in settings.items():
         if setting not in args.settings:
             continue
         results = served(args, root, options + args.server_options, limit)
         for (transport, name), r in results.items():
             p50, p99 = np.percentile(r["latencies"], [50, 99]) * 1e3
-            ratios = f"{statistics.median(r['ratios']):.3f} [{min(r['ratios']):.3f}-{max(r['ratios']):.3f}]"
-            print(f"{setting:<18} {transport:<9} {name:<12} {r['rate']:>9.1f} {ratios:>28} {p50:>8.1f} {p99:>8.1f}")
+            ratios, cpu = spread(r["ratios"]), spread(r["cpu_ratios"])
+            print(f"{setting:<18} {transport:<9} {name:<12} {r['rate']:>9.1f} {ratios:>28} {cpu:>28} {p50:>8.1f} "
+                  f"{p99:>8.1f}")
         for transport in args.transports:
             ratio = results[transport, "protected"]["rate"] / results[transport, "unprotected"]["rate"]
             print(f"{setting:<18} {transport:<9} protected / unprotected throughput: {ratio:.3f} (goal >= 0.97)")
+
+
+def spread(values: list[float]) -> str:
+    """'median [min-max]' of per-round ratios."""
+    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
 
 
 # --- hostile clients --------------------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""The benchmark scripts' own helpers: what they measure must be what they say."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fakegradient.errors import FakeGradientError
+from fakegradient.integrity import seal_file
+from fakegradient.serving.onnx_model import load_model_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _export(folder: Path) -> Path:
+    folder.mkdir()
+    path = folder / "model.onnx"
+    torch.onnx.export(torch.nn.Linear(4, 3), (torch.zeros(1, 4),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+def test_serving_baseline_is_servable(tmp_path):
+    """The unprotected baseline of benchmarks/serving.py opens in the server, which refuses unlabelled files
+    (the benchmark failed on this once the server checked for a fingerprint)."""
+    serving = _module("serving")
+    plain = _export(tmp_path / "plain")
+    seal_file(plain)
+    with pytest.raises(FakeGradientError, match="not a fakegradient-protected model"):
+        load_model_dir(plain.parent)
+    baseline = _export(tmp_path / "baseline")
+    serving.mark_baseline(baseline)
+    seal_file(baseline)
+    model = load_model_dir(baseline.parent)
+    assert model.output_shape == [-1, 3]
+
+
+def test_serving_cpu_seconds_counts_this_process():
+    serving = _module("serving")
+    first = serving.cpu_seconds(os.getpid())
+    sum(i * i for i in range(200_000))
+    second = serving.cpu_seconds(os.getpid())
+    assert math.isfinite(first) and 0 < first <= second
+    assert math.isnan(serving.cpu_seconds(2**22 + 12345))  # no such process
