@@ -91,7 +91,7 @@ def mark_baseline(path: Path) -> None:
     onnx.save(graph, str(path))
 
 
-def in_process(root: Path, name: str, args: argparse.Namespace) -> Callable[[int, int], "Rate"]:
+def in_process(root: Path, name: str, args: argparse.Namespace) -> Callable[[int, int], Rate]:
     """``measure(batch size, concurrent runs)`` → :class:`Rate` of ONNX Runtime over ``--seconds-per-size`` on the
     model file as the server opens it (same session options and threads), 1 or ``--max-runs`` runs at once
     as the server may."""
