@@ -62,3 +62,21 @@ def test_an_unreadable_list_is_no_list(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "_write_all", lambda result, folder, title: [])
     write_report(None, tmp_path)
     assert (tmp_path / "report.md").is_file() and json.loads((tmp_path / MANIFEST).read_text()) == []
+
+
+def test_table1_pairs_each_scheme_with_the_original_and_each_control_with_fake_gradient(digits_model, tmp_path):
+    model, x, y = digits_model
+    samples = [Sample(Path(f"digit_{i}.png"), int(label)) for i, label in enumerate(y[:6])]
+    config = EvaluationConfig(models=["digits"], methods=["original", "fake-gradient", "scaled-copy"], seed=0,
+                              timing_repeats=2)
+    evaluation = evaluate_model("alpha", Normalized(model, (0.0,), (1.0,)), x[:6], samples, config, progress=False)
+    write_report(EvaluationResult(config, [evaluation], [], environment()), tmp_path)
+
+    rows = json.loads((tmp_path / "results.json").read_text())["paired"]["defense_success"]
+    assert [(r["a"], r["b"]) for r in rows] == [("fake-gradient", "original"), ("scaled-copy", "original"),
+                                                ("scaled-copy", "fake-gradient")]
+    outcome = {(r.method, r.image): r.defense_success for r in evaluation.records}
+    for r in rows:
+        assert r["pairs"] == 6
+        assert r["only_a"] == sum(outcome[r["a"], i] and not outcome[r["b"], i] for i in {s for _, s in outcome})
+    assert "## Paired tests of defense success" in (tmp_path / "report.md").read_text()

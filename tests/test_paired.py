@@ -3,7 +3,7 @@
 import pytest
 
 from fakegradient.errors import InvalidArgument
-from fakegradient.evaluation.paired import mcnemar_exact, paired_test
+from fakegradient.evaluation.paired import comparisons, mcnemar_exact, paired_test
 
 
 def test_known_values():
@@ -35,3 +35,10 @@ def test_paired_test_counts_only_the_images_both_arms_hold():
 def test_bad_counts_are_refused(bad):
     with pytest.raises(InvalidArgument):
         mcnemar_exact(*bad)
+
+
+def test_comparisons_pair_each_model_and_arm_present():
+    outcomes = {("m1", "a"): {"x": True, "y": True, "z": False}, ("m1", "b"): {"x": False, "y": False, "z": False},
+                ("m2", "a"): {"x": True}}
+    rows = comparisons(outcomes, [("a", "b"), ("c", "b")])
+    assert rows == [{"model": "m1", "a": "a", "b": "b", "pairs": 3, "only_a": 2, "only_b": 0, "p": 0.5}]

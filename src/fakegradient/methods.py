@@ -16,6 +16,7 @@ from .schemes.base import Scheme
 from .schemes.fake_rows import PAPER_COLUMNS, paper_values  # noqa: F401 (PAPER_COLUMNS re-exported)
 
 ORIGINAL = "original"
+FAKE_GRADIENT = "fake-gradient"  # the paper's scheme: what the controls are compared with
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..errors import InvalidArgument
 
@@ -47,3 +47,17 @@ def paired_test(a: Mapping[str, bool], b: Mapping[str, bool]) -> PairedTest | No
     only_a = sum(bool(a[i]) and not b[i] for i in common)
     only_b = sum(bool(b[i]) and not a[i] for i in common)
     return PairedTest(len(common), only_a, only_b, mcnemar_exact(only_a, only_b))
+
+
+def comparisons(outcomes: Mapping[tuple[str, str], Mapping[str, bool]],
+                pairs: list[tuple[str, str]]) -> list[dict]:
+    """(model, arm) → image → outcome; for each model and each (a, b) of ``pairs`` both hold, the paired test
+    of a against b: rows {model, a, b, pairs, only_a, only_b, p}."""
+    rows = []
+    for model in dict.fromkeys(m for m, _ in outcomes):
+        for a, b in pairs:
+            if (model, a) in outcomes and (model, b) in outcomes:
+                test = paired_test(outcomes[model, a], outcomes[model, b])
+                if test is not None:
+                    rows.append({"model": model, "a": a, "b": b} | asdict(test))
+    return rows

@@ -16,7 +16,7 @@ from ..atomic import write_bytes_atomic
 from ..data import BUNDLED_PHOTOS
 from ..defaults import EMBEDDED_DATA, TOO_WEAK
 from ..errors import FakeGradientError
-from ..methods import METHODS, ORIGINAL, PROTECTIONS
+from ..methods import FAKE_GRADIENT, METHODS, ORIGINAL, PROTECTIONS, controls
 from . import figures, intervals, paired
 from .config import PHOTOS_DATA
 from .paper import paper_value
@@ -84,6 +84,7 @@ def _write_all(result: EvaluationResult, out: Path, title: str) -> list[Path]:
         written.append(_write(out / "attackers.csv", _rows_csv(matrix)))
         written.append(_write(out / "attackers_per_image.csv", _csv([r for e in adaptive for r in e.adaptive.records])))
     payload = {
+        "paired": {"method": paired.METHOD, "defense_success": _table1_tests(result)},
         "config": result.config.to_dict(),
         "command": result.config.command(),
         "data": _data_description(result),
@@ -201,6 +202,7 @@ def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
                 continue
             cells = [_cell(aggregates.get((n, method)), metric, fmt, paper_value(metric, method, n)) for n in names]
             lines.append(f"| {label} | {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
+    lines += _table1_paired(result)
     lines += ["", "## Perturbation and attack detail", "",
               "| Model | Method | images | attack changed served top-1 (%) | median ρ pixels | median ρ normalised "
               "| median ‖r‖₂ | median ‖r‖₂ ratio to original | median ‖r‖∞ | mean iterations | "
@@ -223,6 +225,34 @@ def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
               "Files: `results.json` (config, versions, aggregates), `per_image.csv`, "
               "`fig6_*.png`, `fig7_size.png`, `fig8_time.png`.", ""]
     return "\n".join(lines)
+
+
+def _table1_tests(result: EvaluationResult) -> list[dict]:
+    """Defense success of each scheme against the original, and of each control against Fake Gradient,
+    paired by image (the differences Table 1 invites)."""
+    outcomes: dict[tuple[str, str], dict[str, bool]] = {}
+    for r in result.records:
+        outcomes.setdefault((r.model, r.method), {})[r.image] = r.defense_success
+    present = list(dict.fromkeys(m for _, m in outcomes))
+    pairs = [(m, ORIGINAL) for m in present if m != ORIGINAL]
+    pairs += [(m, FAKE_GRADIENT) for m in present if m in controls()]
+    return paired.comparisons(outcomes, pairs)
+
+
+def _table1_paired(result: EvaluationResult) -> list[str]:
+    rows = _table1_tests(result)
+    if not rows:
+        return []
+    lines = ["", "## Paired tests of defense success", "",
+             f"Each pair of arms on the same images: the images defended in one arm only, and p ({paired.METHOD}). "
+             "A difference is shown only where p < 0.05; otherwise it is not significant at this n.", "",
+             "| Model | A | B | images | defended by A only | defended by B only | p | |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        verdict = "shown" if r["p"] < 0.05 else f"not significant at n = {r['pairs']}"
+        lines.append(f"| {r['model']} | {METHOD_NAMES[r['a']]} | {METHOD_NAMES[r['b']]} | {r['pairs']} | "
+                     f"{r['only_a']} | {r['only_b']} | {r['p']:.2g} | {verdict} |")
+    return lines
 
 
 def _adaptive(result: EvaluationResult) -> list[str]:
@@ -336,7 +366,7 @@ def _table2(result: EvaluationResult) -> list[str]:
              "model, grouped by the original model's class. Index N + c would mean the fake output mirrors "
              "the real class c.", ""]
     for e in result.evaluations:
-        records = [r for r in e.records if r.method == "fake-gradient"]
+        records = [r for r in e.records if r.method == FAKE_GRADIENT]
         if not records or e.n_real == 0:
             continue
         table = fake_class_table(records, e.n_real)
@@ -416,9 +446,9 @@ def _adaptive_figures(e: ModelEvaluation, out: Path) -> list[Path]:
 def _figures(result: EvaluationResult, out: Path) -> list[Path]:
     written = []
     for e in result.evaluations:
-        if {"fake-gradient", ORIGINAL} <= e.heatmaps.keys():
+        if {FAKE_GRADIENT, ORIGINAL} <= e.heatmaps.keys():
             path = out / f"fig6_{e.name.split(':')[0]}.png"
-            figures.perturbation_heatmaps(path, e.heatmap_images, e.heatmaps["fake-gradient"],
+            figures.perturbation_heatmaps(path, e.heatmap_images, e.heatmaps[FAKE_GRADIENT],
                                           e.heatmaps[ORIGINAL], f"DeepFool perturbations, {e.name}")
             written.append(path)
     for e in result.evaluations:
