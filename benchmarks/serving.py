@@ -23,7 +23,8 @@ they take part of the CPU the server needs.
 batching, the same other options: ``off`` (``--no-metrics``), ``metrics`` (the default) and ``metrics+log``
 (``--access-log``, its stderr redirected to a file, as an operator keeps it). Every round runs the same phase
 as above (``--clients`` batch-1 clients, binary tensors) over each transport against each server, the servers'
-order rotated from round to round so drift hits all alike. Prints per transport and server: images/s (median
+order rotated from round to round so drift hits all alike (a multiple of 3 rounds puts each server in each
+position equally often). Prints per transport and server: images/s (median
 of rounds), the paired per-round ratios metrics / off and metrics+log / off (median [min-max]), the rounds, and
 whether the median cost (1 - ratio) is <= 3 %. No in-process limit is measured in this mode.
 
