@@ -1,7 +1,9 @@
-"""Served throughput against the limit: protected vs unprotected MobileNetV2, with and without dynamic batching.
+"""Served throughput against the limit: protected vs unprotected MobileNetV2, with and without dynamic batching;
+the cost of metrics and the access log; health latency under hostile clients.
 
     python benchmarks/serving.py [--clients 32] [--requests 20] [--rounds 3] [--threads 0] [--device cuda]
                                  [--transports rest,grpc] [--settings 'no batching']
+    python benchmarks/serving.py --overhead [--rounds 9] [--clients 32] [--requests 20] [--transports rest,grpc]
     python benchmarks/serving.py --hostile [--seconds 30] [--big-json 4] [--slow-bodies 16] [--idle 500]
                                            [--big-batches 32] [--lockout 4]
 
@@ -18,6 +20,15 @@ in-process goal >= 0.8 on CPU). The client threads share the machine with the se
 they take part of the CPU the server needs, so the CPU column also gives in-process / server CPU seconds per
 image (the server process's user + system time over its phase, all threads; Linux /proc): the server's own
 overhead, whatever the clients cost.
+
+``--overhead``: what metrics and the access log cost. Three servers of the protected model run at once, no
+batching, the same other options: ``off`` (``--no-metrics``), ``metrics`` (the default) and ``metrics+log``
+(``--access-log``, its stderr redirected to a file, as an operator keeps it). Every round runs the same phase
+as above (``--clients`` batch-1 clients, binary tensors) over each transport against each server, the servers'
+order rotated from round to round so drift hits all alike (a multiple of 3 rounds puts each server in each
+position equally often). Prints per transport and server: images/s (median
+of rounds), the paired per-round ratios metrics / off and metrics+log / off (median [min-max]), the rounds, and
+whether the median cost (1 - ratio) is <= 3 %. No in-process limit is measured in this mode.
 
 ``--hostile``: the server with its default limits, probed on /v2/health/live (a fresh connection every
 20 ms, as a liveness probe does) and used by one well-behaved client (a 1-image request every 100 ms),
@@ -221,21 +232,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, names: list[str], threads: int, *options: str) -> tuple[subprocess.Popen, str]:
-    """The server (default limits unless ``options``) on a free port, once ready: (process, url)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def start_server(root: Path, names: list[str], threads: int, *options: str,
+                 stderr: Any = None) -> tuple[subprocess.Popen, str]:
+    """The server (default limits unless ``options``; its stderr to ``stderr``, a file, if given) on a free
+    port, once ready: (process, url)."""
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "fakegradient.cli", "serve", *(str(root / n) for n in names),
-                               "--port", str(port), "--threads", str(threads), *options])
+                               "--port", str(port), "--threads", str(threads), *options], stderr=stderr)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
+    for _ in range(240):
         try:
             urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
-            break
+            return server, url
         except OSError:
+            if server.poll() is not None:
+                raise RuntimeError(f"the server {' '.join(options)} exited with {server.returncode}") from None
             time.sleep(0.5)
-    return server, url
+    server.terminate()
+    raise RuntimeError(f"the server {' '.join(options)} was not ready in 120 s")
 
 
 def served(args: argparse.Namespace, root: Path, options: list[str],
@@ -313,6 +327,63 @@ def throughput(args: argparse.Namespace, root: Path) -> None:
 def spread(values: list[float]) -> str:
     """'median [min-max]' of per-round ratios."""
     return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
+
+
+# --- the cost of metrics and the access log ----------------------------------------------------------------
+
+OVERHEAD_SERVERS = {"off": ["--no-metrics"], "metrics": [], "metrics+log": ["--access-log"]}
+OVERHEAD_GOAL = 0.03  # the largest acceptable median cost
+
+
+def overhead(args: argparse.Namespace, root: Path) -> None:
+    """The three :data:`OVERHEAD_SERVERS` at once, the same phase against each in every round (order rotated)."""
+    common = ["--no-dynamic-batching", "--max-runs", str(args.max_runs), "--device", args.device, "--http",
+              args.http, *(["--cpu-arena"] if args.cpu_arena else []), *args.server_options]
+    log_path = root / "access.log"
+    servers: dict[str, tuple[subprocess.Popen, dict[str, tuple[str, int]]]] = {}
+    rates: dict[tuple[str, str], list[float]] = {(t, s): [] for t in args.transports for s in OVERHEAD_SERVERS}
+    with open(log_path, "wb") as log:
+        try:
+            for setting, options in OVERHEAD_SERVERS.items():
+                grpc_port = free_port()
+                process, url = start_server(root, ["protected"], args.threads, *common, *options,
+                                            "--grpc-port", str(grpc_port),
+                                            stderr=log if setting == "metrics+log" else None)
+                servers[setting] = process, {"rest": ("127.0.0.1", int(url.rsplit(":", 1)[1])),
+                                             "grpc": ("127.0.0.1", grpc_port)}
+            for setting, (_, addresses) in servers.items():
+                for transport in args.transports:
+                    PHASES[transport](addresses[transport], "protected", args.clients, 2, args.batch)  # warm-up
+            order = list(OVERHEAD_SERVERS)
+            for round_ in range(args.rounds):
+                turn = order[round_ % len(order):] + order[:round_ % len(order)]
+                for transport in args.transports:
+                    for setting in turn:
+                        rate, _ = PHASES[transport](servers[setting][1][transport], "protected", args.clients,
+                                                    args.requests, args.batch)
+                        rates[transport, setting].append(rate)
+        finally:
+            for process, _ in servers.values():
+                process.terminate()
+                process.wait()
+    lines = log_path.read_bytes().count(b"\n")
+    print(f"overhead: protected model, no batching, {args.clients} concurrent clients x {args.requests} requests x "
+          f"batch {args.batch} (binary tensors), {args.rounds} rounds, the servers' order rotated per round; server "
+          f"--http {args.http} --device {args.device} --threads {args.threads} --max-runs {args.max_runs}"
+          f"{' --cpu-arena' if args.cpu_arena else ''}; access log: {lines} lines, {log_path.stat().st_size} bytes")
+    print(f"{'transport':<9} {'server':<12} {'images/s':>9} {'/ off per round [min-max]':>27} {'n':>3} "
+          f"{'median cost':>11}  cost <= {OVERHEAD_GOAL:.0%}")
+    for transport in args.transports:
+        base = rates[transport, "off"]
+        for setting in OVERHEAD_SERVERS:
+            own = rates[transport, setting]
+            row = f"{transport:<9} {setting:<12} {statistics.median(own):>9.1f}"
+            if setting != "off":
+                ratios = [a / b for a, b in zip(own, base)]
+                cost = 1 - statistics.median(ratios)
+                row += (f" {statistics.median(ratios):>11.3f} [{min(ratios):.3f}-{max(ratios):.3f}] {len(ratios):>3} "
+                        f"{cost:>10.1%}  {'yes' if cost <= OVERHEAD_GOAL else 'NO'}")
+            print(row)
 
 
 # --- hostile clients --------------------------------------------------------------------------------------
@@ -576,7 +647,10 @@ def main() -> None:
                         help="served over: rest, grpc (comma-separated; phases interleaved)")
     parser.add_argument("--settings", type=lambda t: t.split(","), default=["dynamic batching", "no batching"],
                         help="server settings measured: 'dynamic batching', 'no batching' (comma-separated)")
-    parser.add_argument("--hostile", action="store_true", help="health latency under hostile clients instead")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--hostile", action="store_true", help="health latency under hostile clients instead")
+    mode.add_argument("--overhead", action="store_true",
+                      help="the cost of metrics and of the access log instead (three servers, interleaved)")
     parser.add_argument("--seconds", type=float, default=30, help="--hostile: probing time, each way")
     parser.add_argument("--big-json", type=int, default=4, help="--hostile: clients sending ~62 MiB JSON")
     parser.add_argument("--slow-bodies", type=int, default=16, help="--hostile: stalled ~63 MiB bodies")
@@ -588,7 +662,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         export_models(root)
-        (hostile if args.hostile else throughput)(args, root)
+        (hostile if args.hostile else overhead if args.overhead else throughput)(args, root)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -14,7 +15,7 @@ from test_server_support import write_model
 
 from fakegradient.cli import build_parser, main
 from fakegradient.errors import InvalidArgument
-from fakegradient.serving.settings import Access, Batching, Limits, RuntimeOptions, from_flags
+from fakegradient.serving.settings import Access, Batching, Limits, Observability, RuntimeOptions, from_flags
 
 
 @pytest.fixture
@@ -50,9 +51,9 @@ def test_a_port_in_use_is_a_one_line_error(folder, capsys):
 
 
 @pytest.mark.slow
-def test_serve_on_port_0_prints_its_port_and_applies_the_timeouts(folder):
+def test_serve_on_port_0_prints_its_port_and_applies_the_timeouts_and_no_metrics(folder):
     server = subprocess.Popen([sys.executable, "-m", "fakegradient.cli", "serve", str(folder), "--port", "0",
-                               "--header-timeout", "0.5", "--threads", "1"],
+                               "--header-timeout", "0.5", "--threads", "1", "--no-metrics"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = server.stdout.readline()
@@ -60,6 +61,9 @@ def test_serve_on_port_0_prints_its_port_and_applies_the_timeouts(folder):
         port = int(line.split(":")[2].split()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=10) as answer:
             assert answer.status == 200
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert missing.value.code == 404  # --no-metrics
         with socket.create_connection(("127.0.0.1", port)) as idle:
             idle.settimeout(10)
             start = time.monotonic()
@@ -82,6 +86,7 @@ def test_serve_on_port_0_prints_its_port_and_applies_the_timeouts(folder):
     (lambda: Batching(enabled="yes"), "Batching.enabled"), (lambda: RuntimeOptions(threads=-1), "RuntimeOptions.threads"),
     (lambda: RuntimeOptions(device="tpu"), "RuntimeOptions.device"),
     (lambda: Access(public_metadata="all"), "Access.public_metadata"),
+    (lambda: Observability(metrics="no"), "Observability.metrics"),
 ])
 def test_settings_refuse_bad_values_naming_the_field(make, field):
     with pytest.raises(InvalidArgument, match=rf"^{field} must be "):
@@ -89,16 +94,19 @@ def test_settings_refuse_bad_values_naming_the_field(make, field):
 
 
 def test_serve_flags_and_defaults_are_the_settings_fields():
-    """Every field of Limits, Batching and RuntimeOptions has a serve flag whose default, parsed back, is the
-    field's default: a default written once."""
+    """Every field of Limits, Batching, RuntimeOptions and Observability has a serve flag whose default, parsed
+    back, is the field's default: a default written once."""
     args = build_parser().parse_args(["serve", "folder"])
-    for cls in (Limits, Batching, RuntimeOptions):
+    for cls in (Limits, Batching, RuntimeOptions, Observability):
         assert from_flags(cls, args) == cls()  # each field read from its flag (an AttributeError if none)
     args = build_parser().parse_args(["serve", "folder", "--max-body-mb", "1.5", "--batch-delay-ms", "4",
                                       "--max-head-kb", "8", "--dynamic-batching", "--threads", "3", "--cpu-arena"])
     assert from_flags(Limits, args).max_body_bytes == 3 * 2**19 and from_flags(Limits, args).max_head_bytes == 8192
     assert from_flags(Batching, args) == Batching(enabled=True, max_delay=0.004)
     assert from_flags(RuntimeOptions, args) == RuntimeOptions(threads=3, cpu_arena=True)
+    assert from_flags(Observability, args) == Observability(metrics=True, access_log=False)
+    args = build_parser().parse_args(["serve", "folder", "--no-metrics", "--access-log"])
+    assert from_flags(Observability, args) == Observability(metrics=False, access_log=True)
 
 
 def test_flag_errors_are_in_the_flags_units(folder, capsys):

@@ -1,10 +1,11 @@
 """serving/metrics.py: ``GET /metrics`` shows the requests just made through REST and gRPC (one data plane),
 the limits' refusals, ONNX Runtime runs and their batch sizes; the access log has one line per request, with
-no payload and no token."""
+no payload and no token; with metrics off both transports serve, nothing is counted and /metrics is a 404."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -21,9 +22,17 @@ from test_server_support import (
 )
 
 from fakegradient.serving.dataplane import DataPlane
-from fakegradient.serving.metrics import ACCESS_LOGGER, Metrics, printable, rest_method
+from fakegradient.serving.metrics import (
+    ACCESS_LOGGER,
+    Metrics,
+    RequestMetrics,
+    printable,
+    recorder,
+    rest_method,
+)
 from fakegradient.serving.protocol import InferRequest
-from fakegradient.serving.settings import Access, Batching, Limits
+from fakegradient.serving.server import rest_app
+from fakegradient.serving.settings import Access, Batching, Limits, Observability
 
 TOKEN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -137,6 +146,57 @@ def test_access_log_is_off_by_default(models, access_lines):
         samples = scrape(address, headers=None)  # no token configured: /metrics is open, as every endpoint
     assert value(samples, "fakegradient_requests_total", transport="rest", method="ModelInfer", code="200") == 1
     assert access_lines == []
+
+
+def grpc_infer(address: str, x: np.ndarray) -> np.ndarray:
+    """The tiny model's logits for ``x`` through gRPC ModelInfer (raw tensor bytes)."""
+    grpc = pytest.importorskip("grpc", reason="grpcio is not installed")
+    from fakegradient.serving import open_inference_pb2 as pb
+
+    with grpc.insecure_channel(address) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=pb.ModelInferRequest.SerializeToString,
+                                    response_deserializer=pb.ModelInferResponse.FromString)
+        message = pb.ModelInferRequest(model_name="tiny")
+        message.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+        message.raw_input_contents.append(x.tobytes())
+        answer = infer(message, timeout=10)
+    return np.frombuffer(answer.raw_output_contents[0], dtype=np.float32).reshape(len(x), -1)
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_metrics_off_serve_both_transports_and_count_nothing(models, access_lines, access_log):
+    pytest.importorskip("grpc", reason="grpcio is not installed")
+    plane = DataPlane(models, Limits(max_batch=2), metrics=recorder(Observability(metrics=False,
+                                                                                   access_log=access_log)))
+    assert not hasattr(plane.metrics, "registry") and plane.metrics.counted(models[0].infer) == models[0].infer
+    middleware = [m.cls for m in rest_app(plane).user_middleware]
+    assert (RequestMetrics in middleware) == access_log  # installed only to write the access log
+    expected = models[0].infer(X)
+    with running_transports(plane) as (rest, grpc_address):
+        host, port = rest.split(":")
+        address = (host, int(port))
+        status, _, body = request(address, "POST", "/v2/models/tiny/infer", tiny_request(X))
+        assert status == 200
+        assert np.allclose(np.array(json.loads(body)["outputs"][0]["data"]).reshape(expected.shape),
+                           expected, atol=1e-6)
+        assert np.allclose(grpc_infer(grpc_address, X), expected, atol=1e-6)
+        status, _, body = request(address, "GET", "/metrics")
+        assert status == 404 and b"error" in body, (status, body)
+    if access_log:  # REST infer, gRPC infer, the 404: one line each
+        assert len(access_lines) == 3, access_lines
+        assert any(" grpc ModelInfer ModelInfer tiny OK " in line for line in access_lines)
+        assert any(" rest Metrics GET /metrics 404 " in line for line in access_lines)
+    else:
+        assert access_lines == []
+
+
+def test_metrics_are_on_by_default_and_recorder_follows_the_setting():
+    assert recorder().enabled and isinstance(recorder(), Metrics) and not recorder().access.on
+    on_with_log = recorder(Observability(access_log=True))
+    assert on_with_log.enabled and on_with_log.access.on and on_with_log.per_request
+    off = recorder(Observability(metrics=False))
+    assert not off.enabled and not off.per_request and not off.access.on
 
 
 def test_labels_are_bounded_and_log_lines_single():

@@ -129,9 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int,
                    help="also serve the v2 protocol over gRPC on this port (same host, limits and token; needs "
                         "grpcio: pip install 'fakegradient[grpc]'; 0: any free one) (default: no gRPC)")
-    p.add_argument("--access-log", action="store_true",
-                   help="log one line per request to stderr: peer, operation, path or model, status, time (never a "
-                        "payload or a token) (default: off; counts are always at GET /metrics)")
     p.add_argument("--http", default=defaults.HTTP, choices=list(defaults.HTTP_PARSERS),
                    help="HTTP/1.1 parser: h11 (pure Python) or httptools (C: ~4x less time to parse a request; "
                         "no throughput gain measured on 2 CPU cores) (default %(default)s)")
@@ -143,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (scheme://host[:port], e.g. the address `fakegradient device-ui` "
                         "prints) call the server from a browser; repeatable (default: none)")
-    from .serving.settings import Batching, Limits, RuntimeOptions, add_flags  # stdlib only: no server deps
+    from .serving.settings import Batching, Limits, Observability, RuntimeOptions, add_flags  # stdlib only
 
-    for settings in (RuntimeOptions, Limits, Batching):  # their fields' help, units and defaults
+    for settings in (RuntimeOptions, Limits, Batching, Observability):  # their fields' help, units and defaults
         add_flags(p, settings)
     p.set_defaults(run=cmd_serve)
 
@@ -433,19 +430,20 @@ def _classify_remote(args: argparse.Namespace) -> Iterator:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .serving.settings import Access, Batching, Limits, RuntimeOptions, from_flags
+    from .serving.settings import Access, Batching, Limits, Observability, RuntimeOptions, from_flags
 
     for flag, port in (("--port", args.port), ("--grpc-port", args.grpc_port)):
         if port is not None and not 0 <= port <= 65535:
             raise InvalidArgument(f"{flag} must be in 0..65535, got {port}")
-    runtime, limits, batching = (from_flags(cls, args) for cls in (RuntimeOptions, Limits, Batching))
+    runtime, limits, batching, observability = (from_flags(cls, args)
+                                                for cls in (RuntimeOptions, Limits, Batching, Observability))
     from .serving.auth import read_token
     from .serving.server import serve
 
     access = Access(args.public_metadata, read_token(args.token_file) if args.token_file else None,
                     tuple(args.cors_origin))
     serve(args.model_dirs, args.host, args.port, limits, runtime, access, batching, args.http, args.grpc_port,
-          args.access_log)
+          observability)
 
 
 def cmd_device_ui(args: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ from .. import __version__
 from .auth import bearer_matches
 from .batching import DynamicBatcher
 from .errors import InvalidInput, ModelNotFound, ServerBusy, Unauthorized, UploadsBusy
-from .metrics import Metrics
+from .metrics import Metrics, NoMetrics
 from .onnx_model import ServedModel
 from .protocol import (
     InferRequest,
@@ -120,14 +120,15 @@ class BodyHold:
 
 
 class DataPlane:
-    """The operations on ``models`` under ``limits``, ``access`` and ``batching``. Async methods run on the
+    """The operations on ``models`` under ``limits``, ``access`` and ``batching``, recorded in ``metrics``
+    (default: :class:`Metrics` without access log; :class:`NoMetrics` records nothing). Async methods run on the
     server's event loop; parsing, inference and encoding go to threads, so the loop stays responsive."""
 
     def __init__(self, models: list[ServedModel], limits: Limits = Limits(), access: Access = Access(),
-                 batching: Batching = Batching(), metrics: Metrics | None = None) -> None:
+                 batching: Batching = Batching(), metrics: Metrics | NoMetrics | None = None) -> None:
         self.models = {m.name: m for m in models}
         self.limits, self.access, self.batching = limits, access, batching
-        self.metrics = metrics or Metrics()  # both transports record their requests here
+        self.metrics = metrics or Metrics()  # both transports record their requests here (NoMetrics: off)
         self.runners = asyncio.Semaphore(limits.max_runs)  # ONNX Runtime runs at once, batched or not
         self.batchers = ({m.name: DynamicBatcher(self.metrics.counted(m.infer), batching, self.runners)
                           for m in models} if batching.enabled else {})

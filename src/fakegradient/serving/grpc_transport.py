@@ -42,7 +42,7 @@ from .errors import (
     ServerBusy,
     Unauthorized,
 )
-from .metrics import Metrics
+from .metrics import Metrics, NoMetrics
 from .onnx_model import ServedModel
 from .protocol import InferRequest, check_input
 
@@ -197,9 +197,9 @@ METHODS = {  # wire name: (servicer method, request message, response message)
 
 
 def _answering(method: Callable[[Any, Any], Awaitable[Any]], wire: str,
-               metrics: Metrics) -> Callable[[Any, Any], Awaitable[Any]]:
+               metrics: Metrics | NoMetrics) -> Callable[[Any, Any], Awaitable[Any]]:
     """``method`` with the data plane's errors as gRPC statuses (a bug answers INTERNAL, its traceback
-    logged), each call counted and timed in ``metrics`` (and access-logged if asked)."""
+    logged), each call counted and timed in ``metrics`` and access-logged, where each is on."""
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
@@ -215,9 +215,10 @@ def _answering(method: Callable[[Any, Any], Awaitable[Any]], wire: str,
                 code, message = grpc.StatusCode.INTERNAL, "internal server error"
             await context.abort(code, message)
         finally:
-            name = getattr(request, "model_name", None) or getattr(request, "name", "")
-            metrics.request("grpc", wire, code.name, time.perf_counter() - start, context.peer() or "-",
-                            f"{wire} {name}".strip())
+            if metrics.per_request:  # metrics or the access log on
+                name = getattr(request, "model_name", None) or getattr(request, "name", "")
+                metrics.request("grpc", wire, code.name, time.perf_counter() - start, context.peer() or "-",
+                                f"{wire} {name}".strip())
     return handle
 
 

@@ -15,6 +15,10 @@ Series (``transport``: rest or grpc; ``method``: the v2 operation, e.g. ModelInf
 The access log (off unless asked for): one line per request on the ``fakegradient.access`` logger (stderr):
 peer, transport, operation and target (path, or gRPC model name), status, milliseconds; never a payload or a
 header, so never a token.
+
+With metrics off (``serve --no-metrics``) the data plane holds a :class:`NoMetrics`: the same interface, nothing
+counted (no registry, no REST middleware unless the access log is on, ONNX Runtime runs not wrapped), and the
+REST transport has no ``/metrics`` route (404). :func:`recorder` picks one from the :class:`Observability` setting.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from .settings import Observability
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -62,20 +68,36 @@ def printable(text: str, limit: int = 200) -> str:
     return clean if len(clean) <= limit else clean[:limit] + "..."
 
 
-class Metrics:
-    """The series above in a registry of their own (several servers in one process do not mix)."""
+class AccessLog:
+    """One line per answered request on the :data:`ACCESS_LOGGER` logger (a stderr handler added if it has
+    none), when ``on``."""
 
-    def __init__(self, access_log: bool = False) -> None:
-        self.registry = CollectorRegistry()
-        self.access_log = access_log
+    def __init__(self, on: bool) -> None:
+        self.on = on
         self.log = logging.getLogger(ACCESS_LOGGER)
-        if access_log:
+        if on:
             if not self.log.handlers:
                 handler = logging.StreamHandler(sys.stderr)
                 handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
                 self.log.addHandler(handler)
             self.log.setLevel(logging.INFO)
             self.log.propagate = False
+
+    def write(self, transport: str, method: str, code: str, seconds: float, peer: str, target: str) -> None:
+        if self.on:
+            self.log.info("%s %s %s %s %s %.1fms", printable(peer, 64), transport, method, printable(target),
+                          code, seconds * 1000)
+
+
+class Metrics:
+    """The series above in a registry of their own (several servers in one process do not mix)."""
+
+    enabled = True  # GET /metrics is served
+    per_request = True  # each request goes to :meth:`request` (the REST middleware is installed)
+
+    def __init__(self, access_log: bool = False) -> None:
+        self.registry = CollectorRegistry()
+        self.access = AccessLog(access_log)
         r = self.registry
         self.requests = Counter("fakegradient_requests", "answers by transport, v2 operation and status",
                                 ["transport", "method", "code"], registry=r)
@@ -115,13 +137,40 @@ class Metrics:
         limit = LIMIT_OF.get(code)
         if limit is not None:
             self.rejected.labels(transport, limit).inc()
-        if self.access_log:
-            self.log.info("%s %s %s %s %s %.1fms", printable(peer, 64), transport, method, printable(target),
-                          code, seconds * 1000)
+        self.access.write(transport, method, code, seconds, peer, target)
 
     def exposition(self) -> tuple[bytes, str]:
         """(body, content type) of ``GET /metrics``."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class NoMetrics:
+    """Metrics off: :class:`Metrics`' interface with nothing counted; the access log still written if asked
+    (then, and only then, the REST transport passes its requests here)."""
+
+    enabled = False
+
+    def __init__(self, access_log: bool = False) -> None:
+        self.access = AccessLog(access_log)
+        self.per_request = access_log
+
+    def watch(self, inflight: Callable[[], float], queue: Callable[[], float], uploads: Callable[[], float]) -> None:
+        pass
+
+    def counted(self, infer: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        return infer
+
+    def request(self, transport: str, method: str, code: str, seconds: float, peer: str = "-",
+                target: str = "") -> None:
+        self.access.write(transport, method, code, seconds, peer, target)
+
+    def exposition(self) -> tuple[bytes, str]:
+        raise LookupError("metrics are off (serve --no-metrics): there is no /metrics")
+
+
+def recorder(settings: Observability = Observability()) -> Metrics | NoMetrics:
+    """What the data plane records into under ``settings``: :class:`Metrics`, or :class:`NoMetrics` when off."""
+    return (Metrics if settings.metrics else NoMetrics)(settings.access_log)
 
 
 class RequestMetrics:

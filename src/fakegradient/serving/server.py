@@ -35,10 +35,10 @@ from .. import __version__, defaults
 from ..errors import FakeGradientError, InvalidArgument
 from .dataplane import BodyHold, DataPlane, UploadBudget
 from .errors import InvalidInput, PayloadTooLarge, ProtocolError, RequestTimeout, UploadsBusy
-from .metrics import Metrics, RequestMetrics
+from .metrics import RequestMetrics, recorder
 from .onnx_model import ServedModel, load_model_dir
 from .protocol import HEADER_LENGTH
-from .settings import Access, Batching, Limits, RuntimeOptions, cors_origin
+from .settings import Access, Batching, Limits, Observability, RuntimeOptions, cors_origin
 
 __all__ = ["Access", "Batching", "BodyHold", "DataPlane", "Limits", "UploadBudget", "build_server", "cors_origin",
            "create_app", "listen", "rest_app", "serve"]
@@ -66,7 +66,8 @@ def rest_app(plane: DataPlane) -> FastAPI:
                   openapi_url=None, lifespan=lifespan)
     app.state.plane = plane
     add_error_handlers(app)
-    app.add_middleware(RequestMetrics, metrics=plane.metrics)  # added first: inside CORS, which answers preflights
+    if plane.metrics.per_request:  # metrics or access log; added first: inside CORS, which answers preflights
+        app.add_middleware(RequestMetrics, metrics=plane.metrics)
     if plane.access.cors_origins:  # preflights are answered before routing: they need no token
         app.add_middleware(JSONCORSMiddleware, allow_origins=list(plane.access.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=list(CORS_REQUEST_HEADERS),
@@ -111,11 +112,12 @@ def rest_app(plane: DataPlane) -> FastAPI:
         authorize(request)
         return plane.model_config(name)
 
-    @app.get("/metrics")
-    async def metrics(request: Request):
-        authorize(request)
-        body, media_type = plane.metrics.exposition()
-        return Response(body, media_type=media_type)
+    if plane.metrics.enabled:  # off (serve --no-metrics): no route, 404
+        @app.get("/metrics")
+        async def metrics(request: Request):
+            authorize(request)
+            body, media_type = plane.metrics.exposition()
+            return Response(body, media_type=media_type)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
@@ -441,10 +443,11 @@ def build_server(models: list[ServedModel], limits: Limits = Limits(), access: A
 
 def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
           runtime: RuntimeOptions | None = None, access: Access = Access(), batching: Batching = Batching(),
-          http: str = defaults.HTTP, grpc_port: int | None = None, access_log: bool = False) -> None:
+          http: str = defaults.HTTP, grpc_port: int | None = None,
+          observability: Observability = Observability()) -> None:
     """Load ``model_dirs`` (each checked: no key file, head matching its fingerprint) and serve them, over
-    gRPC too on ``grpc_port`` (same host, same data plane) unless it is None; ``access_log``: one line per
-    request on stderr."""
+    gRPC too on ``grpc_port`` (same host, same data plane) unless it is None; ``observability``: metrics
+    (``GET /metrics``) on or off, the access log (one line per request on stderr) on or off."""
     _guarded(http)  # an unknown or missing HTTP implementation: refused before loading the models
     models = [load_model_dir(d, runtime=runtime or RuntimeOptions()) for d in model_dirs]
     names = [m.name for m in models]
@@ -453,7 +456,7 @@ def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, lim
     sock = listen(host, port)
     print(f"serving {', '.join(names)} on http://{host}:{sock.getsockname()[1]} (Open Inference Protocol v2)",
           flush=True)
-    plane = DataPlane(models, limits, access, batching, Metrics(access_log))
+    plane = DataPlane(models, limits, access, batching, recorder(observability))
     rest = build_server(models, http=http, plane=plane)
     if grpc_port is None:
         rest.run(sockets=[sock])

@@ -1,7 +1,8 @@
 """The server's settings, each a frozen dataclass that validates itself: :class:`Limits` (what clients may take),
-:class:`Batching` (dynamic batching), :class:`RuntimeOptions` (ONNX Runtime), :class:`Access` (who may ask what).
+:class:`Batching` (dynamic batching), :class:`RuntimeOptions` (ONNX Runtime), :class:`Observability` (metrics and
+the access log), :class:`Access` (who may ask what).
 
-Every field of the first three carries its CLI help, flag and unit (:func:`setting`): ``fakegradient serve``
+Every field of the first four carries its CLI help, flag and unit (:func:`setting`): ``fakegradient serve``
 builds its flags from them (:func:`add_flags`, :func:`from_flags`), so each default is written here only.
 Stdlib only: the CLI reads these without the server's dependencies.
 """
@@ -142,6 +143,21 @@ class RuntimeOptions:
                                      "memory of peak loads is never returned")
     device: str = setting("cpu", "ONNX Runtime execution provider: cpu, or cuda (needs onnxruntime-gpu; refused "
                                  "if ONNX Runtime cannot start it)", choices=tuple(defaults.ORT_PROVIDERS))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class Observability:
+    """What the server records of each request: ``metrics``: Prometheus counts and latencies at ``GET /metrics``
+    (off: nothing is counted and ``/metrics`` answers 404); ``access_log``: one line per request on stderr."""
+
+    metrics: bool = setting(True, "count requests, statuses, latencies, refusals and batch sizes for Prometheus at "
+                                  "GET /metrics; --no-metrics: nothing counted, /metrics answers 404",
+                            negatable=True)
+    access_log: bool = setting(False, "log one line per request to stderr: peer, operation, path or model, status, "
+                                      "time (never a payload or a token)")
 
     def __post_init__(self) -> None:
         check_fields(self)
