@@ -106,8 +106,8 @@ def in_process(root: Path, name: str, args: argparse.Namespace) -> Callable[[int
     """``measure(batch size, concurrent runs)`` → :class:`Rate` of ONNX Runtime over ``--seconds-per-size`` on the
     model file as the server opens it (same session options and threads), 1 or ``--max-runs`` runs at once
     as the server may."""
-    model = load_model_dir(root / name, runtime=RuntimeOptions(threads=args.threads, cpu_arena=args.cpu_arena,
-                                                                  device=args.device))
+    runtime = RuntimeOptions(threads=args.threads, cpu_arena=args.cpu_arena, device=args.device)
+    model = load_model_dir(root / name, runtime=runtime.for_runs(args.max_runs))  # as the server resolves it
     inputs = {size: np.random.default_rng(size).random((size, 3, 224, 224), dtype=np.float32)
               for size in args.batch_sizes}
 

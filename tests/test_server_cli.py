@@ -15,6 +15,7 @@ from test_server_support import write_model
 
 from fakegradient.cli import build_parser, main
 from fakegradient.errors import InvalidArgument
+from fakegradient.serving import settings
 from fakegradient.serving.settings import Access, Batching, Limits, Observability, RuntimeOptions, from_flags
 
 
@@ -114,3 +115,10 @@ def test_flag_errors_are_in_the_flags_units(folder, capsys):
     assert one_line_error(capsys) == "error: --max-buffered-mb must be >= --max-body-mb, got 32\n"
     assert main(["serve", str(folder), "--batch-delay-ms", "-2"]) == 2
     assert one_line_error(capsys) == "error: --batch-delay-ms must be >= 0, got -2\n"
+
+
+@pytest.mark.parametrize(("threads", "cores", "runs", "resolved"), [(0, 2, 2, 1), (0, 16, 2, 8), (0, 2, 4, 1),
+                                                                   (0, 1, 1, 1), (3, 2, 2, 3)])
+def test_threads_0_divides_the_usable_cores_among_the_runs(monkeypatch, threads, cores, runs, resolved):
+    monkeypatch.setattr(settings, "usable_cores", lambda: cores)
+    assert RuntimeOptions(threads=threads).for_runs(runs).threads == resolved

@@ -449,7 +449,8 @@ def serve(model_dirs: list[Path], host: str = "127.0.0.1", port: int = 8000, lim
     gRPC too on ``grpc_port`` (same host, same data plane) unless it is None; ``observability``: metrics
     (``GET /metrics``) on or off, the access log (one line per request on stderr) on or off."""
     _guarded(http)  # an unknown or missing HTTP implementation: refused before loading the models
-    models = [load_model_dir(d, runtime=runtime or RuntimeOptions()) for d in model_dirs]
+    runtime = (runtime or RuntimeOptions()).for_runs(limits.max_runs)
+    models = [load_model_dir(d, runtime=runtime) for d in model_dirs]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise FakeGradientError(f"two model folders share a name: {names}")

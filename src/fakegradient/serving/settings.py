@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +139,8 @@ class RuntimeOptions:
     """ONNX Runtime settings. Without the CPU arena (the default) the memory of a run goes back when the
     run ends; with it, large batches run faster but ORT keeps the peak of the concurrent runs for good."""
 
-    threads: int = setting(0, "ONNX Runtime intra-op threads (0 = all cores)", at_least=0)
+    threads: int = setting(0, "ONNX Runtime intra-op threads per run (0 = the usable cores divided among "
+                              "--max-runs, at least 1)", at_least=0)
     cpu_arena: bool = setting(False, "keep ONNX Runtime's CPU memory arena: large batches run faster, but the "
                                      "memory of peak loads is never returned")
     device: str = setting("cpu", "ONNX Runtime execution provider: cpu, or cuda (needs onnxruntime-gpu; refused "
@@ -146,6 +148,23 @@ class RuntimeOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+    def for_runs(self, runs: int) -> RuntimeOptions:
+        """These options with ``threads`` 0 resolved for ``runs`` ONNX Runtime runs at once: the usable cores
+        divided among them (at least 1). ONNX Runtime's own 0 gives every run all cores, and concurrent runs
+        then oversubscribe them (MobileNetV2 on 2 cores, 2 runs: served 88-97 images/s with 2 threads per run,
+        115-124 with 1; benchmarks/serving.py --threads)."""
+        if self.threads:
+            return self
+        return dataclasses.replace(self, threads=max(1, usable_cores() // runs))
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
