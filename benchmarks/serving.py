@@ -49,6 +49,7 @@ import http.client
 import json
 import math
 import os
+import platform
 import re
 import socket
 import statistics
@@ -69,10 +70,12 @@ import numpy as np
 import torch
 
 from fakegradient import defaults, models, protect
+from fakegradient.atomic import write_bytes_atomic
 from fakegradient.bundle import PREFIX
 from fakegradient.integrity import seal_file
 from fakegradient.modelfile import write_bundle
 from fakegradient.serving.onnx_model import RuntimeOptions, load_model_dir
+from fakegradient.serving.settings import usable_cores
 
 MODELS = ("protected", "unprotected")
 
@@ -289,13 +292,14 @@ def served(args: argparse.Namespace, root: Path, options: list[str],
                   "latencies": r["latencies"]} for key, r in results.items()}
 
 
-def throughput(args: argparse.Namespace, root: Path) -> None:
-    limit = {}
+def throughput(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    limit, sweeps, rows = {}, {}, []
     for name in MODELS:
         measure = in_process(root, name, args)
         rates = sweep(measure, args)
         best = max(rates, key=rates.get)
         limit[name] = functools.partial(measure, *best)
+        sweeps[name] = {f"{b}x{r}": rate for (b, r), rate in rates.items()} | {"limit": f"{best[0]}x{best[1]}"}
         print(f"in-process ONNX Runtime, {name} (images/s at batch size x runs at once): "
               + ", ".join(f"{b}x{r}: {rate:.1f}" for (b, r), rate in rates.items())
               + f" -> the limit: {best[0]}x{best[1]}, measured again around every served phase")
@@ -319,9 +323,14 @@ def throughput(args: argparse.Namespace, root: Path) -> None:
             ratios, cpu = spread(r["ratios"]), spread(r["cpu_ratios"])
             print(f"{setting:<18} {transport:<9} {name:<12} {r['rate']:>9.1f} {ratios:>28} {cpu:>28} {p50:>8.1f} "
                   f"{p99:>8.1f}")
+            rows.append({"setting": setting, "transport": transport, "model": name, "images_per_s": r["rate"],
+                         "served_over_in_process": r["ratios"], "cpu_in_process_over_served": r["cpu_ratios"],
+                         "p50_ms": p50, "p99_ms": p99})
         for transport in args.transports:
             ratio = results[transport, "protected"]["rate"] / results[transport, "unprotected"]["rate"]
             print(f"{setting:<18} {transport:<9} protected / unprotected throughput: {ratio:.3f} (goal >= 0.97)")
+    return {"mode": "throughput", "in_process_images_per_s": sweeps, "served": rows,
+            "threads_per_run": RuntimeOptions(threads=args.threads).for_runs(args.max_runs).threads}
 
 
 def spread(values: list[float]) -> str:
@@ -335,7 +344,7 @@ OVERHEAD_SERVERS = {"off": ["--no-metrics"], "metrics": [], "metrics+log": ["--a
 OVERHEAD_GOAL = 0.03  # the largest acceptable median cost
 
 
-def overhead(args: argparse.Namespace, root: Path) -> None:
+def overhead(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """The three :data:`OVERHEAD_SERVERS` at once, the same phase against each in every round (order rotated)."""
     common = ["--no-dynamic-batching", "--max-runs", str(args.max_runs), "--device", args.device, "--http",
               args.http, *(["--cpu-arena"] if args.cpu_arena else []), *args.server_options]
@@ -384,6 +393,8 @@ def overhead(args: argparse.Namespace, root: Path) -> None:
                 row += (f" {statistics.median(ratios):>11.3f} [{min(ratios):.3f}-{max(ratios):.3f}] {len(ratios):>3} "
                         f"{cost:>10.1%}  {'yes' if cost <= OVERHEAD_GOAL else 'NO'}")
             print(row)
+    return {"mode": "overhead", "servers": OVERHEAD_SERVERS, "access_log_lines": lines,
+            "images_per_s": [{"transport": t, "server": s, "rounds": rates[t, s]} for t, s in rates]}
 
 
 # --- hostile clients --------------------------------------------------------------------------------------
@@ -658,11 +669,26 @@ def main() -> None:
     parser.add_argument("--big-batches", type=int, default=32, help="--hostile: clients sending 64 images")
     parser.add_argument("--lockout", type=int, default=4,
                         help="--hostile: connections declaring a 64 MiB body, sending 1 byte, then idling")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here (throughput, overhead)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         export_models(root)
-        (hostile if args.hostile else overhead if args.overhead else throughput)(args, root)
+        result = (hostile if args.hostile else overhead if args.overhead else throughput)(args, root)
+    if args.out and result:
+        write_result(args.out, result)
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """``result`` with the command, the machine and the time, as JSON (atomically): what docs render."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    payload = {"command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]),
+               "machine": {"cpu": cpu, "cores": usable_cores(), "load_average_after": os.getloadavg()},
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} | result
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
