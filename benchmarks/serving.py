@@ -51,6 +51,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import socket
 import statistics
 import subprocess
@@ -683,7 +684,7 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     """``result`` with the command, the machine and the time, as JSON (atomically): what docs render."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    payload = {"command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]),
+    payload = {"command": "python benchmarks/serving.py " + shlex.join(sys.argv[1:]),
                "machine": {"cpu": cpu, "cores": usable_cores(), "load_average_after": os.getloadavg()},
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} | result
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ PAPER_MOBILENET = {
     "rw_defense": 0.0,
 }
 
-BLOCK = re.compile(r"^<!-- BEGIN (table:[\w.-]+) -->\n(.*?)^<!-- END \1 -->$", re.M | re.S)
+BLOCK = re.compile(r"^<!-- BEGIN (table:[\w.-]+) -->\n(.*?)^<!-- END \1 -->$", re.MULTILINE | re.DOTALL)
 INLINE = re.compile(r"<!-- BEGIN (value:[\w.-]+) -->(.*?)<!-- END \1 -->")
 ANY_BEGIN = re.compile(r"<!-- BEGIN ([^ ]+) -->")
 
@@ -790,6 +790,58 @@ def value_mnist_defended_lost(reports: Reports) -> str:
     )
 
 
+# --- serving (reports/serving/*.json, written by benchmarks/serving.py --out) ---
+
+
+def spread(values: list[float]) -> str:
+    """``0.78 [0.72–0.81]``: the median and range of per-round ratios."""
+    return f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]"
+
+
+def serving_source(entry: dict) -> str:
+    machine = entry["machine"]
+    return (f"`{entry['command']}`, {machine['cpu']}, {machine['cores']} cores, load average "
+            f"{machine['load_average_after'][1]:.1f} after the run (5 min), {entry['date']}")
+
+
+def render_serving_throughput(reports: Reports) -> str:
+    entry = reports.json("serving", "throughput.json")
+    rows = [
+        [
+            row["setting"],
+            row["transport"],
+            row["model"],
+            f"{row['images_per_s']:.0f}",
+            spread(row["served_over_in_process"]),
+            spread(row["cpu_in_process_over_served"]),
+            str(len(row["served_over_in_process"])),
+            f"{row['p50_ms']:.0f} / {row['p99_ms']:.0f}",
+        ]
+        for row in entry["served"]
+    ]
+    header = ["server", "transport", "model", "images/s (median)", "served / in-process wall",
+              "in-process / server CPU per image", "rounds", "p50 / p99 ms"]
+    limits = "; ".join(f"{name} {max(v for k, v in sweep.items() if k != 'limit'):.0f} images/s ({sweep['limit']})"
+                       for name, sweep in entry["in_process_images_per_s"].items())
+    return (table(header, rows) + f"\n\nIn-process limit (best batch size x runs at once): {limits}; "
+            f"{entry['threads_per_run']} ONNX Runtime thread(s) per run. Measured: {serving_source(entry)}.")
+
+
+def render_serving_overhead(reports: Reports) -> str:
+    entry = reports.json("serving", "overhead.json")
+    rates = {(r["transport"], r["server"]): r["rounds"] for r in entry["images_per_s"]}
+    rows = []
+    for (transport, server), own in rates.items():
+        if server == "off":
+            rows.append([transport, server, f"{statistics.median(own):.0f}", "—", str(len(own)), "—"])
+            continue
+        ratios = [a / b for a, b in zip(own, rates[transport, "off"])]
+        rows.append([transport, server, f"{statistics.median(own):.0f}", spread(ratios), str(len(ratios)),
+                     f"{100 * (1 - statistics.median(ratios)):.1f} %"])
+    return (table(["transport", "server", "images/s (median)", "/ metrics off, per round", "rounds",
+                   "median cost"], rows) + f"\n\nMeasured: {serving_source(entry)}.")
+
+
 RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:decision": render_decision,
     "table:matrix-mobilenet_v2": lambda r: render_matrix(r, "adaptive"),
@@ -804,6 +856,8 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:table1-official": lambda r: render_table1(r, "table1_official"),
     "table:table1-losses": render_table1_losses,
     "table:controls": render_controls,
+    "table:serving-throughput": render_serving_throughput,
+    "table:serving-overhead": render_serving_overhead,
     "table:ablations": render_ablations,
     "table:seven-mnist": render_seven_mnist,
     "table:mnist-recipes": render_mnist_recipes,
