@@ -526,22 +526,32 @@ def value_photos(reports: Reports) -> str:
 
 
 def render_controls(reports: Reports) -> str:
-    rows = []
-    for entry in reports.json("controls")["aggregates"]:
-        rows.append(
-            [
-                entry["method"],
-                agg_rate(entry, "fake_output_pct", pct=True),
-                agg_rate(entry, "defense_success_pct", pct=True),
-                num(entry["l2_ratio_median"]),
-                f"{entry['rho_median']:.5f}",
-            ]
-        )
+    """Every model of reports/controls: per method its rates, and where the report has them the paired tests of
+    defense success (against the original; a control also against Fake Gradient)."""
+    entry = reports.json("controls")
+    tests = defaultdict(list)
+    for t in entry.get("paired", {}).get("defense_success", []):
+        verdict = "" if t["p"] < 0.05 else ", not significant"
+        tests[t["model"], t["a"]].append(f"vs {t['b']}: {t['only_a']}/{t['only_b']}, p = {t['p']:.2g}{verdict}")
+    rows = [
+        [
+            model_name(a["model"]),
+            a["method"],
+            agg_rate(a, "fake_output_pct", pct=True),
+            agg_rate(a, "defense_success_pct", pct=True),
+            "; ".join(tests[a["model"], a["method"]]) or "—",
+            num(a["l2_ratio_median"]),
+            f"{a['rho_median']:.5f}",
+        ]
+        for a in entry["aggregates"]
+    ]
     return table(
         [
-            "Method (MobileNetV2, `reports/controls/`)",
+            "Model (`reports/controls/`)",
+            "Method",
             "served top-1 is a fake output",
             "defense success",
+            "paired: defended here only / there only, exact McNemar p",
             "median per-image ‖r‖₂ ratio to the original",
             "median ρ (pixels)",
         ],
