@@ -19,7 +19,7 @@ from ..attacks.row_classifier import RowClassifier, fit_features, row_features
 from ..head import head_parameters, trace_head
 
 TRAINING_MODELS = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-KEYS = 3  # the attacker's own keys per public model
+KEYS = 2  # the attacker's own keys per public model
 ROWS_PER_EXAMPLE = 600  # rows of each protected head the classifier is fitted on (bounds the pairwise features)
 SEED_OFFSET = 7_000_000  # the attacker's key seeds: SEED_OFFSET + 1000 * seed + 100 * model + key
 
