@@ -80,10 +80,10 @@ def _oracles(weight: np.ndarray, bias: np.ndarray, n: int, rng: np.random.Genera
 
 
 def run(args: Any) -> None:
+    import torch
+
     from fakegradient.attacks.row_classifier import FEATURE_NAMES, fit_features, row_features
     from fakegradient.evaluation.learned_rows import protected_example, public_model
-
-    import torch
 
     torch.set_num_threads(1)
     started = time.time()
@@ -255,8 +255,8 @@ def report(out: Path) -> Path:
              *markdown_table(["scheme", *record["models"]], per_model), "",
              f"Cost on this machine: fitting the classifier {min(training, default=0):.1f}–"
              f"{max(training, default=0):.1f} s per held-out model and scheme (features precomputed); naming the "
-             f"real rows of one served head (its features, then the scores) {float(np.median(scoring)) if scoring else 0:.1f} s "
-             "median.",
+             "real rows of one served head (its features, then the scores) "
+             f"{float(np.median(scoring)) if scoring else 0:.1f} s median.",
              "", "The single statistics that best separate real from fake rows (pooled over models and keys; "
              "max(AUC, 1 − AUC), 0.5 = none):", "",
              *markdown_table(["scheme", "top features (AUC)"],

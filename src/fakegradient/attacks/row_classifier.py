@@ -146,7 +146,8 @@ def row_features(weight: Any, bias: Any, rows: Sequence[int] | np.ndarray | None
     best_agreement = agreement[np.arange(len(index)), sign_partner]
     safe = np.maximum(norms, _TINY)
     pairwise = np.column_stack([
-        (counts[inverse] > 1)[index].astype(np.float64), _norm_gap(norms)[index], best_abs, cos[np.arange(len(index)), partner], second_abs,
+        (counts[inverse] > 1)[index].astype(np.float64), _norm_gap(norms)[index], best_abs,
+        cos[np.arange(len(index)), partner], second_abs,
         np.log(safe[index] / safe[partner]), best_agreement, np.log(safe[index] / safe[sign_partner]),
         (b[index] - b[sign_partner]) / bias_scale, cos[np.arange(len(index)), sign_partner]])
     features = np.column_stack([single[index], ranks[index], pairwise])
