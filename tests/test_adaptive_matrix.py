@@ -62,6 +62,8 @@ def test_key_recovery_attackers_recover_known_keys(matrix_run):
     recovery = evaluation.adaptive.key_recovery
     assert recovery["fake-gradient"]["key-recovery-file"]["recovered_pct"] == 100.0
     assert recovery["fake-gradient"]["key-recovery-file"]["oracle"] == "bias-equality"
+    learned = recovery["fake-gradient"]["learned-rows"]  # fitted on the ImageNet models' protected heads
+    assert learned["oracle"].startswith("learned rows (trained on mobilenet_v2") and learned["recovered_pct"] == 100.0
     for attacker in ("query-only-square", "query-only-hopskipjump"):  # from noise alone, shared discovery
         assert recovery["fake-gradient"][attacker]["recovered_pct"] == 100.0
         assert 4 <= recovery["fake-gradient"][attacker]["queries"] <= 16
