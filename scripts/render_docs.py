@@ -800,6 +800,33 @@ def value_mnist_defended_lost(reports: Reports) -> str:
     )
 
 
+# --- file-only attackers (reports/file_only, studies.file_only) ---
+
+
+def render_file_only(reports: Reports) -> str:
+    entry = reports.json("file_only")
+    rows = []
+    for scheme, cells in entry["recovery"].items():
+        if not cells["learned-rows"]["applies"]:
+            rows.append([f"`{scheme}`", "—", "—", "—", "nothing to recover: no served row is a class"])
+            continue
+
+        def pct(attacker: str) -> str:
+            c = cells[attacker]
+            if not c["applies"]:
+                return "—"
+            low, high = c["ci95_pct"]
+            return f"{c['pct']:.1f} % [{low:.1f}–{high:.1f}]"
+
+        rows.append([f"`{scheme}`", pct("chance"), pct("key-recovery-file"), pct("learned-rows"),
+                     entry["verdict"][scheme].replace("**", "")])
+    return (table(["scheme", "chance", "fixed oracles (equal bias, sign pattern, row norm)",
+                   "learned row classifier, leave one model out", "verdict"], rows)
+            + f"\n\nReal rows among the N an attacker names from the served head alone, pooled over "
+            f"{', '.join(model_name(m) for m in entry['models'])} × {entry['keys']} keys (95 % Wilson interval, "
+            f"rows treated as independent). `{entry['command']}` ({entry['seconds']:.0f} s).")
+
+
 # --- serving (reports/serving/*.json, written by benchmarks/serving.py --out) ---
 
 
@@ -866,6 +893,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:table1-official": lambda r: render_table1(r, "table1_official"),
     "table:table1-losses": render_table1_losses,
     "table:controls": render_controls,
+    "table:file-only": render_file_only,
     "table:serving-throughput": render_serving_throughput,
     "table:serving-overhead": render_serving_overhead,
     "table:ablations": render_ablations,
