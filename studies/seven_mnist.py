@@ -242,6 +242,12 @@ def _sizes(records: list, archs: list[str]) -> list[str]:
              f"least a quarter of the pixel range (‖r‖∞ ≥ {LARGE_LINF}).", "",
              *markdown_table(["Architecture", "median ‖r‖₂ [quartiles]", "median ‖r‖∞", "median ρ", "median ‖x‖₂",
                               "‖r‖∞ < 1/255", f"‖r‖∞ ≥ {LARGE_LINF}"], rows), ""]
+    norm_x = [_median(r.l2 / r.rho for r in rs if r.rho > 0) for rs in original.values()]
+    if norm_x and max(norm_x) <= 1.01 * min(norm_x):
+        lines += ["‖x‖₂ = ‖r‖₂/ρ agrees for every architecture: every ‖r‖ is taken against the same pixel images "
+                  "(the same resizing), and one code path (`evaluate_model`: the normalisation inside each model, "
+                  "the attack in pixels) measures every architecture, so no architecture's ‖r‖ is in other units.",
+                  ""]
     large = [a for a in archs if linf[a] >= LARGE_LINF]
     if large:
         values = ", ".join(f"{linf[a]:.2f} ({a})" for a in large)
@@ -323,8 +329,12 @@ def _sensitivity(out: Path, records: list, archs: list[str]) -> list[str]:
                          f"{s['batchnorm']['max_gain']:.0f}) amplify small input changes; the steepness is a property "
                          "of the trained function, not of how it is measured.")
     if abs(s["eval"]["linear_estimate_median"] / s["eval"]["deepfool_l2_median"] - 1) < 0.5:
-        sentences.append("The linear estimate margin / ‖∇‖ is within a factor 1.5 of DeepFool's ‖r‖₂, so DeepFool "
-                         "measures the model's local steepness, as on the other architectures.")
+        sentences.append("The linear estimate margin / ‖∇‖ is within a factor 1.5 of DeepFool's ‖r‖₂: DeepFool's "
+                         "small ‖r‖ is the model's local steepness, not a failure of the attack.")
+    run = [r.l2 for r in records if r.model == steep and r.method == "original"]
+    if run:
+        sentences.append(f"(This retrain's median ‖r‖₂ is {s['eval']['deepfool_l2_median']:.3g} on {s['n']} digits; "
+                         f"the stored run's {_median(run):.3g} on {len(run)}.)")
     return lines + ([" ".join(sentences), ""] if sentences else [])
 
 

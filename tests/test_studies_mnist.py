@@ -145,6 +145,7 @@ def test_seven_mnist_report_flags_large_and_sub_grey_level_perturbations(tmp_pat
     assert "**Not small perturbations**: the median ‖r‖∞ is 0.50 (vgg11) of the [0, 1] pixel range" in text
     assert ("**mobilenet_v2** needs a median ‖r‖∞ of 0.0008, below one 8-bit grey level (1/255 ≈ 0.0039): "
             "150–500× smaller median ‖r‖₂") in text
+    assert "‖x‖₂ = ‖r‖₂/ρ agrees for every architecture" in text
     assert "**resnet18** needs" not in text and "Why the perturbation sizes differ" not in text  # none stored
 
 
@@ -172,6 +173,7 @@ def test_seven_mnist_report_renders_the_stored_sensitivity(tmp_path):
     assert "mobilenet_v2's median margin is 0.5× resnet18's but its median input gradient is 50× resnet18's" in text
     assert "running statistics are not the cause" in text
     assert "drops mobilenet_v2's accuracy from 88.0 % to 11.0 %" in text
+    assert "(This retrain's median ‖r‖₂ is 0.013 on 4 digits; the stored run's 0.01 on 20.)" in text
     # stale statistics would not be called harmless
     (tmp_path / "sensitivity_mobilenet_v2.json").write_text(json.dumps(
         _sensitivity_record(5.0, 400.0, 0.013, (0.60, 0.88, 0.88, 0.11))))
