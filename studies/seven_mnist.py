@@ -353,7 +353,8 @@ def _overhead(overhead: dict, archs: list[str], env: dict) -> list[str]:
     lines += markdown_table(["Model", "Variant", "parameters", "bytes (state dict)", "median time (ms)", "IQR (ms)"],
                             rows)
     return lines + ["", "Files: `per_image.csv`, `results.json`, `seven_mnist.json` (training and held-out accuracy), "
-                        "`fig6_*.png` (perturbation heatmaps), `fig7_size.png`, `fig8_time.png`, `table2_heatmap.png`.",
+                        "`fig6_*.png` (perturbation heatmaps), `fig7_size.png`, `fig8_time.png`, `table2_heatmap.png`, "
+                        "`sensitivity_<arch>.json` (`--sensitivity`, when run).",
                     ""]
 
 
