@@ -114,3 +114,67 @@ def test_mnist_direction_measures_each_image_and_reports(tmp_path, one_torch_thr
     text = mnist_direction.report(tmp_path).read_text()
     assert "| tiny | 4 |" in text and (tmp_path / "per_image.csv").read_text().count("\n") == 5
     assert "Command: `test`" in text
+
+
+def _stored_seven(tmp_path, records, archs):
+    write_records_csv(tmp_path / "per_image.csv", records)
+    timing = {"median_s": 0.001, "q1_s": 0.001, "q3_s": 0.002}
+    size = {"parameters": 10, "bytes": 40}
+    methods = ("original", "fake-gradient", "random-weight")
+    (tmp_path / "results.json").write_text(json.dumps({
+        "config": {"seed": 0, "candidates": 10, "overshoot": 0.02, "max_iter": 50, "scale": 20.0},
+        "environment": {"cuda": "none", "torch": "x", "torchvision": "y", "python": "3"},
+        "overhead": {a: {"size": dict.fromkeys(methods, size), "time": dict.fromkeys(methods, timing)}
+                     for a in archs}}))
+    (tmp_path / "seven_mnist.json").write_text(json.dumps({
+        "command_args": {"size": 64}, "training": {a: {"test_accuracy": 0.96} for a in archs},
+        "command": "python -m studies.seven_mnist"}))
+
+
+def _sized(model, l2, linf):
+    return [replace(r, l2=l2, linf=linf, rho=l2 / 34.0) for r in _records(model)]
+
+
+def test_seven_mnist_report_flags_large_and_sub_grey_level_perturbations(tmp_path):
+    """‖r‖∞ ≥ 0.25 is called not small; ‖r‖∞ < 1/255 is called below one grey level, with the ‖r‖₂ factor;
+    ‖x‖₂ = ‖r‖₂/ρ is shown so that an architecture measured in another space would stand out."""
+    _stored_seven(tmp_path, _sized("vgg11", 5.0, 0.5) + _sized("mobilenet_v2", 0.01, 0.0008)
+                  + _sized("resnet18", 1.5, 0.1), ["vgg11", "mobilenet_v2", "resnet18"])
+    text = seven_mnist.write_report(tmp_path).read_text()
+    assert "| vgg11 | 5 [5–5] | 0.5 | 0.1471 | 34.0 | 0/20 = 0 % [0–16] | 20/20 = 100 % [84–100] |" in text
+    assert "**Not small perturbations**: the median ‖r‖∞ is 0.50 (vgg11) of the [0, 1] pixel range" in text
+    assert ("**mobilenet_v2** needs a median ‖r‖∞ of 0.0008, below one 8-bit grey level (1/255 ≈ 0.0039): "
+            "150–500× smaller median ‖r‖₂") in text
+    assert "‖x‖₂ = ‖r‖₂/ρ agrees for every architecture" in text
+    assert "**resnet18** needs" not in text and "Why the perturbation sizes differ" not in text  # none stored
+
+
+def _sensitivity_record(margin, grad, l2, accuracies, low=0, gain=1.0):
+    local = {"margin_median": margin, "grad_norm_median": grad, "linear_estimate_median": margin / grad,
+             "deepfool_l2_median": l2, "deepfool_linf_median": l2 / 10, "deepfool_fooled": 4}
+    return {"arch": "a", "recipe": "old", "size": 64, "seed": 0, "device": "cpu", "torch": "x", "n": 4,
+            "held_out": 1000, "command": "python -m studies.seven_mnist --sensitivity a", "capped_eps": 1e-3,
+            "accuracy": dict(zip(("eval", "batch_statistics", "recalibrated", "bn_eps_capped"), accuracies)),
+            "eval": local, "recalibrated": local, "bn_eps_capped": local,
+            "batchnorm": {"layers": 2, "channels": 100, "low_variance_channels": low, "low_variance": 1e-3,
+                          "max_gain": gain}}
+
+
+def test_seven_mnist_report_renders_the_stored_sensitivity(tmp_path):
+    _stored_seven(tmp_path, _sized("mobilenet_v2", 0.01, 0.0008) + _sized("resnet18", 1.5, 0.1),
+                  ["mobilenet_v2", "resnet18"])
+    (tmp_path / "sensitivity_mobilenet_v2.json").write_text(json.dumps(
+        _sensitivity_record(5.0, 400.0, 0.013, (0.88, 0.88, 0.875, 0.11), low=3000, gain=118)))
+    (tmp_path / "sensitivity_resnet18.json").write_text(json.dumps(
+        _sensitivity_record(10.0, 8.0, 1.3, (0.96, 0.96, 0.96, 0.95))))
+    text = seven_mnist.write_report(tmp_path).read_text()
+    assert "| mobilenet_v2 | 4 | 88.0 % | 88.0 % | 87.5 % | 11.0 % | 5.00 | 400 | 0.0125 | 0.013 | 0.013 | " \
+           "3000/100 | 118 |" in text
+    assert "mobilenet_v2's median margin is 0.5× resnet18's but its median input gradient is 50× resnet18's" in text
+    assert "running statistics are not the cause" in text
+    assert "drops mobilenet_v2's accuracy from 88.0 % to 11.0 %" in text
+    assert "(This retrain's median ‖r‖₂ is 0.013 on 4 digits; the stored run's 0.01 on 20.)" in text
+    # stale statistics would not be called harmless
+    (tmp_path / "sensitivity_mobilenet_v2.json").write_text(json.dumps(
+        _sensitivity_record(5.0, 400.0, 0.013, (0.60, 0.88, 0.88, 0.11))))
+    assert "running statistics are not the cause" not in seven_mnist.write_report(tmp_path).read_text()
