@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import InvalidArgument
+
 
 @dataclass
 class RecoveredRows:
@@ -52,6 +54,30 @@ def recover_real_rows(weight: torch.Tensor, bias: torch.Tensor, sign_threshold: 
         real = np.argsort(norms, kind="stable")[: w.shape[0] // 2]  # fakes were made larger
         return RecoveredRows(np.sort(real), "row-norm", time.perf_counter() - start)
     real = np.array([i if norms[i] <= norms[j] else j for i, j in pairs])  # the fake partner is larger
+    return RecoveredRows(np.sort(real), oracle, time.perf_counter() - start)
+
+
+ORACLES = ("bias-equality", "sign-pattern", "row-norm")
+
+
+def recover_with(weight: torch.Tensor, bias: torch.Tensor, oracle: str,
+                 sign_threshold: float = 0.9) -> RecoveredRows | None:
+    """One oracle of :func:`recover_real_rows` alone (for comparing them): ``bias-equality`` or
+    ``sign-pattern`` (pairs, then the smaller row of each), None when it does not pair every row; or
+    ``row-norm`` (the N smallest rows). weight (2N, D), bias (2N,)."""
+    if oracle not in ORACLES:
+        raise InvalidArgument(f"oracle must be one of {', '.join(ORACLES)}, got {oracle!r}")
+    start = time.perf_counter()
+    w = weight.detach().double().cpu().reshape(weight.shape[0], -1).numpy()
+    norms = np.linalg.norm(w, axis=1)
+    if oracle == "row-norm":
+        return RecoveredRows(np.sort(np.argsort(norms, kind="stable")[: w.shape[0] // 2]), oracle,
+                             time.perf_counter() - start)
+    pairs = (_pairs_by_bias(bias.detach().double().cpu().numpy()) if oracle == "bias-equality"
+             else _pairs_by_sign(w, sign_threshold))
+    if pairs is None:
+        return None
+    real = np.array([i if norms[i] <= norms[j] else j for i, j in pairs])
     return RecoveredRows(np.sort(real), oracle, time.perf_counter() - start)
 
 

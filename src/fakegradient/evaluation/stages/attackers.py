@@ -39,6 +39,7 @@ from ...attacks.targets import OutputRows, pair_hypotheses
 from ...head import head_parameters, trace_head
 from ...methods import ORIGINAL, scheme
 from ...schemes.base import Capabilities
+from ..learned_rows import train_leave_one_out
 from ..pipeline import Normalized
 from ..workbench import Secret, Workbench, deepfool
 from . import reuse
@@ -212,6 +213,27 @@ def _file_only(bench: Workbench, target: Target) -> Recovery:
     return _from_rows(target, recover_real_rows(*target.served_head()))
 
 
+def _learned(bench: Workbench, target: Target) -> Recovery:
+    """The row classifier (:mod:`..learned_rows`), fitted on the other public models protected by the attacker
+    under its own keys, picks the N most-likely-real rows of the served file."""
+    if not target.capabilities.head_rows:
+        return Recovery("no head in the served file", 0.0)
+    if target.secret is not None and target.secret.class_positions() is None:
+        return Recovery("no served output is a class", 0.0)
+    begin = time.perf_counter()
+    _, public_weight, public_bias = _public_head(bench)
+    classifier, used = train_leave_one_out(target.method, (public_weight, public_bias), seed=bench.seed % 2**31,
+                                           scale=bench.config.scale, fake_bias=bench.config.bias)
+    trained = time.perf_counter()
+    if classifier is None:
+        return Recovery("learned-rows: no other public model on this machine to train on", trained - begin)
+    weight, bias = target.served_head()
+    rows = classifier.believed_real(weight.detach().cpu().numpy(), bias.detach().cpu().numpy(),
+                                    len(target.real_rows()))
+    found = RecoveredRows(rows, f"learned rows (trained on {', '.join(used)})", time.perf_counter() - trained)
+    return _from_rows(target, found)  # seconds: the attack on the file, not the attacker's training
+
+
 def _public_weights(bench: Workbench, target: Target) -> Recovery:
     _, weight, bias = _public_head(bench)
     if target.serves_features:  # the public head decrypts if the protected model is the public model
@@ -270,7 +292,7 @@ def _identity(bench: Workbench, target: Target) -> Recovery:
 
 
 RECOVERERS: dict[str, Callable[[Workbench, Target], Recovery]] = {
-    "key-recovery-file": _file_only, "known-plaintext-weights": _public_weights,
+    "key-recovery-file": _file_only, "learned-rows": _learned, "known-plaintext-weights": _public_weights,
     "known-plaintext-outputs": _public_outputs, "blind": _blind,
     "query-only-square": _query_only, "query-only-hopskipjump": _query_only}
 
@@ -504,6 +526,10 @@ ATTACKERS: dict[str, Attacker] = {
     "key-recovery-file": Attacker("the served model file", "guesses the real rows from the file (equal biases, "
                                   "sign patterns, row norms), then DeepFool on them", _key_recovery(
                                       "key-recovery-file"), key_recovery=True),
+    "learned-rows": Attacker("the served model file (and other public models)", "a row classifier fitted on "
+                             "the other public models protected under the attacker's own keys (leave one model "
+                             "out) picks the N most-likely-real rows, then DeepFool on them",
+                             _key_recovery("learned-rows"), key_recovery=True),
     "known-plaintext-weights": Attacker("the served file and the public base weights", "matches the served rows "
                                         "to the public head (no query), then DeepFool on them",
                                         _key_recovery("known-plaintext-weights"), key_recovery=True),
