@@ -3,8 +3,9 @@ alone (``--from-stored``): the matrix with paired exact tests against the origin
 decision table per threat model (``results.json``'s ``decision``, which ``scripts/render_docs.py`` renders into
 README.md and docs/security.md).
 
-The strongest attacker of a threat model, per scheme, is the admitted attack with the lowest defense rate; the
-scheme to use is the one (controls excluded) whose strongest attacker does worst, ties to the smaller secret.
+The strongest attacker of a threat model, per scheme, is the admitted attack with the lowest defense rate, among
+those that pass the 50 % sanity rule on the original (:func:`too_weak`; all of them if none does); the scheme to
+use is the one (controls excluded) whose strongest attacker does worst, ties to the smaller secret.
 """
 
 from __future__ import annotations
@@ -108,6 +109,11 @@ def _rate(cell: dict | None) -> float:
     return cell["k"] / cell["n"] if cell else float("inf")
 
 
+def too_weak(baseline: dict | None) -> bool:
+    """The 50 % sanity rule: an attack that leaves more than half of the unprotected images defended."""
+    return baseline is not None and baseline["k"] > baseline["n"] / 2
+
+
 def decision(cells: dict[str, dict[str, dict | None]], record: dict) -> list[dict]:
     """One entry per threat model: per scheme the strongest admitted attack; the scheme to use."""
     entries = []
@@ -115,6 +121,8 @@ def decision(cells: dict[str, dict[str, dict | None]], record: dict) -> list[dic
         strongest = {}
         for name, row in cells.items():
             ran = [a for a in attacks if row.get(a)]
+            sane = [a for a in ran if not too_weak(cells["original"].get(REFERENCE.get(a, a)))]
+            ran = sane or ran  # an attack too weak on the original is no one's strongest (unless it is the only one)
             if ran:
                 worst = min(ran, key=lambda a: (_rate(row[a]), a))
                 strongest[name] = {"attack": worst, **row[worst]}
@@ -151,7 +159,9 @@ def cell_text(cell: dict | None, original: bool) -> str:
     text = rate_text(cell["k"], cell["n"])
     if "median_queries" in cell:
         text += f", median {cell['median_queries']:.0f} q"
-    if original or "p" not in cell:
+    if original:
+        return text + (" (too weak)" if too_weak(cell) else "")
+    if "p" not in cell:
         return text
     return f"{text}; {cell['only_original']}/{cell['only_scheme']}, p = {cell['p']:.2g}"
 
@@ -174,7 +184,8 @@ def report(out: Path) -> Path:
              ("Each cell: images whose decrypted top-1 after the attack is still the clean one, k/n = % [95 % Wilson "
              "interval]; then the discordant pairs on the same images (original defended only / scheme defended "
              "only) and the exact two-sided McNemar p against the original. The `original` row is each attack's "
-             f"sanity baseline. Every budget is L2 eps = {record['transfer_eps']} on [0, 1] pixels (the transfer's "
+             "sanity baseline (*too weak*: it leaves more than half of the unprotected images defended; such an "
+             f"attack is no scheme's strongest in the decision table). Every budget is L2 eps = {record['transfer_eps']} on [0, 1] pixels (the transfer's "
              f"median ‖r‖₂ {record['transfer_median_l2']:.2f}; naive DeepFool's median on the original "
              f"{record['schemes']['original'].get('naive_l2_median', float('nan')):.2f}, unbounded). C&W, Square "
              f"and HopSkipJump ran on the first {hard} evaluation images ({record.get('bb_queries')} queries per "
@@ -210,13 +221,13 @@ def _notes(record: dict) -> list[str]:
     found = [[name, f"{info['discovery_found']}/10 (all at {info['queries_needed'] or '> 64'} q)",
               f"{info['reverse_found']}/10",
               f"{info['adaptive_found']}/10 at {info['adaptive_queries']} q" if "adaptive_found" in info else "—",
-              f"{info['fileonly_found']}/10 (trained on {info['fileonly_training_rows']} rows, "
-              f"{100 * info['fileonly_training_accuracy']:.0f} % right there)" if "fileonly_found" in info else "—"]
+              f"{info['fileonly_found']}/10 (trained on {info['fileonly_training_heads']} heads)"
+              if "fileonly_found" in info else "—"]
              for name, info in schemes.items() if "discovery_found" in info]
     lines = ["## Real rows the attackers found (of 10)", "",
              (f"(c) / (c′): {record['queries']} noise queries, least / most varying kept; query-only adaptive: the "
              "library's doubling discovery (least varying where the scheme's public design says the fakes win, "
-             "most varying otherwise; decoys: the N least varying of 3N); file-only: the learned row classifier "
+             "most varying otherwise; decoys: the N least varying of 3N); file-only: the library's learned row classifier "
              f"trained on the heads of the attacker's own models ({record['row_models']}) protected under "
              f"{record['row_keys']} keys each."), "",
              *markdown_table(["scheme", "(c) least varying", "(c′) most varying", "query-only adaptive",
@@ -230,7 +241,13 @@ def _notes(record: dict) -> list[str]:
               "and `mixing` serve no output that is a class: no discovery or row classifier applies (—); on "
               "`device-head` the naive attacks treat the 128 served features as scores, and (e) is the "
               "feature-space attacker (its own head on the served features, trained on its labelled queries). "
-              "(e) is invariant to any affine map of the served outputs: on `mixing` it equals the original."), ""]
+              "(e) is invariant to any affine map of the served outputs: on `mixing` it equals the original. "
+              "Where the query-only discovery found all N real rows and their outputs equal the original's logits "
+              "(max gap ≤ 1e-4 on the attacked images), the query-only attacker faces the original's scores up to "
+              "a column order, so its Square / HopSkipJump rows are the original's runs on the same images "
+              "(queries: those plus the discovery's), not re-run: "
+              + (", ".join(f"`{n}`" for n, i in record["schemes"].items() if i.get("qo_reused_original")) or "none")
+              + "."), ""]
     return lines
 
 
