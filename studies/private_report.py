@@ -326,7 +326,8 @@ def _figure(path: Path, cells: dict[str, dict[str, Any]], n: int) -> None:
                         color="white" if values[i, j] < 60 else "black")
             else:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", color="grey"))
-    ax.set_xticks(range(len(attacks)), [LABELS[a] for a in attacks], rotation=35, ha="right", fontsize=7)
+    ticks = [LABELS[a] + (" (too weak)" if too_weak(cells["original"].get(a)) else "") for a in attacks]
+    ax.set_xticks(range(len(attacks)), ticks, rotation=35, ha="right", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     fig.colorbar(image, ax=ax, label="defense success, % (k/n in each cell; hatched: not applicable)")
     ax.set_title(f"Private MNIST CNN: defense success per scheme and attacker (n = {n}; C&W and black box on a "
