@@ -1,4 +1,4 @@
-"""studies.private, its attackers (studies.private_attacks, studies.private_rows) and its report
+"""studies.private, its attackers (studies.private_attacks) and its report
 (studies.private_report): the paired matrix and the decision rule on planted outcomes, the splits, the noise
 discovery, the learned row classifier and the read-out attacker on a small trained model, and a short end-to-end
 run whose sanity baselines behave."""
