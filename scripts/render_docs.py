@@ -925,6 +925,69 @@ def render_serving_overhead(reports: Reports) -> str:
                    "median cost"], rows) + f"\n\nMeasured: {serving_source(entry)}.")
 
 
+def private_leak(entry: dict) -> str:
+    leak = entry["leak"]
+    top = max(leak["readout_curve"], key=int)
+    enough = leak["labelled_for_90pct"]
+    text = (
+        f"the cloud names the real class of {rate(leak['readout_curve'][top], leak['n'])} images after {top} "
+        f"labelled queries (≥ 90 % from {enough if enough else '> ' + top})"
+    )
+    if leak["noise_found"] is not None:
+        text += f"; {leak['noise_found']}/10 real rows from {leak['noise_queries']} noise queries"
+    return text
+
+
+def render_private_decision(reports: Reports) -> str:
+    """Per threat model on the private model: the scheme to use, its defense against the strongest admitted attack,
+    the unprotected model's, the paired p, the device's cost and what still leaks (reports/private/results.json)."""
+    data = reports.json("private")
+    rows = []
+    for entry in data["decision"]:
+        pick, base = entry["defended"], entry["original"]
+        use = f"`{entry['use']}`" if entry["significant"] else f"none better (best: `{entry['use']}`)"
+        p = f"p = {pick['p']:.2g}" if "p" in pick else "—"
+        rows.append(
+            [
+                f"**{entry['threat']}**: {entry['holds']}",
+                use,
+                f"{rate(pick['k'], pick['n'])} ({data['labels'][pick['attack']]})",
+                rate(base["k"], base["n"]),
+                p,
+                f"{entry['secret_bytes']} B, {entry['decrypt_us_per_image']:.1f} µs",
+                private_leak(entry),
+            ]
+        )
+    return table(
+        [
+            f"Threat model (private MNIST CNN, n = {data['n']})",
+            "Use",
+            "Defended vs its strongest attack",
+            "Unprotected",
+            "vs unprotected",
+            "Device: secret, decrypt/image",
+            "Still leaks",
+        ],
+        rows,
+    )
+
+
+def render_private_threats(reports: Reports) -> str:
+    """Every scheme against the strongest attack of each threat model (reports/private/results.json)."""
+    data = reports.json("private")
+    names = list(data["matrix"])
+    rows = []
+    for name in names:
+        cells = [name]
+        for entry in data["decision"]:
+            worst = entry["strongest"].get(name)
+            cells.append(
+                "—" if worst is None else f"{rate(worst['k'], worst['n'])} ({data['labels'][worst['attack']]})"
+            )
+        rows.append(cells)
+    return table(["Scheme"] + [entry["threat"] for entry in data["decision"]], rows)
+
+
 RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:decision": render_decision,
     "table:query-only": render_query_only,
@@ -958,6 +1021,8 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "value:mobilenet_v2-labelled": value_labelled,
     "value:rho-fall": value_rho_fall,
     "value:mnist-defended-lost": value_mnist_defended_lost,
+    "table:private-decision": render_private_decision,
+    "table:private-threats": render_private_threats,
 }
 
 

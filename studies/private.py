@@ -4,26 +4,31 @@ One seeded permutation of the 5000 images gives three disjoint splits: the owner
 the attacker's own labelled images (2000) and the evaluation images (the remaining 1000, or the first
 ``--eval-images``). The owner trains a small CNN (private: the attacker never sees its weights or its head);
 the attacker trains its own surrogate (another architecture, another seed) on its own split. Every scheme
-protects the owner's model (keys from ``--seed``); per evaluation image and scheme:
+protects the owner's model (keys from ``--seed``); per evaluation image and scheme (defended: the decrypted top-1
+of the attacked image is still the clean one; every attack's row on ``original`` is its sanity baseline):
 
 - functionality: the decrypted top-1 equals the unprotected model's;
-- (a) naive: DeepFool (top-10 candidates, 50 iterations, overshoot 0.02, unclipped, the paper's) on the served
-  model's outputs; defended when the decrypted top-1 of the result is still the clean one;
-- (b) transfer: L2 PGD (40 steps, margin loss) on the attacker's surrogate at ``--transfer-eps``, the result sent to the
-  served model; defended as above (the served model computes the owner's function: no output-hiding scheme
-  can change this row, it is the baseline every scheme shares);
-- (c) discovery: the attacker sends ``--queries`` uniform-noise images, keeps the N outputs that vary least
-  (the red team's discovery of the real rows), then DeepFool on those N columns; the share of real rows it
-  found and the noise queries a full discovery needed (2, 4, …, 64) are recorded; (c′) the same keeping the N
-  outputs that vary most (where fakes are quieter than the real rows); for ``decoys`` also
-  (d) a design-aware attacker that keeps the 2N least-varying outputs;
+- naive white box on the served outputs (the cloud holds the served model; no key): (a) DeepFool (top-10
+  candidates, 50 iterations, overshoot 0.02, unclipped, the paper's), and the library's L2 PGD (50 steps), APGD
+  (50 steps) and C&W (5×100 steps) at ``--transfer-eps``, all on the served top-1;
+- (b) transfer: L2 PGD (40 steps, margin loss) on the attacker's surrogate at ``--transfer-eps``, sent to the
+  served model (no output-hiding scheme can change this row);
+- (c) discovery: ``--queries`` uniform-noise images, the N outputs that vary least kept, then DeepFool on those
+  N columns; (c′) the N that vary most; for ``decoys`` also (d) a design-aware attacker keeping the 2N least-varying;
+- black box on the first ``--hard-images``: Square (scores) and HopSkipJump (top-1 only), ``--bb-queries`` queries
+  per image at ``--transfer-eps``, naive (on the served top-1) and query-only adaptive (the library's noise
+  discovery of the real outputs first, then the same attack on the believed-real outputs);
+- file-only: the library's learned row classifier (:mod:`fakegradient.attacks.row_classifier`) trained on the
+  heads of the attacker's own models protected with the public scheme code under ``--row-keys`` keys each,
+  applied to the owner's served head; then DeepFool and L2 PGD on the believed-real rows;
 - (e) labelled read-out: the attacker sends ``--labelled-queries`` of its own labelled images, fits a linear
-  read-out of the classes from whatever the served model returns (no key, no knowledge of the scheme; for split
-  inference a head on the served features), then L2 PGD (40 steps, margin loss) at ``--transfer-eps`` on
-  served outputs → read-out (white-box on the served model, which the cloud holds).
+  read-out of the classes from whatever the served model returns (no key; for split inference a head on the
+  served features: the feature-space attacker), then L2 PGD at ``--transfer-eps`` on served outputs → read-out;
+- privacy: the noise queries that find the real rows, and the labelled queries a read-out needs to name the
+  owner's class (curve over 10 … 500).
 
-Paired exact tests (McNemar, discordant pairs) of each scheme against the original on the same images; 95 %
-Wilson intervals; the device's cost (secret bytes, decryption time per image on this machine).
+Paired exact tests (McNemar) of each scheme against the original on the same images; 95 % Wilson intervals; the
+device's cost; a decision table per threat model (:mod:`studies.private_report`).
 
     python -m studies.private --seed 0 --out reports/private
     python -m studies.private --from-stored --out reports/private
@@ -45,31 +50,35 @@ from torch import nn
 from fakegradient import protect
 from fakegradient.atomic import write_bytes_atomic
 from fakegradient.attacks.deepfool import DeepFool
+from fakegradient.attacks.row_classifier import fit_row_classifier
 from fakegradient.errors import FakeGradientError
+from fakegradient.head import head_parameters
+from fakegradient.methods import scheme as scheme_of
 
-from .kit import (
-    command_line,
-    markdown_table,
-    parse_bool,
-    rate_text,
-    read_csv,
-    run_study,
-    study_parser,
-    write_csv,
-)
+from .kit import command_line, run_study, study_parser, write_csv
 from .private_attacks import (
+    ATTACKS,
+    BLACK_BOX,
+    NO_ROWS,
+    QUERY_ATTACKS,
+    WHITE_BOX,
     Columns,
     Decoded,
+    adaptive_discovery,
+    black_box,
     discovery_curve,
     fit_decoder,
-    mcnemar_exact,
     noise_discovery,
     pgd_l2,
+    readout_curve,
+    white_box,
 )
+from .private_report import CONTROLS, report
 
 MODULE = "studies.private"
 OWNER, ATTACKER = 2000, 2000  # images in the owner's and the attacker's splits; the rest are evaluation images
 BUDGETS = (2, 4, 8, 16, 32, 64)  # noise queries tried by the discovery curve
+READOUT_SIZES = (10, 20, 50, 100, 200, 500)  # labelled queries tried by the privacy curve
 SHAPE = (1, 28, 28)
 # (row name, scheme, protect parameters)
 SCHEMES: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
@@ -81,10 +90,9 @@ SCHEMES: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("device-head", "device-head", {}),
     ("decoys", "decoys", {}),
     ("mixing", "mixing", {}),
+    ("scaled-copy", "scaled-copy", {}),
+    ("random-decoy", "random-decoy", {}),
 )
-ATTACKS = ("naive", "transfer", "discovery", "reverse", "aware", "decoder")  # per image: "<attack>_defended"
-
-
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained: Adam at ``lr``, ``epochs`` passes in batches of ``batch`` (one seeded
@@ -166,6 +174,127 @@ def decrypt_microseconds(secret: Any, n_outputs: int, repeats: int = 5) -> float
     return best / len(outputs) * 1e6
 
 
+def _head(served: nn.Module, secret: Any) -> tuple[np.ndarray, np.ndarray]:
+    weight, bias = head_parameters(served.get_submodule(secret.head))
+    return weight.double().numpy(), bias.double().numpy()
+
+
+def row_examples(models: list[nn.Module], method: str, params: dict, keys: int, example: torch.Tensor) -> list:
+    """(weight (K, D), bias (K,), real mask (K,)) of the attacker's ``models`` protected by ``method`` under ``keys`` keys each
+    (seeds 10 000 + 100 m + k, never the owner's): the file-only attacker's training heads."""
+    examples = []
+    for m, model in enumerate(models):
+        for k in range(keys):
+            served, secret = protect(model, method=method, example_input=example, seed=10_000 + 100 * m + k, **params)
+            mask = np.zeros(secret.n_outputs, dtype=bool)
+            mask[secret.class_positions()] = True
+            examples.append((*_head(served, secret), mask))
+    return examples
+
+
+def _defended(top1: np.ndarray | None, clean: np.ndarray, i: int) -> bool | str:
+    return "" if top1 is None or i >= len(top1) else bool(top1[i] == clean[i])
+
+
+def attack_scheme(row_name: str, method: str | None, params: dict, owner: nn.Module, context: dict,
+                  args: Any) -> tuple[dict, dict[str, Any]]:
+    """Every attacker against one scheme: (its run.json entry, attack → decrypted top-1 per image (or None where
+    not run) and ``<attack>_queries`` per hard image)."""
+    x, clean, hard = context["x"], context["clean"], context["x"][:args.hard_images]
+    if method is None:
+        served, secret = owner, None
+    else:
+        served, secret = protect(owner, method=method, example_input=x[:2], seed=args.seed, **params)
+    served.eval()
+    n_out = int(served(x[:1]).reshape(1, -1).shape[1])
+    real = np.arange(10) if method is None else secret.class_positions()
+    fakes_win = method is not None and scheme_of(method).capabilities.fakes_win
+    info: dict[str, Any] = {"method": method, "params": params, "n_outputs": n_out,
+                            "secret_bytes": 0 if secret is None else len(secret.to_bytes()),
+                            "decrypt_us_per_image": decrypt_microseconds(secret, n_out)}
+    top1 = {name: None for name in ATTACKS}
+    top1["functionality"] = _real_top1(served, secret, x)
+    adv_naive, l2_naive = _deepfool(served, x)
+    top1["naive"] = _real_top1(served, secret, adv_naive)
+    info["naive_l2_median"] = float(l2_naive.median())
+    top1["transfer"] = _real_top1(served, secret, context["adv_transfer"])
+    for name in WHITE_BOX:
+        images = hard if name == "cw" else x
+        top1[name] = _real_top1(served, secret, white_box(name, served, images, args.transfer_eps, args.seed))
+    for name in BLACK_BOX:
+        adv, used = black_box(name, served, hard, args.transfer_eps, args.bb_queries, args.seed)
+        top1[name], top1[f"{name}_queries"] = _real_top1(served, secret, adv), used
+    if method not in NO_ROWS:  # served outputs are logits: discover the real rows from noise, attack them
+        found = noise_discovery(served, SHAPE, 10, args.queries, args.seed + 2)
+        top1["discovery"] = _real_top1(served, secret, _deepfool(Columns(served, found), x)[0])
+        most = noise_discovery(served, SHAPE, 10, args.queries, args.seed + 2, most=True)
+        top1["reverse"] = _real_top1(served, secret, _deepfool(Columns(served, most), x)[0])
+        curve = discovery_curve(served, SHAPE, real, BUDGETS, args.seed + 2)
+        info |= {"discovery_curve": curve, "discovery_found": len(set(found.tolist()) & set(real.tolist())),
+                 "reverse_found": len(set(most.tolist()) & set(real.tolist())),
+                 "queries_needed": next((q for q in BUDGETS if curve[q] == len(real)), None)}
+        if method == "decoys":  # the attacker knows the design: keep the 2N rows that vary least
+            aware = noise_discovery(served, SHAPE, 20, args.queries, args.seed + 2)
+            info["aware_found"] = len(set(aware.tolist()) & set(real.tolist()))
+            top1["aware"] = _real_top1(served, secret, _deepfool(Columns(served, aware), x)[0])
+    if method is None:  # nothing to discover or classify: the adaptive and file-only rows are the naive attacks
+        for name in BLACK_BOX:
+            top1[f"qo_{name}"], top1[f"qo_{name}_queries"] = top1[name], top1[f"{name}_queries"]
+        top1["fileonly"] = top1["naive"]
+        top1["fileonly_pgd"] = _real_top1(served, secret, pgd_l2(served, x, args.transfer_eps))
+    elif method not in NO_ROWS:
+        believed, spent = adaptive_discovery(served, SHAPE, 10, n_out, fakes_win, args.seed + 3, args.queries)
+        info |= {"adaptive_found": len(set(believed.tolist()) & set(real.tolist())), "adaptive_queries": spent}
+        with torch.no_grad():  # all N real rows found: the attacker faces the original's logits, permuted
+            gap = float((Columns(served, real)(hard) - context["owner"](hard)).abs().max())
+        info["adaptive_gap_to_original"] = gap
+        for name in BLACK_BOX:
+            if set(believed.tolist()) == set(real.tolist()) and gap <= 1e-4:  # the same attack on the same scores
+                top1[f"qo_{name}"] = context["original_top1"][name]
+                top1[f"qo_{name}_queries"] = context["original_top1"][f"{name}_queries"] + spent
+                info["qo_reused_original"] = True
+                continue
+            adv, used = black_box(name, Columns(served, believed), hard, args.transfer_eps, args.bb_queries,
+                                  args.seed)
+            top1[f"qo_{name}"], top1[f"qo_{name}_queries"] = _real_top1(served, secret, adv), used + spent
+        examples = row_examples(context["row_models"], method, params, args.row_keys, x[:2])
+        classifier = fit_row_classifier(examples, seed=args.seed)
+        believed = classifier.believed_real(*_head(served, secret), 10)
+        info |= {"fileonly_found": len(set(believed.tolist()) & set(real.tolist())),
+                 "fileonly_training_heads": len(examples)}
+        top1["fileonly"] = _real_top1(served, secret, _deepfool(Columns(served, believed), x)[0])
+        top1["fileonly_pgd"] = _real_top1(served, secret, pgd_l2(Columns(served, believed), x, args.transfer_eps))
+    attacker_x, attacker_y = context["attacker"]
+    decoded = Decoded(served, *fit_decoder(served, attacker_x[:args.labelled_queries],
+                                           attacker_y[:args.labelled_queries], 10))
+    info["decoder_agreement_pct"] = float(100 * np.mean(decoded(x).argmax(1).detach().numpy() == clean))
+    info["readout_curve"] = readout_curve(served, attacker_x, attacker_y, x, clean,
+                                          [s for s in READOUT_SIZES if s <= len(attacker_x)])
+    top1["decoder"] = _real_top1(served, secret, pgd_l2(decoded, x, args.transfer_eps))
+    if method == "mixing":
+        info["discovery_note"] = "no served position is a class: the N least-varying of N outputs are all"
+    with torch.no_grad():
+        out = served(x).reshape(len(x), -1)
+    info["fakes_win_pct"] = None if secret is None or not secret.served_classes else float(
+        100 * np.mean(secret.is_fake(out.argmax(1).numpy())))
+    return info, top1
+
+
+def per_image_rows(row_name: str, context: dict, top1: dict[str, Any]) -> list[dict]:
+    clean, y = context["clean"], context["y"]
+    rows = []
+    for i, index in enumerate(context["indices"]):
+        row = {"image": int(index), "label": int(y[i]), "scheme": row_name, "clean_top1": int(clean[i]),
+               "functionality": bool(top1["functionality"][i] == clean[i])}
+        for name in ATTACKS:
+            row[f"{name}_defended"] = _defended(top1[name], clean, i)
+            if name in QUERY_ATTACKS:
+                queries = top1.get(f"{name}_queries")
+                row[f"{name}_queries"] = int(queries[i]) if queries is not None and i < len(queries) else ""
+        rows.append(row)
+    return rows
+
+
 def run(args: Any) -> None:
     from .mnist import load_mnist
 
@@ -177,67 +306,27 @@ def run(args: Any) -> None:
     parts = splits(len(x_all), args.seed, args.eval_images)
     recipe = Recipe(epochs=args.epochs)
     owner = train(owner_net(), x_all[parts["owner"]], y_all[parts["owner"]], recipe, args.seed)
-    surrogate = train(surrogate_net(), x_all[parts["attacker"]], y_all[parts["attacker"]], recipe, args.seed + 1)
+    attacker_x, attacker_y = x_all[parts["attacker"]], y_all[parts["attacker"]]
+    surrogate = train(surrogate_net(), attacker_x, attacker_y, recipe, args.seed + 1)
+    # the file-only attacker's own models: its surrogate and the owner's architecture (named by the served graph)
+    row_models = [surrogate] + [train(owner_net(), attacker_x, attacker_y, recipe, args.seed + 10 + m)
+                                for m in range(args.row_models)]
     x, y = x_all[parts["eval"]], y_all[parts["eval"]]
     with torch.no_grad():
         clean = owner(x).argmax(1).numpy()
     adv_transfer = pgd_l2(surrogate, x, args.transfer_eps)
+    context = {"x": x, "y": y, "clean": clean, "indices": parts["eval"], "adv_transfer": adv_transfer, "owner": owner,
+               "attacker": (attacker_x, attacker_y), "row_models": row_models}
     rows: list[dict] = []
     schemes: dict[str, dict] = {}
     for row_name, method, params in SCHEMES:
         t0 = time.time()
+        info, top1 = attack_scheme(row_name, method, params, owner, context, args)
         if method is None:
-            served, secret = owner, None
-        else:
-            served, secret = protect(owner, method=method, example_input=x[:2], seed=args.seed, **params)
-        served.eval()
-        n_out = int(served(x[:1]).reshape(1, -1).shape[1])
-        top1 = _real_top1(served, secret, x)
-        adv_naive, l2_naive = _deepfool(served, x)
-        naive_top1 = _real_top1(served, secret, adv_naive)
-        transfer_top1 = _real_top1(served, secret, adv_transfer)
-        real = None if secret is None else secret.class_positions()
-        real = np.arange(10) if method is None else real
-        info: dict[str, Any] = {"method": method, "params": params, "n_outputs": n_out,
-                                "secret_bytes": 0 if secret is None else len(secret.to_bytes()),
-                                "decrypt_us_per_image": decrypt_microseconds(secret, n_out)}
-        discovery_top1 = reverse_top1 = aware_top1 = None
-        if method != "device-head":  # served outputs are logits: discover the real rows from noise, attack them
-            found = noise_discovery(served, SHAPE, 10, args.queries, args.seed + 2)
-            discovery_top1 = _real_top1(served, secret, _deepfool(Columns(served, found), x)[0])
-            most = noise_discovery(served, SHAPE, 10, args.queries, args.seed + 2, most=True)
-            reverse_top1 = _real_top1(served, secret, _deepfool(Columns(served, most), x)[0])
-        if real is not None and method != "device-head":
-            curve = discovery_curve(served, SHAPE, real, BUDGETS, args.seed + 2)
-            info |= {"discovery_curve": curve, "discovery_found": len(set(found.tolist()) & set(real.tolist())),
-                     "reverse_found": len(set(most.tolist()) & set(real.tolist())),
-                     "queries_needed": next((q for q in BUDGETS if curve[q] == len(real)), None)}
-            if method == "decoys":  # the attacker knows the design: keep the 2N rows that vary least
-                aware = noise_discovery(served, SHAPE, 20, args.queries, args.seed + 2)
-                info["aware_found"] = len(set(aware.tolist()) & set(real.tolist()))
-                aware_top1 = _real_top1(served, secret, _deepfool(Columns(served, aware), x)[0])
-        decoder = fit_decoder(served, x_all[parts["attacker"][:args.labelled_queries]],
-                              y_all[parts["attacker"][:args.labelled_queries]], 10)
-        decoded = Decoded(served, *decoder)
-        info["decoder_agreement_pct"] = float(100 * np.mean(decoded(x).argmax(1).detach().numpy() == clean))
-        decoder_top1 = _real_top1(served, secret, pgd_l2(decoded, x, args.transfer_eps))
-        if method == "mixing":
-            info["discovery_note"] = "no served position is a class: the N least-varying of N outputs are all"
-        with torch.no_grad():
-            out = served(x).reshape(len(x), -1)
-        info["fakes_win_pct"] = None if secret is None or not secret.served_classes else float(
-            100 * np.mean(secret.is_fake(out.argmax(1).numpy())))
+            context["original_top1"] = top1
         info["seconds"] = round(time.time() - t0, 1)
         schemes[row_name] = info
-        for i, index in enumerate(parts["eval"]):
-            rows.append({"image": int(index), "label": int(y[i]), "scheme": row_name, "clean_top1": int(clean[i]),
-                         "functionality": bool(top1[i] == clean[i]),
-                         "naive_defended": bool(naive_top1[i] == clean[i]), "naive_l2": float(l2_naive[i]),
-                         "transfer_defended": bool(transfer_top1[i] == clean[i]),
-                         "discovery_defended": "" if discovery_top1 is None else bool(discovery_top1[i] == clean[i]),
-                         "reverse_defended": "" if reverse_top1 is None else bool(reverse_top1[i] == clean[i]),
-                         "aware_defended": "" if aware_top1 is None else bool(aware_top1[i] == clean[i]),
-                         "decoder_defended": bool(decoder_top1[i] == clean[i])})
+        rows += per_image_rows(row_name, context, top1)
         print(f"{row_name}: {info['seconds']} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "per_image.csv", rows)
@@ -245,149 +334,36 @@ def run(args: Any) -> None:
               "splits": {name: part.tolist() for name, part in parts.items()},
               "recipe": asdict(recipe), "owner": "studies.private.owner_net, torch.manual_seed(seed)",
               "surrogate": "studies.private.surrogate_net, torch.manual_seed(seed + 1)",
+              "row_models": f"the surrogate and {args.row_models} owner_net trained on the attacker's split "
+                            "(seeds seed + 10 + m)", "row_keys": args.row_keys,
               "owner_eval_accuracy": accuracy(owner, x, y), "surrogate_eval_accuracy": accuracy(surrogate, x, y),
               "surrogate_agreement_with_owner": float(np.mean(surrogate(x).argmax(1).detach().numpy() == clean)),
               "transfer_eps": args.transfer_eps, "transfer_median_l2": float(
                   (adv_transfer - x).flatten(1).norm(dim=1).median()),
               "queries": args.queries, "labelled_queries": args.labelled_queries, "discovery_seed": args.seed + 2,
+              "adaptive_discovery_seed": args.seed + 3, "hard_images": min(args.hard_images, len(x)),
+              "bb_queries": args.bb_queries, "readout_sizes": list(READOUT_SIZES),
               "deepfool": "top-10, 50 iterations, overshoot 0.02, unclipped", "schemes": schemes,
-              "seconds": round(time.time() - started),
-              "machine": args.machine}
+              "controls": list(CONTROLS), "seconds": round(time.time() - started), "machine": args.machine}
     write_bytes_atomic(args.out / "run.json", (json.dumps(record, indent=1) + "\n").encode())
-
-
-def _bool_or_none(text: str) -> bool | None:
-    return None if text == "" else parse_bool(text)
-
-
-def report(out: Path) -> Path:
-    """report.md and private.png from ``per_image.csv`` and ``run.json`` under ``out``."""
-    try:
-        record = json.loads((out / "run.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise FakeGradientError(f"no finished run under {out}: {exc}") from None
-    types = {"image": int, "scheme": str, "functionality": parse_bool, "naive_l2": float,
-             **{f"{a}_defended": _bool_or_none for a in ATTACKS}}
-    rows = read_csv(out / "per_image.csv", types)
-    by: dict[str, list[dict]] = {}
-    for row in rows:
-        by.setdefault(row["scheme"], []).append(row)
-    base = by["original"]
-
-    def cell(name: str, column: str) -> tuple[str, str]:
-        values = [r[column] for r in by[name]]
-        if any(v is None for v in values):
-            return "—", "—"
-        k, n = sum(values), len(values)
-        if name == "original" or column == "functionality":
-            return rate_text(k, n), "—"
-        reference = [r[column] for r in base]
-        b01, b10, p = mcnemar_exact(reference, values)
-        return rate_text(k, n), f"{b01}/{b10}, p = {p:.2g}"
-
-    table = []
-    for name in by:
-        info = record["schemes"][name]
-        found = (f"(c) {info['discovery_found']}/10 at {record['queries']} q, all at "
-                 f"{info['queries_needed'] or '> 64'}; (c′) {info['reverse_found']}/10"
-                 if "discovery_found" in info else "n/a")
-        cells = [cell(name, f"{a}_defended") for a in ("naive", "transfer", "discovery", "reverse", "decoder")]
-        table.append([name, cell(name, "functionality")[0], *(part for c in cells for part in c), found])
-    n = len(base)
-    lines = [f"# Fake Gradient on a private model (MNIST-5000, n = {n} evaluation images)", "",
-             f"Command: `{record['command']}` ({record['machine']}, {record['seconds']} s). Data: {record['data']}; "
-             f"splits owner {len(record['splits']['owner'])} / attacker {len(record['splits']['attacker'])} / "
-             f"evaluation {len(record['splits']['eval'])}, disjoint, from seed {record['seed']} (indices in "
-             "run.json). Recipe: " + ", ".join(f"{k} {v}" for k, v in record["recipe"].items()) + ".", "",
-             f"Owner's CNN: {100 * record['owner_eval_accuracy']:.1f} % on the evaluation images; the attacker's "
-             f"surrogate (own architecture, own split): {100 * record['surrogate_eval_accuracy']:.1f} %, agreeing "
-             f"with the owner on {100 * record['surrogate_agreement_with_owner']:.1f} %.", "",
-             "Defense success = the decrypted top-1 of the attacked image is the clean one (k/n, 95 % Wilson "
-             "interval). *vs original*: discordant pairs (original defended only / scheme defended only) and the "
-             "exact two-sided McNemar p on the same images. (a) naive DeepFool on the served outputs; (b) transfer "
-             f"from the surrogate, L2 PGD (margin loss, 40 steps) at eps = {record['transfer_eps']} (median ‖r‖₂ "
-             f"{record['transfer_median_l2']:.2f}); (c) noise-query discovery of the real rows ({record['queries']} "
-             "uniform-noise queries, the N least-varying outputs kept), then DeepFool on them; (c′) the same keeping "
-             "the N most-varying outputs (the attacker who expects fakes quieter than real rows); (e) the attacker "
-             "sends "
-             f"{record['labelled_queries']} of its own labelled images, fits a linear read-out of the classes from "
-             "the served outputs (ridge least squares, no key, no knowledge of the scheme), then L2 PGD at the same "
-             "eps on served outputs → read-out.", "",
-             *markdown_table(["scheme", "functionality", "(a) naive", "vs original", "(b) transfer", "vs original",
-                              "(c) discovery + DeepFool", "vs original", "(c′) reverse discovery + DeepFool",
-                              "vs original", "(e) labelled read-out + PGD", "vs original", "real rows found"],
-                             table), ""]
-    if "decoys" in by and by["decoys"][0]["aware_defended"] is not None:
-        aware = [r["aware_defended"] for r in by["decoys"]]
-        b01, b10, p = mcnemar_exact([r["discovery_defended"] for r in by["decoys"]], aware)
-        lines += [f"(d) decoys against a design-aware attacker (keeps the 2N least-varying outputs, "
-                  f"{record['schemes']['decoys']['aware_found']}/10 real among them, then DeepFool on those 2N): "
-                  f"{rate_text(sum(aware), len(aware))}; vs (c) on the same images {b01}/{b10}, p = {p:.2g}.", ""]
-    lines += ["Notes: every attack's row on `original` is its sanity baseline. (b) cannot differ between schemes: the "
-              "served model computes the owner's function and the attacker never queries it to build the images. "
-              "(c) keeps the outputs that vary *least*: on random-weight and the hardened variant the fakes vary "
-              "less than the real rows, so it finds none there; (c′) ranks the other way. (e) is invariant to any "
-              "affine map of the served "
-              "outputs (it standardises them and fits a linear read-out): on `mixing` it gives the original's "
-              "result image for image, and the released code's fake bias cannot change it either.", ""]
-    cost = [[name, info["n_outputs"], info["secret_bytes"], f"{info['decrypt_us_per_image']:.1f}",
-             "—" if info.get("fakes_win_pct") is None else f"{info['fakes_win_pct']:.0f} %",
-             f"{info['decoder_agreement_pct']:.0f} %"]
-            for name, info in record["schemes"].items()]
-    lines += ["## Device cost", "", "Secret bytes: the file the device keeps; decryption: best of 5, 1000 images "
-              f"one at a time, numpy ({record['machine']}).", "",
-              *markdown_table(["scheme", "served outputs", "secret bytes", "decrypt µs / image",
-                               "fakes win (eval images)", "(e) read-out agrees with the owner"], cost), ""]
-    path = out / "report.md"
-    write_bytes_atomic(path, "\n".join(lines).encode())
-    _figure(out / "private.png", by)
-    return path
-
-
-def _figure(path: Path, by: dict[str, list[dict]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fakegradient.evaluation.intervals import Rate
-
-    attacks = [("naive_defended", "(a) naive DeepFool"), ("transfer_defended", "(b) transfer"),
-               ("discovery_defended", "(c) noise discovery + DeepFool"),
-               ("reverse_defended", "(c′) reverse discovery + DeepFool"),
-               ("decoder_defended", "(e) labelled read-out + PGD")]
-    names = list(by)
-    fig, ax = plt.subplots(figsize=(11, 5))
-    width = 0.16
-    for j, (column, label) in enumerate(attacks):
-        for i, name in enumerate(names):
-            values = [r[column] for r in by[name]]
-            if any(v is None for v in values):
-                ax.text(i + (j - 2) * width, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
-                continue
-            rate = Rate(sum(values), len(values))
-            low, high = rate.ci95_pct
-            ax.bar(i + (j - 2) * width, rate.pct, width, color=f"C{j}", label=label if i == 0 else None,
-                   yerr=[[rate.pct - low], [high - rate.pct]], capsize=2)
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    ax.set_ylabel("defense success, % (95 % Wilson)")
-    ax.set_ylim(0, 105)
-    ax.set_title(f"Private MNIST CNN, n = {len(by['original'])} images per bar (n/a: not applicable)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=5, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = study_parser(__doc__, MODULE, Path("reports/private"),
-                          "rewrite report.md and private.png from per_image.csv and run.json")
-    parser.add_argument("--eval-images", type=int, default=1000, help="evaluation images (at most 1000)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs of both models")
+                          "rewrite report.md, results.json and private.png from per_image.csv and run.json")
+    parser.add_argument("--eval-images", type=int, default=200, help="evaluation images (at most 1000)")
+    parser.add_argument("--hard-images", type=int, default=50,
+                        help="the first this many evaluation images also get C&W and the black-box attacks")
+    parser.add_argument("--bb-queries", type=int, default=500, help="queries per image of Square / HopSkipJump")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs of every model")
     parser.add_argument("--queries", type=int, default=32, help="noise queries of the discovery attacker")
     parser.add_argument("--labelled-queries", type=int, default=500,
                         help="the attacker's own labelled images it sends to fit its decoder (e)")
-    parser.add_argument("--transfer-eps", type=float, default=3.0, help="L2 budget of the transfer attack")
+    parser.add_argument("--row-models", type=int, default=1,
+                        help="owner-architecture models the file-only attacker trains besides its surrogate")
+    parser.add_argument("--row-keys", type=int, default=10, help="keys per model the file-only attacker learns from")
+    parser.add_argument("--transfer-eps", type=float, default=3.0,
+                        help="L2 budget of the transfer, PGD, APGD, C&W, Square and HopSkipJump attacks")
     parser.add_argument("--machine", default="unspecified machine", help="recorded in the report")
     args = parser.parse_args(argv)
     args.command = command_line(MODULE, argv)
@@ -395,9 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> Path:
         if not args.from_stored:
             if not (1 <= args.eval_images <= 1000 and args.epochs >= 1 and args.queries >= 2
-                    and args.transfer_eps > 0 and 20 <= args.labelled_queries <= ATTACKER):
+                    and args.transfer_eps > 0 and 20 <= args.labelled_queries <= ATTACKER
+                    and args.hard_images >= 1 and args.bb_queries >= 3 and args.row_models >= 0
+                    and args.row_keys >= 1):
                 raise FakeGradientError("need 1 <= --eval-images <= 1000, --epochs >= 1, --queries >= 2, "
-                                        f"--transfer-eps > 0, 20 <= --labelled-queries <= {ATTACKER}")
+                                        f"--transfer-eps > 0, 20 <= --labelled-queries <= {ATTACKER}, "
+                                        "--hard-images >= 1, --bb-queries >= 3, --row-models >= 0, --row-keys >= 1")
             run(args)
         return report(args.out)
 

@@ -1,23 +1,28 @@
-"""The attackers of :mod:`studies.private` that the library does not have yet, kept simple and explicit:
+"""The attackers of :mod:`studies.private`, on top of the library's (``fakegradient.attacks``):
 
-- :func:`noise_discovery`: the red team's query-only discovery of the real outputs — send uniform-noise images
-  (never a photo), rank the served outputs by how much they vary across the queries, keep the ``keep`` that vary
-  least (on the paper's scheme the fakes, scaled by S_a, vary ~10× more than the real rows);
-- :class:`Columns`: a served model restricted to chosen output columns (what DeepFool then attacks);
-- :func:`pgd_l2`: L2 PGD at a fixed budget (on the attacker's surrogate: transfer; on the served model and the
-  attacker's read-out :func:`fit_decoder`: the labelled-query attacker);
-- :func:`mcnemar_exact`: the paired exact test on discordant pairs.
+- :func:`noise_discovery` / :func:`discovery_curve`: the query-only discovery of the real outputs at a fixed number
+  of uniform-noise images (the library's :func:`~fakegradient.attacks.query_only.spread_order`), keeping the
+  ``keep`` positions that vary least (or most); :func:`adaptive_discovery`: the library's doubling discovery
+  (:func:`~fakegradient.attacks.query_only.discover_real_outputs`) where the served model has 2N outputs;
+- :class:`Columns`: a served model restricted to chosen output columns (what an attacker who believes those are
+  the real outputs attacks);
+- :func:`pgd_l2`: L2 PGD at a fixed budget with the scale-free margin loss (on the attacker's surrogate: transfer;
+  on the served model followed by the attacker's read-out :func:`fit_decoder`: the labelled-query attacker);
+- :func:`white_box` and :func:`black_box`: the library's PGD / APGD / C&W and Square / HopSkipJump, run on a
+  model, returning the adversarial images (and the queries each image used).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fakegradient.attacks.known_plaintext import query
+from fakegradient.attacks.query_only import discover_real_outputs, spread_order
 
 
 class Columns(nn.Module):
@@ -33,14 +38,13 @@ class Columns(nn.Module):
         return out.reshape(out.shape[0], -1)[:, self.index]
 
 
-@torch.no_grad()
 def noise_discovery(served: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int], keep: int, queries: int,
                     seed: int, most: bool = False) -> np.ndarray:
     """The ``keep`` served positions whose outputs vary least (``most``: most) over ``queries`` uniform-noise
     images of ``shape`` (C, H, W) drawn from ``seed``, in that order: the attacker's guess of the real rows."""
     noise = torch.rand((queries, *shape), generator=torch.Generator().manual_seed(seed))
-    spread = served(noise).reshape(queries, -1).double().std(0).numpy()
-    return np.argsort(-spread if most else spread, kind="stable")[:keep]
+    order = spread_order(query(served, noise).reshape(queries, -1))
+    return (order[::-1] if most else order)[:keep].copy()
 
 
 def discovery_curve(served: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int], real: np.ndarray,
@@ -48,6 +52,18 @@ def discovery_curve(served: Callable[[torch.Tensor], torch.Tensor], shape: Seque
     """queries → how many of the ``real`` positions (N,) the discovery with that many queries finds."""
     return {q: len(set(noise_discovery(served, shape, len(real), q, seed).tolist()) & set(real.tolist()))
             for q in budgets}
+
+
+def adaptive_discovery(served: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int], n_real: int,
+                       n_outputs: int, fakes_win: bool, seed: int, fallback_queries: int) -> tuple[np.ndarray, int]:
+    """(believed-real positions (N,), noise queries spent) of the query-only adaptive attacker, who knows the
+    scheme's public design (``fakes_win``): the library's doubling discovery on 2N outputs; on other counts
+    (3N: decoys) the ``n_real`` least-varying outputs over ``fallback_queries`` noise images."""
+    if n_outputs == 2 * n_real:
+        found = discover_real_outputs(served, shape, fakes_win, seed=seed)
+        return np.asarray(found.real_positions), int(found.queries)
+    return np.sort(noise_discovery(served, shape, n_real, fallback_queries, seed, most=not fakes_win)), \
+        fallback_queries
 
 
 def pgd_l2(model: nn.Module, images: torch.Tensor, eps: float, steps: int = 40) -> torch.Tensor:
@@ -74,18 +90,34 @@ def pgd_l2(model: nn.Module, images: torch.Tensor, eps: float, steps: int = 40) 
     return x.detach()
 
 
-def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
-    """Paired exact test on the same images: (b01, b10, two-sided p) where b01 counts a False / b True and b10
-    a True / b False; p is the binomial(b01 + b10, 1/2) two-sided tail (1.0 when there is no discordant pair)."""
-    if len(a) != len(b):
-        raise ValueError("paired outcomes must have the same length")
-    b01 = sum(1 for x, y in zip(a, b) if not x and y)
-    b10 = sum(1 for x, y in zip(a, b) if x and not y)
-    n = b01 + b10
-    if n == 0:
-        return b01, b10, 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b01, b10) + 1)) / 2**n
-    return b01, b10, min(1.0, 2 * tail)
+WHITE_BOX = ("pgd", "apgd", "cw")  # the library's gradient attacks the study runs on the served outputs
+BLACK_BOX = ("square", "hopskipjump")  # and its query attacks
+# per image: "<attack>_defended" ("" where not run); the black-box attacks also "<attack>_queries"
+ATTACKS = ("naive", *WHITE_BOX, "transfer", "discovery", "reverse", "aware", *BLACK_BOX,
+           *(f"qo_{a}" for a in BLACK_BOX), "fileonly", "fileonly_pgd", "decoder")
+QUERY_ATTACKS = (*BLACK_BOX, *(f"qo_{a}" for a in BLACK_BOX))  # these also record "<attack>_queries"
+NO_ROWS = ("device-head", "mixing")  # schemes none of whose served outputs is a class: nothing to discover
+
+
+def white_box(name: str, model: nn.Module, images: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    """The library's ``name`` attack (L2PGD 50 steps, APGD 50 steps, C&W L2 5×100 steps) at L2 ``eps`` on
+    ``model``'s own top-1: (B, C, H, W) → adversarial images (the clean image where it found nothing within eps)."""
+    from fakegradient.attacks import APGD, L2PGD, CarliniWagnerL2
+
+    attack = {"pgd": lambda: L2PGD(eps=eps, steps=50), "apgd": lambda: APGD(eps=eps, steps=50),
+              "cw": lambda: CarliniWagnerL2(eps=eps)}[name]()
+    return attack(model, images, generator=np.random.default_rng(seed)).adversarial
+
+
+def black_box(name: str, model: nn.Module, images: torch.Tensor, eps: float, queries: int,
+              seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The library's Square (scores) or HopSkipJump (top-1 only) at L2 ``eps`` with at most ``queries`` distinct
+    queries per image on ``model``: (adversarial images (B, C, H, W), queries used (B,))."""
+    from fakegradient.attacks import HopSkipJump, SquareAttack
+
+    attack = SquareAttack(eps=eps, queries=queries) if name == "square" else HopSkipJump(queries=queries, eps=eps)
+    result = attack(model, images, generator=np.random.default_rng(seed))
+    return result.adversarial, result.queries.numpy()
 
 
 class Decoded(nn.Module):
@@ -119,3 +151,15 @@ def fit_decoder(served: Callable[[torch.Tensor], torch.Tensor], images: torch.Te
     weight = weight / std[:, None]
     bias = target.mean(0) - mean @ weight
     return weight.float(), bias.float()
+
+
+@torch.no_grad()
+def readout_curve(served: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
+                  evaluation: torch.Tensor, clean: np.ndarray, sizes: Sequence[int]) -> dict[int, int]:
+    """Privacy: labelled queries → evaluation images (of ``len(evaluation)``) on which a read-out fitted on the
+    first that many of the attacker's ``images`` / ``labels`` names the owner's class ``clean`` (B,)."""
+    curve = {}
+    for size in sizes:
+        decoded = Decoded(served, *fit_decoder(served, images[:size], labels[:size], 10))
+        curve[size] = int((decoded(evaluation).argmax(1).numpy() == clean).sum())
+    return curve

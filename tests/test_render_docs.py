@@ -133,3 +133,28 @@ def test_the_drift_the_review_found_is_rendered_from_the_reports():
     assert float(low) <= 0.95  # vgg11 `old` is 0.95, below the "0.96" once typed by hand
     assert "lost digits have a ratio ≤ 1" in render.value_mnist_ratio_at_most_one(reports)
     assert not render.value_mnist_ratio_at_most_one(reports).startswith("0 ")
+
+
+def test_the_private_decision_table_is_rendered_from_reports_private(tmp_path):
+    """README.md's private-model decision block and docs/security.md's come from reports/private/results.json:
+    a changed cell there fails the check until rendered."""
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    shutil.copytree(ROOT / "reports", tmp_path / "reports", ignore=shutil.ignore_patterns("*.png"))
+    results = tmp_path / "reports" / "private" / "results.json"
+    data = json.loads(results.read_text())
+    entry = data["decision"][0]
+    assert entry["threat"] == "naive white-box client"
+    before = render.rate(entry["defended"]["k"], entry["defended"]["n"])
+    assert before in (ROOT / "README.md").read_text()
+    entry["defended"]["k"] += 1 if entry["defended"]["k"] < entry["defended"]["n"] else -1
+    results.write_text(json.dumps(data))
+    failed = check(tmp_path)
+    assert failed.returncode == 1
+    assert "README.md: table:private-decision disagrees" in failed.stderr
+    assert "docs/security.md: table:private-decision disagrees" in failed.stderr
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--root", str(tmp_path)], check=True, capture_output=True, timeout=120
+    )
+    assert render.rate(entry["defended"]["k"], entry["defended"]["n"]) in (tmp_path / "README.md").read_text()
+    assert check(tmp_path).returncode == 0

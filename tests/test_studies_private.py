@@ -1,5 +1,7 @@
-"""studies.private and its attackers (studies.private_attacks): the paired exact test against known values, the
-splits, the noise discovery and the read-out attacker on a small trained model, and a short end-to-end run."""
+"""studies.private, its attackers (studies.private_attacks) and its report
+(studies.private_report): the paired matrix and the decision rule on planted outcomes, the splits, the noise
+discovery, the learned row classifier and the read-out attacker on a small trained model, and a short end-to-end
+run whose sanity baselines behave."""
 
 from __future__ import annotations
 
@@ -12,24 +14,61 @@ import torch
 
 from fakegradient import protect
 from studies import private
-from studies.private_attacks import (Columns, Decoded, discovery_curve, fit_decoder, mcnemar_exact, noise_discovery,
-                                     pgd_l2)
+from studies.private_attacks import (
+    ATTACKS,
+    QUERY_ATTACKS,
+    Columns,
+    Decoded,
+    discovery_curve,
+    fit_decoder,
+    noise_discovery,
+    pgd_l2,
+    readout_curve,
+)
+from studies.private_report import THREATS, decision, matrix
 
 
-def test_mcnemar_exact_against_known_values():
-    assert mcnemar_exact([False] * 6, [True] * 6) == (6, 0, 0.03125)  # 2 / 2**6
-    b01, b10, p = mcnemar_exact([False] * 5 + [True], [True] * 5 + [False])
-    assert (b01, b10) == (5, 1) and p == pytest.approx(0.21875)  # 2 * (1 + 6) / 64
-    assert mcnemar_exact([True, False], [True, False]) == (0, 0, 1.0)
-    # agrees with scipy's exact binomial test on the discordant pairs
-    from scipy.stats import binomtest
+def _rows(scheme: str, defended: list[bool | None], column: str = "naive_defended") -> list[dict]:
+    rows = []
+    for i, value in enumerate(defended):
+        row = {"image": i, "scheme": scheme, "functionality": True,
+               **{f"{a}_defended": None for a in ATTACKS}, **{f"{a}_queries": None for a in QUERY_ATTACKS}}
+        row[column] = value
+        rows.append(row)
+    return rows
 
-    a = [bool(v) for v in np.random.default_rng(0).integers(0, 2, 300)]
-    b = [bool(v) for v in np.random.default_rng(1).integers(0, 2, 300)]
-    b01, b10, p = mcnemar_exact(a, b)
-    assert p == pytest.approx(binomtest(b01, b01 + b10, 0.5).pvalue)
-    with pytest.raises(ValueError):
-        mcnemar_exact([True], [])
+
+def test_the_matrix_pairs_each_scheme_with_the_original_on_the_same_images():
+    by = {"original": _rows("original", [False] * 5 + [True]), "a": _rows("a", [True] * 5 + [False])}
+    cells = matrix(by)
+    assert cells["original"]["naive"] == {"k": 1, "n": 6}  # the sanity baseline: no test against itself
+    cell = cells["a"]["naive"]
+    assert (cell["k"], cell["n"], cell["only_original"], cell["only_scheme"]) == (5, 6, 1, 5)
+    assert cell["p"] == pytest.approx(0.21875)  # 2 * (1 + 6) / 64, the library's exact McNemar
+    assert cells["a"]["pgd"] is None  # not run: not a 0/0 cell
+
+
+def test_the_decision_takes_each_schemes_strongest_attack_and_never_a_control():
+    def scheme_rows(name: str, naive: list[bool], pgd: list[bool]) -> list[dict]:
+        rows = _rows(name, naive)
+        for row, value in zip(rows, pgd):
+            row["pgd_defended"] = value
+        return rows
+
+    n = 40
+    by = {"original": scheme_rows("original", [False] * n, [False] * n),
+          "fake-gradient": scheme_rows("fake-gradient", [True] * n, [False] * 30 + [True] * 10),
+          "mixing": scheme_rows("mixing", [True] * 30 + [False] * 10, [True] * 25 + [False] * 15),
+          "scaled-copy": scheme_rows("scaled-copy", [True] * n, [True] * n)}
+    record = {"splits": {"eval": list(range(n))},
+              "schemes": {name: {"secret_bytes": 10, "decrypt_us_per_image": 1.0,
+                                 "readout_curve": {"10": 5, "500": 39}} for name in by}}
+    (white, *_) = decision(matrix(by), record)
+    assert white["threat"] == "naive white-box client"
+    assert white["strongest"]["fake-gradient"]["attack"] == "pgd"  # 10/40 below its naive 40/40
+    assert white["use"] == "mixing" and white["significant"]  # 25/40 beats 10/40; the control (40/40) is never used
+    assert white["defended"]["k"] == 25 and white["original"]["k"] == 0
+    assert white["leak"]["labelled_for_90pct"] == 500
 
 
 def test_the_splits_are_disjoint_and_a_function_of_the_seed():
@@ -70,19 +109,54 @@ def test_the_read_out_attacker_learns_the_classes_from_mixed_outputs(digits_mode
     assert broken > 0.5, broken
 
 
+def test_the_read_out_curve_grows_with_the_labelled_queries(digits_model, one_torch_thread):
+    model, images, labels = digits_model
+    served, _ = protect(model, example_input=images[:2], seed=0)
+    x = images[200:]
+    with torch.no_grad():
+        clean = model(x).argmax(1).numpy()
+    curve = readout_curve(served, images[:200], labels[:200], x, clean, (10, 200))
+    assert curve[200] >= 0.85 * len(x) and curve[10] < curve[200], curve
+
+
+def test_the_file_only_attacker_learns_real_rows_from_heads_it_protected_itself(digits_model, one_torch_thread):
+    """The study's file-only attacker: the library's row classifier trained on heads the attacker protected with
+    keys of its own finds the real rows of a head under a key it never saw."""
+    from fakegradient.attacks.row_classifier import fit_row_classifier
+
+    model, images, _ = digits_model
+    for method in ("fake-gradient", "random-weight"):
+        examples = private.row_examples([model], method, {}, 6, images[:2])
+        assert all(mask.sum() == 10 and len(mask) == 20 for _, _, mask in examples)
+        classifier = fit_row_classifier(examples)
+        served, key = protect(model, method=method, example_input=images[:2], seed=0)
+        believed = classifier.believed_real(*private._head(served, key), 10)
+        assert len(set(believed.tolist()) & set(key.class_positions().tolist())) >= 9, method
+
+
 @pytest.mark.slow
 def test_a_short_run_writes_the_matrix(tmp_path, capsys):
     out = tmp_path / "private"
     assert private.main(["--seed", "1", "--out", str(out), "--eval-images", "12", "--epochs", "1",
-                         "--labelled-queries", "100"]) == 0, capsys.readouterr().err
+                         "--labelled-queries", "100", "--hard-images", "4", "--bb-queries", "40", "--row-models", "0",
+                         "--row-keys", "2"]) == 0, capsys.readouterr().err
     with open(out / "per_image.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 12 * len(private.SCHEMES)
+    assert all(f"{a}_defended" in rows[0] for a in ATTACKS) and "qo_square_queries" in rows[0]
     record = json.loads((out / "run.json").read_text())
-    assert record["seed"] == 1 and len(record["splits"]["eval"]) == 12
+    assert record["seed"] == 1 and len(record["splits"]["eval"]) == 12 and record["hard_images"] == 4
     assert record["schemes"]["fake-gradient"]["secret_bytes"] > 0
+    assert "fileonly_found" in record["schemes"]["fake-gradient-hardened"]
+    results = json.loads((out / "results.json").read_text())
+    original = results["matrix"]["original"]
+    # sanity baselines: every white-box attack breaks the unprotected model (DeepFool unbounded: all of them)
+    assert original["naive"]["k"] == 0 and original["fileonly"]["k"] == 0
+    assert original["pgd"]["k"] <= 2 and original["apgd"]["k"] <= 2 and original["cw"]["n"] == 4
+    assert original["square"]["n"] == 4 and results["matrix"]["mixing"]["qo_square"] is None
+    assert [entry["threat"] for entry in results["decision"]] == list(THREATS)
     report = (out / "report.md").read_text()
-    assert all(f"| {name} |" in report for name, _, _ in private.SCHEMES)
+    assert all(f"| {name} |" in report for name, _, _ in private.SCHEMES) and "## Decision table" in report
     assert (out / "private.png").stat().st_size > 0
     (out / "report.md").unlink()
     assert private.main(["--from-stored", "--out", str(out)]) == 0
