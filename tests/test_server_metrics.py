@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -204,3 +206,16 @@ def test_labels_are_bounded_and_log_lines_single():
     assert rest_method("/v2/models/x/config") == "ModelConfig" and rest_method("/v2") == "ServerMetadata"
     assert rest_method("/anything/else") == "other"  # unknown paths share one label value
     assert printable("a\nb\x1b[31m") == "a\\nb\\x1b[31m" and len(printable("x" * 999)) == 203
+
+
+def test_the_default_access_log_writes_every_line_to_stderr_by_exit():
+    """Without a handler of the operator's, lines go through a queue to a writer thread (off the event loop);
+    the ones still queued are written when the process exits."""
+    script = ("from fakegradient.serving.metrics import AccessLog\n"
+              "log = AccessLog(True)\n"
+              "for i in range(200):\n"
+              "    log.write('grpc', 'infer', 'OK', 0.001, 'peer', f'model{i}')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 0 and len(lines) == 200
+    assert lines[-1].endswith("peer grpc infer model199 OK 1.0ms")

@@ -23,7 +23,10 @@ REST transport has no ``/metrics`` route (404). :func:`recorder` picks one from 
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 import time
@@ -76,10 +79,14 @@ class AccessLog:
         self.on = on
         self.log = logging.getLogger(ACCESS_LOGGER)
         if on:
-            if not self.log.handlers:
+            if not self.log.handlers:  # written by a thread of its own: the event loop only queues the record
                 handler = logging.StreamHandler(sys.stderr)
                 handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-                self.log.addHandler(handler)
+                records: queue.SimpleQueue = queue.SimpleQueue()
+                listener = logging.handlers.QueueListener(records, handler)
+                listener.start()
+                atexit.register(listener.stop)  # the lines still queued are written at exit
+                self.log.addHandler(logging.handlers.QueueHandler(records))
             self.log.setLevel(logging.INFO)
             self.log.propagate = False
 
