@@ -342,19 +342,22 @@ def spread(values: list[float]) -> str:
 # --- the cost of metrics and the access log ----------------------------------------------------------------
 
 OVERHEAD_SERVERS = {"off": ["--no-metrics"], "metrics": [], "metrics+log": ["--access-log"]}
+OVERHEAD_CONTROL = {"off": ["--no-metrics"], "metrics+log": ["--access-log"], "off-again": ["--no-metrics"]}  # A/A
 OVERHEAD_GOAL = 0.03  # the largest acceptable median cost
 
 
 def overhead(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    """The three :data:`OVERHEAD_SERVERS` at once, the same phase against each in every round (order rotated)."""
+    """The three :data:`OVERHEAD_SERVERS` (``--control``: :data:`OVERHEAD_CONTROL`, where two identical servers
+    show what differences noise alone makes) at once, the same phase against each in every round (order rotated)."""
+    servers_used = OVERHEAD_CONTROL if args.control else OVERHEAD_SERVERS
     common = ["--no-dynamic-batching", "--max-runs", str(args.max_runs), "--device", args.device, "--http",
               args.http, *(["--cpu-arena"] if args.cpu_arena else []), *args.server_options]
     log_path = root / "access.log"
     servers: dict[str, tuple[subprocess.Popen, dict[str, tuple[str, int]]]] = {}
-    rates: dict[tuple[str, str], list[float]] = {(t, s): [] for t in args.transports for s in OVERHEAD_SERVERS}
+    rates: dict[tuple[str, str], list[float]] = {(t, s): [] for t in args.transports for s in servers_used}
     with open(log_path, "wb") as log:
         try:
-            for setting, options in OVERHEAD_SERVERS.items():
+            for setting, options in servers_used.items():
                 grpc_port = free_port()
                 process, url = start_server(root, ["protected"], args.threads, *common, *options,
                                             "--grpc-port", str(grpc_port),
@@ -364,7 +367,7 @@ def overhead(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             for setting, (_, addresses) in servers.items():
                 for transport in args.transports:
                     PHASES[transport](addresses[transport], "protected", args.clients, 2, args.batch)  # warm-up
-            order = list(OVERHEAD_SERVERS)
+            order = list(servers_used)
             for round_ in range(args.rounds):
                 turn = order[round_ % len(order):] + order[:round_ % len(order)]
                 for transport in args.transports:
@@ -385,7 +388,7 @@ def overhead(args: argparse.Namespace, root: Path) -> dict[str, Any]:
           f"{'median cost':>11}  cost <= {OVERHEAD_GOAL:.0%}")
     for transport in args.transports:
         base = rates[transport, "off"]
-        for setting in OVERHEAD_SERVERS:
+        for setting in servers_used:
             own = rates[transport, setting]
             row = f"{transport:<9} {setting:<12} {statistics.median(own):>9.1f}"
             if setting != "off":
@@ -394,7 +397,7 @@ def overhead(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 row += (f" {statistics.median(ratios):>11.3f} [{min(ratios):.3f}-{max(ratios):.3f}] {len(ratios):>3} "
                         f"{cost:>10.1%}  {'yes' if cost <= OVERHEAD_GOAL else 'NO'}")
             print(row)
-    return {"mode": "overhead", "servers": OVERHEAD_SERVERS, "access_log_lines": lines,
+    return {"mode": "overhead", "servers": servers_used, "access_log_lines": lines,
             "images_per_s": [{"transport": t, "server": s, "rounds": rates[t, s]} for t, s in rates]}
 
 
@@ -670,6 +673,8 @@ def main() -> None:
     parser.add_argument("--big-batches", type=int, default=32, help="--hostile: clients sending 64 images")
     parser.add_argument("--lockout", type=int, default=4,
                         help="--hostile: connections declaring a 64 MiB body, sending 1 byte, then idling")
+    parser.add_argument("--control", action="store_true",
+                        help="--overhead: an A/A control (off, metrics+log, off again) instead of off, metrics, log")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here (throughput, overhead)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

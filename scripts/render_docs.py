@@ -910,8 +910,8 @@ def render_serving_throughput(reports: Reports) -> str:
             f"{entry['threads_per_run']} ONNX Runtime thread(s) per run. Measured: {serving_source(entry)}.")
 
 
-def render_serving_overhead(reports: Reports) -> str:
-    entry = reports.json("serving", "overhead.json")
+def render_serving_overhead(reports: Reports, name: str = "overhead.json") -> str:
+    entry = reports.json("serving", name)
     rates = {(r["transport"], r["server"]): r["rounds"] for r in entry["images_per_s"]}
     rows = []
     for (transport, server), own in rates.items():
@@ -1006,6 +1006,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:file-only": render_file_only,
     "table:serving-throughput": render_serving_throughput,
     "table:serving-overhead": render_serving_overhead,
+    "table:serving-overhead-control": lambda r: render_serving_overhead(r, "overhead_control.json"),
     "table:ablations": render_ablations,
     "table:seven-mnist": render_seven_mnist,
     "table:mnist-recipes": render_mnist_recipes,
