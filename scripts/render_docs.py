@@ -239,42 +239,34 @@ def render_budgets(reports: Reports, folder: str) -> str:
     )
 
 
-DECISION_FOLDER = "adaptive_query_only_mobilenet_v2"  # MobileNetV2, the 29 photos, with the query-only rows
-DECISION_ROWS = [  # (what the attacker does, attacker)
-    ("DeepFool on the served outputs (the paper's threat)", "naive"),
-    ("L2 PGD, 20 steps, on the served outputs", "pgd"),
-    ("Square: score-based black box on the served outputs", "square"),
-    ("Query-only: finds the real outputs from noise images it makes, then Square on them", "query-only-square"),
-    ("Transfer: DeepFool on the public base model, then sent", "transfer"),
-    ("Key recovery from the served model file alone", "key-recovery-file"),
-    ("4 noise images through the service, matched to the public model", "known-plaintext-outputs"),
-    ("Feature space (no key needed), 4× base budget", "feature-space@4"),
+DECISION_ROWS = [  # (what the attacker does, report folder, attacker; None: a special row)
+    ("DeepFool on the served outputs (the paper's threat)", "adaptive", "naive"),
+    ("L2 PGD, 20 steps, on the served outputs", "adaptive", "pgd"),
+    ("Square: score-based black box on the served outputs", "adaptive_blackbox_mobilenet_v2", "square"),
+    ("Transfer: DeepFool on the public base model, then sent", "adaptive", "transfer"),
+    ("Key recovery from the served model file alone", "adaptive", "key-recovery-file"),
+    (
+        "4 noise images through the service, matched to the public model",
+        "adaptive",
+        "known-plaintext-outputs",
+    ),
+    ("Feature space (no key needed), 4× base budget", "adaptive", "feature-space@4"),
 ]
 DECISION_METHODS = ("original", "fake-gradient", "device-head")
 
 
-def tested(row: dict) -> str:
-    """``k/n [interval]``, and for a scheme its paired test against the original on the same images."""
-    text = rate(row["k"], row["n"])
-    if row["method"] == "original" or row.get("p_vs_original") is None:
-        return text
-    if row["p_vs_original"] >= 0.05:
-        return f"{text}, not significant (p = {row['p_vs_original']:.2g})"
-    return f"{text}, p = {row['p_vs_original']:.2g}"
-
-
 def render_decision(reports: Reports) -> str:
     rows = []
-    for label, attacker in DECISION_ROWS:
+    for label, folder, attacker in DECISION_ROWS:
         if attacker.endswith("@4"):
-            cells = [curve_rate(reports, DECISION_FOLDER, attacker[:-2], m, 4.0) for m in DECISION_METHODS]
+            cells = [curve_rate(reports, folder, attacker[:-2], m, 4.0) for m in DECISION_METHODS]
         else:
-            cells = []
-            for m in DECISION_METHODS:
-                row = reports.cell(DECISION_FOLDER, m, attacker)
-                cells.append("n/a" if row is None else tested(row))
+            cells = [
+                rate(reports.cell(folder, m, attacker)["k"], reports.cell(folder, m, attacker)["n"])
+                for m in DECISION_METHODS
+            ]
         rows.append([label] + cells)
-    privacy = reports.adaptive(DECISION_FOLDER)["privacy"]
+    privacy = reports.adaptive("adaptive")["privacy"]
     rows.append(
         ["**Privacy**: images whose real class the cloud can name"]
         + [rate(privacy[m]["k"], privacy[m]["n"]) for m in DECISION_METHODS]
@@ -282,43 +274,6 @@ def render_decision(reports: Reports) -> str:
     return table(
         ["Attacker (MobileNetV2, ImageNet photos)", "Unprotected", "Fake Gradient", "Device head"], rows
     )
-
-
-def render_query_only(reports: Reports) -> str:
-    """Each black-box attack plainly and after the query-only discovery, on the same photos (paired test of the
-    two attackers per scheme), with what the discovery found and spent."""
-    folder = DECISION_FOLDER
-    per_image = reports.csv(folder, "attackers_per_image.csv")
-    outcome: dict[tuple[str, str], dict[str, bool]] = defaultdict(dict)
-    for r in per_image:
-        outcome[r["method"], r["attacker"]][r["image"]] = truthy(r["defense_success"])
-    recovery = reports.adaptive(folder)["key_recovery"]
-    rows = []
-    for attack in BLACKBOX:
-        for method in reports.adaptive(folder)["device_cost"]:
-            plain, adaptive = reports.cell(folder, method, attack), reports.cell(folder, method, f"query-only-{attack}")
-            if plain is None or adaptive is None:
-                continue
-            a, b = outcome[method, f"query-only-{attack}"], outcome[method, attack]
-            common = [i for i in a if i in b]
-            only_q = sum(a[i] and not b[i] for i in common)
-            only_p = sum(b[i] and not a[i] for i in common)
-            found = recovery.get(method, {}).get(f"query-only-{attack}")
-            discovery = ("—" if not found or method == "original" else
-                         f"{found['recovered_pct']:.0f} % of real outputs, {found['queries']} noise images")
-            rows.append([attack, SCHEMES.get(method, method), rate(plain["k"], plain["n"]),
-                         rate(adaptive["k"], adaptive["n"]), discovery,
-                         f"{only_q}/{only_p}, p = {mcnemar(only_q, only_p):.2g}"])
-    return table(["attack", "scheme", "plain: defended", "query-only: defended", "discovery",
-                  "paired: defended only query-only / only plain, exact McNemar p"], rows)
-
-
-def mcnemar(b: int, c: int) -> float:
-    """Exact two-sided McNemar p on b and c discordant pairs (as fakegradient.evaluation.paired)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n)
 
 
 def render_models(reports: Reports) -> str:
@@ -848,14 +803,6 @@ def value_mnist_defended_lost(reports: Reports) -> str:
 # --- file-only attackers (reports/file_only, studies.file_only) ---
 
 
-def recovered(cell: dict) -> str:
-    """``99.9 % [99.8–99.9]`` of real rows named, or — where the attacker does not apply."""
-    if not cell["applies"]:
-        return "—"
-    low, high = cell["ci95_pct"]
-    return f"{cell['pct']:.1f} % [{low:.1f}–{high:.1f}]"
-
-
 def render_file_only(reports: Reports) -> str:
     entry = reports.json("file_only")
     rows = []
@@ -864,7 +811,14 @@ def render_file_only(reports: Reports) -> str:
             rows.append([f"`{scheme}`", "—", "—", "—", "nothing to recover: no served row is a class"])
             continue
 
-        rows.append([f"`{scheme}`", *(recovered(cells[a]) for a in ("chance", "key-recovery-file", "learned-rows")),
+        def pct(attacker: str) -> str:
+            c = cells[attacker]
+            if not c["applies"]:
+                return "—"
+            low, high = c["ci95_pct"]
+            return f"{c['pct']:.1f} % [{low:.1f}–{high:.1f}]"
+
+        rows.append([f"`{scheme}`", pct("chance"), pct("key-recovery-file"), pct("learned-rows"),
                      entry["verdict"][scheme].replace("**", "")])
     return (table(["scheme", "chance", "fixed oracles (equal bias, sign pattern, row norm)",
                    "learned row classifier, leave one model out", "verdict"], rows)
@@ -990,7 +944,6 @@ def render_private_threats(reports: Reports) -> str:
 
 RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:decision": render_decision,
-    "table:query-only": render_query_only,
     "table:matrix-mobilenet_v2": lambda r: render_matrix(r, "adaptive"),
     "table:matrix-efficientnet_lite0": lambda r: render_matrix(r, "adaptive_efficientnet_lite0"),
     "table:matrix-efficientnet_lite1": lambda r: render_matrix(r, "adaptive_efficientnet_lite1"),
