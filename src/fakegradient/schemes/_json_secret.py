@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..errors import KeyFileError
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
+T = TypeVar("T")
 
 
 def checksum(payload: dict[str, Any]) -> str:
@@ -62,3 +64,31 @@ def common_fields(payload: dict[str, Any]) -> dict[str, Any]:
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def describe(secret: Any, fmt: str) -> dict[str, Any]:
+    """The public description every candidate secret gives (``Secret.describe``)."""
+    return {"format": fmt, "version": 1, "method": secret.method, "n_real": secret.n_real,
+            "n_outputs": secret.n_outputs, "head": secret.head, "model_fingerprint": secret.model_fingerprint} | (
+        {"seeded": True} if secret.seeded else {}) | ({"n_labels": len(secret.labels)} if secret.labels else {})
+
+
+def dump_secret(secret: Any, fmt: str, own: dict[str, Any]) -> bytes:
+    """The file of ``secret``: its description, its ``own`` fields (what only this design keeps), the fingerprint
+    key and the labels."""
+    payload = describe(secret, fmt) | own | {"fingerprint_key": secret.fingerprint_key,
+                                             "labels": None if secret.labels is None else list(secret.labels)}
+    payload.pop("n_labels", None)
+    return dump(payload)
+
+
+def load_secret(data: bytes, fmt: str, source: str, build: Callable[[dict[str, Any]], T]) -> T:
+    """``build(payload)`` on the verified version-1 payload of a ``fmt`` file; a bad or missing field is a
+    one-line :class:`KeyFileError`."""
+    payload = load(data, fmt, source)
+    try:
+        if payload["version"] != 1:
+            raise ValueError(f"unsupported version {payload['version']!r}")
+        return build(payload)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise KeyFileError(f"{source} is missing or has a bad field: {exc}") from None

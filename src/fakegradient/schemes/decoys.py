@@ -94,15 +94,10 @@ class DecoyKey(Secret):
         return np.asarray(self.permutation[: self.n_real])
 
     def describe(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": 1, "method": self.method, "n_real": self.n_real,
-                "n_outputs": self.n_outputs, "head": self.head, "model_fingerprint": self.model_fingerprint} | (
-            {"seeded": True} if self.seeded else {}) | ({"n_labels": len(self.labels)} if self.labels else {})
+        return _json_secret.describe(self, FORMAT)
 
     def to_bytes(self) -> bytes:
-        payload = self.describe() | {"permutation": self.permutation.tolist(), "fingerprint_key": self.fingerprint_key,
-                                     "labels": None if self.labels is None else list(self.labels)}
-        payload.pop("n_labels", None)
-        return _json_secret.dump(payload)
+        return _json_secret.dump_secret(self, FORMAT, {"permutation": self.permutation.tolist()})
 
     @classmethod
     def sniff(cls, prefix: bytes) -> bool:
@@ -110,17 +105,13 @@ class DecoyKey(Secret):
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "decoy key") -> DecoyKey:
-        payload = _json_secret.load(data, FORMAT, source)
-        try:
-            if payload["version"] != 1:
-                raise ValueError(f"unsupported version {payload['version']!r}")
+        def build(payload: dict[str, Any]) -> DecoyKey:
             n_real, permutation = payload["n_real"], payload["permutation"]
             if not (_json_secret.is_int(n_real) and n_real >= 1 and isinstance(permutation, list)
                     and all(_json_secret.is_int(v) for v in permutation)):
                 raise ValueError("n_real and permutation must be integers")
             return cls(np.asarray(permutation, np.int64), n_real, **_json_secret.common_fields(payload))
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise KeyFileError(f"{source} is missing or has a bad field: {exc}") from None
+        return _json_secret.load_secret(data, FORMAT, source, build)
 
 
 def head_inputs(model: nn.Module, head: str, x: torch.Tensor) -> torch.Tensor:

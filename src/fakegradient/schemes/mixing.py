@@ -99,18 +99,13 @@ class MixingKey(Secret):
         return (np.asarray(outputs, np.float64) @ self.matrix).astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": 1, "method": self.method, "n_real": self.n_real,
-                "n_outputs": self.n_outputs, "head": self.head, "model_fingerprint": self.model_fingerprint} | (
-            {"seeded": True} if self.seeded else {}) | ({"n_labels": len(self.labels)} if self.labels else {})
+        return _json_secret.describe(self, FORMAT)
 
     def describe_kind(self) -> str:
         return "mixing key"
 
     def to_bytes(self) -> bytes:
-        payload = self.describe() | {"mix_seed": self.mix_seed, "fingerprint_key": self.fingerprint_key,
-                                     "labels": None if self.labels is None else list(self.labels)}
-        payload.pop("n_labels", None)
-        return _json_secret.dump(payload)
+        return _json_secret.dump_secret(self, FORMAT, {"mix_seed": self.mix_seed})
 
     @classmethod
     def sniff(cls, prefix: bytes) -> bool:
@@ -118,13 +113,8 @@ class MixingKey(Secret):
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "mixing key") -> MixingKey:
-        payload = _json_secret.load(data, FORMAT, source)
-        try:
-            if payload["version"] != 1:
-                raise ValueError(f"unsupported version {payload['version']!r}")
-            return cls(payload["mix_seed"], payload["n_real"], **_json_secret.common_fields(payload))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise KeyFileError(f"{source} is missing or has a bad field: {exc}") from None
+        return _json_secret.load_secret(data, FORMAT, source, lambda payload: cls(
+            payload["mix_seed"], payload["n_real"], **_json_secret.common_fields(payload)))
 
 
 @dataclass(frozen=True, eq=False, repr=False)
