@@ -53,9 +53,11 @@ def _load_builtins() -> None:
 
 
 def registry() -> dict[str, Scheme]:
-    """name → scheme, in registration order (a copy)."""
+    """name → scheme (a copy): the built-ins in :data:`MODULES` order, then the others, each in registration
+    order — whichever module was imported first."""
     _load_builtins()
-    return dict(_SCHEMES)
+    rank = {__name__ + module: i for i, module in enumerate(MODULES)}
+    return dict(sorted(_SCHEMES.items(), key=lambda item: rank.get(type(item[1]).__module__, len(MODULES))))
 
 
 def get(name: str) -> Scheme:
