@@ -486,17 +486,23 @@ def slow_body(address, stop, tally: Counter) -> None:
                 for _ in range(size // len(chunk) - 1):
                     sock.sendall(chunk)
                 sock.sendall(chunk[:-16])
-                sock.settimeout(1)
-                answer = b""
-                while not stop.is_set() and not answer:
-                    try:
-                        answer = sock.recv(64) or b"closed"
-                    except TimeoutError:
-                        continue
-                status = answer.split(b"\r\n")[0].decode(errors="replace") or "stopped"
+                status = first_line(sock, stop)
                 tally[f"slow body: {status}"] += 1
         except OSError as exc:
             tally[f"slow body: {type(exc).__name__}"] += 1
+
+
+def first_line(sock: socket.socket, stop: threading.Event) -> str:
+    """The status line the server answers on ``sock`` ("closed" when it closes, "stopped" when ``stop`` is set
+    first), polled each second."""
+    sock.settimeout(1)
+    answer = b""
+    while not stop.is_set() and not answer:
+        try:
+            answer = sock.recv(64) or b"closed"
+        except TimeoutError:
+            continue
+    return answer.split(b"\r\n")[0].decode(errors="replace") or "stopped"
 
 
 def lockout(address, stop, tally: Counter, declared: int = 64 * 2**20) -> None:
@@ -508,14 +514,7 @@ def lockout(address, stop, tally: Counter, declared: int = 64 * 2**20) -> None:
             with socket.create_connection(address) as sock:
                 sock.sendall(f"POST /v2/models/protected/infer HTTP/1.1\r\nHost: x\r\n"
                              f"Content-Length: {declared}\r\n\r\n{{".encode())
-                sock.settimeout(1)
-                answer = b""
-                while not stop.is_set() and not answer:
-                    try:
-                        answer = sock.recv(64) or b"closed"
-                    except TimeoutError:
-                        continue
-                status = answer.split(b"\r\n")[0].decode(errors="replace") or "stopped"
+                status = first_line(sock, stop)
                 tally[f"lock-out head: {status}"] += 1
         except OSError as exc:
             tally[f"lock-out head: {type(exc).__name__}"] += 1
