@@ -53,11 +53,9 @@ def _load_builtins() -> None:
 
 
 def registry() -> dict[str, Scheme]:
-    """name → scheme (a copy): the built-ins in :data:`MODULES` order, then the others, each in registration
-    order — whichever module was imported first."""
+    """name → scheme, in registration order (a copy)."""
     _load_builtins()
-    rank = {__name__ + module: i for i, module in enumerate(MODULES)}
-    return dict(sorted(_SCHEMES.items(), key=lambda item: rank.get(type(item[1]).__module__, len(MODULES))))
+    return dict(_SCHEMES)
 
 
 def get(name: str) -> Scheme:
