@@ -4,6 +4,7 @@ the cost of metrics and the access log; health latency under hostile clients.
     python benchmarks/serving.py [--clients 32] [--requests 20] [--rounds 3] [--threads 0] [--device cuda]
                                  [--transports rest,grpc] [--settings 'no batching']
     python benchmarks/serving.py --overhead [--rounds 9] [--clients 32] [--requests 20] [--transports rest,grpc]
+    python benchmarks/serving.py --recording-cost
     python benchmarks/serving.py --hostile [--seconds 30] [--big-json 4] [--slow-bodies 16] [--idle 500]
                                            [--big-batches 32] [--lockout 4]
 
@@ -27,8 +28,12 @@ batching, the same other options: ``off`` (``--no-metrics``), ``metrics`` (the d
 as above (``--clients`` batch-1 clients, binary tensors) over each transport against each server, the servers'
 order rotated from round to round so drift hits all alike (a multiple of 3 rounds puts each server in each
 position equally often). Prints per transport and server: images/s (median
-of rounds), the paired per-round ratios metrics / off and metrics+log / off (median [min-max]), the rounds, and
+of rounds), the paired per-round ratios metrics / off and metrics+log / off (median [min-max]), the same ratios of
+the server process's CPU seconds per image (less sensitive to where the clients' threads ran), the rounds, and
 whether the median cost (1 - ratio) is <= 3 %. No in-process limit is measured in this mode.
+
+``--recording-cost``: the same costs without a server, in process: µs per request spent recording metrics, the
+access log's extra µs on the event loop and its writer thread's µs per line (format, one write to /dev/null).
 
 ``--hostile``: the server with its default limits, probed on /v2/health/live (a fresh connection every
 20 ms, as a liveness probe does) and used by one well-behaved client (a 1-image request every 100 ms),
@@ -47,6 +52,7 @@ import argparse
 import functools
 import http.client
 import json
+import logging
 import math
 import os
 import platform
@@ -236,6 +242,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def headroom(args: argparse.Namespace) -> list[str]:
+    """``--max-inflight`` twice the clients: a client sends its next request as soon as it has an answer, before
+    the server has released the slot of the last one (gRPC then answers RESOURCE_EXHAUSTED at exactly the limit);
+    the benchmark measures speed, not the limit (``--hostile`` does)."""
+    return ["--max-inflight", str(2 * args.clients)]
+
+
 def start_server(root: Path, names: list[str], threads: int, *options: str,
                  stderr: Any = None) -> tuple[subprocess.Popen, str]:
     """The server (default limits unless ``options``; its stderr to ``stderr``, a file, if given) on a free
@@ -304,15 +317,16 @@ def throughput(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         print(f"in-process ONNX Runtime, {name} (images/s at batch size x runs at once): "
               + ", ".join(f"{b}x{r}: {rate:.1f}" for (b, r), rate in rates.items())
               + f" -> the limit: {best[0]}x{best[1]}, measured again around every served phase")
-    common = (["--max-runs", str(args.max_runs), "--device", args.device, "--http", args.http]
-              + (["--cpu-arena"] if args.cpu_arena else []))
+    common = (["--max-runs", str(args.max_runs), "--device", args.device, "--http", args.http,
+               *headroom(args)] + (["--cpu-arena"] if args.cpu_arena else []))
     settings = {"dynamic batching": ["--dynamic-batching", "--batch-rows", str(args.batch_rows), "--batch-delay-ms",
                                      str(args.batch_delay_ms), *common],
                 "no batching": ["--no-dynamic-batching", *common]}
     print(f"served: {args.clients} concurrent clients x {args.requests} requests x batch {args.batch} (binary "
           f"tensors, keep-alive), {args.rounds} interleaved rounds; server --http {args.http} --device {args.device} "
           f"--threads {args.threads} --max-runs "
-          f"{args.max_runs}{' --cpu-arena' if args.cpu_arena else ''}, other limits default")
+          f"{args.max_runs} --max-inflight {2 * args.clients}{' --cpu-arena' if args.cpu_arena else ''}, other limits "
+          "default")
     print(f"{'setting':<18} {'transport':<9} {'model':<12} {'images/s':>9} {'served/in-process [min-max]':>28} "
           f"{'CPU/image in-process/served':>28} {'p50 ms':>8} {'p99 ms':>8}")
     for setting, options in settings.items():
@@ -346,15 +360,53 @@ OVERHEAD_CONTROL = {"off": ["--no-metrics"], "metrics+log": ["--access-log"], "o
 OVERHEAD_GOAL = 0.03  # the largest acceptable median cost
 
 
+def recording_cost(args: argparse.Namespace, root: Path, calls: int = 20_000, repeats: int = 5) -> dict[str, Any]:
+    """The access log's direct cost, in process: µs per request the event loop spends in ``Metrics.request``
+    with metrics only and with the access log too (the line kept for the writer), and µs per line the writer
+    thread spends (format, one write to /dev/null); medians of ``repeats`` interleaved runs of ``calls``."""
+    from fakegradient.serving.metrics import ACCESS_LOGGER, BufferedStderr, Metrics
+
+    logger = logging.getLogger(ACCESS_LOGGER)
+    with open(os.devnull, "w") as null:
+        handler = BufferedStderr(null, interval=3600, capacity=calls)  # written below, by flush()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)  # the operator's handler: the access log adds none of its own
+        try:
+            meters = {"metrics": Metrics(), "metrics+log": Metrics(access_log=True)}
+            times: dict[str, list[float]] = {"metrics": [], "metrics+log": [], "writer": []}
+            request = ("grpc", "ModelInfer", "OK", 0.01, "ipv4:127.0.0.1:54321", "ModelInfer protected")
+            for _ in range(repeats):
+                for name, meter in meters.items():
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        meter.request(*request)
+                    times[name].append((time.perf_counter() - start) / calls * 1e6)
+                start = time.perf_counter()
+                handler.flush()
+                times["writer"].append((time.perf_counter() - start) / calls * 1e6)
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"in process, median of {repeats} x {calls} calls: metrics {median['metrics']:.1f} us per request; the "
+          f"access log {median['metrics+log'] - median['metrics']:.1f} us more on the event loop and "
+          f"{median['writer']:.1f} us per line in its writer thread")
+    return {"mode": "recording-cost", "metrics_us": median["metrics"],
+            "log_us": median["metrics+log"] - median["metrics"], "writer_us": median["writer"], "calls": calls,
+            "repeats": repeats}
+
+
 def overhead(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """The three :data:`OVERHEAD_SERVERS` (``--control``: :data:`OVERHEAD_CONTROL`, where two identical servers
     show what differences noise alone makes) at once, the same phase against each in every round (order rotated)."""
     servers_used = OVERHEAD_CONTROL if args.control else OVERHEAD_SERVERS
     common = ["--no-dynamic-batching", "--max-runs", str(args.max_runs), "--device", args.device, "--http",
-              args.http, *(["--cpu-arena"] if args.cpu_arena else []), *args.server_options]
+              args.http, *headroom(args), *(["--cpu-arena"] if args.cpu_arena else []), *args.server_options]
     log_path = root / "access.log"
     servers: dict[str, tuple[subprocess.Popen, dict[str, tuple[str, int]]]] = {}
     rates: dict[tuple[str, str], list[float]] = {(t, s): [] for t in args.transports for s in servers_used}
+    cpu: dict[tuple[str, str], list[float]] = {(t, s): [] for t in args.transports for s in servers_used}
+    images = args.clients * args.requests * args.batch
     with open(log_path, "wb") as log:
         try:
             for setting, options in servers_used.items():
@@ -372,33 +424,44 @@ def overhead(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 turn = order[round_ % len(order):] + order[:round_ % len(order)]
                 for transport in args.transports:
                     for setting in turn:
+                        pid = servers[setting][0].pid
+                        before = cpu_seconds(pid)
                         rate, _ = PHASES[transport](servers[setting][1][transport], "protected", args.clients,
                                                     args.requests, args.batch)
                         rates[transport, setting].append(rate)
+                        cpu[transport, setting].append((cpu_seconds(pid) - before) / images)
         finally:
             for process, _ in servers.values():
                 process.terminate()
                 process.wait()
     lines = log_path.read_bytes().count(b"\n")
+    answered = args.rounds * len(args.transports) * args.clients * args.requests
+    if lines < answered:  # the log server did not log: its cost was not measured
+        raise SystemExit(f"the access-log server wrote {lines} lines for at least {answered} answered requests: "
+                         "its access log is not working, the overhead would be meaningless")
     print(f"overhead: protected model, no batching, {args.clients} concurrent clients x {args.requests} requests x "
           f"batch {args.batch} (binary tensors), {args.rounds} rounds, the servers' order rotated per round; server "
-          f"--http {args.http} --device {args.device} --threads {args.threads} --max-runs {args.max_runs}"
+          f"--http {args.http} --device {args.device} --threads {args.threads} --max-runs {args.max_runs} "
+          f"--max-inflight {2 * args.clients}"
           f"{' --cpu-arena' if args.cpu_arena else ''}; access log: {lines} lines, {log_path.stat().st_size} bytes")
     print(f"{'transport':<9} {'server':<12} {'images/s':>9} {'/ off per round [min-max]':>27} {'n':>3} "
-          f"{'median cost':>11}  cost <= {OVERHEAD_GOAL:.0%}")
+          f"{'median cost':>11}  cost <= {OVERHEAD_GOAL:.0%}  {'server CPU/image / off':>22}")
     for transport in args.transports:
-        base = rates[transport, "off"]
+        base, base_cpu = rates[transport, "off"], cpu[transport, "off"]
         for setting in servers_used:
             own = rates[transport, setting]
             row = f"{transport:<9} {setting:<12} {statistics.median(own):>9.1f}"
             if setting != "off":
                 ratios = [a / b for a, b in zip(own, base)]
+                cpu_ratios = [a / b for a, b in zip(cpu[transport, setting], base_cpu)]
                 cost = 1 - statistics.median(ratios)
                 row += (f" {statistics.median(ratios):>11.3f} [{min(ratios):.3f}-{max(ratios):.3f}] {len(ratios):>3} "
-                        f"{cost:>10.1%}  {'yes' if cost <= OVERHEAD_GOAL else 'NO'}")
+                        f"{cost:>10.1%}  {'yes' if cost <= OVERHEAD_GOAL else 'NO':>9}  "
+                        f"{statistics.median(cpu_ratios):.3f} [{min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}]")
             print(row)
     return {"mode": "overhead", "servers": servers_used, "access_log_lines": lines,
-            "images_per_s": [{"transport": t, "server": s, "rounds": rates[t, s]} for t, s in rates]}
+            "images_per_s": [{"transport": t, "server": s, "rounds": rates[t, s]} for t, s in rates],
+            "server_cpu_seconds_per_image": [{"transport": t, "server": s, "rounds": cpu[t, s]} for t, s in cpu]}
 
 
 # --- hostile clients --------------------------------------------------------------------------------------
@@ -665,6 +728,8 @@ def main() -> None:
     mode.add_argument("--hostile", action="store_true", help="health latency under hostile clients instead")
     mode.add_argument("--overhead", action="store_true",
                       help="the cost of metrics and of the access log instead (three servers, interleaved)")
+    mode.add_argument("--recording-cost", action="store_true",
+                      help="the access log's and the metrics' own work per request, in process, instead")
     parser.add_argument("--seconds", type=float, default=30, help="--hostile: probing time, each way")
     parser.add_argument("--big-json", type=int, default=4, help="--hostile: clients sending ~62 MiB JSON")
     parser.add_argument("--slow-bodies", type=int, default=16, help="--hostile: stalled ~63 MiB bodies")
@@ -678,8 +743,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        export_models(root)
-        result = (hostile if args.hostile else overhead if args.overhead else throughput)(args, root)
+        if not args.recording_cost:  # the only mode without a model
+            export_models(root)
+        run = (hostile if args.hostile else overhead if args.overhead else recording_cost if args.recording_cost
+               else throughput)
+        result = run(args, root)
     if args.out and result:
         write_result(args.out, result)
 

@@ -835,6 +835,17 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]"
 
 
+def median_interval(values: list[float]) -> tuple[float, float] | None:
+    """A distribution-free 95 % interval of the median: the order statistics x(k), x(n+1-k) with the largest k
+    whose binomial tail P(Bin(n, 1/2) < k) is at most 2.5 % (coverage ≥ 95 %); None below n = 6."""
+    ordered, n = sorted(values), len(values)
+    tail, k = 0.0, 0
+    while tail + math.comb(n, k) / 2**n <= 0.025:
+        tail += math.comb(n, k) / 2**n
+        k += 1
+    return (ordered[k - 1], ordered[n - k]) if k >= 1 else None
+
+
 def serving_source(entry: dict) -> str:
     machine = entry["machine"]
     return (f"`{entry['command']}`, {machine['cpu']}, {machine['cores']} cores, load average "
@@ -867,16 +878,38 @@ def render_serving_throughput(reports: Reports) -> str:
 def render_serving_overhead(reports: Reports, name: str = "overhead.json") -> str:
     entry = reports.json("serving", name)
     rates = {(r["transport"], r["server"]): r["rounds"] for r in entry["images_per_s"]}
+    cpu = {(r["transport"], r["server"]): r["rounds"] for r in entry.get("server_cpu_seconds_per_image", [])}
     rows = []
     for (transport, server), own in rates.items():
         if server == "off":
-            rows.append([transport, server, f"{statistics.median(own):.0f}", "—", str(len(own)), "—"])
+            rows.append([transport, server, f"{statistics.median(own):.0f}", "—", str(len(own)), "—"]
+                        + (["—"] if cpu else []))
             continue
         ratios = [a / b for a, b in zip(own, rates[transport, "off"])]
-        rows.append([transport, server, f"{statistics.median(own):.0f}", spread(ratios), str(len(ratios)),
-                     f"{100 * (1 - statistics.median(ratios)):.1f} %"])
-    return (table(["transport", "server", "images/s (median)", "/ metrics off, per round", "rounds",
-                   "median cost"], rows) + f"\n\nMeasured: {serving_source(entry)}.")
+        cost, interval = f"{100 * (1 - statistics.median(ratios)):.1f} %", median_interval(ratios)
+        if interval is not None:
+            cost += f" [{100 * (1 - interval[1]):.1f} to {100 * (1 - interval[0]):.1f}]"
+        row = [transport, server, f"{statistics.median(own):.0f}", spread(ratios), str(len(ratios)), cost]
+        if cpu:
+            row.append(spread([a / b for a, b in zip(cpu[transport, server], cpu[transport, "off"])]))
+        rows.append(row)
+    header = ["transport", "server", "images/s (median)", "/ metrics off, per round", "rounds",
+              "median cost [95 % interval]"]
+    header += ["server CPU per image / metrics off"] if cpu else []
+    return table(header, rows) + f"\n\nMeasured: {serving_source(entry)}."
+
+
+def value_recording_cost(reports: Reports) -> str:
+    """The access log's own work per request (reports/serving/recording_cost.json) as a share of the server's
+    CPU per image with metrics off (reports/serving/overhead.json)."""
+    cost = reports.json("serving", "recording_cost.json")
+    overhead = reports.json("serving", "overhead.json")
+    off = statistics.median(c for r in overhead["server_cpu_seconds_per_image"] if r["server"] == "off"
+                            for c in r["rounds"])
+    log = (cost["log_us"] + cost["writer_us"]) * 1e-6
+    return (f"{cost['log_us']:.0f} µs per request on the event loop and {cost['writer_us']:.0f} µs per line in its "
+            f"writer thread (`{cost['command']}`, median of {cost['repeats']} × {cost['calls']} calls), "
+            f"{100 * log / off:.2f} % of the {1e3 * off:.1f} ms of server CPU per image")
 
 
 def private_leak(entry: dict) -> str:
@@ -960,6 +993,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:serving-throughput": render_serving_throughput,
     "table:serving-overhead": render_serving_overhead,
     "table:serving-overhead-control": lambda r: render_serving_overhead(r, "overhead_control.json"),
+    "value:access-log-cost": value_recording_cost,
     "table:ablations": render_ablations,
     "table:seven-mnist": render_seven_mnist,
     "table:mnist-recipes": render_mnist_recipes,

@@ -57,3 +57,16 @@ def test_serving_cpu_seconds_counts_this_process():
     second = serving.cpu_seconds(os.getpid())
     assert math.isfinite(first) and 0 < first <= second
     assert math.isnan(serving.cpu_seconds(2**22 + 12345))  # no such process
+
+
+def test_serving_recording_cost_reports_each_part_and_leaves_the_log_as_it_was():
+    import logging
+
+    from fakegradient.serving.metrics import ACCESS_LOGGER
+
+    serving = _module("serving")
+    before = logging.getLogger(ACCESS_LOGGER).handlers[:]
+    cost = serving.recording_cost(None, None, calls=200, repeats=2)
+    assert cost["mode"] == "recording-cost" and cost["calls"] == 200 and cost["repeats"] == 2
+    assert cost["metrics_us"] > 0 and cost["writer_us"] > 0 and math.isfinite(cost["log_us"])
+    assert logging.getLogger(ACCESS_LOGGER).handlers == before  # its own handler removed again

@@ -124,6 +124,17 @@ def test_wilson_matches_the_evaluation_package():
     assert render.rate(264, 500, pct=True) == "264/500 = 53 % [48–57]"
 
 
+def test_median_interval_covers_the_median_at_least_95_percent():
+    from scipy.stats import binom
+
+    for n in (6, 9, 15, 30):
+        low, high = render.median_interval([float(i) for i in range(1, n + 1)])
+        k = int(low)  # the values are 1..n: the interval is [x(k), x(n+1-k)]
+        assert high == n + 1 - k
+        assert 1 - 2 * binom.cdf(k - 1, n, 0.5) >= 0.95 > 1 - 2 * binom.cdf(k, n, 0.5)  # k is the largest such
+    assert render.median_interval([5.0, 1.0, 2.0, 4.0, 3.0]) is None  # too few: even the range covers < 95 %
+
+
 def test_the_drift_the_review_found_is_rendered_from_the_reports():
     """Issue items the old hand-written README got wrong: each is now a rendered value."""
     reports = render.Reports(ROOT / "reports")

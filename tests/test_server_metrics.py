@@ -5,6 +5,7 @@ no payload and no token; with metrics off both transports serve, nothing is coun
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import subprocess
@@ -26,6 +27,7 @@ from test_server_support import (
 from fakegradient.serving.dataplane import DataPlane
 from fakegradient.serving.metrics import (
     ACCESS_LOGGER,
+    BufferedStderr,
     Metrics,
     RequestMetrics,
     printable,
@@ -33,7 +35,7 @@ from fakegradient.serving.metrics import (
     rest_method,
 )
 from fakegradient.serving.protocol import InferRequest
-from fakegradient.serving.server import rest_app
+from fakegradient.serving.server import build_server, rest_app
 from fakegradient.serving.settings import Access, Batching, Limits, Observability
 
 TOKEN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
@@ -209,8 +211,8 @@ def test_labels_are_bounded_and_log_lines_single():
 
 
 def test_the_default_access_log_writes_every_line_to_stderr_by_exit():
-    """Without a handler of the operator's, lines go through a queue to a writer thread (off the event loop);
-    the ones still queued are written when the process exits."""
+    """Without a handler of the operator's, lines are kept and written by a thread of their own (off the event
+    loop); the ones still waiting are written when the process exits."""
     script = ("from fakegradient.serving.metrics import AccessLog\n"
               "log = AccessLog(True)\n"
               "for i in range(200):\n"
@@ -219,3 +221,47 @@ def test_the_default_access_log_writes_every_line_to_stderr_by_exit():
     lines = done.stderr.splitlines()
     assert done.returncode == 0 and len(lines) == 200
     assert lines[-1].endswith("peer grpc infer model199 OK 1.0ms")
+
+
+def test_buffered_lines_wait_for_the_writer_in_order_and_bounded():
+    stream = io.StringIO()
+    handler = BufferedStderr(stream, interval=3600, capacity=3)  # the writer thread never wakes by itself here
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("fakegradient.tests.buffered")
+    logger.propagate = False
+    logger.addHandler(handler)
+    for i in range(5):
+        logger.warning("line %d", i)
+    assert stream.getvalue() == ""  # the emitting thread only kept the records
+    handler.flush()
+    assert stream.getvalue().splitlines() == ["line 0", "line 1", "line 2",
+                                              "2 access-log lines dropped: more than 3 waited to be written"]
+    logger.warning("line 5")
+    thread, _ = handler.writer
+    logger.removeHandler(handler)
+    handler.close()  # writes what is left and stops the writer
+    assert stream.getvalue().splitlines()[-1] == "line 5" and not thread.is_alive() and handler.writer is None
+
+
+def test_the_access_log_survives_uvicorns_logging_configuration(models):
+    """uvicorn's start runs logging.config.dictConfig, which closes every handler it finds: the access log's
+    writer must start again with the next line (a writer started once stopped there, and a served access log stayed
+    empty)."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    others = logger.handlers[:]
+    for other in others:  # no handler of an operator's: the access log adds its own
+        logger.removeHandler(other)
+    plane = DataPlane(models, Limits(), metrics=Metrics(access_log=True))
+    handler = logger.handlers[0]
+    assert isinstance(handler, BufferedStderr)
+    try:
+        plane.metrics.request("rest", "ModelInfer", "200", 0.01, "peer", "before")
+        build_server(models, plane=plane)  # uvicorn.Config: logging configured, our handler closed
+        assert handler.writer is None
+        plane.metrics.request("rest", "ModelInfer", "200", 0.01, "peer", "after")
+        assert handler.writer is not None and handler.writer[0].is_alive()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        for other in others:
+            logger.addHandler(other)

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import atexit
 import logging
-import logging.handlers
-import queue
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -71,22 +70,81 @@ def printable(text: str, limit: int = 200) -> str:
     return clean if len(clean) <= limit else clean[:limit] + "..."
 
 
+class BufferedStderr(logging.Handler):
+    """A handler that only keeps records (under its lock, in the emitting thread: the event loop) and writes
+    them from a thread of its own every ``interval`` seconds, formatted and joined into one write to ``stream``
+    (default: ``sys.stderr`` at the time of writing). The writer wakes a few times a second, not once per
+    request: a thread woken per line competes for the GIL and, on a busy machine, for a core. At most
+    ``capacity`` records wait; more are dropped and counted (one line says how many). Closing (and the exit of
+    the process) writes what is left; the writer thread starts with the first record."""
+
+    def __init__(self, stream: TextIO | None = None, interval: float = 0.25, capacity: int = 10_000) -> None:
+        super().__init__()
+        self.stream, self.interval, self.capacity = stream, interval, capacity
+        self.pending: list[logging.LogRecord] = []
+        self.dropped = 0
+        self.writing = threading.Lock()  # one writer at a time: lines stay in order
+        self.writer: tuple[threading.Thread, threading.Event] | None = None
+        atexit.register(self.close)
+
+    def emit(self, record: logging.LogRecord) -> None:  # called under self.lock
+        if len(self.pending) < self.capacity:
+            self.pending.append(record)
+        else:
+            self.dropped += 1
+        if self.writer is None:  # the first record, or the first after a close (logging.config closes every
+            stop = threading.Event()  # handler it finds: uvicorn's start does)
+            thread = threading.Thread(target=self._write_until, args=(stop,), name="fakegradient-access-log",
+                                      daemon=True)
+            thread.start()
+            self.writer = thread, stop
+
+    def _write_until(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            self.flush()
+
+    def flush(self) -> None:
+        with self.writing:
+            with self.lock:  # type: ignore[union-attr]  # logging.Handler creates it
+                records, self.pending = self.pending, []
+                dropped, self.dropped = self.dropped, 0
+            if not records and not dropped:
+                return
+            text = "".join(self.format(record) + "\n" for record in records)
+            if dropped:
+                text += f"{dropped} access-log lines dropped: more than {self.capacity} waited to be written\n"
+            stream = self.stream or sys.stderr
+            try:
+                stream.write(text)
+                stream.flush()
+            except (OSError, ValueError):  # stderr closed or broken: an access log never stops the server
+                pass
+
+    def close(self) -> None:
+        """Stop the writer and write what waits (a later record starts a new writer)."""
+        with self.lock:  # type: ignore[union-attr]
+            writer, self.writer = self.writer, None
+        if writer is not None:
+            thread, stop = writer
+            stop.set()
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self.flush()
+        super().close()
+
+
 class AccessLog:
-    """One line per answered request on the :data:`ACCESS_LOGGER` logger (a stderr handler added if it has
-    none), when ``on``."""
+    """One line per answered request on the :data:`ACCESS_LOGGER` logger, when ``on``; without a handler of
+    the operator's, a :class:`BufferedStderr` is added (the event loop only keeps the record)."""
 
     def __init__(self, on: bool) -> None:
         self.on = on
         self.log = logging.getLogger(ACCESS_LOGGER)
         if on:
-            if not self.log.handlers:  # written by a thread of its own: the event loop only queues the record
-                handler = logging.StreamHandler(sys.stderr)
+            if not self.log.handlers:
+                handler = BufferedStderr()
                 handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-                records: queue.SimpleQueue = queue.SimpleQueue()
-                listener = logging.handlers.QueueListener(records, handler)
-                listener.start()
-                atexit.register(listener.stop)  # the lines still queued are written at exit
-                self.log.addHandler(logging.handlers.QueueHandler(records))
+                self.log.addHandler(handler)
             self.log.setLevel(logging.INFO)
             self.log.propagate = False
 
