@@ -84,6 +84,9 @@ from fakegradient.modelfile import write_bundle
 from fakegradient.serving.onnx_model import RuntimeOptions, load_model_dir
 from fakegradient.serving.settings import usable_cores
 
+sys.path.append(str(Path(__file__).resolve().parents[1] / "scripts"))
+from render_docs import spread  # stdlib only: per-round ratios printed as the docs render them
+
 MODELS = ("protected", "unprotected")
 
 
@@ -348,11 +351,6 @@ def throughput(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "threads_per_run": RuntimeOptions(threads=args.threads).for_runs(args.max_runs).threads}
 
 
-def spread(values: list[float]) -> str:
-    """'median [min-max]' of per-round ratios."""
-    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
-
-
 # --- the cost of metrics and the access log ----------------------------------------------------------------
 
 OVERHEAD_SERVERS = {"off": ["--no-metrics"], "metrics": [], "metrics+log": ["--access-log"]}
@@ -455,9 +453,8 @@ def overhead(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 ratios = [a / b for a, b in zip(own, base)]
                 cpu_ratios = [a / b for a, b in zip(cpu[transport, setting], base_cpu)]
                 cost = 1 - statistics.median(ratios)
-                row += (f" {statistics.median(ratios):>11.3f} [{min(ratios):.3f}-{max(ratios):.3f}] {len(ratios):>3} "
-                        f"{cost:>10.1%}  {'yes' if cost <= OVERHEAD_GOAL else 'NO':>9}  "
-                        f"{statistics.median(cpu_ratios):.3f} [{min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}]")
+                row += (f" {spread(ratios):>27} {len(ratios):>3} {cost:>11.1%}  "
+                        f"{'yes' if cost <= OVERHEAD_GOAL else 'NO':>9}  {spread(cpu_ratios):>22}")
             print(row)
     return {"mode": "overhead", "servers": servers_used, "access_log_lines": lines,
             "images_per_s": [{"transport": t, "server": s, "rounds": rates[t, s]} for t, s in rates],

@@ -925,6 +925,13 @@ def private_leak(entry: dict) -> str:
     return text
 
 
+def value_private_readout(reports: Reports, scheme: str = "device-head", labelled: str = "200") -> str:
+    """What a read-out learnt from ``labelled`` labelled queries names on the private model under ``scheme``."""
+    leak = reports.json("private")["privacy"][scheme]
+    return (f"{labelled} labelled queries still names the real class of "
+            f"{rate(leak['readout_curve'][labelled], leak['n'], pct=True)} images")
+
+
 def render_private_decision(reports: Reports) -> str:
     """Per threat model on the private model: the scheme to use, its defense against the strongest admitted attack,
     the unprotected model's, the paired p, the device's cost and what still leaks (reports/private/results.json)."""
@@ -1011,6 +1018,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "value:mnist-defended-lost": value_mnist_defended_lost,
     "table:private-decision": render_private_decision,
     "table:private-threats": render_private_threats,
+    "value:private-readout-device-head": value_private_readout,
 }
 
 

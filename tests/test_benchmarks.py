@@ -50,6 +50,13 @@ def test_serving_baseline_is_servable(tmp_path):
     assert model.output_shape == [-1, 3]
 
 
+def test_serving_prints_ratios_as_the_docs_render_them():
+    """benchmarks/serving.py prints per-round ratios with the docs renderer's own spread() (one copy)."""
+    serving = _module("serving")
+    assert serving.spread([0.81, 0.72, 0.78]) == "0.78 [0.72–0.81]"
+    assert serving.spread.__module__ == "render_docs"
+
+
 def test_serving_cpu_seconds_counts_this_process():
     serving = _module("serving")
     first = serving.cpu_seconds(os.getpid())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,20 @@ def test_the_drift_the_review_found_is_rendered_from_the_reports():
     assert float(low) <= 0.95  # vgg11 `old` is 0.95, below the "0.96" once typed by hand
     assert "lost digits have a ratio ≤ 1" in render.value_mnist_ratio_at_most_one(reports)
     assert not render.value_mnist_ratio_at_most_one(reports).startswith("0 ")
+
+
+def test_the_numbers_once_typed_by_hand_are_rendered_from_the_reports():
+    """The device-head read-out rate on the private model is rendered from reports/private; no throughput
+    (img/s, images/s) is typed outside a rendered region in README.md or docs/."""
+    reports = render.Reports(ROOT / "reports")
+    leak = reports.json("private")["privacy"]["device-head"]
+    assert render.value_private_readout(reports).endswith(
+        f"{render.rate(leak['readout_curve']['200'], leak['n'], pct=True)} images")
+    throughput = re.compile(r"\d\s*(?:img|images)/s")
+    for path in render.documents(ROOT):
+        text = render.INLINE.sub("", render.BLOCK.sub("", path.read_text()))
+        typed = [line for line in text.splitlines() if throughput.search(line)]
+        assert not typed, f"{path.name}: {typed}"
 
 
 def test_the_private_decision_table_is_rendered_from_reports_private(tmp_path):

@@ -5,6 +5,9 @@ with one registry entry and no other file; the registry, load_secret and the key
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +94,30 @@ def test_the_registry_lists_the_builtin_schemes_with_declared_capabilities():
         schemes.register(type(registry["device-head"])())
     with pytest.raises(FakeGradientError, match="unknown method 'nope'"):
         schemes.get("nope")
+
+
+BUILT_IN = ["fake-gradient", "random-weight", "fake-gradient-hardened", "scaled-copy", "random-decoy", "device-head",
+            "decoys", "mixing"]
+
+
+@pytest.mark.parametrize("first", [*schemes.MODULES, None])
+def test_the_registry_order_does_not_depend_on_what_was_imported_first(first):
+    """A fresh interpreter imports one built-in scheme module (or none) first, then registers a scheme of its
+    own before anything asked the registry: the built-ins come first in MODULES order, the newcomer last."""
+    script = (f"import importlib; importlib.import_module('fakegradient.schemes{first}')\n" if first else "") + (
+        "import json\n"
+        "from fakegradient import schemes\n"
+        "from fakegradient.schemes.fake_rows import FakeRows\n"
+        "schemes.register(FakeRows('aa-new', 'AA', 'a later scheme', rows='fake_gradient_rows',\n"
+        "                          capabilities=schemes.Capabilities()))\n"
+        "print(json.dumps(list(schemes.registry())))\n")
+    source = str(Path(schemes.__file__).parents[2])  # the src/ this test imported fakegradient from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [*BUILT_IN, "aa-new"]
+    assert list(schemes.registry())[:len(BUILT_IN)] == BUILT_IN  # this process agrees
 
 
 def test_a_scheme_refuses_parameters_it_does_not_take(tiny, tiny_input):

@@ -3,12 +3,15 @@
 A scheme is a module here that defines a :class:`Scheme` (torch side, torch imported only when it protects)
 and, for a new kind of secret, a :class:`Secret` (numpy side), and registers them next to their definition
 with :func:`register` and :func:`register_secret`. The built-in modules are listed in :data:`MODULES` and
-imported on first use; :func:`load_secret` is the one door for any secret file. Torch-free at import.
+imported on first use; they register with ``origin=__name__``, which lists them first, in :data:`MODULES`
+order, whichever of them was imported first. :func:`load_secret` is the one door for any secret file.
+Torch-free at import.
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 
 from ..errors import InvalidArgument, KeyFileError
@@ -18,17 +21,27 @@ MODULES = (".fake_rows", ".split", ".decoys", ".mixing")  # the built-in scheme 
 
 _SCHEMES: dict[str, Scheme] = {}
 _SECRETS: dict[str, type[Secret]] = {}
+_RANKS: dict[str, tuple[int, int]] = {}  # name → (its built-in module's index, else len(MODULES); serial)
+_sequence = itertools.count()
 _loaded = False
 
 __all__ = ["MODULES", "Capabilities", "Scheme", "Secret", "get", "load_secret", "register", "register_secret",
            "registry", "secret_from_bytes", "secret_types"]
 
 
-def register(scheme: Scheme) -> Scheme:
-    """Add ``scheme`` to the registry (a name is registered once) and its secret type; returns it."""
+def register(scheme: Scheme, *, origin: str = "") -> Scheme:
+    """Add ``scheme`` to the registry (a name is registered once) and its secret type; returns it.
+
+    ``origin`` is the registering module's ``__name__``: a built-in module's schemes are listed first, in
+    :data:`MODULES` order whatever was imported first; any other registration after them, in registration
+    order.
+    """
     if _SCHEMES.get(scheme.name, scheme) is not scheme:
         raise InvalidArgument(f"a scheme named {scheme.name!r} is already registered")
+    built_in = [__name__ + module for module in MODULES]
+    rank = built_in.index(origin) if origin in built_in else len(MODULES)
     _SCHEMES[scheme.name] = scheme
+    _RANKS.setdefault(scheme.name, (rank, next(_sequence)))
     register_secret(scheme.secret_type)
     return scheme
 
@@ -36,6 +49,7 @@ def register(scheme: Scheme) -> Scheme:
 def unregister(name: str) -> None:
     """Remove a scheme (tests, plug-ins); its secret type stays readable."""
     _SCHEMES.pop(name, None)
+    _RANKS.pop(name, None)
 
 
 def register_secret(secret_type: type[Secret]) -> type[Secret]:
@@ -53,9 +67,10 @@ def _load_builtins() -> None:
 
 
 def registry() -> dict[str, Scheme]:
-    """name → scheme, in registration order (a copy)."""
+    """name → scheme (a copy): the built-ins in :data:`MODULES` order, then the others in registration
+    order."""
     _load_builtins()
-    return dict(_SCHEMES)
+    return dict(sorted(_SCHEMES.items(), key=lambda item: _RANKS[item[0]]))
 
 
 def get(name: str) -> Scheme:

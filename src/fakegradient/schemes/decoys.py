@@ -216,4 +216,4 @@ class DecoyScheme(Scheme):
         return FakeRows.rebuild(self, model, head, n_outputs)  # type: ignore[arg-type]  # same head surgery
 
 
-register(DecoyScheme())
+register(DecoyScheme(), origin=__name__)

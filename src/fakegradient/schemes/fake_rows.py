@@ -154,22 +154,22 @@ register(FakeRows(
     rows="fake_gradient_rows", capabilities=_SCALED, in_paper=True,
     paper=paper_values(fake_output_pct=[100] * 7, original_functionality_pct=[100] * 7,
                        defense_success_pct=[90.5, 92.1, 94.9, 79.8, 82.9, 87.1, 84.8],
-                       rho_mean=[0.0010, 0.0009, 0.0008, 0.0015, 0.0015, 0.0012, 0.0015])))
+                       rho_mean=[0.0010, 0.0009, 0.0008, 0.0015, 0.0015, 0.0012, 0.0015])), origin=__name__)
 register(FakeRows(
     "random-weight", "Random Weight", "the paper's baseline: Gaussian fake rows fitted to W_o",
     rows="random_weight_rows", capabilities=Capabilities(official_bias=True, browser=True), in_paper=True,
     paper=paper_values(fake_output_pct=[1, 1, 0, 0, 0, 0, 6], original_functionality_pct=[100] * 7,
                        defense_success_pct=[1.2, 11.4, 0, 0, 0, 0, 22.5],
-                       rho_mean=[0.0019, 0.0016, 0.0017, 0.0017, 0.0020, 0.0012, 0.0017])))
+                       rho_mean=[0.0019, 0.0016, 0.0017, 0.0017, 0.0020, 0.0012, 0.0017])), origin=__name__)
 register(FakeRows(
     "fake-gradient-hardened", "Fake Gradient, hardened (ours)",
     "ours: shuffled mixtures of real rows, no pairing oracle in the file", rows="hardened_rows",
-    capabilities=Capabilities(browser=True)))
+    capabilities=Capabilities(browser=True)), origin=__name__)
 register(FakeRows(
     "scaled-copy", "Scaled Copy (control)", "control: W_F = S_a W_o, b_F = b_o (rejected in the paper's §4.4.1)",
-    rows="scaled_copy_rows", capabilities=_SCALED, control=True))
+    rows="scaled_copy_rows", capabilities=_SCALED, control=True), origin=__name__)
 register(FakeRows(
     "random-decoy", "Random Decoy (control)",
     "control: random positive rows with Algorithm 1's row norms (S_a), unrelated to W_o",
     rows="random_decoy_rows", capabilities=Capabilities(fakes_win=True, uses_scale=True, official_bias=True,
-                                                        browser=True), control=True))
+                                                        browser=True), control=True), origin=__name__)

@@ -167,4 +167,4 @@ class MixingScheme(Scheme):
         return model  # the same shape as the original
 
 
-register(MixingScheme())
+register(MixingScheme(), origin=__name__)

@@ -55,4 +55,4 @@ class DeviceHeadScheme(Scheme):
         return replace_module(model, head, nn.Identity())
 
 
-register(DeviceHeadScheme())
+register(DeviceHeadScheme(), origin=__name__)
