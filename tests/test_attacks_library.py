@@ -102,7 +102,7 @@ def test_query_counter_keeps_art_from_walking_the_model(digits_model):
 
     model, x, _ = digits_model
     walked = []
-    hooked = [m for m in model.modules() if not list(m.children())][0]
+    hooked = next(m for m in model.modules() if not list(m.children()))
     original_train = hooked.train
     hooked.train = lambda mode=True: walked.append(mode) or original_train(mode)
     model.train()
