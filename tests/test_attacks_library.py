@@ -95,6 +95,32 @@ def test_query_counter_counts_distinct_images():
     assert counter.queries == 2 and calls == [2]
 
 
+def test_query_counter_keeps_art_from_walking_the_model(digits_model):
+    """ART's predict sets its model's mode on every call; the counter puts the model in eval mode once and
+    holds it outside the module tree, so that walk skips the model's modules. Same answers as the model."""
+    from fakegradient.attacks._adapters import art_classifier
+
+    model, x, _ = digits_model
+    walked = []
+    hooked = next(m for m in model.modules() if not list(m.children()))
+    original_train = hooked.train
+    hooked.train = lambda mode=True: walked.append(mode) or original_train(mode)
+    model.train()
+    try:
+        counter = QueryCounter(model)
+        assert not model.training and not hooked.training
+        walked.clear()
+        classifier = art_classifier(counter, x[:1])
+        outputs = [classifier.predict(x[:3].numpy()) for _ in range(3)]
+        assert walked == []  # three predicts: not one call reached the model's modules
+        with torch.no_grad():
+            np.testing.assert_allclose(outputs[-1], model(x[:3]).numpy(), rtol=1e-5, atol=1e-5)
+        assert counter.queries == 3  # art_classifier's probe x[0], then x[1] and x[2] (x[0] cached)
+    finally:
+        del hooked.train
+        model.eval()
+
+
 def test_targets_on_a_protected_model(digits_model):
     """The same PGD (sanity: it breaks the unprotected model) on the paper's protected model, judged by the
     REAL decrypted top-1: on the served outputs, on the rows the file-only attacker recovers, and EOT-style

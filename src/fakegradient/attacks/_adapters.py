@@ -93,19 +93,26 @@ class QueryCounter(nn.Module):
 
     An image already asked is answered from a cache and not counted: an attacker would not resend it
     (ART's Square attack, for one, evaluates the same image up to three times per iteration).
-    Outputs are detached: for black-box (query) attacks only.
+    Outputs are detached: for black-box (query) attacks only. The model is put in eval mode once and
+    held outside the module tree: ART's ``predict`` sets the mode of its model on every call, a walk
+    over every submodule (about 1 ms for MobileNetV2, against a 25-95 ms query) that changes nothing.
     """
 
     def __init__(self, model: Judge):
         super().__init__()
-        self.model = model
+        if isinstance(model, nn.Module):
+            model.eval()
+        self._wrapped = (model,)  # a tuple: not a registered submodule
         self.cache: dict[bytes, torch.Tensor] = {}
         self.queries = 0
 
+    @property
+    def model(self) -> Judge:
+        return self._wrapped[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()  # ART's HopSkipJump sends float64
-        keys = [hashlib.blake2b(row.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
-                for row in x]
+        keys = [_digest(row) for row in x]
         first = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self.cache}  # new, once each
         if first:
             with torch.no_grad():
@@ -113,6 +120,12 @@ class QueryCounter(nn.Module):
             self.cache.update({k: row.detach() for k, row in zip(first, out)})
             self.queries += len(first)
         return torch.stack([self.cache[k] for k in keys])
+
+
+def _digest(row: torch.Tensor) -> bytes:
+    """16-byte BLAKE2b of a tensor's float32 bytes (hashed in place where it is contiguous on the CPU)."""
+    array = np.ascontiguousarray(row.detach().cpu().numpy())
+    return hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).digest()
 
 
 def art_classifier(model: nn.Module, images: torch.Tensor, loss: nn.Module | None = None) -> Any:
