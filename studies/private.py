@@ -15,8 +15,8 @@ of the attacked image is still the clean one; every attack's row on ``original``
   served model (no output-hiding scheme can change this row);
 - (c) discovery: ``--queries`` uniform-noise images, the N outputs that vary least kept, then DeepFool on those
   N columns; (c′) the N that vary most; for ``decoys`` also (d) a design-aware attacker keeping the 2N least-varying;
-- black box on the first ``--hard-images``: Square (scores) and HopSkipJump (top-1 only), ``--bb-queries`` queries
-  per image at ``--transfer-eps``, naive (on the served top-1) and query-only adaptive (the library's noise
+- black box on the first ``--hard-images``: Square (scores, ``--square-queries`` per image) and HopSkipJump (top-1
+  only, ``--hsj-queries`` per image) at ``--transfer-eps``, naive (on the served top-1) and query-only adaptive (the library's noise
   discovery of the real outputs first, then the same attack on the believed-real outputs);
 - file-only: the library's learned row classifier (:mod:`fakegradient.attacks.row_classifier`) trained on the
   heads of the attacker's own models protected with the public scheme code under ``--row-keys`` keys each,
@@ -36,8 +36,10 @@ device's cost; a decision table per threat model (:mod:`studies.private_report`)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,32 @@ def row_examples(models: list[nn.Module], method: str, params: dict, keys: int, 
     return examples
 
 
+class _Clock:
+    """``with clock(stage):`` adds the block's wall seconds to ``stages[stage]`` (rounded to 0.1 s)."""
+
+    def __init__(self, stages: dict[str, float]):
+        self.stages = stages
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[stage] = round(self.stages.get(stage, 0.0) + time.perf_counter() - start, 1)
+
+
+def budget(args: Any, attack: str) -> int:
+    """Queries per image of a black-box ``attack`` ("square" or "hopskipjump")."""
+    return args.square_queries if attack == "square" else args.hsj_queries
+
+
+def hsj_params(args: Any) -> dict[str, int]:
+    """HopSkipJump's parameters besides its budget (ART's names): gradient-estimate queries at the first
+    iteration (growing as sqrt(iteration)), their cap, and the random trials for a first adversarial point."""
+    return {"init_eval": args.hsj_init_eval, "max_eval": 10000, "init_size": 100}
+
+
 def _defended(top1: np.ndarray | None, clean: np.ndarray, i: int) -> bool | str:
     return "" if top1 is None or i >= len(top1) else bool(top1[i] == clean[i])
 
@@ -212,36 +240,46 @@ def attack_scheme(row_name: str, method: str | None, params: dict, owner: nn.Mod
     info: dict[str, Any] = {"method": method, "params": params, "n_outputs": n_out,
                             "secret_bytes": 0 if secret is None else len(secret.to_bytes()),
                             "decrypt_us_per_image": decrypt_microseconds(secret, n_out)}
+    stages: dict[str, float] = {}
+    info["stage_seconds"] = stages
+    clock = _Clock(stages)
     top1 = {name: None for name in ATTACKS}
     top1["functionality"] = _real_top1(served, secret, x)
-    adv_naive, l2_naive = _deepfool(served, x)
+    with clock("naive"):
+        adv_naive, l2_naive = _deepfool(served, x)
     top1["naive"] = _real_top1(served, secret, adv_naive)
     info["naive_l2_median"] = float(l2_naive.median())
     top1["transfer"] = _real_top1(served, secret, context["adv_transfer"])
     for name in WHITE_BOX:
         images = hard if name == "cw" else x
-        top1[name] = _real_top1(served, secret, white_box(name, served, images, args.transfer_eps, args.seed))
+        with clock(name):
+            top1[name] = _real_top1(served, secret, white_box(name, served, images, args.transfer_eps, args.seed))
     for name in BLACK_BOX:
-        adv, used = black_box(name, served, hard, args.transfer_eps, args.bb_queries, args.seed)
+        with clock(name):
+            adv, used = black_box(name, served, hard, args.transfer_eps, budget(args, name), args.seed,
+                                  hsj_params(args))
         top1[name], top1[f"{name}_queries"] = _real_top1(served, secret, adv), used
     if method not in NO_ROWS:  # served outputs are logits: discover the real rows from noise, attack them
-        found = noise_discovery(served, SHAPE, 10, args.queries, args.seed + 2)
-        top1["discovery"] = _real_top1(served, secret, _deepfool(Columns(served, found), x)[0])
-        most = noise_discovery(served, SHAPE, 10, args.queries, args.seed + 2, most=True)
-        top1["reverse"] = _real_top1(served, secret, _deepfool(Columns(served, most), x)[0])
-        curve = discovery_curve(served, SHAPE, real, BUDGETS, args.seed + 2)
+        with clock("discovery"):
+            found = noise_discovery(served, SHAPE, 10, args.queries, args.seed + 2)
+            top1["discovery"] = _real_top1(served, secret, _deepfool(Columns(served, found), x)[0])
+            most = noise_discovery(served, SHAPE, 10, args.queries, args.seed + 2, most=True)
+            top1["reverse"] = _real_top1(served, secret, _deepfool(Columns(served, most), x)[0])
+            curve = discovery_curve(served, SHAPE, real, BUDGETS, args.seed + 2)
         info |= {"discovery_curve": curve, "discovery_found": len(set(found.tolist()) & set(real.tolist())),
                  "reverse_found": len(set(most.tolist()) & set(real.tolist())),
                  "queries_needed": next((q for q in BUDGETS if curve[q] == len(real)), None)}
         if method == "decoys":  # the attacker knows the design: keep the 2N rows that vary least
-            aware = noise_discovery(served, SHAPE, 20, args.queries, args.seed + 2)
+            with clock("discovery"):
+                aware = noise_discovery(served, SHAPE, 20, args.queries, args.seed + 2)
+                top1["aware"] = _real_top1(served, secret, _deepfool(Columns(served, aware), x)[0])
             info["aware_found"] = len(set(aware.tolist()) & set(real.tolist()))
-            top1["aware"] = _real_top1(served, secret, _deepfool(Columns(served, aware), x)[0])
     if method is None:  # nothing to discover or classify: the adaptive and file-only rows are the naive attacks
         for name in BLACK_BOX:
             top1[f"qo_{name}"], top1[f"qo_{name}_queries"] = top1[name], top1[f"{name}_queries"]
         top1["fileonly"] = top1["naive"]
-        top1["fileonly_pgd"] = _real_top1(served, secret, pgd_l2(served, x, args.transfer_eps))
+        with clock("fileonly"):
+            top1["fileonly_pgd"] = _real_top1(served, secret, pgd_l2(served, x, args.transfer_eps))
     elif method not in NO_ROWS:
         believed, spent = adaptive_discovery(served, SHAPE, 10, n_out, fakes_win, args.seed + 3, args.queries)
         info |= {"adaptive_found": len(set(believed.tolist()) & set(real.tolist())), "adaptive_queries": spent}
@@ -254,23 +292,27 @@ def attack_scheme(row_name: str, method: str | None, params: dict, owner: nn.Mod
                 top1[f"qo_{name}_queries"] = context["original_top1"][f"{name}_queries"] + spent
                 info["qo_reused_original"] = True
                 continue
-            adv, used = black_box(name, Columns(served, believed), hard, args.transfer_eps, args.bb_queries,
-                                  args.seed)
+            with clock(f"qo_{name}"):
+                adv, used = black_box(name, Columns(served, believed), hard, args.transfer_eps, budget(args, name),
+                                      args.seed, hsj_params(args))
             top1[f"qo_{name}"], top1[f"qo_{name}_queries"] = _real_top1(served, secret, adv), used + spent
-        examples = row_examples(context["row_models"], method, params, args.row_keys, x[:2])
-        classifier = fit_row_classifier(examples, seed=args.seed)
-        believed = classifier.believed_real(*_head(served, secret), 10)
+        with clock("fileonly"):
+            examples = row_examples(context["row_models"], method, params, args.row_keys, x[:2])
+            classifier = fit_row_classifier(examples, seed=args.seed)
+            believed = classifier.believed_real(*_head(served, secret), 10)
+            top1["fileonly"] = _real_top1(served, secret, _deepfool(Columns(served, believed), x)[0])
+            top1["fileonly_pgd"] = _real_top1(served, secret,
+                                              pgd_l2(Columns(served, believed), x, args.transfer_eps))
         info |= {"fileonly_found": len(set(believed.tolist()) & set(real.tolist())),
                  "fileonly_training_heads": len(examples)}
-        top1["fileonly"] = _real_top1(served, secret, _deepfool(Columns(served, believed), x)[0])
-        top1["fileonly_pgd"] = _real_top1(served, secret, pgd_l2(Columns(served, believed), x, args.transfer_eps))
     attacker_x, attacker_y = context["attacker"]
-    decoded = Decoded(served, *fit_decoder(served, attacker_x[:args.labelled_queries],
-                                           attacker_y[:args.labelled_queries], 10))
-    info["decoder_agreement_pct"] = float(100 * np.mean(decoded(x).argmax(1).detach().numpy() == clean))
-    info["readout_curve"] = readout_curve(served, attacker_x, attacker_y, x, clean,
-                                          [s for s in READOUT_SIZES if s <= len(attacker_x)])
-    top1["decoder"] = _real_top1(served, secret, pgd_l2(decoded, x, args.transfer_eps))
+    with clock("decoder"):
+        decoded = Decoded(served, *fit_decoder(served, attacker_x[:args.labelled_queries],
+                                               attacker_y[:args.labelled_queries], 10))
+        info["decoder_agreement_pct"] = float(100 * np.mean(decoded(x).argmax(1).detach().numpy() == clean))
+        info["readout_curve"] = readout_curve(served, attacker_x, attacker_y, x, clean,
+                                              [s for s in READOUT_SIZES if s <= len(attacker_x)])
+        top1["decoder"] = _real_top1(served, secret, pgd_l2(decoded, x, args.transfer_eps))
     if method == "mixing":
         info["discovery_note"] = "no served position is a class: the N least-varying of N outputs are all"
     with torch.no_grad():
@@ -300,21 +342,25 @@ def run(args: Any) -> None:
 
     torch.set_num_threads(1)
     started = time.time()
+    stages: dict[str, float] = {}
+    clock = _Clock(stages)
     images, labels = load_mnist()
     x_all = torch.from_numpy(images).float().div(255).unsqueeze(1)
     y_all = torch.from_numpy(labels)
     parts = splits(len(x_all), args.seed, args.eval_images)
     recipe = Recipe(epochs=args.epochs)
-    owner = train(owner_net(), x_all[parts["owner"]], y_all[parts["owner"]], recipe, args.seed)
     attacker_x, attacker_y = x_all[parts["attacker"]], y_all[parts["attacker"]]
-    surrogate = train(surrogate_net(), attacker_x, attacker_y, recipe, args.seed + 1)
-    # the file-only attacker's own models: its surrogate and the owner's architecture (named by the served graph)
-    row_models = [surrogate] + [train(owner_net(), attacker_x, attacker_y, recipe, args.seed + 10 + m)
-                                for m in range(args.row_models)]
+    with clock("training"):
+        owner = train(owner_net(), x_all[parts["owner"]], y_all[parts["owner"]], recipe, args.seed)
+        surrogate = train(surrogate_net(), attacker_x, attacker_y, recipe, args.seed + 1)
+        # the file-only attacker's own models: its surrogate and the owner's architecture (named by the served graph)
+        row_models = [surrogate] + [train(owner_net(), attacker_x, attacker_y, recipe, args.seed + 10 + m)
+                                    for m in range(args.row_models)]
     x, y = x_all[parts["eval"]], y_all[parts["eval"]]
     with torch.no_grad():
         clean = owner(x).argmax(1).numpy()
-    adv_transfer = pgd_l2(surrogate, x, args.transfer_eps)
+    with clock("transfer"):
+        adv_transfer = pgd_l2(surrogate, x, args.transfer_eps)
     context = {"x": x, "y": y, "clean": clean, "indices": parts["eval"], "adv_transfer": adv_transfer, "owner": owner,
                "attacker": (attacker_x, attacker_y), "row_models": row_models}
     rows: list[dict] = []
@@ -342,9 +388,10 @@ def run(args: Any) -> None:
                   (adv_transfer - x).flatten(1).norm(dim=1).median()),
               "queries": args.queries, "labelled_queries": args.labelled_queries, "discovery_seed": args.seed + 2,
               "adaptive_discovery_seed": args.seed + 3, "hard_images": min(args.hard_images, len(x)),
-              "bb_queries": args.bb_queries, "readout_sizes": list(READOUT_SIZES),
+              "square_queries": args.square_queries, "hsj_queries": args.hsj_queries,
+              "hsj_params": hsj_params(args), "readout_sizes": list(READOUT_SIZES),
               "deepfool": "top-10, 50 iterations, overshoot 0.02, unclipped", "schemes": schemes,
-              "controls": list(CONTROLS), "seconds": round(time.time() - started), "machine": args.machine}
+              "controls": list(CONTROLS), "stage_seconds": stages, "seconds": round(time.time() - started), "machine": args.machine}
     write_bytes_atomic(args.out / "run.json", (json.dumps(record, indent=1) + "\n").encode())
 
 
@@ -352,9 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = study_parser(__doc__, MODULE, Path("reports/private"),
                           "rewrite report.md, results.json and private.png from per_image.csv and run.json")
     parser.add_argument("--eval-images", type=int, default=200, help="evaluation images (at most 1000)")
-    parser.add_argument("--hard-images", type=int, default=50,
+    parser.add_argument("--hard-images", type=int, default=100,
                         help="the first this many evaluation images also get C&W and the black-box attacks")
-    parser.add_argument("--bb-queries", type=int, default=500, help="queries per image of Square / HopSkipJump")
+    # budgets from ``python -m studies.private_pilot`` (reports/private/pilot: attacker-split images, unprotected
+    # model): Square breaks 16/20 at 1000; HopSkipJump with init_eval 20 breaks 15/20 at 1000, 16/20 at 2000 (ART's
+    # init_eval 100 spends its queries on few gradient estimates: 7/20 at 1000)
+    parser.add_argument("--square-queries", type=int, default=1000, help="queries per image of Square")
+    parser.add_argument("--hsj-queries", type=int, default=2000, help="queries per image of HopSkipJump")
+    parser.add_argument("--hsj-init-eval", type=int, default=20,
+                        help="HopSkipJump's gradient-estimate queries at its first iteration (ART's init_eval)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of every model")
     parser.add_argument("--queries", type=int, default=32, help="noise queries of the discovery attacker")
     parser.add_argument("--labelled-queries", type=int, default=500,
@@ -372,11 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.from_stored:
             if not (1 <= args.eval_images <= 1000 and args.epochs >= 1 and args.queries >= 2
                     and args.transfer_eps > 0 and 20 <= args.labelled_queries <= ATTACKER
-                    and args.hard_images >= 1 and args.bb_queries >= 3 and args.row_models >= 0
+                    and args.hard_images >= 1 and min(args.square_queries, args.hsj_queries) >= 3 and 1 <= args.hsj_init_eval <= 10000 and args.row_models >= 0
                     and args.row_keys >= 1):
                 raise FakeGradientError("need 1 <= --eval-images <= 1000, --epochs >= 1, --queries >= 2, "
                                         f"--transfer-eps > 0, 20 <= --labelled-queries <= {ATTACKER}, "
-                                        "--hard-images >= 1, --bb-queries >= 3, --row-models >= 0, --row-keys >= 1")
+                                        "--hard-images >= 1, --square-queries and --hsj-queries >= 3, 1 <= --hsj-init-eval <= 10000, --row-models >= 0, --row-keys >= 1")
             run(args)
         return report(args.out)
 

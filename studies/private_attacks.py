@@ -110,12 +110,14 @@ def white_box(name: str, model: nn.Module, images: torch.Tensor, eps: float, see
 
 
 def black_box(name: str, model: nn.Module, images: torch.Tensor, eps: float, queries: int,
-              seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """The library's Square (scores) or HopSkipJump (top-1 only) at L2 ``eps`` with at most ``queries`` distinct
-    queries per image on ``model``: (adversarial images (B, C, H, W), queries used (B,))."""
+              seed: int, hsj_params: dict | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """The library's Square (scores) or HopSkipJump (top-1 only; ``hsj_params``: its ``init_eval`` …) at L2
+    ``eps`` with at most ``queries`` distinct queries per image on ``model``: (adversarial images (B, C, H, W),
+    queries used (B,))."""
     from fakegradient.attacks import HopSkipJump, SquareAttack
 
-    attack = SquareAttack(eps=eps, queries=queries) if name == "square" else HopSkipJump(queries=queries, eps=eps)
+    attack = SquareAttack(eps=eps, queries=queries) if name == "square" else \
+        HopSkipJump(queries=queries, eps=eps, **(hsj_params or {}))
     result = attack(model, images, generator=np.random.default_rng(seed))
     return result.adversarial, result.queries.numpy()
 

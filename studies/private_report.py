@@ -188,7 +188,7 @@ def report(out: Path) -> Path:
              f"attack is no scheme's strongest in the decision table). Every budget is L2 eps = {record['transfer_eps']} on [0, 1] pixels (the transfer's "
              f"median ‖r‖₂ {record['transfer_median_l2']:.2f}; naive DeepFool's median on the original "
              f"{record['schemes']['original'].get('naive_l2_median', float('nan')):.2f}, unbounded). C&W, Square "
-             f"and HopSkipJump ran on the first {hard} evaluation images ({record.get('bb_queries')} queries per "
+             f"and HopSkipJump ran on the first {hard} evaluation images ({budgets_text(record)} per "
              "image; the query-only adaptive rows count the noise queries of the discovery too)."), ""]
     for title, attacks in TABLES.items():
         rows = [[name, *(cell_text(cells[name].get(a), name == "original") for a in attacks)] for name in cells]
@@ -202,6 +202,7 @@ def report(out: Path) -> Path:
     lines += _notes(record)
     lines += _privacy(record)
     lines += _cost(record)
+    lines += _timings(record)
     lines += ["## Decision table", "", *decision_lines(decided), ""]
     path = out / "report.md"
     write_bytes_atomic(path, "\n".join(lines).encode())
@@ -269,6 +270,29 @@ def _privacy(record: dict) -> list[str]:
             "(k/n), and the fewest of those tried reaching 90 %."), "",
             *markdown_table(["scheme", "noise: real rows found at queries", "labelled for ≥ 90 %",
                              *(f"read-out, {s} labelled" for s in sizes)], rows), ""]
+
+
+def budgets_text(record: dict) -> str:
+    """The black-box budgets as run.json records them: "Square 1000 queries, HopSkipJump 2000 queries (…)";
+    "500 queries" for a run before they were separate."""
+    if "bb_queries" in record:
+        return f"{record['bb_queries']} queries"
+    hsj = record.get("hsj_params")
+    return (f"Square {record['square_queries']} queries, HopSkipJump {record['hsj_queries']} queries"
+            + (f" ({', '.join(f'{k} {v}' for k, v in hsj.items())})" if hsj else ""))
+
+
+def _timings(record: dict) -> list[str]:
+    """Wall seconds per stage (run.json's ``stage_seconds``): the shared stages, then each scheme's."""
+    stages = sorted({stage for info in record["schemes"].values() for stage in info.get("stage_seconds", {})})
+    if not stages:
+        return []
+    shared = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in record.get("stage_seconds", {}).items())
+    rows = [[name, f"{info['seconds']:.0f}", *(f"{info['stage_seconds'][s]:.0f}" if s in info["stage_seconds"]
+                                                 else "—" for s in stages)]
+            for name, info in record["schemes"].items()]
+    return ["## Time per stage", "", f"Wall seconds ({record['machine']}); before the schemes: {shared}.", "",
+            *markdown_table(["scheme", "total", *stages], rows), ""]
 
 
 def _cost(record: dict) -> list[str]:

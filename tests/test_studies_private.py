@@ -138,7 +138,7 @@ def test_the_file_only_attacker_learns_real_rows_from_heads_it_protected_itself(
 def test_a_short_run_writes_the_matrix(tmp_path, capsys):
     out = tmp_path / "private"
     assert private.main(["--seed", "1", "--out", str(out), "--eval-images", "12", "--epochs", "1",
-                         "--labelled-queries", "100", "--hard-images", "4", "--bb-queries", "40", "--row-models", "0",
+                         "--labelled-queries", "100", "--hard-images", "4", "--square-queries", "40", "--hsj-queries", "30", "--row-models", "0",
                          "--row-keys", "2"]) == 0, capsys.readouterr().err
     with open(out / "per_image.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -146,6 +146,9 @@ def test_a_short_run_writes_the_matrix(tmp_path, capsys):
     assert all(f"{a}_defended" in rows[0] for a in ATTACKS) and "qo_square_queries" in rows[0]
     record = json.loads((out / "run.json").read_text())
     assert record["seed"] == 1 and len(record["splits"]["eval"]) == 12 and record["hard_images"] == 4
+    assert (record["square_queries"], record["hsj_queries"]) == (40, 30)
+    assert {"training", "transfer"} <= set(record["stage_seconds"])
+    assert {"naive", "cw", "square", "hopskipjump"} <= set(record["schemes"]["original"]["stage_seconds"])
     assert record["schemes"]["fake-gradient"]["secret_bytes"] > 0
     assert "fileonly_found" in record["schemes"]["fake-gradient-hardened"]
     results = json.loads((out / "results.json").read_text())
@@ -157,9 +160,33 @@ def test_a_short_run_writes_the_matrix(tmp_path, capsys):
     assert [entry["threat"] for entry in results["decision"]] == list(THREATS)
     report = (out / "report.md").read_text()
     assert all(f"| {name} |" in report for name, _, _ in private.SCHEMES) and "## Decision table" in report
+    assert "(Square 40 queries, HopSkipJump 30 queries (init_eval 20, max_eval 10000, init_size 100) per image;" in report and "## Time per stage" in report
     assert (out / "private.png").stat().st_size > 0
     (out / "report.md").unlink()
     assert private.main(["--from-stored", "--out", str(out)]) == 0
     assert (out / "report.md").read_text() == report
     assert private.main(["--out", str(out), "--eval-images", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: need 1 <= --eval-images")
+
+
+@pytest.mark.slow
+def test_the_budget_pilot_attacks_attacker_images_only(tmp_path, capsys):
+    from studies import private_pilot
+
+    out = tmp_path / "pilot"
+    assert private_pilot.main(["--seed", "1", "--out", str(out), "--images", "3", "--epochs", "1",
+                               "--square-budgets", "10,20", "--hsj-budgets", "20,40", "--hsj-init-evals", "5"]) == 0, \
+        capsys.readouterr().err
+    record = json.loads((out / "pilot.json").read_text())
+    attacker = set(private.splits(5000, 1, 1000)["attacker"].tolist())
+    assert set(record["attacker_indices"]) <= attacker and len(record["attacker_indices"]) == 3
+    assert set(record["square"]) == {"10", "20"} and record["square"]["20"]["n"] == 3
+    by_budget = record["hopskipjump"]["5"]["by_budget"]
+    assert by_budget["20"] <= by_budget["40"] <= 3  # a smaller budget never breaks more
+    report = (out / "pilot.md").read_text()
+    (out / "pilot.md").unlink()
+    assert private_pilot.main(["--from-stored", "--out", str(out)]) == 0
+    assert (out / "pilot.md").read_text() == report
+    capsys.readouterr()  # the progress bars so far
+    assert private_pilot.main(["--out", str(out), "--images", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: need 1 <= --images")
