@@ -75,14 +75,9 @@ def matrix(digits_model):
     bench = Workbench(config, original, served_pipelines(original, config, 0, x[:1]), samples, 0, x[:B])
     budgets = {"base_l2": 0.5, "whitebox_l2": 1.0, "blackbox_l2": 2.0, "blackbox_queries": 10.0}
     shards = [Shard("digits", m, 0, B, "adaptive", tuple(sorted(budgets.items()))) for m in config.methods]
-    saved = dict(ATTACKERS)
-    ATTACKERS.clear()
-    ATTACKERS.update({n: saved[n] for n in names})
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(adaptive, "ATTACKERS", {n: ATTACKERS[n] for n in names})
         parts = [(s, adaptive.run(bench, s, x[:B], samples)) for s in shards]
-    finally:
-        ATTACKERS.clear()
-        ATTACKERS.update(saved)
     return parts, collect_adaptive(config.methods, [], [], parts, budgets)
 
 
