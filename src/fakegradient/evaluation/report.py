@@ -381,11 +381,14 @@ def _timing_table(adaptive: AdaptiveResult, rows: dict, methods: list[str], atta
              "EOT-PGD, a black-box run reused where the scores are provably the original's — is counted once, at "
              "the row that ran it; *reuses* names that row) and its **fraction of roofline**: the forward and "
              "backward passes the row ran, each kind timed alone on the same model (median of 3, once per "
-             "worker), over its wall time (1: nothing but passes). Passes and seconds per row: `attackers.csv`.",
+             "worker), over its wall time (1: nothing but passes; learned-rows' time includes fitting its row "
+             "classifier). Passes and seconds per row: `attackers.csv`.",
              "", "| Attacker | " + " | ".join(METHOD_NAMES[m] for m in methods) + " | own seconds, all schemes |",
              "|---|" + "---|" * (len(methods) + 1)]
     for a in attackers:
         cells = [rows.get((m, a)) for m in methods]
+        if all(c is None or c.get("own_seconds") is None for c in cells):
+            continue  # round 1 (naive, transfer): not timed per row
         total = sum(c["own_seconds"] or 0.0 for c in cells if c and c.get("own_seconds") is not None)
         lines.append(f"| {a} | " + " | ".join(_timing_cell(c) for c in cells) + f" | {total:.1f} |")
     lines += ["", f"Distinct computation, all rows: {distinct:.1f} s ({distinct / 60:.1f} min); the `seconds` "

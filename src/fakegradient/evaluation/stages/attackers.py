@@ -487,9 +487,11 @@ def _black_box(ctx: Context, name: str, attack: Callable, top1_only: bool = Fals
             attempt = compute(original.target)
         bench.memo[key] = watch.verdict()
         return attempt
+    looked = set(ctx.reused)
     first = original.cached((name, ORIGINAL), lambda: _black_box(original, name, attack, top1_only))
     if ctx.target.method in bench.memo.get(key, ()):
         return Attempt(first.adversarial.clone(), queries=first.queries.clone())
+    ctx.reused.intersection_update(looked)  # the original's run only looked at: this scheme attacked for real
     return compute(ctx.target)
 
 
