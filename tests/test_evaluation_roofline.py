@@ -55,7 +55,8 @@ def test_roofline_is_a_fraction_of_the_attack(tiny):
         wall = time.perf_counter() - begin
         with passes.paused():
             roofline = times.seconds(passes.counts)
-    assert {kind for _, _, kind in times.cache} == {"fwd", "fwd_grad", "bwd"}
+    assert {(grad, backward) for *_, grad, backward in times.samples} == {(False, False), (True, False), (True, True)}
+    assert all(len(v) == 3 for v in times.samples.values())  # every kind ran at least 3 times: 3 timed
     assert 0 < fraction(roofline, wall) <= 1.5
     assert fraction(0.0, wall) is None and fraction(roofline, 0.0) is None
     with pytest.raises(ValueError, match="pass kind"):
@@ -114,6 +115,8 @@ def test_the_timing_table_shows_fractions_and_reuse(matrix):
     assert "| pgd-eot | 0.0 s (reuses original/pgd) |" in text
     assert "of roofline" in text and "(reuses original/feature-space)" in text
     assert f"Distinct computation, all rows: {result.distinct_seconds():.1f} s" in text
+    assert f"Timing the passes for the rooflines took {result.timing_overhead():.1f} s more." in text
+    assert result.timing_overhead() > 0
 
 
 def test_a_run_stored_before_the_timing_renders_without_it():
@@ -126,3 +129,12 @@ def test_a_run_stored_before_the_timing_renders_without_it():
     assert _timing_table(result, rows, [ORIGINAL], ["pgd"]) == []
 
 
+
+
+def test_a_pass_made_once_is_timed_once(tiny):
+    served = Normalized(tiny, (0.5,), (0.25,)).eval()
+    times = PassTimes({"m": served})
+    times.cost("m", (5, 3, 16, 16), "fwd", uses=1)
+    assert [len(v) for v in times.samples.values()] == [1]
+    times.cost("m", (5, 3, 16, 16), "fwd", uses=7)  # a later row using it more: more samples
+    assert [len(v) for v in times.samples.values()] == [3]

@@ -71,34 +71,36 @@ class Passes:
 
 
 class PassTimes:
-    """Seconds of one pass of each (pipeline, input shape, kind), timed alone on random inputs in [0, 1)
-    and cached: the median of ``repeats`` after one untimed call, in the fastest of ``layouts`` (4-d
-    inputs). A backward pass is (forward + backward) − forward with a graph."""
+    """Seconds of one pass of each (pipeline, input shape, kind), timed alone on random inputs in [0, 1):
+    the median of up to ``repeats`` timed calls (one untimed call first where more than one), in the
+    fastest of ``layouts`` (4-d inputs); the samples are kept, so a later row needing more adds to them.
+    A backward pass is (forward + backward) − forward with a graph."""
 
     def __init__(self, pipelines: dict[str, nn.Module], repeats: int = 3,
                  layouts: tuple[torch.memory_format, ...] = (torch.contiguous_format,),
                  device: torch.device | str = "cpu"):
         self.pipelines, self.repeats, self.layouts, self.device = pipelines, repeats, layouts, torch.device(device)
-        self.cache: dict[Key, float] = {}
+        self.samples: dict[tuple, list[float]] = {}  # (pipeline, shape, layout, grad, backward) → seconds
 
-    def cost(self, name: str, shape: tuple[int, ...], kind: str) -> float:
-        key = (name, shape, kind)
-        if key not in self.cache:
-            def best(grad: bool, backward: bool) -> float:
-                layouts = self.layouts if len(shape) == 4 else (torch.contiguous_format,)
-                for layout in layouts:  # warm-up: a new shape's first call sets up kernels and buffers
-                    self._once(name, shape, layout, grad, backward)
-                return min(statistics.median(self._once(name, shape, layout, grad, backward)
-                                             for _ in range(self.repeats)) for layout in layouts)
-            if kind == "fwd":
-                self.cache[key] = best(False, False)
-            elif kind == "fwd_grad":
-                self.cache[key] = best(True, False)
-            elif kind == "bwd":
-                self.cache[key] = max(best(True, True) - self.cost(name, shape, "fwd_grad"), 0.0)
-            else:
-                raise ValueError(f"pass kind {kind!r}: one of {KINDS}")
-        return self.cache[key]
+    def cost(self, name: str, shape: tuple[int, ...], kind: str, uses: int | None = None) -> float:
+        """One pass of ``kind`` on ``pipelines[name]`` at input ``shape``. ``uses``: how many such passes the
+        row ran; at most that many calls are timed (a pass the attack made once costs one pass to time)."""
+        if kind not in KINDS:
+            raise ValueError(f"pass kind {kind!r}: one of {KINDS}")
+        want = self.repeats if uses is None else max(1, min(self.repeats, uses))
+        if kind == "bwd":
+            return max(self._best(name, shape, True, True, want) - self._best(name, shape, True, False, want), 0.0)
+        return self._best(name, shape, kind == "fwd_grad", False, want)
+
+    def _best(self, name: str, shape: tuple[int, ...], grad: bool, backward: bool, want: int) -> float:
+        medians = []
+        for layout in self.layouts if len(shape) == 4 else (torch.contiguous_format,):
+            samples = self.samples.setdefault((name, shape, layout, grad, backward), [])
+            if not samples and want > 1:  # warm-up: a new shape's first call sets up kernels and buffers
+                self._once(name, shape, layout, grad, backward)
+            samples += [self._once(name, shape, layout, grad, backward) for _ in range(want - len(samples))]
+            medians.append(statistics.median(samples))
+        return min(medians)
 
     def _once(self, name: str, shape: tuple[int, ...], layout, grad: bool, backward: bool) -> float:
         x = torch.rand(shape, device=self.device).contiguous(memory_format=layout).requires_grad_(grad)
@@ -117,7 +119,7 @@ class PassTimes:
 
     def seconds(self, counts: Counter) -> float:
         """Σ count × one pass's seconds over ``counts`` (a :attr:`Passes.counts`)."""
-        return sum(n * self.cost(name, shape, kind) for (name, shape, kind), n in counts.items())
+        return sum(n * self.cost(name, shape, kind, uses=n) for (name, shape, kind), n in counts.items())
 
 
 def summary(counts: Counter) -> dict[str, list[int]]:

@@ -89,6 +89,10 @@ class AdaptiveResult:
         return out | {"roofline_seconds": t["roofline_s"] if t else None,
                       "roofline_fraction": fraction(t["roofline_s"], t["own_s"]) if t else None}
 
+    def timing_overhead(self) -> float:
+        """Seconds spent timing passes for the rooflines (outside every row's own seconds)."""
+        return sum(t.get("timing_s", 0.0) for by in self.timing.values() for t in by.values())
+
     def distinct_seconds(self) -> float | None:
         """Σ own seconds over every row: each memoised computation once (None before it was measured)."""
         values = [t["own_s"] for by in self.timing.values() for t in by.values()]
@@ -165,6 +169,7 @@ def _add_timing(by_attacker: dict[str, dict[str, Any]], attacker: str, part: dic
                                               "passes": {kind: [0, 0] for kind in KINDS}})
     total["own_s"] += part["own_s"]
     total["roofline_s"] += part["roofline_s"]
+    total["timing_s"] = total.get("timing_s", 0.0) + part.get("timing_s", 0.0)
     total["reused"] = sorted(set(total["reused"]) | set(part["reused"]))
     for kind, (calls, rows) in part["passes"].items():
         total["passes"][kind] = [total["passes"][kind][0] + calls, total["passes"][kind][1] + rows]

@@ -52,8 +52,9 @@ def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Samp
     its images came from, a shared computation charged to each user), ``timing`` (attacker → ``own_s``: this
     row's own wall time here, a memoised computation counted once, at the row that ran it; ``reused``: the
     rows whose computations it used; ``passes``: kind → [calls, rows] it ran; ``roofline_s``: those passes
-    timed alone, see :mod:`..roofline`), ``key_recovery`` (attacker → what it recovered of this scheme),
-    ``curves`` (attacker → [(eps, defended flags (b,))]) for attacks run at several budgets."""
+    timed alone, see :mod:`..roofline`; ``timing_s``: the time that timing took, outside ``own_s``),
+    ``key_recovery`` (attacker → what it recovered of this scheme), ``curves`` (attacker → [(eps, defended
+    flags (b,))]) for attacks run at several budgets."""
     budgets = dict(shard.budgets)
     scheme = target(bench, shard.method)
     with torch.no_grad():
@@ -73,8 +74,10 @@ def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Samp
                 continue
             counts = Counter(passes.counts)  # before judging: the device's forward passes are not the attack's
             with passes.paused():
+                begin = time.perf_counter()
+                roofline = times.seconds(counts)
                 timing[name] = {"own_s": own, "reused": sorted(ctx.reused), "passes": summary(counts),
-                                "roofline_s": times.seconds(counts)}
+                                "roofline_s": roofline, "timing_s": time.perf_counter() - begin}
             seconds[name] = attempt.seconds or own
             defended = scheme.device(attempt.adversarial).argmax(1) == ctx.truth
             records += attacker_records(shard, shard.method, name, samples[:len(ctx.images)], defended,
