@@ -11,7 +11,7 @@ from fakegradient.attacks.pgd import L2PGD
 from fakegradient.data import Sample
 from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.pipeline import Normalized
-from fakegradient.evaluation.plan import Shard
+from fakegradient.evaluation.plan import Shard, ShardResult
 from fakegradient.evaluation.records import AttackerRecord
 from fakegradient.evaluation.report import _timing_table
 from fakegradient.evaluation.roofline import Passes, PassTimes, fraction, summary
@@ -138,3 +138,14 @@ def test_a_pass_made_once_is_timed_once(tiny):
     assert [len(v) for v in times.samples.values()] == [1]
     times.cost("m", (5, 3, 16, 16), "fwd", uses=7)  # a later row using it more: more samples
     assert [len(v) for v in times.samples.values()] == [3]
+
+
+def test_a_run_resumed_from_shards_stored_before_the_timing_has_none(matrix):
+    """One shard without ``timing`` (stored by an earlier version): no partial total passes for the whole."""
+    parts, result = matrix
+    old = [(shard, ShardResult(part.records, None, {k: v for k, v in part.values.items() if k != "timing"}))
+           if i == 0 else (shard, part) for i, (shard, part) in enumerate(parts)]
+    resumed = collect_adaptive([ORIGINAL, "random-weight"], [], [], old, result.budgets)
+    assert resumed.timing == {} and resumed.distinct_seconds() is None
+    assert all(r["own_seconds"] is None for r in resumed.matrix())
+    assert [r["k"] for r in resumed.matrix()] == [r["k"] for r in result.matrix()]
