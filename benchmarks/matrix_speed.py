@@ -38,6 +38,7 @@ from torch import nn
 from fakegradient.attacks import hopskipjump, square
 from fakegradient.attacks._adapters import QueryCounter
 from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.roofline import Passes, PassTimes
 from fakegradient.evaluation.stages import reuse
 from fakegradient.evaluation.stages.adaptive import target
 from fakegradient.evaluation.stages.attackers import ATTACKERS, Context
@@ -78,70 +79,6 @@ def use_variant(variant: str) -> None:
     square.QueryCounter = hopskipjump.QueryCounter = counter
 
 
-class Passes:
-    """Counts, on each watched pipeline, forward calls ``fwd`` (no graph) / ``fwd_grad`` and backward passes
-    ``bwd`` that reach the pipeline's input: Counter of (pipeline, kind, rows, input shape)."""
-
-    def __init__(self, pipelines: dict[str, nn.Module]):
-        self.counts: Counter = Counter()
-        self.handles = [p.register_forward_hook(self._hook(name)) for name, p in pipelines.items()]
-
-    def _hook(self, name: str):
-        def hook(_module, inputs, output):
-            x = inputs[0]
-            key = (name, tuple(x.shape))
-            if torch.is_grad_enabled() and output.requires_grad:
-                self.counts[(*key, "fwd_grad")] += 1
-                if x.requires_grad:
-                    x.register_hook(lambda g: self._backward(key))
-            else:
-                self.counts[(*key, "fwd")] += 1
-        return hook
-
-    def _backward(self, key) -> None:
-        self.counts[(*key, "bwd")] += 1
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-class Roofline:
-    """Seconds of one pass of each (pipeline, input shape, kind), timed alone; cached per round."""
-
-    def __init__(self, pipelines: dict[str, nn.Module]):
-        self.pipelines, self.cache = pipelines, {}
-
-    def cost(self, name: str, shape: tuple[int, ...], kind: str) -> float:
-        key = (name, shape, kind)
-        if key not in self.cache:
-            model = self.pipelines[name]
-            x = torch.rand(shape)
-
-            def forward(layout, grad: bool, backward: bool) -> float:
-                xs = x.contiguous(memory_format=layout).requires_grad_(grad)
-                start = time.perf_counter()
-                with torch.set_grad_enabled(grad):
-                    out = model(xs)
-                    if backward:
-                        torch.autograd.grad(out.float().sum(), xs)
-                return time.perf_counter() - start
-
-            layouts = (torch.contiguous_format, torch.channels_last) if len(shape) == 4 else (torch.contiguous_format,)
-            best = lambda grad, backward: min(statistics.median(forward(lay, grad, backward) for _ in range(3))
-                                              for lay in layouts)
-            if kind == "fwd":
-                self.cache[key] = best(False, False)
-            elif kind == "fwd_grad":
-                self.cache[key] = best(True, False)
-            else:
-                self.cache[key] = max(best(True, True) - best(True, False), 0.0)
-        return self.cache[key]
-
-    def seconds(self, counts: Counter) -> float:
-        return sum(n * self.cost(name, shape, kind) for (name, shape, kind), n in counts.items())
-
-
 def committed_budgets(spec: str) -> dict[str, float] | None:
     for path in sorted(glob.glob(str(ROOT / "reports" / "*" / "results.json"))):
         adaptive = json.loads(Path(path).read_text()).get("adaptive") or {}
@@ -151,7 +88,7 @@ def committed_budgets(spec: str) -> dict[str, float] | None:
 
 
 def run_attacker(bench: Workbench, name: str, images: torch.Tensor, budgets: dict, passes: Passes,
-                 roofline: Roofline) -> dict:
+                 roofline: PassTimes) -> dict:
     """``name`` on every scheme, as the adaptive stage; its wall time, passes, roofline and decisions."""
     bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}  # keep only the traced head names
     with torch.no_grad():
@@ -169,7 +106,8 @@ def run_attacker(bench: Workbench, name: str, images: torch.Tensor, budgets: dic
         queries[method] = None if attempt.queries is None else attempt.queries.tolist()
     wall = time.perf_counter() - begin
     counts = Counter(passes.counts)
-    roof = roofline.seconds(counts)
+    with passes.paused():
+        roof = roofline.seconds(counts)
     return {"wall": wall, "roof": roof, "counts": counts, "decisions": decisions, "queries": queries}
 
 
@@ -221,7 +159,7 @@ def main() -> None:
             source = "DeepFool on these images"
         budgets["blackbox_queries"] = float(args.queries)
         pipelines = {m: served for m, (served, _) in bench.served.items()}
-        passes = Passes(pipelines)
+        passes = Passes(pipelines).__enter__()
         variants, threads = args.variants.split(","), [int(t) for t in args.threads.split(",")]
         print(f"{args.model} on {len(images)} of --data {args.data}; schemes {args.methods}; budgets ({source}) "
               f"white-box L2 {budgets['whitebox_l2']:.3f}, black-box L2 {budgets['blackbox_l2']:.2f}, "
@@ -230,7 +168,8 @@ def main() -> None:
         for r in range(args.rounds):
             for t in threads if r % 2 == 0 else threads[::-1]:
                 torch.set_num_threads(t)
-                roofline = Roofline(pipelines)  # timed afresh each round, under that round's load
+                # timed afresh each round, under that round's load, in the faster of two memory layouts
+                roofline = PassTimes(pipelines, layouts=(torch.contiguous_format, torch.channels_last))
                 for name in names:
                     for variant in variants if r % 2 == 0 else variants[::-1]:
                         use_variant(variant)
@@ -238,7 +177,7 @@ def main() -> None:
                         results.setdefault((t, name, variant), []).append(res)
                         print(f"  round {r + 1} threads {t} {name:<24} {variant:<6} wall {res['wall']:7.1f} s  "
                               f"roofline {res['roof']:7.1f} s", flush=True)
-        passes.close()
+        passes.__exit__()
         use_variant("after")
 
     print(f"\npasses: calls/rows of forward without graph, forward with graph, backward to the input "

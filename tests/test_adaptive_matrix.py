@@ -105,7 +105,22 @@ def test_the_matrix_csv_and_figures_are_written(matrix_run, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == sum(1 for r in evaluation.adaptive.matrix())
     assert {"k", "n", "rate_pct", "ci95_low_pct", "ci95_high_pct", "budget_l2", "median_queries", "baseline_k",
-            "too_weak", "seconds", "under_powered", "deepfool_within_k", "p_vs_original"} <= set(rows[0])
+            "too_weak", "seconds", "under_powered", "deepfool_within_k", "p_vs_original", "own_seconds", "reused",
+            "fwd_calls", "fwd_rows", "fwd_grad_calls", "fwd_grad_rows", "bwd_calls", "bwd_rows", "roofline_seconds",
+            "roofline_fraction"} <= set(rows[0])
+    for row in rows:  # round 2's rows: a fraction where the row ran passes; none where it reused all it needed
+        if row["attacker"] in ("naive", "transfer"):
+            assert row["own_seconds"] == "" and row["roofline_fraction"] == ""
+        elif int(row["fwd_calls"]) + int(row["fwd_grad_calls"]):  # the bound where timing noise is small
+            assert 0 < float(row["roofline_fraction"]) <= (1.5 if float(row["own_seconds"]) > 0.05 else 1e9), row
+        else:
+            assert row["roofline_fraction"] == "" and row["reused"], row
+    by_cell = {(r["method"], r["attacker"]): r for r in rows}
+    assert by_cell["fake-gradient", "feature-space"]["reused"] == "original/feature-space"
+    # on digits Random Weight's fakes come second: Square reads them, the scheme is attacked for real
+    assert by_cell["random-weight", "square"]["reused"] == "" and int(by_cell["random-weight", "square"]["fwd_rows"])
+    own = [float(r["own_seconds"]) for r in rows if r["own_seconds"]]
+    assert evaluation.adaptive.distinct_seconds() == pytest.approx(sum(own))
     with open(tmp_path / "attackers_per_image.csv") as handle:
         per_image = list(csv.DictReader(handle))
     outcome = {(r["method"], r["attacker"], r["image"]): r["defense_success"] == "True" for r in per_image}
@@ -123,6 +138,8 @@ def test_the_matrix_csv_and_figures_are_written(matrix_run, tmp_path):
     assert attackers == set(ATTACKERS)
     report = (tmp_path / "report.md").read_text()
     assert "## Adaptive attackers: digits" in report and "privacy" in report and ", p = " in report
+    assert "of roofline" in report and "(reuses original/feature-space)" in report
+    assert "Distinct computation, all rows:" in report and "| naive |" not in report.split("Time per attacker")[1]
     for name in ("fig_matrix_digits.png", "fig_budgets_digits.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -12,7 +12,8 @@ from torch import nn
 from fakegradient.data import Sample
 from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.pipeline import Normalized
-from fakegradient.evaluation.stages import reuse
+from fakegradient.evaluation.plan import Shard
+from fakegradient.evaluation.stages import adaptive, reuse
 from fakegradient.evaluation.stages.adaptive import target
 from fakegradient.evaluation.stages.attackers import ATTACKERS, Context, _head_name
 from fakegradient.evaluation.workbench import Workbench, served_pipelines
@@ -174,3 +175,22 @@ def test_fakes_reaching_the_second_score_are_not_reused(bench):
     with reuse.SameScores(bench.original, _head_name(bench, bench.original), schemes) as watch, torch.no_grad():
         bench.original(bench.images)
     assert watch.verdict() == set()
+
+
+@pytest.mark.parametrize("original_first", [True, False])
+def test_a_reused_row_is_timed_once(bench, monkeypatch, original_first):
+    """The adaptive stage's timing: the row that ran the original's Square owns its time and passes (one
+    forward row per query at least); the other row says it reused it and runs no pass."""
+    monkeypatch.setattr(adaptive, "ATTACKERS", {"square": ATTACKERS["square"]})
+    bench.memo = {}
+    budgets = tuple(sorted((BUDGETS | {"blackbox_queries": 100.0}).items()))
+    order = [ORIGINAL, "random-weight"] if original_first else ["random-weight", ORIGINAL]
+    parts = {m: adaptive.run(bench, Shard("digits", m, 0, N, "adaptive", budgets), bench.images, bench.samples)
+             for m in order}
+    first, second = (parts[m].values["timing"]["square"] for m in order)
+    assert first["reused"] == [] and second["reused"] == [f"{order[0]}/square"]
+    queries = sum(r["queries"] for r in parts[ORIGINAL].records)
+    assert first["passes"]["fwd"][1] >= queries > 0
+    assert second["passes"] == {"fwd": [0, 0], "fwd_grad": [0, 0], "bwd": [0, 0]} and second["roofline_s"] == 0
+    assert second["own_s"] < first["own_s"]
+    assert [r["queries"] for r in parts[ORIGINAL].records] == [r["queries"] for r in parts["random-weight"].records]

@@ -98,6 +98,8 @@ def _write_all(result: EvaluationResult, out: Path, title: str) -> list[Path]:
         "adaptive": {e.name: {"matrix": e.adaptive.matrix(), "key_recovery": e.adaptive.key_recovery,
                               "privacy": e.adaptive.privacy(), "device_cost": e.adaptive.device_cost,
                               "budgets": e.adaptive.budgets, "curves": e.adaptive.curves,
+                              "distinct_seconds": e.adaptive.distinct_seconds(),
+                              "roofline_timing_seconds": e.adaptive.timing_overhead(),
                               "threat_models": {a: {"holds": t.holds, "threat": t.threat, "budget": t.budget,
                                                     "key_recovery": t.key_recovery}
                                                 for a, t in ATTACKERS.items()},
@@ -312,6 +314,7 @@ def _matrix_section(e: ModelEvaluation) -> list[str]:
                             if c and c["median_queries"] is not None) or "—"
         lines.append(f"| {a} | {spec.holds} | {spec.threat} | {_budget_text(a, budgets)} | "
                      f"{'/'.join(map(str, n))} | {queries} |")
+    lines += _timing_table(adaptive, rows, methods, attackers)
     for a in attackers:  # attacks run at several budgets: their curve as k/n
         curves = adaptive.curves.get(a, {})
         if not any(rows.get((m, a)) and len(curves.get(m, [])) > 1 and a in adaptive.multi_budget for m in methods):
@@ -357,6 +360,42 @@ def _matrix_section(e: ModelEvaluation) -> list[str]:
                   "budgets, a point with its Wilson interval at the one budget of any other; minimum-norm attacks "
                   "without a budget appear in the matrix only). Files: `attackers.csv` (one row per scheme × "
                   "attacker), `attackers_per_image.csv`.", ""]
+    return lines
+
+
+def _timing_cell(row: dict | None) -> str:
+    if row is None or row.get("own_seconds") is None:
+        return "—"
+    fraction = row.get("roofline_fraction")
+    text = f"{row['own_seconds']:.1f} s" + ("" if fraction is None else f", {fraction:.2f} of roofline")
+    return text + (f" (reuses {row['reused']})" if row.get("reused") else "")
+
+
+def _timing_table(adaptive: AdaptiveResult, rows: dict, methods: list[str], attackers: list[str]) -> list[str]:
+    """Each row's own time and fraction of roofline per scheme; none for a run stored before they were
+    measured (its matrix rows lack ``own_seconds``)."""
+    distinct = adaptive.distinct_seconds()
+    if distinct is None:
+        return []
+    charged = sum(r["seconds"] or 0.0 for r in rows.values())
+    lines = ["", "Time per attacker: each cell is the row's own wall time (a computation shared by several rows — "
+             "memoised, e.g. the feature-space attack replayed on every scheme, PGD's original row reused by "
+             "EOT-PGD, a black-box run reused where the scores are provably the original's — is counted once, at "
+             "the row that ran it; *reuses* names that row) and its **fraction of roofline**: the forward and "
+             "backward passes the row ran, each kind timed alone on the same model (median of 3, once per "
+             "worker), over its wall time (1: nothing but passes; learned-rows' time includes fitting its row "
+             "classifier). Passes and seconds per row: `attackers.csv`.",
+             "", "| Attacker | " + " | ".join(METHOD_NAMES[m] for m in methods) + " | own seconds, all schemes |",
+             "|---|" + "---|" * (len(methods) + 1)]
+    for a in attackers:
+        cells = [rows.get((m, a)) for m in methods]
+        if all(c is None or c.get("own_seconds") is None for c in cells):
+            continue  # round 1 (naive, transfer): not timed per row
+        total = sum(c["own_seconds"] or 0.0 for c in cells if c and c.get("own_seconds") is not None)
+        lines.append(f"| {a} | " + " | ".join(_timing_cell(c) for c in cells) + f" | {total:.1f} |")
+    lines += ["", f"Distinct computation, all rows: {distinct:.1f} s ({distinct / 60:.1f} min); the `seconds` "
+              f"column of `attackers.csv`, which charges a shared computation to every row using it, sums to "
+              f"{charged:.1f} s. Timing the passes for the rooflines took {adaptive.timing_overhead():.1f} s more."]
     return lines
 
 

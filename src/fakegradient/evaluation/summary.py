@@ -18,6 +18,7 @@ from .intervals import Rate
 from .paired import paired_test
 from .plan import Shard, ShardResult
 from .records import AttackerRecord, ImageRecord
+from .roofline import KINDS, fraction
 from .stages.attackers import ATTACKERS, CURVE_FACTORS
 
 
@@ -27,6 +28,9 @@ class AdaptiveResult:
     budgets: dict[str, float] = field(default_factory=dict)  # base_l2, whitebox_l2, blackbox_l2, ...
     key_recovery: dict[str, dict[str, dict]] = field(default_factory=dict)  # method → attacker → recovery
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # method → attacker → seconds
+    # method → attacker → own_s, roofline_s, passes (kind → [calls, rows]), reused (rows), summed over shards;
+    # empty for a run stored before it was measured
+    timing: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # attacker → method → [(eps, defense success %)]
     curves: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
     device_cost: dict[str, dict[str, Any]] = field(default_factory=dict)  # method → bytes kept, decrypt s
@@ -66,8 +70,33 @@ class AdaptiveResult:
                 "defended_only_here": paired.only_a if paired else None,
                 "defended_only_original": paired.only_b if paired else None,
                 "seconds": self.seconds.get(method, {}).get(attacker),
-            })
+            } | self.timing_columns(method, attacker))
         return rows
+
+    def timing_columns(self, method: str, attacker: str) -> dict[str, Any]:
+        """The timing table's columns of one row: ``own_seconds`` (its own wall time: a memoised computation
+        counted once, at the row that ran it), ``reused`` (the rows whose computations it used, "; "-joined),
+        the passes it ran (``<kind>_calls``/``<kind>_rows``), ``roofline_seconds`` (those passes timed alone)
+        and ``roofline_fraction`` = roofline / own seconds (None where it ran no pass). All None where the run
+        predates the measurement."""
+        t = self.timing.get(method, {}).get(attacker)
+        passes = (t or {}).get("passes", {})
+        out: dict[str, Any] = {"own_seconds": t["own_s"] if t else None,
+                               "reused": "; ".join(t["reused"]) if t else None}
+        for kind in KINDS:
+            calls, rows = passes.get(kind, [None, None]) if t else (None, None)
+            out |= {f"{kind}_calls": calls, f"{kind}_rows": rows}
+        return out | {"roofline_seconds": t["roofline_s"] if t else None,
+                      "roofline_fraction": fraction(t["roofline_s"], t["own_s"]) if t else None}
+
+    def timing_overhead(self) -> float:
+        """Seconds spent timing passes for the rooflines (outside every row's own seconds)."""
+        return sum(t.get("timing_s", 0.0) for by in self.timing.values() for t in by.values())
+
+    def distinct_seconds(self) -> float | None:
+        """Σ own seconds over every row: each memoised computation once (None before it was measured)."""
+        values = [t["own_s"] for by in self.timing.values() for t in by.values()]
+        return sum(values) if values else None
 
     def deepfool_within(self, attacker: str) -> int | None:
         """For an iterative white-box attacker: on the unprotected model, the images it ran on where DeepFool
@@ -113,11 +142,15 @@ def collect_adaptive(methods: list[str], naive: list[ImageRecord], transfer: lis
         seconds = result.seconds.setdefault(shard.method, {})
         for attacker, value in part.values["seconds"].items():
             seconds[attacker] = seconds.get(attacker, 0.0) + value
+        for attacker, value in part.values.get("timing", {}).items():  # absent in shards stored before
+            _add_timing(result.timing.setdefault(shard.method, {}), attacker, value)
         # the same in every shard that ran the attacker (one limited by --attacker-images runs in the first ones)
         result.key_recovery.setdefault(shard.method, {}).update(part.values["key_recovery"])
         for attacker, points in part.values["curves"].items():
             for eps, defended in points:
                 flags[shard.method, attacker][eps] += defended
+    if any("timing" not in part.values for _, part in adaptive):  # some shards stored before it was measured
+        result.timing = {}  # a partial sum would pass for the whole: none at all
     grid = [f * budgets["base_l2"] for f in CURVE_FACTORS]
     for (method, attacker), items in _by(result.records).items():
         if (method, attacker) in flags:  # run at each budget
@@ -130,6 +163,18 @@ def collect_adaptive(methods: list[str], naive: list[ImageRecord], transfer: lis
                       for eps in eps_grid]
         result.curves.setdefault(attacker, {})[method] = points
     return result
+
+
+def _add_timing(by_attacker: dict[str, dict[str, Any]], attacker: str, part: dict[str, Any]) -> None:
+    """Sums one shard's timing of ``attacker`` into ``by_attacker`` (reused rows: their union)."""
+    total = by_attacker.setdefault(attacker, {"own_s": 0.0, "roofline_s": 0.0, "reused": [],
+                                              "passes": {kind: [0, 0] for kind in KINDS}})
+    total["own_s"] += part["own_s"]
+    total["roofline_s"] += part["roofline_s"]
+    total["timing_s"] = total.get("timing_s", 0.0) + part.get("timing_s", 0.0)
+    total["reused"] = sorted(set(total["reused"]) | set(part["reused"]))
+    for kind, (calls, rows) in part["passes"].items():
+        total["passes"][kind] = [total["passes"][kind][0] + calls, total["passes"][kind][1] + rows]
 
 
 def _by(records: list[AttackerRecord]) -> dict[tuple[str, str], list[AttackerRecord]]:

@@ -5,6 +5,7 @@ Defense success = the device's real top-1 on the attacked image is the original 
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import torch
 from tqdm.auto import tqdm
@@ -13,8 +14,9 @@ from ...data import Sample
 from ...errors import ConfigError
 from ...methods import scheme
 from ..plan import Shard, ShardResult
+from ..roofline import Passes, PassTimes, summary
 from ..workbench import Workbench
-from .attackers import ATTACKERS, Context, Target, _head_name
+from .attackers import ATTACKERS, Attempt, Context, Target, _head_name
 from .common import attacker_records
 
 
@@ -36,37 +38,67 @@ def target(bench: Workbench, method: str) -> Target:
                   capabilities)
 
 
+def pass_times(bench: Workbench) -> PassTimes:
+    """One pass of each kind timed alone on this worker's served pipelines, once per worker (cached)."""
+    key = ("pass-times",)
+    if key not in bench.memo:
+        bench.memo[key] = PassTimes({m: served for m, (served, _) in bench.served.items()},
+                                    device=bench.config.device)
+    return bench.memo[key]
+
+
 def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Sample]) -> ShardResult:
-    """Records of every attacker that applies; values: ``seconds`` (attacker → seconds spent on these
-    images, shared computations counted for each user), ``key_recovery`` (attacker → what it recovered
-    of this scheme), ``curves`` (attacker → [(eps, defended flags (b,))]) for attacks run at several budgets."""
+    """Records of every attacker that applies; values: ``seconds`` (attacker → seconds of the computation
+    its images came from, a shared computation charged to each user), ``timing`` (attacker → ``own_s``: this
+    row's own wall time here, a memoised computation counted once, at the row that ran it; ``reused``: the
+    rows whose computations it used; ``passes``: kind → [calls, rows] it ran; ``roofline_s``: those passes
+    timed alone, see :mod:`..roofline`; ``timing_s``: the time that timing took, outside ``own_s``),
+    ``key_recovery`` (attacker → what it recovered of this scheme), ``curves`` (attacker → [(eps, defended
+    flags (b,))]) for attacks run at several budgets."""
     budgets = dict(shard.budgets)
     scheme = target(bench, shard.method)
     with torch.no_grad():
         truth = bench.original(images).argmax(1)
-    records, seconds, curves, recovered = [], {}, {}, {}
-    limits = check_limits(bench.config.images_per_attacker)
+    records, seconds, timing, curves, recovered = [], {}, {}, {}, {}
+    times = pass_times(bench)
     steps = tqdm(ATTACKERS.items(), desc=f"{shard.method} [{shard.start}, {shard.stop})", unit="attacker",
                  leave=False, disable=None)  # off where stderr is no terminal (Ray workers, tests)
-    for name, attacker in steps:
-        steps.set_postfix_str(name)
-        if attacker.run is None:
-            continue
-        limit = limits.get(name)
-        count = len(images) if limit is None else max(0, min(shard.stop, limit) - shard.start)
-        if count == 0:
-            continue
-        ctx = Context(bench, scheme, images[:count], shard.start, budgets, truth[:count])
-        begin = time.perf_counter()
-        attempt = attacker.run(ctx)
-        if attempt is None:  # does not apply to this scheme
-            continue
-        seconds[name] = attempt.seconds or time.perf_counter() - begin
-        defended = scheme.device(attempt.adversarial).argmax(1) == ctx.truth
-        records += attacker_records(shard, shard.method, name, samples[:count], defended, attempt.adversarial,
-                                    ctx.images, attempt.queries, attempt.named)
-        if attempt.curve:
-            curves[name] = [(eps, (scheme.device(x).argmax(1) == ctx.truth).tolist()) for eps, x in attempt.curve]
-        if attacker.key_recovery:
-            recovered[name] = bench.memo[("recovery", name, shard.method)].summary()
-    return ShardResult(records, values={"seconds": seconds, "key_recovery": recovered, "curves": curves})
+    with Passes(times.pipelines) as passes:
+        for name, attacker in steps:
+            steps.set_postfix_str(name)
+            if attacker.run is None:
+                continue
+            passes.counts.clear()
+            ctx, attempt, own = _attack(bench, shard, scheme, name, images, budgets, truth)
+            if attempt is None:
+                continue
+            counts = Counter(passes.counts)  # before judging: the device's forward passes are not the attack's
+            with passes.paused():
+                begin = time.perf_counter()
+                roofline = times.seconds(counts)
+                timing[name] = {"own_s": own, "reused": sorted(ctx.reused), "passes": summary(counts),
+                                "roofline_s": roofline, "timing_s": time.perf_counter() - begin}
+            seconds[name] = attempt.seconds or own
+            defended = scheme.device(attempt.adversarial).argmax(1) == ctx.truth
+            records += attacker_records(shard, shard.method, name, samples[:len(ctx.images)], defended,
+                                        attempt.adversarial, ctx.images, attempt.queries, attempt.named)
+            if attempt.curve:
+                curves[name] = [(eps, (scheme.device(x).argmax(1) == ctx.truth).tolist()) for eps, x in attempt.curve]
+            if attacker.key_recovery:
+                recovered[name] = bench.memo[("recovery", name, shard.method)].summary()
+    return ShardResult(records, values={"seconds": seconds, "timing": timing, "key_recovery": recovered,
+                                        "curves": curves})
+
+
+def _attack(bench: Workbench, shard: Shard, scheme: Target, name: str, images: torch.Tensor, budgets: dict,
+            truth: torch.Tensor) -> tuple[Context | None, Attempt | None, float]:
+    """Attacker ``name`` on its images of this shard (``--attacker-images``): (its context, its attempt or
+    None where it does not apply or has no image here, its wall seconds)."""
+    limit = check_limits(bench.config.images_per_attacker).get(name)
+    count = len(images) if limit is None else max(0, min(shard.stop, limit) - shard.start)
+    if count == 0:
+        return None, None, 0.0
+    ctx = Context(bench, scheme, images[:count], shard.start, budgets, truth[:count], row=f"{shard.method}/{name}")
+    begin = time.perf_counter()
+    attempt = ATTACKERS[name].run(ctx)
+    return ctx, attempt, time.perf_counter() - begin

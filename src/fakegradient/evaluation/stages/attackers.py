@@ -107,6 +107,8 @@ class Context:
     start: int
     budgets: dict[str, float]
     truth: torch.Tensor
+    row: str = ""  # the matrix row computing now ("scheme/attacker"): owner of what it memoises
+    reused: set[str] = field(default_factory=set)  # rows whose memoised computations this one used
 
     def generator(self, attacker: str) -> np.random.Generator:
         """Seeded by (run seed, attacker, first image): the same draws on every scheme (paired rows)."""
@@ -114,13 +116,24 @@ class Context:
 
     def cached(self, key: tuple, compute: Callable[[], Attempt]) -> Attempt:
         """``compute()`` once per (key, images) in this worker: the same attack on the same model."""
-        memo_key = ("attempt", *key, self.start, len(self.images), tuple(sorted(self.budgets.items())))
-        if memo_key not in self.bench.memo:
+        def timed() -> Attempt:
             begin = time.perf_counter()
             attempt = compute()
             attempt.seconds = time.perf_counter() - begin
-            self.bench.memo[memo_key] = attempt
-        return self.bench.memo[memo_key]
+            return attempt
+        return self.remember(("attempt", *key, self.start, len(self.images), tuple(sorted(self.budgets.items()))),
+                             timed)
+
+    def remember(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``bench.memo[key]``, computed by ``compute()`` if absent and then owned by this row; a value another
+        row computed adds that row to :attr:`reused` (the timing table counts its time once, at its owner)."""
+        memo = self.bench.memo
+        if key not in memo:
+            memo[key] = compute()
+            memo["owner", key] = self.row
+        elif memo.get(("owner", key), self.row) != self.row:
+            self.reused.add(memo["owner", key])
+        return memo[key]
 
 
 @dataclass(frozen=True)
@@ -201,10 +214,9 @@ def _features(bench: Workbench, x: torch.Tensor) -> torch.Tensor:
 
 def _recover(attacker: str, ctx: Context) -> Recovery:
     """Each key-recovery attacker once per scheme and worker."""
-    key = ("recovery", attacker, ctx.target.method)
-    if key not in ctx.bench.memo:
-        ctx.bench.memo[key] = RECOVERERS[attacker](ctx.bench, ctx.target)
-    return ctx.bench.memo[key]
+    if attacker.startswith("query-only-"):  # the discovery from noise: shared by the query-only attackers
+        ctx.remember(("discovery", ctx.target.method), lambda: _query_only(ctx.bench, ctx.target))
+    return ctx.remember(("recovery", attacker, ctx.target.method), lambda: RECOVERERS[attacker](ctx.bench, ctx.target))
 
 
 def _file_only(bench: Workbench, target: Target) -> Recovery:
@@ -475,9 +487,11 @@ def _black_box(ctx: Context, name: str, attack: Callable, top1_only: bool = Fals
             attempt = compute(original.target)
         bench.memo[key] = watch.verdict()
         return attempt
+    looked = set(ctx.reused)
     first = original.cached((name, ORIGINAL), lambda: _black_box(original, name, attack, top1_only))
     if ctx.target.method in bench.memo.get(key, ()):
         return Attempt(first.adversarial.clone(), queries=first.queries.clone())
+    ctx.reused.intersection_update(looked)  # the original's run only looked at: this scheme attacked for real
     return compute(ctx.target)
 
 
