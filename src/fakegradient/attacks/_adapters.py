@@ -110,9 +110,14 @@ class QueryCounter(nn.Module):
     def model(self) -> Judge:
         return self._wrapped[0]
 
+    @staticmethod
+    def digest(row: torch.Tensor) -> bytes:
+        """The cache key of one query row (:func:`_digest`)."""
+        return _digest(row)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()  # ART's HopSkipJump sends float64
-        keys = [_digest(row) for row in x]
+        keys = [self.digest(row) for row in x]
         first = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self.cache}  # new, once each
         if first:
             with torch.no_grad():
