@@ -328,7 +328,7 @@ def throughput(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     print(f"served: {args.clients} concurrent clients x {args.requests} requests x batch {args.batch} (binary "
           f"tensors, keep-alive), {args.rounds} interleaved rounds; server --http {args.http} --device {args.device} "
           f"--threads {args.threads} --max-runs "
-          f"{args.max_runs} --max-inflight {2 * args.clients}{' --cpu-arena' if args.cpu_arena else ''}, other limits "
+          f"{args.max_runs} {' '.join(headroom(args))}{' --cpu-arena' if args.cpu_arena else ''}, other limits "
           "default")
     print(f"{'setting':<18} {'transport':<9} {'model':<12} {'images/s':>9} {'served/in-process [min-max]':>28} "
           f"{'CPU/image in-process/served':>28} {'p50 ms':>8} {'p99 ms':>8}")
@@ -362,12 +362,12 @@ def recording_cost(args: argparse.Namespace, root: Path, calls: int = 20_000, re
     """The access log's direct cost, in process: µs per request the event loop spends in ``Metrics.request``
     with metrics only and with the access log too (the line kept for the writer), and µs per line the writer
     thread spends (format, one write to /dev/null); medians of ``repeats`` interleaved runs of ``calls``."""
-    from fakegradient.serving.metrics import ACCESS_LOGGER, BufferedStderr, Metrics
+    from fakegradient.serving.metrics import ACCESS_FORMAT, ACCESS_LOGGER, BufferedStderr, Metrics
 
     logger = logging.getLogger(ACCESS_LOGGER)
     with open(os.devnull, "w") as null:
         handler = BufferedStderr(null, interval=3600, capacity=calls)  # written below, by flush()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handler.setFormatter(logging.Formatter(ACCESS_FORMAT))
         logger.addHandler(handler)  # the operator's handler: the access log adds none of its own
         try:
             meters = {"metrics": Metrics(), "metrics+log": Metrics(access_log=True)}
@@ -440,7 +440,7 @@ def overhead(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     print(f"overhead: protected model, no batching, {args.clients} concurrent clients x {args.requests} requests x "
           f"batch {args.batch} (binary tensors), {args.rounds} rounds, the servers' order rotated per round; server "
           f"--http {args.http} --device {args.device} --threads {args.threads} --max-runs {args.max_runs} "
-          f"--max-inflight {2 * args.clients}"
+          f"{' '.join(headroom(args))}"
           f"{' --cpu-arena' if args.cpu_arena else ''}; access log: {lines} lines, {log_path.stat().st_size} bytes")
     print(f"{'transport':<9} {'server':<12} {'images/s':>9} {'/ off per round [min-max]':>27} {'n':>3} "
           f"{'median cost':>11}  cost <= {OVERHEAD_GOAL:.0%}  {'server CPU/image / off':>22}")

@@ -48,6 +48,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LIMIT_OF = {"503": "busy", "413": "size", "408": "time",
             "UNAVAILABLE": "busy", "RESOURCE_EXHAUSTED": "size", "DEADLINE_EXCEEDED": "time"}
 ACCESS_LOGGER = "fakegradient.access"
+ACCESS_FORMAT = "%(asctime)s %(message)s"  # one line: time, then the request
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _REST_METHODS = [  # (path pattern, operation), first match wins
     (re.compile(r"^/v2/health/live$"), "ServerLive"), (re.compile(r"^/v2/health/ready$"), "ServerReady"),
@@ -143,7 +144,7 @@ class AccessLog:
         if on:
             if not self.log.handlers:
                 handler = BufferedStderr()
-                handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+                handler.setFormatter(logging.Formatter(ACCESS_FORMAT))
                 self.log.addHandler(handler)
             self.log.setLevel(logging.INFO)
             self.log.propagate = False
