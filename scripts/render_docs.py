@@ -50,6 +50,7 @@ ADAPTIVE = {
     "efficientnet_lite2": "adaptive_efficientnet_lite2",
 }
 BLACKBOX = ("square", "hopskipjump")
+QUERY_ONLY = ("query-only-square", "query-only-hopskipjump")  # the same attacks after a discovery from noise
 # the paper's Table 1 for MobileNet (Feng et al., MM 2021): the only model it shares with our reports
 PAPER_MOBILENET = {
     "fg_fake": 100.0,
@@ -173,6 +174,10 @@ def by_image(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, dict
 # --- the attacker matrix (reports/adaptive*) ---
 
 
+# key-recovery attackers whose cells say how much of the key they found
+RECOVERY_SHOWN = ("key-recovery-file", "learned-rows", "blind") + QUERY_ONLY
+
+
 def matrix_cell(reports: Reports, folder: str, method: str, attacker: str) -> str:
     row = reports.cell(folder, method, attacker)
     if row is None:
@@ -180,14 +185,21 @@ def matrix_cell(reports: Reports, folder: str, method: str, attacker: str) -> st
     text = rate(row["k"], row["n"])
     extras = []
     recovery = reports.adaptive(folder)["key_recovery"].get(method, {}).get(attacker)
-    if recovery and method not in ("original", "device-head") and attacker in ("key-recovery-file", "blind"):
-        extras.append(f"{recovery['recovered_pct']:.1f} % of real rows")
+    if recovery and method not in ("original", "device-head") and attacker in RECOVERY_SHOWN:
+        found = f"{recovery['recovered_pct']:.1f} % of real rows"
+        if attacker.startswith("query-only-") and recovery.get("queries") is not None:
+            found += f" from {recovery['queries']:,} noise queries"
+        extras.append(found)
         if attacker == "key-recovery-file":
             extras.append(f"{1000 * recovery['seconds']:.0f} ms")
-    if attacker in BLACKBOX and row.get("median_queries") is not None:
+    if attacker in BLACKBOX + QUERY_ONLY and row.get("median_queries") is not None:
         extras.append(f"median {queries(row['median_queries'])} queries")
+    if row.get("p_vs_original") is not None:  # reports made before the paired tests have none
+        extras.append(f"p = {row['p_vs_original']:.2g}")
     if row.get("too_weak"):
         extras.append("too weak")
+    if row.get("under_powered"):
+        extras.append("under-powered")
     return text + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -759,6 +771,14 @@ def value_keyrec_ms(reports: Reports) -> str:
     return f"{1000 * seconds:.0f} ms"
 
 
+def value_matrix_photos(reports: Reports) -> str:
+    return f"{reports.cell('adaptive', 'original', 'naive')['n']} photos"
+
+
+def value_key_size(reports: Reports) -> str:
+    return f"{reports.adaptive('adaptive')['device_cost']['fake-gradient']['device_bytes'] / 1000:.0f} kB"
+
+
 def value_noise_positions(reports: Reports) -> str:
     entry = reports.adaptive("adaptive")["key_recovery"]["fake-gradient"]["known-plaintext-outputs"]
     return f"{entry['queries']} noise images name {entry['recovered_pct']:.0f} % of the real positions"
@@ -966,6 +986,28 @@ def render_private_decision(reports: Reports) -> str:
     )
 
 
+def value_private_minutes(reports: Reports) -> str:
+    return f"{round(reports.json('private', 'run.json')['seconds'] / 60)} min"
+
+
+def value_private_blackbox(reports: Reports) -> str:
+    """The private study's black-box rows on the original and Fake Gradient, naive and query-only."""
+    run, matrix = reports.json("private", "run.json"), reports.json("private")["matrix"]
+
+    def cell(scheme: str, attack: str) -> str:
+        return rate(matrix[scheme][attack]["k"], matrix[scheme][attack]["n"])
+
+    same = all(matrix["fake-gradient"][f"qo_{a}"]["only_original"] == matrix["fake-gradient"][f"qo_{a}"][
+        "only_scheme"] == 0 for a in ("square", "hopskipjump"))  # paired: no image differs
+    after = (f"{cell('fake-gradient', 'qo_square')} and {cell('fake-gradient', 'qo_hopskipjump')}"
+             + (", image for image the unprotected model's," if same else ""))
+    return (f"Square ({run['square_queries']:,} queries per image) and HopSkipJump ({run['hsj_queries']:,}) leave "
+            f"{cell('original', 'square')} and {cell('original', 'hopskipjump')} of the unprotected model's answers "
+            f"intact (their sanity baselines), {cell('fake-gradient', 'square')} and "
+            f"{cell('fake-gradient', 'hopskipjump')} of Fake Gradient's when they attack its served top-1, and "
+            f"{after} once the query-only attacker has found the real rows from its own noise")
+
+
 def render_private_threats(reports: Reports) -> str:
     """Every scheme against the strongest attack of each threat model (reports/private/results.json)."""
     data = reports.json("private")
@@ -1008,6 +1050,10 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:mnist-direction": render_mnist_direction,
     "value:keyrec-file-ms": value_keyrec_ms,
     "value:noise-positions": value_noise_positions,
+    "value:key-size-mobilenet_v2": value_key_size,
+    "value:private-blackbox": value_private_blackbox,
+    "value:private-minutes": value_private_minutes,
+    "value:matrix-photos-mobilenet_v2": value_matrix_photos,
     "value:ratio-above-one": value_ratio_above_one,
     "value:mnist-ratio-at-most-one": value_mnist_ratio_at_most_one,
     "value:mnist-ratio-range": value_mnist_ratio_range,

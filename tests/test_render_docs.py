@@ -184,3 +184,20 @@ def test_the_private_decision_table_is_rendered_from_reports_private(tmp_path):
     )
     assert render.rate(entry["defended"]["k"], entry["defended"]["n"]) in (tmp_path / "README.md").read_text()
     assert check(tmp_path).returncode == 0
+
+
+def test_a_matrix_cell_names_its_paired_test_caveats_and_what_discovery_found(tmp_path):
+    """A scheme's cell carries its exact McNemar p against the original and the under-powered flag; a query-only
+    cell says how many real rows the noise discovery found with how many queries; reports made before the paired
+    tests (no ``p_vs_original``) render without a p."""
+    row = {"method": "fake-gradient", "attacker": "query-only-square", "k": 3, "n": 12, "median_queries": 420.0,
+           "p_vs_original": 0.0313, "too_weak": False, "under_powered": False}
+    older = {"method": "fake-gradient", "attacker": "pgd", "k": 12, "n": 12, "too_weak": False, "under_powered": True}
+    entry = {"matrix": [row, older], "key_recovery": {"fake-gradient": {
+        "query-only-square": {"recovered_pct": 100.0, "queries": 8, "seconds": 1.0}}}}
+    (tmp_path / "adaptive").mkdir()
+    (tmp_path / "adaptive" / "results.json").write_text(json.dumps({"adaptive": {"m": entry}}))
+    reports = render.Reports(tmp_path)
+    assert render.matrix_cell(reports, "adaptive", "fake-gradient", "query-only-square") == (
+        "3/12 [9–53] (100.0 % of real rows from 8 noise queries, median 420 queries, p = 0.031)")
+    assert render.matrix_cell(reports, "adaptive", "fake-gradient", "pgd") == "12/12 [76–100] (under-powered)"
