@@ -219,6 +219,8 @@ def render_matrix(reports: Reports, folder: str) -> str:
     methods = [m for m in SCHEMES if m in entry["key_recovery"] or m in entry["device_cost"]]
     rows = []
     for attacker, threat in entry["threat_models"].items():
+        if all(reports.cell(folder, m, attacker) is None for m in methods):  # run on no image (name=0)
+            continue
         label = f"{attacker}: {threat['holds']} — {threat['threat']}"
         rows.append([label] + [matrix_cell(reports, folder, m, attacker) for m in methods])
         if attacker == "feature-space":
@@ -1027,6 +1029,7 @@ def render_private_threats(reports: Reports) -> str:
 RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:decision": render_decision,
     "table:matrix-mobilenet_v2": lambda r: render_matrix(r, "adaptive"),
+    "table:matrix-mobilenet_v2-official": lambda r: render_matrix(r, "adaptive_official"),
     "table:matrix-efficientnet_lite0": lambda r: render_matrix(r, "adaptive_efficientnet_lite0"),
     "table:matrix-efficientnet_lite1": lambda r: render_matrix(r, "adaptive_efficientnet_lite1"),
     "table:matrix-efficientnet_lite2": lambda r: render_matrix(r, "adaptive_efficientnet_lite2"),
