@@ -1034,6 +1034,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:matrix-efficientnet_lite1": lambda r: render_matrix(r, "adaptive_efficientnet_lite1"),
     "table:matrix-efficientnet_lite2": lambda r: render_matrix(r, "adaptive_efficientnet_lite2"),
     "value:budgets-mobilenet_v2": lambda r: render_budgets(r, "adaptive"),
+    "value:budgets-mobilenet_v2-official": lambda r: render_budgets(r, "adaptive_official"),
     "table:fake-gradient-by-model": render_models,
     "table:blackbox-runs": render_blackbox_runs,
     "table:blackbox-losses": render_blackbox_losses,
