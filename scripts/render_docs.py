@@ -187,7 +187,7 @@ def matrix_cell(reports: Reports, folder: str, method: str, attacker: str) -> st
     recovery = reports.adaptive(folder)["key_recovery"].get(method, {}).get(attacker)
     if recovery and method not in ("original", "device-head") and attacker in RECOVERY_SHOWN:
         found = f"{recovery['recovered_pct']:.1f} % of real rows"
-        if attacker.startswith("query-only-") and recovery.get("queries") is not None:
+        if attacker in QUERY_ONLY and recovery.get("queries") is not None:
             found += f" from {recovery['queries']:,} noise queries"
         extras.append(found)
         if attacker == "key-recovery-file":

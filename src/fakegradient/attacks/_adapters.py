@@ -112,8 +112,10 @@ class QueryCounter(nn.Module):
 
     @staticmethod
     def digest(row: torch.Tensor) -> bytes:
-        """The cache key of one query row (:func:`_digest`)."""
-        return _digest(row)
+        """The cache key of one query row: the 16-byte BLAKE2b of its float32 bytes (hashed in place where it
+        is contiguous on the CPU)."""
+        array = np.ascontiguousarray(row.detach().cpu().numpy())
+        return hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).digest()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()  # ART's HopSkipJump sends float64
@@ -125,12 +127,6 @@ class QueryCounter(nn.Module):
             self.cache.update({k: row.detach() for k, row in zip(first, out)})
             self.queries += len(first)
         return torch.stack([self.cache[k] for k in keys])
-
-
-def _digest(row: torch.Tensor) -> bytes:
-    """16-byte BLAKE2b of a tensor's float32 bytes (hashed in place where it is contiguous on the CPU)."""
-    array = np.ascontiguousarray(row.detach().cpu().numpy())
-    return hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).digest()
 
 
 def art_classifier(model: nn.Module, images: torch.Tensor, loss: nn.Module | None = None) -> Any:

@@ -61,6 +61,7 @@ def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Samp
         truth = bench.original(images).argmax(1)
     records, seconds, timing, curves, recovered = [], {}, {}, {}, {}
     times = pass_times(bench)
+    limits = check_limits(bench.config.images_per_attacker)
     steps = tqdm(ATTACKERS.items(), desc=f"{shard.method} [{shard.start}, {shard.stop})", unit="attacker",
                  leave=False, disable=None)  # off where stderr is no terminal (Ray workers, tests)
     with Passes(times.pipelines) as passes:
@@ -69,7 +70,7 @@ def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Samp
             if attacker.run is None:
                 continue
             passes.counts.clear()
-            ctx, attempt, own = _attack(bench, shard, scheme, name, images, budgets, truth)
+            ctx, attempt, own = _attack(bench, shard, scheme, name, limits.get(name), images, budgets, truth)
             if attempt is None:
                 continue
             counts = Counter(passes.counts)  # before judging: the device's forward passes are not the attack's
@@ -90,11 +91,11 @@ def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Samp
                                         "curves": curves})
 
 
-def _attack(bench: Workbench, shard: Shard, scheme: Target, name: str, images: torch.Tensor, budgets: dict,
-            truth: torch.Tensor) -> tuple[Context | None, Attempt | None, float]:
-    """Attacker ``name`` on its images of this shard (``--attacker-images``): (its context, its attempt or
-    None where it does not apply or has no image here, its wall seconds)."""
-    limit = check_limits(bench.config.images_per_attacker).get(name)
+def _attack(bench: Workbench, shard: Shard, scheme: Target, name: str, limit: int | None, images: torch.Tensor,
+            budgets: dict, truth: torch.Tensor) -> tuple[Context | None, Attempt | None, float]:
+    """Attacker ``name`` on its images of this shard (the first ``limit`` of the run, ``--attacker-images``;
+    None: all): (its context, its attempt or None where it does not apply or has no image here, its wall
+    seconds)."""
     count = len(images) if limit is None else max(0, min(shard.stop, limit) - shard.start)
     if count == 0:
         return None, None, 0.0
