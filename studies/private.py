@@ -3,8 +3,11 @@
 One seeded permutation of the 5000 images gives three disjoint splits: the owner's training images (2000),
 the attacker's own labelled images (2000) and the evaluation images (the remaining 1000, or the first
 ``--eval-images``). The owner trains a small CNN (private: the attacker never sees its weights or its head);
-the attacker trains its own surrogate (another architecture, another seed) on its own split. Every scheme
-protects the owner's model (keys from ``--seed``); per evaluation image and scheme (defended: the decrypted top-1
+the attacker trains its own surrogate (another architecture, another seed) on its own split. With ``--owner-start
+head`` or ``block`` the owner instead fine-tunes a public model (the same CNN trained on scikit-learn's digits, which
+the attacker holds too): a new head, or the last block and a new head, trained on the owner's split; the attacker
+fine-tunes the same public model the same way on its own split for its surrogate and its row-classifier models. Every
+scheme protects the owner's model (keys from ``--seed``); per evaluation image and scheme (defended: the decrypted top-1
 of the attacked image is still the clean one; every attack's row on ``original`` is its sanity baseline):
 
 - functionality: the decrypted top-1 equals the unprotected model's;
@@ -31,6 +34,7 @@ Paired exact tests (McNemar) of each scheme against the original on the same ima
 device's cost; a decision table per threat model (:mod:`studies.private_report`).
 
     python -m studies.private --seed 0 --out reports/private
+    python -m studies.private --seed 0 --owner-start head --out reports/private_head
     python -m studies.private --from-stored --out reports/private
 """
 
