@@ -100,6 +100,24 @@ def test_fine_tuning_trains_the_named_layers_only_and_leaves_the_public_model_al
     assert not torch.equal(again[9].weight, tuned[9].weight)  # the head is new per seed
 
 
+def test_the_record_says_where_a_fine_tuned_owners_models_come_from(one_torch_thread):
+    from types import SimpleNamespace
+
+    from studies.private_report import models_text
+
+    x, y = private.public_digits()
+    public = private.train(private.owner_net(), x[:128], y[:128], private.Recipe(epochs=1), 5)
+    args = SimpleNamespace(owner_start="block", public_epochs=1, row_models=2)
+    record = private._provenance(args, public, x[128:256], y[128:256])
+    assert record["owner"].startswith("the public model with a new head") and "layer 7 and layer 9" in record["owner"]
+    assert 0 <= record["public_eval_accuracy"] <= 1 and "2 more such fine-tunings" in record["row_models"]
+    accuracies = {"owner_eval_accuracy": 0.9, "surrogate_eval_accuracy": 0.8, "surrogate_agreement_with_owner": 0.85}
+    assert models_text(record | accuracies).startswith("Public model: studies.private.owner_net trained from scratch")
+    scratch = private._provenance(SimpleNamespace(owner_start="scratch", row_models=1), None, x, y)
+    assert "public" not in scratch
+    assert models_text(scratch | accuracies).startswith("Owner's CNN (trained from scratch): 90.0 %")
+
+
 def test_discovery_curve_and_columns(digits_model, one_torch_thread):
     model, images, _ = digits_model
     served, key = protect(model, example_input=images[:2], seed=0)
