@@ -26,6 +26,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from fakegradient.evaluation.paired import paired_test
+
 ROOT = Path(__file__).resolve().parents[1]
 Z95 = 1.959963984540054  # as fakegradient.evaluation.intervals
 MNV2 = "mobilenet_v2:IMAGENET1K_V1"
@@ -954,10 +956,18 @@ def value_private_readout(reports: Reports, scheme: str = "device-head", labelle
             f"{rate(leak['readout_curve'][labelled], leak['n'], pct=True)} images")
 
 
-def render_private_decision(reports: Reports) -> str:
+# the private studies' folders under reports/, and how each owner made its model
+PRIVATE_OWNERS = {
+    "private": "trained from scratch",
+    "private_head": "fine-tuned public model, head only",
+    "private_block": "fine-tuned public model, last block + head",
+}
+
+
+def render_private_decision(reports: Reports, folder: str = "private") -> str:
     """Per threat model on the private model: the scheme to use, its defense against the strongest admitted attack,
-    the unprotected model's, the paired p, the device's cost and what still leaks (reports/private/results.json)."""
-    data = reports.json("private")
+    the unprotected model's, the paired p, the device's cost and what still leaks (reports/<folder>/results.json)."""
+    data = reports.json(folder)
     rows = []
     for entry in data["decision"]:
         pick, base = entry["defended"], entry["original"]
@@ -976,7 +986,7 @@ def render_private_decision(reports: Reports) -> str:
         )
     return table(
         [
-            f"Threat model (private MNIST CNN, n = {data['n']})",
+            f"Threat model (private MNIST CNN, {PRIVATE_OWNERS[folder]}, n = {data['n']})",
             "Use",
             "Defended vs its strongest attack",
             "Unprotected",
@@ -1010,9 +1020,49 @@ def value_private_blackbox(reports: Reports) -> str:
             f"{after} once the query-only attacker has found the real rows from its own noise")
 
 
-def render_private_threats(reports: Reports) -> str:
-    """Every scheme against the strongest attack of each threat model (reports/private/results.json)."""
-    data = reports.json("private")
+def render_private_owners(reports: Reports) -> str:
+    """Per threat model, the scheme to use for each way the owner made its model, its defense against the strongest
+    admitted attack beside the unprotected model's, and the paired p (reports/private*/results.json)."""
+    decisions = {folder: reports.json(folder)["decision"] for folder in PRIVATE_OWNERS}
+    rows = []
+    for i, entry in enumerate(decisions["private"]):
+        cells = [f"**{entry['threat']}**"]
+        for folder, decision in decisions.items():
+            pick = decision[i]
+            if pick["threat"] != entry["threat"]:
+                raise RenderError(f"reports/{folder}/results.json: threat {i} is {pick['threat']!r}, not "
+                                  f"{entry['threat']!r}")
+            use = f"`{pick['use']}`" if pick["significant"] else "none better"
+            p = f", p = {pick['defended']['p']:.2g}" if "p" in pick["defended"] else ""
+            cells.append(f"{use}: {rate(pick['defended']['k'], pick['defended']['n'])} vs "
+                         f"{rate(pick['original']['k'], pick['original']['n'])}{p}")
+        rows.append(cells)
+    header = ["Threat model"] + [f"{how} (n = {reports.json(folder)['n']})" for folder, how in PRIVATE_OWNERS.items()]
+    return table(header, rows)
+
+
+def value_private_transfer_owners(reports: Reports) -> str:
+    """The transfer attacker against each owner (original row of reports/private*/per_image.csv), each fine-tuned
+    owner paired with the from-scratch one on the same evaluation images (exact McNemar)."""
+    defended = {folder: {row["image"]: truthy(row["transfer_defended"])
+                         for row in reports.csv(folder, "per_image.csv") if row["scheme"] == "original"}
+                for folder in PRIVATE_OWNERS}
+    scratch, *tuned = PRIVATE_OWNERS
+
+    def intact(folder: str) -> str:
+        return rate(sum(defended[folder].values()), len(defended[folder]))
+
+    tests = [paired_test(defended[folder], defended[scratch]) for folder in tuned]
+    if any(test is None or test.pairs != len(defended[scratch]) for test in tests):
+        raise RenderError("reports/private*/per_image.csv: the private studies do not share their evaluation images")
+    return (f"leaves {intact(scratch)} of the from-scratch owner's answers intact, {intact(tuned[0])} of the "
+            f"head-only owner's and {intact(tuned[1])} of the last-block owner's (paired on the same images, exact "
+            f"McNemar against the from-scratch owner: p = {tests[0].p:.2g} and p = {tests[1].p:.2g})")
+
+
+def render_private_threats(reports: Reports, folder: str = "private") -> str:
+    """Every scheme against the strongest attack of each threat model (reports/<folder>/results.json)."""
+    data = reports.json(folder)
     names = list(data["matrix"])
     rows = []
     for name in names:
@@ -1068,6 +1118,10 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "value:mnist-defended-lost": value_mnist_defended_lost,
     "table:private-decision": render_private_decision,
     "table:private-threats": render_private_threats,
+    "table:private-threats-head": lambda r: render_private_threats(r, "private_head"),
+    "table:private-threats-block": lambda r: render_private_threats(r, "private_block"),
+    "table:private-owners": render_private_owners,
+    "value:private-transfer-owners": value_private_transfer_owners,
     "value:private-readout-device-head": value_private_readout,
 }
 

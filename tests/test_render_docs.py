@@ -186,6 +186,31 @@ def test_the_private_decision_table_is_rendered_from_reports_private(tmp_path):
     assert check(tmp_path).returncode == 0
 
 
+def test_the_owners_table_puts_each_owners_pick_beside_the_unprotected_model_per_threat(tmp_path):
+    """One row per threat model, one column per private study (from scratch, fine-tuned head, last block + head);
+    a study whose threat models are in another order is an error, not a misaligned row."""
+    def decision(k: int, significant: bool = True) -> dict:
+        return {"threat": "query-only client", "use": "decoys", "significant": significant,
+                "defended": {"k": k, "n": 100, "p": 0.0012}, "original": {"k": 30, "n": 100}}
+
+    for folder, k in zip(render.PRIVATE_OWNERS, (90, 60, 31)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps(
+            {"n": 200, "decision": [decision(k, k != 31), {**decision(k), "threat": "transfer attacker"}]}))
+    lines = render.render_private_owners(render.Reports(tmp_path)).splitlines()
+    assert lines[0] == ("| Threat model | trained from scratch (n = 200) | fine-tuned public model, head only (n = 200) "
+                        "| fine-tuned public model, last block + head (n = 200) |")
+    assert lines[2] == (f"| **query-only client** | `decoys`: {render.rate(90, 100)} vs {render.rate(30, 100)}, "
+                        f"p = 0.0012 | `decoys`: {render.rate(60, 100)} vs {render.rate(30, 100)}, p = 0.0012 | "
+                        f"none better: {render.rate(31, 100)} vs {render.rate(30, 100)}, p = 0.0012 |")
+    block = tmp_path / "private_block" / "results.json"
+    data = json.loads(block.read_text())
+    data["decision"].reverse()
+    block.write_text(json.dumps(data))
+    with pytest.raises(render.RenderError, match="private_block.*threat 0 is 'transfer attacker'"):
+        render.render_private_owners(render.Reports(tmp_path))
+
+
 def test_a_matrix_cell_names_its_paired_test_caveats_and_what_discovery_found(tmp_path):
     """A scheme's cell carries its exact McNemar p against the original and the under-powered flag; a query-only
     cell says how many real rows the noise discovery found with how many queries; reports made before the paired

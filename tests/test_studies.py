@@ -50,6 +50,8 @@ def _matplotlib(name):  # these write PNGs too: seconds of matplotlib
     _matplotlib(("seven_mnist", "reports/seven_mnist", "report.md")),
     _matplotlib(("ablations", "reports/ablations", "ablations.md")),
     _matplotlib(("private", "reports/private", "report.md")),
+    _matplotlib(("private", "reports/private_head", "report.md")),
+    _matplotlib(("private", "reports/private_block", "report.md")),
     _matplotlib(("file_only", "reports/file_only", "report.md")),
 ])
 def test_from_stored_rebuilds_the_committed_report(name, folder, report, tmp_path, monkeypatch, capsys):
