@@ -258,7 +258,8 @@ def render_budgets(reports: Reports, folder: str) -> str:
 DECISION_ROWS = [  # (what the attacker does, report folder, attacker; None: a special row)
     ("DeepFool on the served outputs (the paper's threat)", "adaptive", "naive"),
     ("L2 PGD, 20 steps, on the served outputs", "adaptive", "pgd"),
-    ("Square: score-based black box on the served outputs", "adaptive_blackbox_mobilenet_v2", "square"),
+    ("Square: score-based black box on the served outputs", "adaptive", "square"),
+    ("Query-only: finds the real outputs from its own noise, then Square on them", "adaptive", "query-only-square"),
     ("Transfer: DeepFool on the public base model, then sent", "adaptive", "transfer"),
     ("Key recovery from the served model file alone", "adaptive", "key-recovery-file"),
     (
@@ -276,11 +277,9 @@ def render_decision(reports: Reports) -> str:
     for label, folder, attacker in DECISION_ROWS:
         if attacker.endswith("@4"):
             cells = [curve_rate(reports, folder, attacker[:-2], m, 4.0) for m in DECISION_METHODS]
-        else:
-            cells = [
-                rate(reports.cell(folder, m, attacker)["k"], reports.cell(folder, m, attacker)["n"])
-                for m in DECISION_METHODS
-            ]
+        else:  # n/a: the attacker does not apply (no served output is a class for the device head)
+            found = [reports.cell(folder, m, attacker) for m in DECISION_METHODS]
+            cells = ["n/a" if cell is None else rate(cell["k"], cell["n"]) for cell in found]
         rows.append([label] + cells)
     privacy = reports.adaptive("adaptive")["privacy"]
     rows.append(
