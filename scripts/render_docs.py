@@ -26,10 +26,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from fakegradient.evaluation import intervals
 from fakegradient.evaluation.paired import paired_test
 
 ROOT = Path(__file__).resolve().parents[1]
-Z95 = 1.959963984540054  # as fakegradient.evaluation.intervals
 MNV2 = "mobilenet_v2:IMAGENET1K_V1"
 SCHEMES = {
     "original": "Original (baseline)",
@@ -115,13 +115,9 @@ class Reports:
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
-    """The 95 % Wilson score interval of k/n, in percent (as fakegradient.evaluation.intervals)."""
-    p, z2 = k / n, Z95 * Z95
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return (0.0 if k == 0 else 100 * max(0.0, centre - half)), (
-        100.0 if k == n else 100 * min(1.0, centre + half)
-    )
+    """The 95 % Wilson score interval of k/n (:func:`fakegradient.evaluation.intervals.wilson`), in percent."""
+    low, high = intervals.wilson(k, n)
+    return 100 * low, 100 * high
 
 
 def rate(k: int, n: int, pct: bool = False) -> str:
