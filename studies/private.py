@@ -408,18 +408,22 @@ def run(args: Any) -> None:
     x, y = x_all[parts["eval"]], y_all[parts["eval"]]
     public = None
     with clock("training"):
-        if args.owner_start == "scratch":
-            owner = train(owner_net(), owner_x, owner_y, recipe, args.seed)
+        if args.owner_start == "scratch":  # the attacker's surrogate: its own architecture
+            def owner_kind(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+                return train(owner_net(), x, y, recipe, seed)
+
             surrogate = train(surrogate_net(), attacker_x, attacker_y, recipe, args.seed + 1)
-            # the file-only attacker's own models: its surrogate and the owner's architecture (named by the graph)
-            row_models = [surrogate] + [train(owner_net(), attacker_x, attacker_y, recipe, args.seed + 10 + m)
-                                        for m in range(args.row_models)]
         else:  # both start from the public model; the attacker fine-tunes it as the owner did, on its own split
             public = train(owner_net(), *public_digits(), Recipe(epochs=args.public_epochs), args.seed + 5)
-            owner = fine_tune(public, owner_x, owner_y, recipe, args.seed, args.owner_start)
-            surrogate = fine_tune(public, attacker_x, attacker_y, recipe, args.seed + 1, args.owner_start)
-            row_models = [surrogate] + [fine_tune(public, attacker_x, attacker_y, recipe, args.seed + 10 + m,
-                                                  args.owner_start) for m in range(args.row_models)]
+
+            def owner_kind(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+                return fine_tune(public, x, y, recipe, seed, args.owner_start)
+
+            surrogate = owner_kind(attacker_x, attacker_y, args.seed + 1)
+        owner = owner_kind(owner_x, owner_y, args.seed)
+        # the file-only attacker's own models: its surrogate and models made as the owner's (the graph names them)
+        row_models = [surrogate] + [owner_kind(attacker_x, attacker_y, args.seed + 10 + m)
+                                    for m in range(args.row_models)]
     with torch.no_grad():
         clean = owner(x).argmax(1).numpy()
     with clock("transfer"):

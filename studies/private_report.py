@@ -168,13 +168,14 @@ def cell_text(cell: dict | None, original: bool) -> str:
 
 def models_text(record: dict) -> str:
     """Where the owner's model and the attacker's surrogate come from, and how good they are (one paragraph)."""
-    owner = (f"{100 * record['owner_eval_accuracy']:.1f} % on the evaluation images; the attacker's surrogate "
-             f"{{how}}: {100 * record['surrogate_eval_accuracy']:.1f} %, agreeing with the owner on "
-             f"{100 * record['surrogate_agreement_with_owner']:.1f} %.")
     if "public" not in record:  # the owner trained from scratch
-        return "Owner's CNN (trained from scratch): " + owner.format(how="(own architecture, own split)")
-    return (f"Public model: {record['public']}; {100 * record['public_eval_accuracy']:.1f} % on the evaluation "
-            f"images. Owner's model: {record['owner']}: " + owner.format(how=f"({record['surrogate']})"))
+        owner, how = "Owner's CNN (trained from scratch)", "own architecture, own split"
+    else:
+        owner, how = (f"Public model: {record['public']}; {100 * record['public_eval_accuracy']:.1f} % on the "
+                      f"evaluation images. Owner's model: {record['owner']}"), record["surrogate"]
+    return (f"{owner}: {100 * record['owner_eval_accuracy']:.1f} % on the evaluation images; the attacker's "
+            f"surrogate ({how}): {100 * record['surrogate_eval_accuracy']:.1f} %, agreeing with the owner on "
+            f"{100 * record['surrogate_agreement_with_owner']:.1f} %.")
 
 
 def report(out: Path) -> Path:
