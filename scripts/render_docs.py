@@ -1055,6 +1055,36 @@ def value_private_transfer_owners(reports: Reports) -> str:
             f"McNemar against the from-scratch owner: p = {tests[0].p:.2g} and p = {tests[1].p:.2g})")
 
 
+# (claim, (scheme, attack), (scheme, attack)): the scheme comparisons the private-model prose makes
+PRIVATE_PAIRS = (
+    ("against APGD on the served outputs", ("fake-gradient", "apgd"), ("device-head", "apgd")),
+    ("against APGD, for the holder of the served file", ("device-head", "apgd"), ("mixing", "apgd")),
+    ("against the query-only attacker with Square", ("device-head", "square"), ("decoys", "qo_square")),
+    ("with HopSkipJump", ("device-head", "hopskipjump"), ("decoys", "qo_hopskipjump")),
+)
+
+
+def value_private_pairs(reports: Reports, folder: str = "private") -> str:
+    """The schemes the private-model prose compares, paired on the same images (reports/<folder>/per_image.csv):
+    defended k/n each, exact McNemar p, and "not significant" where p ≥ 0.05."""
+    rows = reports.csv(folder, "per_image.csv")
+
+    def defended(scheme: str, attack: str) -> dict[str, bool]:
+        return {row["image"]: truthy(row[f"{attack}_defended"]) for row in rows
+                if row["scheme"] == scheme and row[f"{attack}_defended"] != ""}
+
+    parts = []
+    for claim, (a, attack_a), (b, attack_b) in PRIVATE_PAIRS:
+        first, second = defended(a, attack_a), defended(b, attack_b)
+        test = paired_test(first, second)
+        if test is None:
+            raise RenderError(f"reports/{folder}/per_image.csv: {a} and {b} share no image {claim}")
+        verdict = "" if test.p < 0.05 else f", not significant at n = {test.pairs}"
+        parts.append(f"{claim} `{a}` {rate(sum(first.values()), len(first))} vs `{b}` "
+                     f"{rate(sum(second.values()), len(second))}, p = {test.p:.2g}{verdict}")
+    return "paired on the same images (exact McNemar): " + "; ".join(parts)
+
+
 def render_private_threats(reports: Reports, folder: str = "private") -> str:
     """Every scheme against the strongest attack of each threat model (reports/<folder>/results.json)."""
     data = reports.json(folder)
@@ -1117,6 +1147,9 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:private-threats-block": lambda r: render_private_threats(r, "private_block"),
     "table:private-owners": render_private_owners,
     "value:private-transfer-owners": value_private_transfer_owners,
+    "value:private-pairs": value_private_pairs,
+    "value:private-pairs-head": lambda r: value_private_pairs(r, "private_head"),
+    "value:private-pairs-block": lambda r: value_private_pairs(r, "private_block"),
     "value:private-readout-device-head": value_private_readout,
 }
 

@@ -3,6 +3,7 @@ that disagrees with its report fails the check (planted mismatches in a document
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import re
@@ -212,6 +213,30 @@ def test_the_owners_table_puts_each_owners_pick_beside_the_unprotected_model_per
     block.write_text(json.dumps(data))
     with pytest.raises(render.RenderError, match="private_block.*threat 0 is 'transfer attacker'"):
         render.render_private_owners(render.Reports(tmp_path))
+
+
+def test_the_private_scheme_comparisons_are_paired_and_say_when_not_significant(tmp_path):
+    """Each comparison pairs the two schemes' per-image outcomes (blank cells: not run, left out) and gives the
+    exact McNemar p; p ≥ 0.05 says "not significant at n = …"."""
+    attacks = sorted({a for _, (_, a), (_, b) in render.PRIVATE_PAIRS for a in (a, b)})
+    rows = []
+    for image in range(12):
+        for scheme in ("fake-gradient", "device-head", "mixing", "decoys"):
+            row = {"image": image, "scheme": scheme, **{f"{a}_defended": "" if image >= 10 else "False" for a in attacks}}
+            if scheme == "fake-gradient" or (scheme == "device-head" and image < 2):
+                row["apgd_defended"] = "True" if image < 10 else ""
+            rows.append(row)
+    (tmp_path / "private").mkdir()
+    with open(tmp_path / "private" / "per_image.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    text = render.value_private_pairs(render.Reports(tmp_path))
+    # Fake Gradient 10/10 vs the device head 2/10: 8 discordant pairs one way, p = 2 / 2**8
+    assert (f"against APGD on the served outputs `fake-gradient` {render.rate(10, 10)} vs `device-head` "
+            f"{render.rate(2, 10)}, p = 0.0078;") in text
+    assert (f"`device-head` {render.rate(2, 10)} vs `mixing` {render.rate(0, 10)}, p = 0.5, not significant at "
+            "n = 10;") in text
 
 
 def test_a_matrix_cell_names_its_paired_test_caveats_and_what_discovery_found(tmp_path):
