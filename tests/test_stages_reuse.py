@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from fakegradient.attacks.hopskipjump import HopSkipJump
+from fakegradient.attacks.square import SquareAttack
 from fakegradient.data import Sample
 from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.plan import Shard
-from fakegradient.evaluation.stages import adaptive, reuse
+from fakegradient.evaluation.stages import adaptive, attackers, reuse
 from fakegradient.evaluation.stages.adaptive import target
 from fakegradient.evaluation.stages.attackers import ATTACKERS, Context, _head_name
 from fakegradient.evaluation.workbench import Workbench, served_pipelines
@@ -96,7 +98,9 @@ def test_reused_rows_equal_attacking_each_scheme(bench, name, original_first):
     real = run_matrix_row(bench, name, enabled=False)
     fast = run_matrix_row(bench, name, enabled=True, order=order)
     verdict = next(v for k, v in bench.memo.items() if k[0] == "same-scores" and k[1] == name)
-    assert verdict == {"random-weight", "fake-gradient-hardened"}  # the paper's fakes win: attacked for real
+    exact = {"random-weight", "fake-gradient-hardened"}  # the paper's fakes win: attacked for real
+    assert verdict - {reuse.real_outputs(m) for m in SCHEMES} == exact
+    assert {reuse.real_outputs(m) for m in exact} <= verdict  # their real outputs alone: the original's too
     for method in SCHEMES:
         adversarial, queries, defended = fast[method]
         assert queries == real[method][1], method
@@ -119,7 +123,7 @@ def test_digits_fakes_that_come_second_are_not_reused_for_square_but_are_for_hop
     assert (fakes_max > top2[:, 1]).any() and (fakes_max < top2[:, 0]).all()  # the premise
     verdicts = []
     for top1_only in (False, True):
-        schemes = {"random-weight": (pipeline, _head_name(bench, pipeline), secret.class_positions())}
+        schemes = {"random-weight": (pipeline, _head_name(bench, pipeline), secret.class_positions(), None)}
         with reuse.SameScores(original, head, schemes, top1_only) as watch, torch.no_grad():
             original(x[:N])
         verdicts.append(watch.verdict())
@@ -154,8 +158,8 @@ def test_scores_that_differ_anywhere_are_not_reused(bench, where):
     method = "random-weight"
     served = scheme_tampered(bench, method, where)
     head = _head_name(bench, bench.served[method][0])
-    schemes = {method: (bench.served[method][0], head, bench.served[method][1].class_positions()),
-               "tampered": (served, head, bench.served[method][1].class_positions())}
+    schemes = {method: (bench.served[method][0], head, bench.served[method][1].class_positions(), None),
+               "tampered": (served, head, bench.served[method][1].class_positions(), None)}
     with reuse.SameScores(bench.original, _head_name(bench, bench.original), schemes) as watch, torch.no_grad():
         bench.original(bench.images)
         bench.original(torch.rand(3, *bench.images.shape[1:]))
@@ -171,7 +175,7 @@ def test_fakes_reaching_the_second_score_are_not_reused(bench):
     fakes = sorted(set(range(2 * len(rows))) - set(rows.tolist()))
     with torch.no_grad():
         served.get_submodule(head).bias[fakes[0]] += 1e3  # this fake now wins everywhere
-    schemes = {"tampered": (served, head, rows)}
+    schemes = {"tampered": (served, head, rows, None)}
     with reuse.SameScores(bench.original, _head_name(bench, bench.original), schemes) as watch, torch.no_grad():
         bench.original(bench.images)
     assert watch.verdict() == set()
@@ -194,3 +198,60 @@ def test_a_reused_row_is_timed_once(bench, monkeypatch, original_first):
     assert second["passes"] == {"fwd": [0, 0], "fwd_grad": [0, 0], "bwd": [0, 0]} and second["roofline_s"] == 0
     assert second["own_s"] < first["own_s"]
     assert [r["queries"] for r in parts[ORIGINAL].records] == [r["queries"] for r in parts["random-weight"].records]
+
+
+@pytest.mark.parametrize("name", ["query-only-square", "query-only-hopskipjump"])
+def test_a_query_only_row_that_found_every_real_output_reuses_the_originals_run(bench, name, monkeypatch):
+    """An attacker that found exactly the real positions of Random Weight and the hardened scheme
+    (ExactReals: their real outputs are the original's bit for bit) attacks a permutation of the original's
+    logits: their rows are the original's run, query for query, and equal attacking for real. The paper's
+    scheme (real outputs of a 20-row product) is reused only if they were the original's on every query."""
+    found = attackers._query_only
+
+    def discovery(bench, scheme):  # on these digits, noise finds 80-90 % of their real rows: give them all
+        if scheme.method == "fake-gradient":
+            return found(bench, scheme)
+        return attackers.Recovery("the real positions", 0.0, 0, 1.0, 1.0, scheme.real_rows())
+    monkeypatch.setattr(attackers, "_query_only", discovery)
+    monkeypatch.setitem(attackers.RECOVERERS, name, discovery)
+    calls = []
+    cls = SquareAttack if name == "query-only-square" else HopSkipJump
+    real_call = cls.__call__
+    monkeypatch.setattr(cls, "__call__", lambda self, model, *a, **k: calls.append(model) or real_call(
+        self, model, *a, **k))
+    real = run_matrix_row(bench, name, enabled=False)
+    assert len(calls) == len(SCHEMES)  # each scheme attacked for real
+    calls.clear()
+    fast = run_matrix_row(bench, name, enabled=True)
+    verdict = next(v for k, v in bench.memo.items() if k[0] == "same-scores")
+    reused = {m for m in SCHEMES[1:] if reuse.real_outputs(m) in verdict}
+    assert {"random-weight", "fake-gradient-hardened"} <= reused
+    assert len(calls) == len(SCHEMES) - len(reused)  # the original once, and the schemes not reused
+    for method in SCHEMES:
+        adversarial, queries, defended = fast[method]
+        assert queries == real[method][1], method
+        assert defended == real[method][2], method
+        assert torch.allclose(adversarial, real[method][0], rtol=0, atol=1e-6), method
+    for method in reused:
+        assert fast[method][1] == fast[ORIGINAL][1]
+
+
+def test_real_outputs_must_include_every_class():
+    with pytest.raises(ValueError, match="every class"):
+        reuse._read(np.array([0, 3, 5]), np.array([0, 3, 4]))
+
+
+def test_a_query_only_row_missing_a_real_output_is_attacked_for_real(bench, monkeypatch):
+    """The same rows but one real position swapped for a fake: not the original's scores, its own attack."""
+    def discovery(bench, scheme):
+        rows = np.sort(scheme.real_rows())
+        fake = min(set(range(2 * len(rows))) - set(rows.tolist()))
+        return attackers.Recovery("all but one", 0.0, 0, 0.9, None, np.sort(np.r_[rows[1:], fake]))
+    monkeypatch.setattr(attackers, "_query_only", discovery)
+    monkeypatch.setitem(attackers.RECOVERERS, "query-only-square", discovery)
+    calls = []
+    real_call = SquareAttack.__call__
+    monkeypatch.setattr(SquareAttack, "__call__", lambda self, model, *a, **k: calls.append(model) or real_call(
+        self, model, *a, **k))
+    run_matrix_row(bench, "query-only-square", enabled=True)
+    assert len(calls) == len(SCHEMES)

@@ -474,32 +474,57 @@ def _black_box(ctx: Context, name: str, attack: Callable, top1_only: bool = Fals
         result = attack(target.served, ctx.images, judge=target.device, generator=ctx.generator(name))
         return Attempt(result.adversarial, queries=result.queries)
 
-    bench, served = ctx.bench, ctx.bench.served.get(ORIGINAL, (None,))[0]
+    served = ctx.bench.served.get(ORIGINAL, (None,))[0]
     hopeless = ctx.target.secret is not None and (ctx.target.head is None or ctx.target.capabilities.fakes_win)
     if not reuse.ENABLED or served is None or hopeless:  # fakes that win: never the original's scores
         return compute(ctx.target)
-    key = ("same-scores", name, ctx.start, len(ctx.images), tuple(sorted(ctx.budgets.items())))
-    original = replace(ctx, target=Target(ORIGINAL, served, None, _head_name(bench, served)))
     if ctx.target.secret is None:
-        schemes = {m: (s, _head_name(bench, s), k.class_positions()) for m, (s, k) in bench.served.items()
-                   if k is not None and scheme(m).capabilities.head_rows and not scheme(m).capabilities.fakes_win}
-        with reuse.SameScores(served, original.target.head, schemes, top1_only) as watch:
-            attempt = compute(original.target)
-        bench.memo[key] = watch.verdict()
+        with reuse.SameScores(served, _head_name(ctx.bench, served), _candidates(ctx.bench), top1_only) as watch:
+            attempt = compute(ctx.target)
+        ctx.bench.memo[_verdict_key(ctx, name)] = watch.verdict()
         return attempt
+    reused = _originals_run(ctx, name, ctx.target.method, lambda c: c.cached(
+        (name, ORIGINAL), lambda: _black_box(c, name, attack, top1_only)))
+    return compute(ctx.target) if reused is None else reused
+
+
+def _candidates(bench: Workbench) -> dict[str, tuple[nn.Module, str, np.ndarray, np.ndarray | None]]:
+    """What :class:`.reuse.SameScores` checks while the original is attacked: each scheme whose fakes never
+    win as served, and each scheme's real outputs alone (what an attacker that found them reads)."""
+    candidates = {}
+    for method, (served, secret) in bench.served.items():
+        if secret is None or not scheme(method).capabilities.head_rows or secret.class_positions() is None:
+            continue
+        positions = np.asarray(secret.class_positions())
+        if not scheme(method).capabilities.fakes_win:
+            candidates[method] = (served, _head_name(bench, served), positions, None)
+        candidates[reuse.real_outputs(method)] = (served, _head_name(bench, served), positions, np.sort(positions))
+    return candidates
+
+
+def _verdict_key(ctx: Context, name: str) -> tuple:
+    return ("same-scores", name, ctx.start, len(ctx.images), tuple(sorted(ctx.budgets.items())))
+
+
+def _originals_run(ctx: Context, name: str, candidate: str, plain: Callable[[Context], Attempt]) -> Attempt | None:
+    """The original's run of the black-box attack ``name`` (``plain`` on the original; run now if no row
+    has) where it provably is ``candidate``'s too (:mod:`.reuse`), else None."""
+    bench = ctx.bench
+    served = bench.served[ORIGINAL][0]
     looked = set(ctx.reused)
-    first = original.cached((name, ORIGINAL), lambda: _black_box(original, name, attack, top1_only))
-    if ctx.target.method in bench.memo.get(key, ()):
+    first = plain(replace(ctx, target=Target(ORIGINAL, served, None, _head_name(bench, served))))
+    if candidate in bench.memo.get(_verdict_key(ctx, name), ()):
         return Attempt(first.adversarial.clone(), queries=first.queries.clone())
     ctx.reused.intersection_update(looked)  # the original's run only looked at: this scheme attacked for real
-    return compute(ctx.target)
+    return None
 
 
 def _query_only_attack(name: str, attack: str, plain: Callable[[Context], Attempt],
                        make: Callable[[Context], Callable[..., Any]]) -> Callable[[Context], Attempt | None]:
     """Discovery from noise (:func:`_query_only`), then the black-box ``attack`` (built by ``make``) on the
     top-1 of the positions found real, with the same draws as its plain row (``plain``: the original, where
-    every position is real). None for a scheme serving features (no output positions to tell apart)."""
+    every position is real); where it found exactly the real positions and their scores were the original's
+    on every query of that run, it is that run (:mod:`.reuse`). None for a scheme serving features."""
     def run(ctx: Context) -> Attempt | None:
         target = ctx.target
         if target.serves_features:
@@ -509,6 +534,10 @@ def _query_only_attack(name: str, attack: str, plain: Callable[[Context], Attemp
             return plain(ctx)
         recovery = _recover(name, ctx)
         rows = np.sort(recovery.rows)
+        if reuse.ENABLED and ORIGINAL in ctx.bench.served and np.array_equal(rows, np.sort(target.real_rows())):
+            reused = _originals_run(ctx, attack, reuse.real_outputs(target.method), plain)
+            if reused is not None:  # all the real outputs, scores the original's: its run, query for query
+                return replace(reused, seconds=recovery.seconds)
 
         def compute() -> Attempt:
             result = make(ctx)(OutputRows(target.served, rows), ctx.images, judge=_judged(ctx),

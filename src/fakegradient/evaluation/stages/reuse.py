@@ -11,6 +11,11 @@ through its margin (NaN on both: the candidate is rejected on both), an attack r
 gets no such allowance (the argmax of a NaN row is position 0, not the same class). Random Weight and the hardened scheme are such schemes on
 natural and attacked images (their fakes never win); the paper's scheme (fakes win) is not.
 
+The same holds for an attacker that found exactly a scheme's real positions (the query-only attacker of
+the paper's scheme, say) and attacks those outputs alone: it reads a permutation of the original's logits,
+and Square and HopSkipJump read only values and the top-1's identity, which a permutation maps one to one
+(with a unique top-1). :func:`real_outputs` names that candidate; its fakes are not read at all.
+
 :class:`SameScores` watches the original's head while the original is attacked and keeps, for each
 candidate scheme, whether that held on every query, computing the scheme's served outputs from the
 original's head input with the scheme's own head at the same batch shape (a matrix product per query,
@@ -31,16 +36,17 @@ ENABLED = True  # off: every scheme is attacked for real (benchmarks/matrix_spee
 
 
 class SameScores:
-    """While active, watches ``original`` (a pipeline ending at its head ``head``) and checks each scheme
-    of ``schemes`` (method → (served pipeline, its head's name, (N,) served position of each class)).
+    """While active, watches ``original`` (a pipeline ending at its head ``head``) and checks each candidate
+    of ``schemes`` (name → (served pipeline, its head's name, (N,) served position of each class, and the
+    (M,) served positions the attack reads, ascending, or None: all of them)).
     ``top1_only``: the attack reads only the top-1 (HopSkipJump): fakes need only stay below the top score."""
 
-    def __init__(self, original: nn.Module, head: str, schemes: dict[str, tuple[nn.Module, str, np.ndarray]],
-                 top1_only: bool = False):
+    def __init__(self, original: nn.Module, head: str,
+                 schemes: dict[str, tuple[nn.Module, str, np.ndarray, np.ndarray | None]], top1_only: bool = False):
         self.original, self.head, self.rank = original, head, 0 if top1_only else 1
-        self.schemes = {m: (served, served.get_submodule(name), torch.as_tensor(np.asarray(positions)).long())
-                        for m, (served, name, positions) in schemes.items()}
-        self.alive = {m for m, (_, module, _) in self.schemes.items() if module is not original.get_submodule(head)}
+        self.schemes = {m: (served, served.get_submodule(name), *_read(positions, read))
+                        for m, (served, name, positions, read) in schemes.items()}
+        self.alive = {m for m, (_, module, *_) in self.schemes.items() if module is not original.get_submodule(head)}
         self.inputs: dict[tuple[int, ...], torch.Tensor] = {}  # one pipeline input per batch shape
         self._handles: list = []
 
@@ -68,9 +74,12 @@ class SameScores:
             return
         top2 = logits[~void].topk(2, dim=1).values
         unique_top = bool((top2[:, 0] > top2[:, 1]).all())
+        heads: dict[int, torch.Tensor] = {}  # the scheme's served outputs: its head, same batch shape
         for method in sorted(self.alive):
-            _, module, positions = self.schemes[method]
-            served = module(features).flatten(1)  # the scheme's served outputs: its head, same batch shape
+            _, module, positions, read = self.schemes[method]
+            if id(module) not in heads:
+                heads[id(module)] = module(features).flatten(1)
+            served = heads[id(module)] if read is None else heads[id(module)][:, read]
             if not (unique_top and bool(served[void].isnan().all())
                     and _same_top(served[~void], logits[~void], positions, top2[:, self.rank])):
                 self.alive.discard(method)
@@ -85,11 +94,28 @@ class SameScores:
             if not torch.equal(self.original(x).flatten(1), logits):
                 return set()
             for method in sorted(same):
-                served, module, _ = self.schemes[method]
+                served, module, _, _ = self.schemes[method]
                 theirs, outputs = _head_io(served, module, x)
                 if not (torch.equal(theirs, features) and torch.equal(served(x).flatten(1), outputs)):
                     same.discard(method)
         return same
+
+
+def real_outputs(method: str) -> str:
+    """The candidate of :class:`SameScores` that reads only ``method``'s real positions."""
+    return f"{method}, real outputs only"
+
+
+def _read(positions: np.ndarray, read: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(each class's position among the outputs the attack reads, those outputs' served positions)."""
+    positions = np.asarray(positions)
+    if read is None:
+        return torch.as_tensor(positions).long(), None
+    read = np.asarray(read)
+    index = np.searchsorted(read, positions)
+    if index.max(initial=0) >= len(read) or not np.array_equal(read[index], positions):
+        raise ValueError("the outputs the attack reads must include every class's position")
+    return torch.as_tensor(index).long(), torch.as_tensor(read).long()
 
 
 def _same_top(served: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor, bound: torch.Tensor) -> bool:
