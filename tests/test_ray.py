@@ -15,7 +15,7 @@ from helpers import assert_records_close
 from fakegradient.data import foolbox_imagenet
 from fakegradient.errors import FakeGradientError
 from fakegradient.evaluation.config import EvaluationConfig
-from fakegradient.evaluation.plan import Shard, ShardResult
+from fakegradient.evaluation.plan import Shard, ShardResult, group_from_json, group_to_json, groups, plan
 from fakegradient.evaluation.runner import evaluate
 from fakegradient.evaluation.stages import naive
 from fakegradient.evaluation.stages.attackers import ATTACKERS
@@ -33,10 +33,11 @@ class CrashOnceWorker(ShardWorker):
 
     def __call__(self, batch):
         for text in batch["shard"]:
-            marker = Path(os.environ[CRASH_DIR_ENV]) / Shard.from_json(str(text)).id
-            if not marker.exists():
-                marker.touch()
-                os._exit(1)  # a worker killed mid-run
+            for shard in group_from_json(str(text)):
+                marker = Path(os.environ[CRASH_DIR_ENV]) / shard.id
+                if not marker.exists():
+                    marker.touch()
+                    os._exit(1)  # a worker killed mid-run
         return super().__call__(batch)
 
 
@@ -110,6 +111,11 @@ def test_ray_matches_single_process_despite_dying_workers(crashing_ray, single_p
     np.testing.assert_allclose(list(on_ray.adaptive.budgets.values()),
                                list(single_process.adaptive.budgets.values()), rtol=1e-5)
     assert on_ray.adaptive.key_recovery["fake-gradient"]["key-recovery-file"]["recovered_pct"] == 100.0
+    for method in ("original", "fake-gradient"):  # each slice's shards on one actor: the same sharing as here
+        features = on_ray.adaptive.timing[method]["feature-space"]
+        assert features["reused"] == single_process.adaptive.timing[method]["feature-space"]["reused"]
+        assert features["passes"] == single_process.adaptive.timing[method]["feature-space"]["passes"]
+    assert on_ray.adaptive.timing["fake-gradient"]["feature-space"]["reused"] == ["original/feature-space"]
     torch.testing.assert_close(on_ray.heatmaps["fake-gradient"], single_process.heatmaps["fake-gradient"],
                                rtol=1e-4, atol=1e-6)
 
@@ -166,6 +172,16 @@ def test_resume_without_a_seed_keeps_the_runs_keys_and_settings(tmp_path, one_th
     other = dataclasses.replace(config, max_iter=4)
     with pytest.raises(FakeGradientError, match="other settings.*max_iter"):
         evaluate(other, progress=False, store=ShardStore(folder, resume=True))
+
+
+def test_adaptive_shards_of_one_slice_are_one_group_the_original_first():
+    shards = plan("m", ["fake-gradient", "original"], 4, 2, "adaptive") + plan("m", ["original"], 4, 2)
+    grouped = groups(shards)
+    assert [[(s.method, s.start, s.stage) for s in group] for group in grouped] == [
+        [("original", 0, "adaptive"), ("fake-gradient", 0, "adaptive")],
+        [("original", 2, "adaptive"), ("fake-gradient", 2, "adaptive")],
+        [("original", 0, "deepfool")], [("original", 2, "deepfool")]]
+    assert group_from_json(group_to_json(grouped[0])) == grouped[0]
 
 
 def test_a_stored_shard_is_reused_only_for_the_same_budgets(tmp_path):

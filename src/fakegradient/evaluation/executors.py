@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from .plan import Shard, ShardResult
+from .plan import Shard, ShardResult, groups
 from .stages import run_shard
 from .workbench import Workbench
 
@@ -20,11 +20,12 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """In this process, one shard after the other, on the driver's workbench."""
+    """In this process, one shard after the other (in :func:`~.plan.groups`), on the driver's workbench."""
 
     def run(self, bench: Workbench, shards: list[Shard]) -> Iterator[tuple[Shard, ShardResult]]:
-        for shard in shards:
-            yield shard, run_shard(bench, shard)
+        for group in groups(shards):
+            for shard in group:
+                yield shard, run_shard(bench, shard)
 
     def shutdown(self) -> None:
         pass

@@ -2,7 +2,8 @@
 
 A stage (``evaluation/stages``) computes a shard the same way on the driver and on Ray workers.
 Stages run in rounds: ``deepfool`` (Table 1/2) and ``transfer``, then ``adaptive``, whose shards
-carry the budgets the first round determined.
+carry the budgets the first round determined. An adaptive shard of a scheme reuses what the original's shard
+of the same images memoised in that worker (:func:`groups`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..methods import ORIGINAL
 
 
 @dataclass(frozen=True)
@@ -58,3 +61,22 @@ def plan(model: str, methods: list[str], n_images: int, shard_size: int, stage: 
     return [Shard(model, method, start, min(start + shard_size, n_images), stage,
                   tuple(sorted((budgets or {}).get(method, {}).items())))
             for method in methods for start in range(0, n_images, shard_size)]
+
+
+def groups(shards: list[Shard]) -> list[list[Shard]]:
+    """``shards`` in groups that one worker runs in order: the adaptive shards of one model and image slice
+    together, the original's first (the schemes' shards reuse its memoised runs: the feature-space images,
+    black-box runs with provably the same scores); any other shard alone. Groups in first-shard order."""
+    out: dict[tuple, list[Shard]] = {}
+    for shard in shards:
+        key = (shard.model, shard.start, shard.stop) if shard.stage == "adaptive" else (shard,)
+        out.setdefault(key, []).append(shard)
+    return [sorted(group, key=lambda s: s.method != ORIGINAL) for group in out.values()]
+
+
+def group_to_json(group: list[Shard]) -> str:
+    return json.dumps([asdict(shard) for shard in group])
+
+
+def group_from_json(text: str) -> list[Shard]:
+    return [Shard.from_json(json.dumps(shard)) for shard in json.loads(text)]

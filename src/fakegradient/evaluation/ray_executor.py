@@ -1,6 +1,7 @@
 """Running shards on Ray (optional extra ``fakegradient[ray]``; nothing imports ray without ``--ray``).
 
-Shards go through Ray Data ``map_batches`` to a pool of actors — one GPU each on CUDA, one CPU
+Shards go through Ray Data ``map_batches`` (in :func:`~.plan.groups` where there are enough groups to keep
+every actor busy: the adaptive shards of one image slice on one actor, whose memo they share) to a pool of actors — one GPU each on CUDA, one CPU
 each otherwise — that load the model from the torch hub cache and their images from the data
 path themselves (or from a CPU stage that decodes images ahead of them, when CPUs are left over)
 and keep the model between shards: only the configuration and the shards travel from the driver.
@@ -26,12 +27,13 @@ from ..data import load_batch
 from ..errors import FakeGradientError
 from .config import EvaluationConfig
 from .pipeline import pixel_preprocessing, spec_weights
-from .plan import Shard, ShardResult
+from .plan import Shard, ShardResult, group_from_json, group_to_json, groups
 from .stages import run_shard
 from .workbench import Workbench
 
 class ShardWorker:
-    """A Ray Data actor: batches of shards (rows ``shard``: JSON) → rows ``result`` (pickled ShardResult)."""
+    """A Ray Data actor: batches of shard groups (rows ``shard``: JSON lists of shards of one image slice)
+    → a row per shard (``shard``: its JSON, ``result``: its pickled ShardResult), run in the group's order."""
 
     def __init__(self, config: dict, seed: int):
         self.config, self.seed, self.benches = EvaluationConfig.from_dict(config), seed, {}
@@ -39,16 +41,17 @@ class ShardWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        results = []
+        done, results = [], []
         for i, text in enumerate(batch["shard"]):
-            shard = Shard.from_json(str(text))
-            if shard.model not in self.benches:
-                self.benches[shard.model] = Workbench.load(self.config, shard.model, self.seed)
             images = None
             if "images" in batch:  # decoded by the CPU stage
                 images = torch.from_numpy(pickle.loads(batch["images"][i])).to(self.config.device)
-            results.append(pickle.dumps(run_shard(self.benches[shard.model], shard, images)))
-        return {"shard": batch["shard"], "result": np.array(results, dtype=object)}
+            for shard in group_from_json(str(text)):
+                if shard.model not in self.benches:
+                    self.benches[shard.model] = Workbench.load(self.config, shard.model, self.seed)
+                done.append(shard.to_json())
+                results.append(pickle.dumps(run_shard(self.benches[shard.model], shard, images)))
+        return {"shard": np.array(done, dtype=object), "result": np.array(results, dtype=object)}
 
 
 def decode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -56,7 +59,7 @@ def decode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     model → rows ``images`` (pickled (b, C, H, W) float32), so GPU actors never wait on JPEG decoding."""
     images = []
     for text, paths in zip(batch["shard"], batch["paths"]):
-        pixel = _pixel_preprocessing(Shard.from_json(str(text)).model)
+        pixel = _pixel_preprocessing(group_from_json(str(text))[0].model)
         images.append(pickle.dumps(load_batch([Path(p) for p in json.loads(str(paths))], pixel).numpy()))
     return {"shard": batch["shard"], "images": np.array(images, dtype=object)}
 
@@ -119,12 +122,15 @@ class RayExecutor:
         if not shards:
             return
         gpu = config.device.startswith("cuda")
-        size = min(self.pool_size(gpu), len(shards))
+        pool, grouped = self.pool_size(gpu), groups(shards)
+        if len(grouped) < pool:  # too few groups to keep every actor busy: a shard an actor
+            grouped = [[shard] for shard in shards]
+        size = min(pool, len(grouped))
         decode = self.decode_stage = int(self.ray.cluster_resources().get("CPU", 0)) > size
-        items = [{"shard": shard.to_json(),
-                  "paths": json.dumps([str(sample.path) for sample in samples[shard.start : shard.stop]])}
-                 for shard in shards]
-        data = self.ray.data.from_items(items, override_num_blocks=len(items))  # a block (one call) a shard
+        items = [{"shard": group_to_json(group),
+                  "paths": json.dumps([str(sample.path) for sample in samples[group[0].start : group[0].stop]])}
+                 for group in grouped]
+        data = self.ray.data.from_items(items, override_num_blocks=len(items))  # a block (one call) a group
         if decode:
             data = data.map_batches(decode_images, batch_size=1, num_cpus=1)
         arguments = (config.to_dict(), bench.seed)
