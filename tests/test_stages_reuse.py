@@ -255,3 +255,31 @@ def test_a_query_only_row_missing_a_real_output_is_attacked_for_real(bench, monk
         self, model, *a, **k))
     run_matrix_row(bench, "query-only-square", enabled=True)
     assert len(calls) == len(SCHEMES)
+
+
+def _head(weight: list, bias: list) -> nn.Linear:
+    head = nn.Linear(len(weight[0]), len(weight))
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor(weight))
+        head.bias.copy_(torch.tensor(bias))
+    return head
+
+
+@pytest.mark.parametrize("top1_only", [False, True])
+def test_tied_top_scores_are_reused_only_where_the_key_keeps_their_order(top1_only):
+    """Logits [1, 1, 0]: argmax is class 0 of the tie. Served at positions (0, 2, 4), class 0 still comes
+    first; at (2, 0, 4) class 1 does, and an attack reading the top-1 would see the other class."""
+    original = nn.Sequential(nn.Flatten(), _head([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]], [0.0, 0.0, 0.0])).eval()
+    rows = {0: [1.0, 0.0], 1: [1.0, 0.0], 2: [0.0, 0.0]}
+
+    def served(positions):
+        weight, bias = [[0.0, 0.0]] * 6, [-10.0] * 6  # fakes far below
+        for c, p in enumerate(positions):
+            weight[p], bias[p] = rows[c], 0.0
+        return nn.Sequential(original[0], _head(weight, bias)).eval(), np.array(positions)
+    (kept, kept_at), (swapped, swapped_at) = served((0, 2, 4)), served((2, 0, 4))
+    schemes = {"kept": (kept, "1", kept_at, None), "swapped": (swapped, "1", swapped_at, None),
+               "swapped, real outputs only": (swapped, "1", swapped_at, np.array([0, 2, 4]))}
+    with reuse.SameScores(original, "1", schemes, top1_only) as watch, torch.no_grad():
+        assert original(torch.tensor([[[1.0, 0.0]]])).tolist() == [[1.0, 1.0, 0.0]]
+    assert watch.verdict() == {"kept"}

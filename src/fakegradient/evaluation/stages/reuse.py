@@ -3,8 +3,9 @@
 A score- or decision-based attack (Square, HopSkipJump) reads the served outputs only through the top-1
 position, the label's score and the second-largest score. A scheme whose served outputs are, on every
 query the attack sent, the original's logits bit for bit at the real positions, with every fake output
-below the second-largest real one (the largest, for an attack that reads only the top-1) and a unique
-top-1, makes all of those the same (the top-1 moved to its served position), so the attack on it sends
+below the second-largest real one (the largest, for an attack that reads only the top-1) and its top-1
+at the served position of the original's top-1 (with tied top scores, argmax picks the first of each order:
+the same class only if the key keeps their order), makes all of those the same, so the attack on it sends
 the same queries and makes the same decisions: its images and query counts are the original's. A query
 whose outputs are all NaN on the original must be all NaN on the scheme; Square reads such a query only
 through its margin (NaN on both: the candidate is rejected on both), an attack reading the top-1 alone
@@ -14,7 +15,7 @@ natural and attacked images (their fakes never win); the paper's scheme (fakes w
 The same holds for an attacker that found exactly a scheme's real positions (the query-only attacker of
 the paper's scheme, say) and attacks those outputs alone: it reads a permutation of the original's logits,
 and Square and HopSkipJump read only values and the top-1's identity, which a permutation maps one to one
-(with a unique top-1). :func:`real_outputs` names that candidate; its fakes are not read at all.
+(checked as above where top scores tie). :func:`real_outputs` names that candidate; its fakes are not read at all.
 
 :class:`SameScores` watches the original's head while the original is attacked and keeps, for each
 candidate scheme, whether that held on every query, computing the scheme's served outputs from the
@@ -72,16 +73,15 @@ class SameScores:
         if logits.shape[1] < 2 or (void.any() and self.rank == 0) or logits[~void].isnan().any():
             self.alive.clear()
             return
-        top2 = logits[~void].topk(2, dim=1).values
-        unique_top = bool((top2[:, 0] > top2[:, 1]).all())
+        top2, top1 = logits[~void].topk(2, dim=1).values, logits[~void].argmax(dim=1)
         heads: dict[int, torch.Tensor] = {}  # the scheme's served outputs: its head, same batch shape
         for method in sorted(self.alive):
             _, module, positions, read = self.schemes[method]
             if id(module) not in heads:
                 heads[id(module)] = module(features).flatten(1)
             served = heads[id(module)] if read is None else heads[id(module)][:, read]
-            if not (unique_top and bool(served[void].isnan().all())
-                    and _same_top(served[~void], logits[~void], positions, top2[:, self.rank])):
+            if not (bool(served[void].isnan().all())
+                    and _same_top(served[~void], logits[~void], positions, top2[:, self.rank], top1)):
                 self.alive.discard(method)
 
     @torch.no_grad()
@@ -118,13 +118,16 @@ def _read(positions: np.ndarray, read: np.ndarray | None) -> tuple[torch.Tensor,
     return torch.as_tensor(index).long(), torch.as_tensor(read).long()
 
 
-def _same_top(served: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor, bound: torch.Tensor) -> bool:
-    """served (b, M) equals logits (b, N) at ``positions`` and is below ``bound`` (b,) elsewhere."""
+def _same_top(served: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor, bound: torch.Tensor,
+              top1: torch.Tensor) -> bool:
+    """served (b, M) equals logits (b, N) at ``positions``, is below ``bound`` (b,) elsewhere, and its argmax
+    is the served position of ``top1`` (b,), the argmax of ``logits``."""
+    positions = positions.to(served.device)
     if len(positions) != logits.shape[1] or int(positions.max()) >= served.shape[1] \
-            or not torch.equal(served[:, positions.to(served.device)], logits):
+            or not torch.equal(served[:, positions], logits) or not torch.equal(served.argmax(dim=1), positions[top1]):
         return False
     fake = torch.ones(served.shape[1], dtype=torch.bool, device=served.device)
-    fake[positions.to(served.device)] = False
+    fake[positions] = False
     return not bool(fake.any()) or bool((served[:, fake].amax(dim=1) < bound).all())
 
 
