@@ -33,15 +33,15 @@ from .workbench import Workbench
 
 class ShardWorker:
     """A Ray Data actor: batches of shard groups (rows ``shard``: JSON lists of shards of one image slice)
-    → a row per shard (``shard``: its JSON, ``result``: its pickled ShardResult), run in the group's order."""
+    → a row per shard (``shard``: its JSON, ``result``: its pickled ShardResult), run in the group's order
+    and yielded as each finishes (a group can run for an hour: the driver stores its shards as they come)."""
 
     def __init__(self, config: dict, seed: int):
         self.config, self.seed, self.benches = EvaluationConfig.from_dict(config), seed, {}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         import torch
 
-        done, results = [], []
         for i, text in enumerate(batch["shard"]):
             images = None
             if "images" in batch:  # decoded by the CPU stage
@@ -49,9 +49,8 @@ class ShardWorker:
             for shard in group_from_json(str(text)):
                 if shard.model not in self.benches:
                     self.benches[shard.model] = Workbench.load(self.config, shard.model, self.seed)
-                done.append(shard.to_json())
-                results.append(pickle.dumps(run_shard(self.benches[shard.model], shard, images)))
-        return {"shard": np.array(done, dtype=object), "result": np.array(results, dtype=object)}
+                result = pickle.dumps(run_shard(self.benches[shard.model], shard, images))
+                yield {"shard": np.array([shard.to_json()], dtype=object), "result": np.array([result], dtype=object)}
 
 
 def decode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -103,6 +102,7 @@ class RayExecutor:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver shows one bar of its own
         context.execution_options.preserve_order = False  # results as they finish
+        context.target_max_block_size = 1  # each yielded shard its own block: on to the driver as it is done
         logging.getLogger("ray.data").setLevel(logging.ERROR)
 
     def pool_size(self, gpu: bool) -> int:
