@@ -29,16 +29,23 @@ CRASH_DIR_ENV = "TEST_RAY_CRASH_DIR"  # set on the Ray workers by the crashing_r
 
 class CrashOnceWorker(ShardWorker):
     """A ShardWorker that dies (the process exits) the first time any worker starts a shard: a marker
-    file per shard in ``$TEST_RAY_CRASH_DIR`` says it already did."""
+    file per shard in ``$TEST_RAY_CRASH_DIR`` says it already did. In a group of shards it dies after
+    yielding the ones before: its retry runs and yields them again."""
 
     def __call__(self, batch):
-        for text in batch["shard"]:
-            for shard in group_from_json(str(text)):
-                marker = Path(os.environ[CRASH_DIR_ENV]) / shard.id
-                if not marker.exists():
-                    marker.touch()
-                    os._exit(1)  # a worker killed mid-run
-        return super().__call__(batch)
+        shards = [shard for text in batch["shard"] for shard in group_from_json(str(text))]
+        self.crash_unless_started(shards[0])
+        for i, row in enumerate(super().__call__(batch)):
+            yield row
+            if i + 1 < len(shards):
+                self.crash_unless_started(shards[i + 1])
+
+    @staticmethod
+    def crash_unless_started(shard):
+        marker = Path(os.environ[CRASH_DIR_ENV]) / shard.id
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)  # a worker killed mid-run
 
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module

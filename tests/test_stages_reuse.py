@@ -236,9 +236,13 @@ def test_a_query_only_row_that_found_every_real_output_reuses_the_originals_run(
         assert fast[method][1] == fast[ORIGINAL][1]
 
 
-def test_real_outputs_must_include_every_class():
+def test_real_outputs_must_include_every_class_in_served_order():
     with pytest.raises(ValueError, match="every class"):
         reuse._read(np.array([0, 3, 5]), np.array([0, 3, 4]))
+    with pytest.raises(ValueError, match="ascending"):
+        reuse._read(np.array([0, 3, 5]), np.array([5, 3, 0]))
+    positions, read = reuse._read(np.array([5, 0, 3]), np.array([0, 3, 5]))
+    assert positions.tolist() == [2, 0, 1] and read.tolist() == [0, 3, 5]
 
 
 def test_a_query_only_row_missing_a_real_output_is_attacked_for_real(bench, monkeypatch):

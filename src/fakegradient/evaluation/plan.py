@@ -41,7 +41,10 @@ class Shard:
 
     @classmethod
     def from_json(cls, text: str) -> Shard:
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Shard:
         return cls(**data | {"budgets": tuple((k, v) for k, v in data["budgets"])})
 
 
@@ -75,8 +78,10 @@ def groups(shards: list[Shard]) -> list[list[Shard]]:
 
 
 def group_to_json(group: list[Shard]) -> str:
+    """A group of :func:`groups` as one JSON list (a Ray Data row)."""
     return json.dumps([asdict(shard) for shard in group])
 
 
 def group_from_json(text: str) -> list[Shard]:
-    return [Shard.from_json(json.dumps(shard)) for shard in json.loads(text)]
+    """The group :func:`group_to_json` wrote."""
+    return [Shard.from_dict(shard) for shard in json.loads(text)]

@@ -1,9 +1,9 @@
 """Running shards on Ray (optional extra ``fakegradient[ray]``; nothing imports ray without ``--ray``).
 
 Shards go through Ray Data ``map_batches`` (in :func:`~.plan.groups` where there are enough groups to keep
-every actor busy: the adaptive shards of one image slice on one actor, whose memo they share) to a pool of actors — one GPU each on CUDA, one CPU
-each otherwise — that load the model from the torch hub cache and their images from the data
-path themselves (or from a CPU stage that decodes images ahead of them, when CPUs are left over)
+every actor busy: the adaptive shards of one image slice on one actor, whose memo they share) to a pool of
+actors — one GPU each on CUDA, one CPU each otherwise — that load the model from the torch hub cache and their
+images from the data path themselves (or from a CPU stage that decodes images ahead of them, when CPUs are left over)
 and keep the model between shards: only the configuration and the shards travel from the driver.
 A worker that dies is restarted and its shard retried (Ray Data's actor fault tolerance); the
 driver records each shard once, as it finishes. A shard that raises stops the run; ``--resume``

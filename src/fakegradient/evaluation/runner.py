@@ -155,6 +155,8 @@ def _run_round(executor: Executor, bench: Workbench, store: ShardStore, shards: 
     total = sum(map(len, shards))
     with tqdm(total=total, initial=total - sum(map(len, todo)), desc=desc, unit="img", disable=not progress) as bar:
         for shard, result in executor.run(bench, todo):
+            if results[shard] is not None:
+                continue  # a worker that died mid-group: its retry yields the group's finished shards again
             store.put(shard, result)
             results[shard] = result
             finished = sum(r is not None for r in results.values())

@@ -503,6 +503,7 @@ def _candidates(bench: Workbench) -> dict[str, tuple[nn.Module, str, np.ndarray,
 
 
 def _verdict_key(ctx: Context, name: str) -> tuple:
+    """Where the original's run of black-box attack ``name`` on these images keeps its reuse verdict."""
     return ("same-scores", name, ctx.start, len(ctx.images), tuple(sorted(ctx.budgets.items())))
 
 

@@ -9,13 +9,14 @@ the same class only if the key keeps their order), makes all of those the same, 
 the same queries and makes the same decisions: its images and query counts are the original's. A query
 whose outputs are all NaN on the original must be all NaN on the scheme; Square reads such a query only
 through its margin (NaN on both: the candidate is rejected on both), an attack reading the top-1 alone
-gets no such allowance (the argmax of a NaN row is position 0, not the same class). Random Weight and the hardened scheme are such schemes on
-natural and attacked images (their fakes never win); the paper's scheme (fakes win) is not.
+gets no such allowance (the argmax of a NaN row is position 0, not the same class). Random Weight and the
+hardened scheme are such schemes on natural and attacked images (their fakes never win); the paper's scheme
+(fakes win) is not.
 
 The same holds for an attacker that found exactly a scheme's real positions (the query-only attacker of
 the paper's scheme, say) and attacks those outputs alone: it reads a permutation of the original's logits,
 and Square and HopSkipJump read only values and the top-1's identity, which a permutation maps one to one
-(checked as above where top scores tie). :func:`real_outputs` names that candidate; its fakes are not read at all.
+(checked as above where top scores tie). :func:`real_outputs` names that candidate; its fakes are not read.
 
 :class:`SameScores` watches the original's head while the original is attacked and keeps, for each
 candidate scheme, whether that held on every query, computing the scheme's served outputs from the
@@ -112,6 +113,8 @@ def _read(positions: np.ndarray, read: np.ndarray | None) -> tuple[torch.Tensor,
     if read is None:
         return torch.as_tensor(positions).long(), None
     read = np.asarray(read)
+    if (np.diff(read) <= 0).any():
+        raise ValueError("the outputs the attack reads must be ascending served positions")
     index = np.searchsorted(read, positions)
     if index.max(initial=0) >= len(read) or not np.array_equal(read[index], positions):
         raise ValueError("the outputs the attack reads must include every class's position")
