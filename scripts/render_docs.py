@@ -783,6 +783,14 @@ def value_noise_positions(reports: Reports) -> str:
     return f"{entry['queries']} noise images name {entry['recovered_pct']:.0f} % of the real positions"
 
 
+def value_masked_gradient(reports: Reports) -> str:
+    """Per model, Fake Gradient's photos whose PGD/APGD loss has an input gradient of exactly zero
+    (``reports/masked_gradient``)."""
+    summary = reports.json("masked_gradient")["summary"]
+    return ", ".join(f"{by['fake-gradient']['zero_k']}/{by['fake-gradient']['n']} {model_name(model)}"
+                     for model, by in summary.items()) + " photos"
+
+
 def value_labelled(reports: Reports) -> str:
     entry = reports.aggregate("mobilenet_v2", None, "fake-gradient")
     return f"{agg_rate(entry, 'defense_success_pct')}"
@@ -1129,6 +1137,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:mnist-direction": render_mnist_direction,
     "value:keyrec-file-ms": value_keyrec_ms,
     "value:noise-positions": value_noise_positions,
+    "value:masked-gradient": value_masked_gradient,
     "value:key-size-mobilenet_v2": value_key_size,
     "value:private-blackbox": value_private_blackbox,
     "value:private-minutes": value_private_minutes,

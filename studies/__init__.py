@@ -5,4 +5,5 @@ rebuilds its report from the files under ``--out`` without running anything); ``
 them. They import ``fakegradient`` (the evaluation, ``[eval]`` extra) and share :mod:`studies.kit`.
 """
 
-STUDIES = ("seven_mnist", "mnist_recipes", "mnist_classes", "mnist_direction", "ablations", "private", "private_pilot", "file_only")
+STUDIES = ("seven_mnist", "mnist_recipes", "mnist_classes", "mnist_direction", "ablations", "private", "private_pilot", "file_only",
+           "masked_gradient")

@@ -151,6 +151,12 @@ def test_the_drift_the_review_found_is_rendered_from_the_reports():
     assert not render.value_mnist_ratio_at_most_one(reports).startswith("0 ")
 
 
+def test_the_masked_gradient_count_is_rendered_from_its_report():
+    reports = render.Reports(ROOT / "reports")
+    summary = reports.json("masked_gradient")["summary"]["mobilenet_v2:IMAGENET1K_V1"]["fake-gradient"]
+    assert render.value_masked_gradient(reports).startswith(f"{summary['zero_k']}/{summary['n']} MobileNetV2, ")
+
+
 def test_the_numbers_once_typed_by_hand_are_rendered_from_the_reports():
     """The device-head read-out rate on the private model is rendered from reports/private; no throughput
     (img/s, images/s) is typed outside a rendered region in README.md or docs/."""

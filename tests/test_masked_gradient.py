@@ -1,0 +1,52 @@
+"""studies/masked_gradient.py: the served top-1's lead and whether the cross-entropy PGD and APGD ascend has an
+input gradient at all; its committed report rebuilds from its per-photo CSV."""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from studies import masked_gradient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def linear(scale: float) -> nn.Module:
+    """Images (B, 1, 2, 2) → 3 logits: scale × pixel 0, pixel 1, pixel 2."""
+    head = nn.Linear(4, 3)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[0, 0], head.weight[1, 1], head.weight[2, 2] = scale, 1.0, 1.0
+    return nn.Sequential(nn.Flatten(), head).eval()
+
+
+def test_a_lead_past_float32_underflow_leaves_no_gradient():
+    images = torch.zeros(4, 1, 2, 2)
+    images[:, 0, 0, 0] = torch.tensor([1.0, 0.4, 0.2, 0.0])  # pixels 1 and 2 at 0: logits (200 v, 0, 0)
+    lead, gradient = masked_gradient.lead_and_gradient(linear(200.0), images)
+    torch.testing.assert_close(lead, torch.tensor([200.0, 80.0, 40.0, 0.0]))
+    # past 149 ln 2 the runners-up's softmax underflows to 0 (and the top's is exactly 1); at 80 it is a
+    # normal float (e^-80 ≈ 1.8e-35), which pixels 1 and 2 pass to the gradient
+    assert (gradient == 0).tolist() == [True, False, False, False]
+    assert masked_gradient.UNDERFLOW > 100 and float(torch.exp(torch.tensor(-masked_gradient.UNDERFLOW - 1))) == 0
+    for i in range(4):  # each image's loss on its own: the batch gives the same per-image gradients
+        alone = masked_gradient.lead_and_gradient(linear(200.0), images[i:i + 1])[1]
+        torch.testing.assert_close(alone, gradient[i:i + 1], rtol=1e-5, atol=0)
+
+
+def test_the_committed_report_rebuilds_from_its_csv(tmp_path):
+    out = tmp_path / "masked_gradient"
+    shutil.copytree(ROOT / "reports" / "masked_gradient", out)
+    committed = json.loads((out / "results.json").read_text())
+    (out / "results.json").unlink()
+    (out / "report.md").unlink()
+    assert masked_gradient.main(["--from-stored", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text()) == committed
+    assert (out / "report.md").read_text() == (ROOT / "reports" / "masked_gradient" / "report.md").read_text()
+    fake = committed["summary"]["mobilenet_v2:IMAGENET1K_V1"]["fake-gradient"]
+    assert 0 < fake["zero_k"] <= fake["n"] and fake["lead_max"] > masked_gradient.UNDERFLOW
+    for model in committed["summary"].values():  # only the paper's scheme: no other scheme masks its gradient
+        assert all(s["zero_k"] == 0 for method, s in model.items() if method != "fake-gradient")
