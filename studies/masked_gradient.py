@@ -22,7 +22,16 @@ from torch import nn
 
 from fakegradient.atomic import write_bytes_atomic
 
-from .kit import command_line, markdown_table, parse_bool, rate_text, read_csv, run_study, study_parser, write_csv
+from .kit import (
+    command_line,
+    markdown_table,
+    parse_bool,
+    rate_text,
+    read_csv,
+    run_study,
+    study_parser,
+    write_csv,
+)
 
 MODULE = "studies.masked_gradient"
 MODELS = "mobilenet_v2:IMAGENET1K_V1,efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"
