@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fakegradient.atomic import write_bytes_atomic
+from fakegradient.errors import FakeGradientError
 
 from .kit import (
     command_line,
@@ -125,11 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> Path:
-        args.out.mkdir(parents=True, exist_ok=True)
         if args.from_stored:
-            run = json.loads((args.out / "run.json").read_text())
-            return write_report(args.out, read_csv(args.out / "per_image.csv", FIELDS), run)
+            rows = read_csv(args.out / "per_image.csv", FIELDS)  # a clear error where it is missing
+            if not (args.out / "run.json").is_file():
+                raise FakeGradientError(f"{args.out / 'run.json'} is missing: the study did not finish there")
+            return write_report(args.out, rows, json.loads((args.out / "run.json").read_text()))
         from fakegradient.evaluation.runner import environment
+
+        args.out.mkdir(parents=True, exist_ok=True)
 
         rows = measure(args.models.split(","), args.seed)
         write_csv(args.out / "per_image.csv", rows)
