@@ -55,11 +55,13 @@ def lead_and_gradient(served: nn.Module, images: torch.Tensor) -> tuple[torch.Te
 
 def measure(models: list[str], seed: int) -> list[dict]:
     """One row per (model, scheme, photo) of ``--data photos``, the matrix's served pipelines."""
+    from tqdm.auto import tqdm
+
     from fakegradient.evaluation.config import EvaluationConfig
     from fakegradient.evaluation.workbench import Workbench, full_fp32
 
     rows = []
-    for spec in models:
+    for spec in tqdm(models, desc="models", unit="model"):
         config = EvaluationConfig(models=[spec], methods=list(METHODS), data="photos", seed=seed, adaptive=True)
         with full_fp32():
             bench = Workbench.load(config, spec, seed)
