@@ -181,6 +181,13 @@ def test_resume_without_a_seed_keeps_the_runs_keys_and_settings(tmp_path, one_th
         evaluate(other, progress=False, store=ShardStore(folder, resume=True))
 
 
+@pytest.mark.slow
+def test_a_shard_may_run_longer_than_rays_no_progress_timeout(crashing_ray):
+    """Ray Data stops a dataset that moves no block for 1800 s; a group of HopSkipJump shards runs for hours."""
+    crashing_executor()
+    assert ray.data.DataContext.get_current().execution_no_progress_timeout_s == -1
+
+
 def test_adaptive_shards_of_one_slice_are_one_group_the_original_first():
     shards = plan("m", ["fake-gradient", "original"], 4, 2, "adaptive") + plan("m", ["original"], 4, 2)
     grouped = groups(shards)

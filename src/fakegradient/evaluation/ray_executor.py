@@ -103,6 +103,7 @@ class RayExecutor:
         context.enable_progress_bars = False  # the driver shows one bar of its own
         context.execution_options.preserve_order = False  # results as they finish
         context.target_max_block_size = 1  # each yielded shard its own block: on to the driver as it is done
+        context.execution_no_progress_timeout_s = -1  # Ray's 1800 s stops runs whose shards run longer
         logging.getLogger("ray.data").setLevel(logging.ERROR)
 
     def pool_size(self, gpu: bool) -> int:
