@@ -495,10 +495,10 @@ def _candidates(bench: Workbench) -> dict[str, tuple[nn.Module, str, np.ndarray,
     for method, (served, secret) in bench.served.items():
         if secret is None or not scheme(method).capabilities.head_rows or secret.class_positions() is None:
             continue
-        positions = np.asarray(secret.class_positions())
+        head, positions = _head_name(bench, served), np.asarray(secret.class_positions())
         if not scheme(method).capabilities.fakes_win:
-            candidates[method] = (served, _head_name(bench, served), positions, None)
-        candidates[reuse.real_outputs(method)] = (served, _head_name(bench, served), positions, np.sort(positions))
+            candidates[method] = (served, head, positions, None)
+        candidates[reuse.real_outputs(method)] = (served, head, positions, np.sort(positions))
     return candidates
 
 
