@@ -174,6 +174,26 @@ def by_image(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, dict
 
 # key-recovery attackers whose cells say how much of the key they found
 RECOVERY_SHOWN = ("key-recovery-file", "learned-rows", "blind") + QUERY_ONLY
+CROSS_ENTROPY = ("pgd", "apgd")  # the rows that ascend the served top-1's cross-entropy (reports/masked_gradient)
+
+
+def masked_defended(reports: Reports, folder: str, method: str, attacker: str) -> int | None:
+    """Photos a cross-entropy row counts as defended whose input gradient is exactly 0 on the served outputs
+    (``reports/masked_gradient``); None unless the matrix ran on that study's pipelines: the paper's bias, its
+    seed, and the same photos."""
+    if not (reports.root / "masked_gradient" / "per_image.csv").is_file():
+        return None
+    config = reports.json(folder).get("config", {})
+    if config.get("bias") != "paper" or config.get("seed") != reports.json("masked_gradient")["seed"]:
+        return None
+    zero = {(r["model"], r["method"], r["image"]): truthy(r["gradient_zero"])
+            for r in reports.csv("masked_gradient", "per_image.csv")}
+    mine = [r for r in reports.csv(folder, "attackers_per_image.csv") if r["method"] == method]
+    photos = {(r["model"], r["image"]) for r in mine}
+    if not mine or photos != {(m, i) for m, k, i in zero if k == method and m == mine[0]["model"]}:
+        return None  # other photos than the study's
+    return sum(zero[r["model"], method, r["image"]] for r in mine
+               if r["attacker"] == attacker and truthy(r["defense_success"]))
 
 
 def matrix_cell(reports: Reports, folder: str, method: str, attacker: str) -> str:
@@ -198,6 +218,9 @@ def matrix_cell(reports: Reports, folder: str, method: str, attacker: str) -> st
         extras.append("too weak")
     if row.get("under_powered"):
         extras.append("under-powered")
+    masked = masked_defended(reports, folder, method, attacker) if attacker in CROSS_ENTROPY else None
+    if masked:
+        extras.append(f"{masked} of them a zero gradient: masked")
     return text + (f" ({', '.join(extras)})" if extras else "")
 
 

@@ -6,6 +6,11 @@ softmax is exactly one-hot: the gradient is exactly zero and the attack never le
 gradient, Athalye et al. 2018), whatever the defense does to the real answer. Same models, photos, seed and
 schemes as the matrix (``fakegradient evaluate --adaptive``), one forward and backward pass per photo.
 
+Then the same APGD as the matrix's row (L2, its budget: twice the median DeepFool ‖r‖₂ on the original, its
+steps and random starts) with the cross-entropy and with Croce & Hein's difference-of-logits ratio, a loss that
+depends on ratios of logit differences and so cannot saturate, on the original and on the paper's scheme: does
+an attacker who only changes the loss get through, paired on the same photos and random starts?
+
     python -m studies.masked_gradient --seed 0 --out reports/masked_gradient
     python -m studies.masked_gradient --from-stored --out reports/masked_gradient
 """
@@ -15,8 +20,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +47,9 @@ METHODS = ("original", "fake-gradient", "random-weight", "fake-gradient-hardened
 UNDERFLOW = 149 * math.log(2)  # exp(-x) below float32's smallest subnormal 2^-149: rounds to 0
 FIELDS = {"model": str, "method": str, "image": str, "lead": float, "gradient_max_abs": float,
           "gradient_zero": parse_bool}
+ATTACKED = ("original", "fake-gradient")  # the unprotected baseline and the scheme whose gradient is masked
+LOSSES = ("cross_entropy", "difference_logits_ratio")
+ATTACK_FIELDS = {"model": str, "method": str, "loss": str, "image": str, "defended": parse_bool, "l2": float}
 
 
 def lead_and_gradient(served: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,14 +63,15 @@ def lead_and_gradient(served: nn.Module, images: torch.Tensor) -> tuple[torch.Te
     return (top2[:, 0] - top2[:, 1]).cpu(), gradient.flatten(1).abs().amax(dim=1).cpu()
 
 
-def measure(models: list[str], seed: int) -> list[dict]:
-    """One row per (model, scheme, photo) of ``--data photos``, the matrix's served pipelines."""
+def measure(models: list[str], seed: int) -> tuple[list[dict], list[dict], dict[str, float]]:
+    """One row per (model, scheme, photo) of ``--data photos``, the matrix's served pipelines; one row per
+    (model, attacked scheme, loss, photo) of APGD; each model's white-box L2 budget."""
     from tqdm.auto import tqdm
 
     from fakegradient.evaluation.config import EvaluationConfig
     from fakegradient.evaluation.workbench import Workbench, full_fp32
 
-    rows = []
+    rows, attacks, budgets = [], [], {}
     for spec in tqdm(models, desc="models", unit="model"):
         config = EvaluationConfig(models=[spec], methods=list(METHODS), data="photos", seed=seed, adaptive=True)
         with full_fp32():
@@ -74,6 +85,57 @@ def measure(models: list[str], seed: int) -> list[dict]:
                         rows.append({"model": spec, "method": method, "image": sample.path.name,
                                      "lead": float(lead[i]), "gradient_max_abs": float(gradient[i]),
                                      "gradient_zero": bool(gradient[i] == 0)})
+            budgets[spec] = whitebox_budget(bench)
+            attacks += apgd_rows(bench, spec, budgets[spec])
+    return rows, attacks, budgets
+
+
+def slices(bench) -> list[tuple[int, int]]:
+    """The matrix's image slices: [start, stop) of ``batch_size`` photos."""
+    n, size = len(bench.samples), bench.config.batch_size
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def whitebox_budget(bench) -> float:
+    """The matrix's white-box L2 budget: ``budget_factor`` × the median ‖r‖₂ of DeepFool on the original
+    (:func:`fakegradient.evaluation.summary.adaptive_budgets`), per slice as the matrix runs it."""
+    from fakegradient.attacks.base import norms
+    from fakegradient.evaluation.workbench import deepfool
+
+    sizes = []
+    for start, stop in slices(bench):
+        images = bench.batch(start, stop)
+        sizes += norms(deepfool(bench.config)(bench.original, images).adversarial - images, images)["l2"].tolist()
+    return bench.config.budget_factor * statistics.median(sizes)
+
+
+def apgd_rows(bench, spec: str, eps: float) -> list[dict]:
+    """APGD at ``eps`` with each loss on each of :data:`ATTACKED`, the matrix's steps and its random starts
+    (seeded by run seed, "apgd" and the slice's first photo, as the matrix's row): defended = the device's
+    real top-1 on the attacked photo is the original's clean top-1."""
+    from fakegradient.attacks.apgd import APGD
+
+    rows = []
+    for start, stop in slices(bench):
+        images = bench.batch(start, stop)
+        with torch.no_grad():
+            truth = bench.original(images).argmax(1)
+        for method in ATTACKED:
+            served, secret = bench.served[method]
+
+            def device(x: torch.Tensor, served=served, secret=secret) -> torch.Tensor:
+                outputs = served(x)
+                return outputs if secret is None else secret.decrypt(outputs)
+
+            for loss in LOSSES:
+                attack = APGD(eps=eps, steps=bench.config.iterative_steps, loss=loss)
+                generator = np.random.default_rng([bench.seed, zlib.crc32(b"apgd"), start])
+                result = attack(served, images, judge=device, generator=generator)
+                with torch.no_grad():
+                    defended = device(result.adversarial).argmax(1) == truth
+                for i, sample in enumerate(bench.samples[start:stop]):
+                    rows.append({"model": spec, "method": method, "loss": loss, "image": sample.path.name,
+                                 "defended": bool(defended[i]), "l2": float(result.l2[i])})
     return rows
 
 
@@ -88,13 +150,43 @@ def summarise(rows: list[dict]) -> dict:
                     for method, mine in by.items()} for model, by in out.items()}
 
 
-def write_report(out: Path, rows: list[dict], run: dict) -> Path:
-    """results.json, report.md and lead.png from the per-photo rows."""
+def summarise_attacks(rows: list[dict], attacks: list[dict], budgets: dict[str, float]) -> dict:
+    """model → the budget, (scheme, loss) → photos defended (k of n; for the paper's scheme with the
+    cross-entropy also those of them whose gradient is exactly 0), and the paired exact tests: the paper's
+    scheme with one loss against the other, and against the original with the same loss."""
+    from dataclasses import asdict
+
+    from fakegradient.evaluation.paired import paired_test
+
+    zero = {(r["model"], r["method"], r["image"]) for r in rows if r["gradient_zero"]}
+    outcome: dict = {}
+    for a in attacks:
+        outcome.setdefault(a["model"], {}).setdefault(f"{a['method']}/{a['loss']}", {})[a["image"]] = a["defended"]
+    out = {}
+    for model, arms in outcome.items():
+        cells = {}
+        for arm, defended in arms.items():
+            method = arm.split("/")[0]
+            cells[arm] = {"k": sum(defended.values()), "n": len(defended),
+                          "defended_zero_gradient": sum(d and (model, method, i) in zero
+                                                        for i, d in defended.items())}
+        pairs = [("fake-gradient/cross_entropy", "fake-gradient/difference_logits_ratio"),
+                 ("fake-gradient/difference_logits_ratio", "original/difference_logits_ratio"),
+                 ("fake-gradient/cross_entropy", "original/cross_entropy")]
+        tests = [{"a": a, "b": b, **asdict(paired_test(arms[a], arms[b]))} for a, b in pairs
+                 if a in arms and b in arms]
+        out[model] = {"whitebox_l2": budgets[model], "cells": cells, "paired": tests}
+    return out
+
+
+def write_report(out: Path, rows: list[dict], attacks: list[dict], run: dict) -> Path:
+    """results.json, report.md and lead.png from the per-photo rows and the APGD rows."""
     from fakegradient.evaluation.figures import panel_grid, save_png
 
     summary = summarise(rows)
+    apgd = summarise_attacks(rows, attacks, run["whitebox_l2"])
     write_bytes_atomic(out / "results.json", json.dumps({"summary": summary, "underflow_lead": UNDERFLOW,
-                                                         **run}, indent=2).encode())
+                                                         "apgd": apgd, **run}, indent=2).encode())
     table = []
     for model, by in summary.items():
         for method, s in by.items():
@@ -104,7 +196,15 @@ def write_report(out: Path, rows: list[dict], run: dict) -> Path:
              f"`{run['command']}`", "", __doc__.split("\n\n")[1].replace("\n", " ").replace("``", "`"), "",
              *markdown_table(["model", "scheme", "photos whose gradient is exactly 0 (k/n [95 % Wilson])",
                               "served top-1 lead, median [min–max]"], table), "",
-             "![served top-1 lead per photo](lead.png)", ""]
+             "![served top-1 lead per photo](lead.png)", "",
+             "## APGD with a loss that cannot saturate", "",
+             ("Defended = the device's real top-1 on the attacked photo is the original's clean top-1 "
+              "(`attacks.csv`); p: exact McNemar on the same photos and random starts."), "",
+             *markdown_table(["model", "L2 budget", "scheme", "cross-entropy: defended (of them gradient 0)",
+                              "difference of logits ratio: defended"], apgd_table(apgd)), "",
+             *markdown_table(["model", "A", "B", "photos", "defended by A only", "by B only", "p"],
+                             [[model, t["a"], t["b"], t["pairs"], t["only_a"], t["only_b"], f"{t['p']:.2g}"]
+                              for model, entry in apgd.items() for t in entry["paired"]]), ""]
     write_bytes_atomic(out / "report.md", "\n".join(lines).encode())
     fig, axes = panel_grid(len(summary), 7.0, 3.2, max_columns=1)
     for ax, (model, by) in zip(axes, summary.items()):
@@ -122,6 +222,20 @@ def write_report(out: Path, rows: list[dict], run: dict) -> Path:
     return out / "report.md"
 
 
+def apgd_table(apgd: dict) -> list[list]:
+    """One row per (model, attacked scheme) of the report's APGD table."""
+    table = []
+    for model, entry in apgd.items():
+        for method in ATTACKED:
+            ce, dlr = (entry["cells"].get(f"{method}/{loss}") for loss in LOSSES)
+            if ce is None or dlr is None:
+                continue
+            table.append([model, f"{entry['whitebox_l2']:.3f}", method,
+                          f"{rate_text(ce['k'], ce['n'])} ({ce['defended_zero_gradient']})",
+                          rate_text(dlr["k"], dlr["n"])])
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = study_parser(__doc__, MODULE, Path("reports/masked_gradient"), "rebuild the report from per_image.csv")
     parser.add_argument("--models", default=MODELS, help=f"comma-separated name[:weights] (default {MODELS})")
@@ -130,17 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> Path:
         if args.from_stored:
             rows = read_csv(args.out / "per_image.csv", FIELDS)  # a clear error where it is missing
+            attacks = read_csv(args.out / "attacks.csv", ATTACK_FIELDS)
             if not (args.out / "run.json").is_file():
                 raise FakeGradientError(f"{args.out / 'run.json'} is missing: the study did not finish there")
-            return write_report(args.out, rows, json.loads((args.out / "run.json").read_text()))
+            return write_report(args.out, rows, attacks, json.loads((args.out / "run.json").read_text()))
         from fakegradient.evaluation.runner import environment
 
         args.out.mkdir(parents=True, exist_ok=True)
 
-        rows = measure(args.models.split(","), args.seed)
+        rows, attacks, budgets = measure(args.models.split(","), args.seed)
         write_csv(args.out / "per_image.csv", rows)
-        run = {"command": command_line(MODULE, argv), "seed": args.seed, "environment": environment()}
-        report = write_report(args.out, rows, run)
+        write_csv(args.out / "attacks.csv", attacks)
+        run = {"command": command_line(MODULE, argv), "seed": args.seed, "whitebox_l2": budgets,
+               "environment": environment()}
+        report = write_report(args.out, rows, attacks, run)
         write_bytes_atomic(args.out / "run.json", json.dumps(run, indent=2).encode())
         return report
 

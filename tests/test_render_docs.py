@@ -157,6 +157,40 @@ def test_the_masked_gradient_count_is_rendered_from_its_report():
     assert render.value_masked_gradient(reports).startswith(f"{summary['zero_k']}/{summary['n']} MobileNetV2, ")
 
 
+def test_a_cross_entropy_cell_counts_its_masked_photos_only_on_the_studys_pipelines(tmp_path):
+    """PGD/APGD cells say how many defended photos had an exactly zero gradient in reports/masked_gradient, where
+    the matrix ran the study's pipelines (the paper's bias, its seed, its photos); another bias or other photos
+    say nothing."""
+    def write(path: Path, rows: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    photos = ["a.jpg", "b.jpg", "c.jpg"]
+    write(tmp_path / "masked_gradient" / "per_image.csv",
+          [{"model": "m", "method": "fake-gradient", "image": i, "gradient_zero": z}
+           for i, z in zip(photos, ["True", "True", "False"])])
+    (tmp_path / "masked_gradient" / "results.json").write_text(json.dumps({"seed": 0}))
+    matrix = [{"method": "fake-gradient", "attacker": "pgd", "k": 2, "n": 3, "too_weak": False,
+               "under_powered": False}]
+    for folder, bias, images in (("paper", "paper", photos), ("official", "official", photos),
+                                 ("fewer", "paper", photos[:2])):
+        write(tmp_path / folder / "attackers_per_image.csv",
+              [{"model": "m", "method": "fake-gradient", "attacker": "pgd", "image": i, "defense_success": d}
+               for i, d in zip(images, ["True", "False", "True"])])
+        (tmp_path / folder / "results.json").write_text(json.dumps(
+            {"config": {"bias": bias, "seed": 0}, "adaptive": {"m": {"matrix": matrix, "key_recovery": {}}}}))
+    reports = render.Reports(tmp_path)
+    assert render.masked_defended(reports, "paper", "fake-gradient", "pgd") == 1  # a (zero) and c (not) defended
+    assert render.matrix_cell(reports, "paper", "fake-gradient", "pgd") == (
+        "2/3 [21–94] (1 of them a zero gradient: masked)")
+    assert render.masked_defended(reports, "official", "fake-gradient", "pgd") is None
+    assert render.masked_defended(reports, "fewer", "fake-gradient", "pgd") is None
+    assert render.matrix_cell(reports, "official", "fake-gradient", "pgd") == "2/3 [21–94]"
+
+
 def test_the_numbers_once_typed_by_hand_are_rendered_from_the_reports():
     """The device-head read-out rate on the private model is rendered from reports/private; no throughput
     (img/s, images/s) is typed outside a rendered region in README.md or docs/."""
