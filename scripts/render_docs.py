@@ -814,6 +814,21 @@ def value_masked_gradient(reports: Reports) -> str:
                      for model, by in summary.items()) + " photos"
 
 
+def value_masked_dlr(reports: Reports) -> str:
+    """Per model, APGD with the difference-of-logits ratio against the cross-entropy on Fake Gradient, and the
+    original with that loss (``reports/masked_gradient``'s APGD; p: exact McNemar on the same photos)."""
+    parts = []
+    for model, entry in reports.json("masked_gradient")["apgd"].items():
+        cells = entry["cells"]
+        dlr, ce = cells["fake-gradient/difference_logits_ratio"], cells["fake-gradient/cross_entropy"]
+        p = next(t["p"] for t in entry["paired"]
+                 if (t["a"], t["b"]) == ("fake-gradient/cross_entropy", "fake-gradient/difference_logits_ratio"))
+        base = cells["original/difference_logits_ratio"]
+        parts.append(f"{model_name(model)} {dlr['k']}/{dlr['n']} (cross-entropy {ce['k']}/{ce['n']}, p = {p:.2g}; "
+                     f"the original {base['k']}/{base['n']})")
+    return "; ".join(parts)
+
+
 def value_labelled(reports: Reports) -> str:
     entry = reports.aggregate("mobilenet_v2", None, "fake-gradient")
     return f"{agg_rate(entry, 'defense_success_pct')}"
@@ -1161,6 +1176,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "value:keyrec-file-ms": value_keyrec_ms,
     "value:noise-positions": value_noise_positions,
     "value:masked-gradient": value_masked_gradient,
+    "value:masked-dlr": value_masked_dlr,
     "value:key-size-mobilenet_v2": value_key_size,
     "value:private-blackbox": value_private_blackbox,
     "value:private-minutes": value_private_minutes,

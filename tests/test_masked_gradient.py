@@ -50,3 +50,27 @@ def test_the_committed_report_rebuilds_from_its_csv(tmp_path):
     assert 0 < fake["zero_k"] <= fake["n"] and fake["lead_max"] > masked_gradient.UNDERFLOW
     for model in committed["summary"].values():  # only the paper's scheme: no other scheme masks its gradient
         assert all(s["zero_k"] == 0 for method, s in model.items() if method != "fake-gradient")
+
+
+def test_the_apgd_summary_counts_masked_photos_and_pairs_the_losses():
+    """k of n per (scheme, loss), how many defended photos had a zero gradient, and the exact McNemar tests on
+    the photos both arms ran (values known: 3 discordant pairs one way, none the other: p = 0.25)."""
+    photos = [f"p{i}.jpg" for i in range(4)]
+    rows = [{"model": "m", "method": "fake-gradient", "image": p, "gradient_zero": i < 2} for i, p in enumerate(photos)]
+    defended = {("original", "cross_entropy"): [False] * 4, ("original", "difference_logits_ratio"): [False] * 4,
+                ("fake-gradient", "cross_entropy"): [True] * 4,
+                ("fake-gradient", "difference_logits_ratio"): [True, False, False, False]}
+    attacks = [{"model": "m", "method": method, "loss": loss, "image": p, "defended": d, "l2": 0.1,
+                "served_top1_moved": loss != "cross_entropy"}
+               for (method, loss), flags in defended.items() for p, d in zip(photos, flags)]
+    summary = masked_gradient.summarise_attacks(rows, attacks, {"m": 0.2})["m"]
+    assert summary["whitebox_l2"] == 0.2
+    assert summary["cells"]["fake-gradient/cross_entropy"] == {"k": 4, "n": 4, "defended_zero_gradient": 2,
+                                                               "defended_served_moved": 0}
+    assert summary["cells"]["fake-gradient/difference_logits_ratio"] == {
+        "k": 1, "n": 4, "defended_zero_gradient": 1, "defended_served_moved": 1}
+    assert summary["cells"]["original/cross_entropy"]["defended_zero_gradient"] == 0
+    ce_vs_dlr, dlr_vs_original, ce_vs_original = summary["paired"]
+    assert (ce_vs_dlr["only_a"], ce_vs_dlr["only_b"], ce_vs_dlr["p"]) == (3, 0, 0.25)
+    assert (dlr_vs_original["only_a"], dlr_vs_original["only_b"], dlr_vs_original["p"]) == (1, 0, 1.0)
+    assert (ce_vs_original["only_a"], ce_vs_original["p"]) == (4, 0.125)
