@@ -815,18 +815,31 @@ def value_masked_gradient(reports: Reports) -> str:
 
 
 def value_masked_dlr(reports: Reports) -> str:
-    """Per model, APGD with the difference-of-logits ratio against the cross-entropy on Fake Gradient, and the
-    original with that loss (``reports/masked_gradient``'s APGD; p: exact McNemar on the same photos)."""
+    """Per model, Fake Gradient's photos defended against APGD with the difference-of-logits ratio, against the
+    cross-entropy and against the original with that loss (p: exact McNemar on the same photos), and on how many
+    of them the attack moved the served top-1 all the same (``reports/masked_gradient``'s APGD)."""
     parts = []
     for model, entry in reports.json("masked_gradient")["apgd"].items():
-        cells = entry["cells"]
+        cells, tests = entry["cells"], {(t["a"], t["b"]): t["p"] for t in entry["paired"]}
         dlr, ce = cells["fake-gradient/difference_logits_ratio"], cells["fake-gradient/cross_entropy"]
-        p = next(t["p"] for t in entry["paired"]
-                 if (t["a"], t["b"]) == ("fake-gradient/cross_entropy", "fake-gradient/difference_logits_ratio"))
         base = cells["original/difference_logits_ratio"]
-        parts.append(f"{model_name(model)} {dlr['k']}/{dlr['n']} (cross-entropy {ce['k']}/{ce['n']}, p = {p:.2g}; "
-                     f"the original {base['k']}/{base['n']})")
+        vs_ce = tests["fake-gradient/cross_entropy", "fake-gradient/difference_logits_ratio"]
+        vs_base = tests["fake-gradient/difference_logits_ratio", "original/difference_logits_ratio"]
+        parts.append(f"{model_name(model)} {dlr['k']}/{dlr['n']} (cross-entropy {ce['k']}/{ce['n']}, p = {vs_ce:.2g}; "
+                     f"the original {base['k']}/{base['n']}, p = {vs_base:.2g}; the served top-1 moved on "
+                     f"{dlr['defended_served_moved']} of the {dlr['k']})")
     return "; ".join(parts)
+
+
+def value_masked_dlr_short(reports: Reports) -> str:
+    """Fake Gradient's and the original's photos defended against APGD with the difference-of-logits ratio,
+    per model (``reports/masked_gradient``)."""
+    apgd = reports.json("masked_gradient")["apgd"]
+    def counts(method: str) -> str:
+        return ", ".join(f"{c['k']}/{c['n']}" for c in
+                         (entry["cells"][f"{method}/difference_logits_ratio"] for entry in apgd.values()))
+    return (f"{counts('fake-gradient')} photos ({', '.join(model_name(m) for m in apgd)}; the unprotected model "
+            f"{counts('original')})")
 
 
 def value_labelled(reports: Reports) -> str:
@@ -1177,6 +1190,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "value:noise-positions": value_noise_positions,
     "value:masked-gradient": value_masked_gradient,
     "value:masked-dlr": value_masked_dlr,
+    "value:masked-dlr-short": value_masked_dlr_short,
     "value:key-size-mobilenet_v2": value_key_size,
     "value:private-blackbox": value_private_blackbox,
     "value:private-minutes": value_private_minutes,
