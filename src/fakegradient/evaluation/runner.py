@@ -24,6 +24,7 @@ from .pipeline import Normalized, load_pipeline
 from .plan import Shard, ShardResult, plan
 from .records import ImageRecord
 from .stages.adaptive import check_limits
+from .stages.attackers import ATTACKERS
 from .store import ShardStore
 from .summary import AdaptiveResult, adaptive_budgets, collect_adaptive
 from .workbench import Workbench, served_pipelines
@@ -65,8 +66,8 @@ def evaluate(config: EvaluationConfig, progress: bool = True, store: ShardStore 
     samples = load_samples(config)
     if config.adaptive:
         check_limits(config.images_per_attacker)  # before any work
-    if store is not None:
-        store.begin(config.to_dict())
+    if store is not None:  # the attacker registry too: a resumed shard holds the rows of the code that ran it
+        store.begin(config.to_dict() | {"attackers": list(ATTACKERS)})
     evaluations, skipped = [], []
     for spec in config.models:
         try:

@@ -418,10 +418,13 @@ def _pgd_eot(ctx: Context) -> Attempt | None:
         attack(ctx.target.served, ctx.images, judge=_judged(ctx), generator=ctx.generator("pgd")).adversarial))
 
 
-def _apgd(ctx: Context) -> Attempt:
-    attack = APGD(eps=ctx.budgets["whitebox_l2"], steps=ctx.bench.config.iterative_steps)
-    return ctx.cached(("apgd", ctx.target.method), lambda: Attempt(
-        attack(ctx.target.served, ctx.images, judge=_judged(ctx), generator=ctx.generator("apgd")).adversarial))
+def _apgd(loss: str) -> Callable[[Context], Attempt]:
+    """APGD with ``loss``; every loss draws the same random starts (rows paired image by image)."""
+    def run(ctx: Context) -> Attempt:
+        attack = APGD(eps=ctx.budgets["whitebox_l2"], steps=ctx.bench.config.iterative_steps, loss=loss)
+        return ctx.cached(("apgd", loss, ctx.target.method), lambda: Attempt(attack(
+            ctx.target.served, ctx.images, judge=_judged(ctx), generator=ctx.generator("apgd")).adversarial))
+    return run
 
 
 def _cw(ctx: Context) -> Attempt:
@@ -588,8 +591,11 @@ ATTACKERS: dict[str, Attacker] = {
     "pgd-eot": Attacker("the served model file", "L2 PGD on the summed loss over "
                         f"{defaults.EOT_CANDIDATES} candidate real-row sets (one row of each pair the file reveals, "
                         "else random halves)", _pgd_eot, budget="whitebox_l2", iterative=True),
-    "apgd": Attacker("the served model", "L2 Auto-PGD (ART) on the served outputs", _apgd, budget="whitebox_l2",
-                    iterative=True),
+    "apgd": Attacker("the served model", "L2 Auto-PGD (ART) on the served outputs", _apgd("cross_entropy"),
+                    budget="whitebox_l2", iterative=True),
+    "apgd-dlr": Attacker("the served model", "the same APGD with Croce & Hein's difference-of-logits ratio, a loss "
+                         "that cannot saturate where the cross-entropy's gradient underflows (same random starts)",
+                         _apgd("difference_logits_ratio"), budget="whitebox_l2", iterative=True),
     "cw": Attacker("the served model", "Carlini & Wagner L2 (foolbox), minimum norm, success within the budget",
                    _cw, budget="whitebox_l2", iterative=True),
     "feature-space": Attacker("the served model minus its head", "L2 PGD pushing the trunk's features away from "
