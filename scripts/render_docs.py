@@ -24,9 +24,11 @@ import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from pathlib import Path
 
 from fakegradient.evaluation import intervals
+from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.paired import paired_test
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,16 +177,18 @@ def by_image(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, dict
 # key-recovery attackers whose cells say how much of the key they found
 RECOVERY_SHOWN = ("key-recovery-file", "learned-rows", "blind") + QUERY_ONLY
 CROSS_ENTROPY = ("pgd", "apgd")  # the rows that ascend the served top-1's cross-entropy (reports/masked_gradient)
+STUDY_DEFAULTS = ("bias", "scale", "space", "limit")  # settings shaping the served outputs, at their defaults there
 
 
 def masked_defended(reports: Reports, folder: str, method: str, attacker: str) -> int | None:
     """Photos a cross-entropy row counts as defended whose input gradient is exactly 0 on the served outputs
-    (``reports/masked_gradient``); None unless the matrix ran on that study's pipelines: the paper's bias, its
-    seed, and the same photos."""
+    (``reports/masked_gradient``); None unless the matrix ran on that study's pipelines: the default bias,
+    scale and space, its seed, and the same photos."""
     if not (reports.root / "masked_gradient" / "per_image.csv").is_file():
         return None
-    config = reports.json(folder).get("config", {})
-    if config.get("bias") != "paper" or config.get("seed") != reports.json("masked_gradient")["seed"]:
+    config, default = reports.json(folder).get("config", {}), {f.name: f.default for f in fields(EvaluationConfig)}
+    if any(config.get(name) != default[name] for name in STUDY_DEFAULTS) or (
+            config.get("seed") != reports.json("masked_gradient")["seed"]):
         return None
     zero = {(r["model"], r["method"], r["image"]): truthy(r["gradient_zero"])
             for r in reports.csv("masked_gradient", "per_image.csv")}
@@ -312,9 +316,11 @@ def render_decision(reports: Reports) -> str:
 
 def render_models(reports: Reports) -> str:
     """Fake Gradient's defense success on each model, against each attacker (unprotected in parentheses)."""
-    attackers = list(reports.adaptive(ADAPTIVE[MNV2])["threat_models"])
+    attackers = dict.fromkeys(a for folder in ADAPTIVE.values() for a in reports.adaptive(folder)["threat_models"])
     rows = []
     for attacker in attackers:
+        if all(reports.cell(folder, "fake-gradient", attacker) is None for folder in ADAPTIVE.values()):
+            continue  # a row no model's matrix ran
         cells = []
         for folder in ADAPTIVE.values():
             fg, orig = (
@@ -838,8 +844,10 @@ def value_masked_dlr_short(reports: Reports) -> str:
     def counts(method: str) -> str:
         return ", ".join(f"{c['k']}/{c['n']}" for c in
                          (entry["cells"][f"{method}/difference_logits_ratio"] for entry in apgd.values()))
+    worst = max(t["p"] for entry in apgd.values() for t in entry["paired"]
+                if (t["a"], t["b"]) == ("fake-gradient/difference_logits_ratio", "original/difference_logits_ratio"))
     return (f"{counts('fake-gradient')} photos ({', '.join(model_name(m) for m in apgd)}; the unprotected model "
-            f"{counts('original')})")
+            f"{counts('original')}, paired p ≤ {worst:.2g})")
 
 
 def value_labelled(reports: Reports) -> str:

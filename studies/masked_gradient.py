@@ -6,8 +6,8 @@ softmax is exactly one-hot: the gradient is exactly zero and the attack never le
 gradient, Athalye et al. 2018), whatever the defense does to the real answer. Same models, photos, seed and
 schemes as the matrix (``fakegradient evaluate --adaptive``), one forward and backward pass per photo.
 
-Then the same APGD as the matrix's row (L2, its budget: twice the median DeepFool ‖r‖₂ on the original, its
-steps and random starts) with the cross-entropy and with Croce & Hein's difference-of-logits ratio, a loss that
+Then the same APGD as the matrix's row (L2, the budget the matrix computes on these photos: twice the median
+DeepFool ‖r‖₂ on the original; its steps and random starts) with the cross-entropy and with Croce & Hein's difference-of-logits ratio, a loss that
 depends on ratios of logit differences and so cannot saturate, on the original and on the paper's scheme: does
 an attacker who only changes the loss get through, paired on the same photos and random starts?
 
@@ -21,7 +21,9 @@ import json
 import math
 import statistics
 import zlib
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +31,9 @@ from torch import nn
 
 from fakegradient.atomic import write_bytes_atomic
 from fakegradient.errors import FakeGradientError
+
+if TYPE_CHECKING:
+    from fakegradient.evaluation.workbench import Workbench
 
 from .kit import (
     command_line,
@@ -91,13 +96,13 @@ def measure(models: list[str], seed: int) -> tuple[list[dict], list[dict], dict[
     return rows, attacks, budgets
 
 
-def slices(bench) -> list[tuple[int, int]]:
+def slices(bench: Workbench) -> list[tuple[int, int]]:
     """The matrix's image slices: [start, stop) of ``batch_size`` photos."""
     n, size = len(bench.samples), bench.config.batch_size
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def whitebox_budget(bench) -> float:
+def whitebox_budget(bench: Workbench) -> float:
     """The matrix's white-box L2 budget: ``budget_factor`` × the median ‖r‖₂ of DeepFool on the original
     (:func:`fakegradient.evaluation.summary.adaptive_budgets`), per slice as the matrix runs it."""
     from fakegradient.attacks.base import norms
@@ -110,7 +115,7 @@ def whitebox_budget(bench) -> float:
     return bench.config.budget_factor * statistics.median(sizes)
 
 
-def apgd_rows(bench, spec: str, eps: float) -> list[dict]:
+def apgd_rows(bench: Workbench, spec: str, eps: float) -> list[dict]:
     """APGD at ``eps`` with each loss on each of :data:`ATTACKED`, the matrix's steps and its random starts
     (seeded by run seed, "apgd" and the slice's first photo, as the matrix's row): defended = the device's
     real top-1 on the attacked photo is the original's clean top-1."""
@@ -157,8 +162,6 @@ def summarise_attacks(rows: list[dict], attacks: list[dict], budgets: dict[str, 
     """model → the budget, (scheme, loss) → photos defended (k of n; of them, those whose gradient is exactly
     0 and those whose served top-1 the attack moved all the same), and the paired exact tests: the paper's
     scheme with one loss against the other, and against the original with the same loss."""
-    from dataclasses import asdict
-
     from fakegradient.evaluation.paired import paired_test
 
     zero = {(r["model"], r["method"], r["image"]) for r in rows if r["gradient_zero"]}
@@ -248,7 +251,8 @@ def apgd_table(apgd: dict) -> list[list]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = study_parser(__doc__, MODULE, Path("reports/masked_gradient"), "rebuild the report from per_image.csv")
+    parser = study_parser(__doc__, MODULE, Path("reports/masked_gradient"),
+                          "rebuild the report from per_image.csv, attacks.csv and run.json")
     parser.add_argument("--models", default=MODELS, help=f"comma-separated name[:weights] (default {MODELS})")
     args = parser.parse_args(argv)
 
@@ -258,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             attacks = read_csv(args.out / "attacks.csv", ATTACK_FIELDS)
             if not (args.out / "run.json").is_file():
                 raise FakeGradientError(f"{args.out / 'run.json'} is missing: the study did not finish there")
-            return write_report(args.out, rows, attacks, json.loads((args.out / "run.json").read_text()))
+            run = json.loads((args.out / "run.json").read_text())
+            if "whitebox_l2" not in run:
+                raise FakeGradientError(f"{args.out / 'run.json'} has no APGD budgets: made before the APGD runs; "
+                                        "rerun the study")
+            return write_report(args.out, rows, attacks, run)
         from fakegradient.evaluation.runner import environment
 
         args.out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@ folder fails at once with a clear message instead of removing the first run's sh
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ import pytest
 from test_keys_cli import error_of, fake_evaluate  # noqa: F401 - fake_evaluate: a fixture
 
 from fakegradient.errors import FakeGradientError
+from fakegradient.evaluation.plan import Shard, ShardResult, plan
 from fakegradient.evaluation.store import ShardStore, unfinished_run
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="runs into one folder are locked with flock (POSIX)")
@@ -77,3 +80,21 @@ def test_one_process_may_open_its_run_folder_again_and_release_it(tmp_path):
     first.close()
     with running_run(tmp_path):  # released: another process can take it
         pass
+
+
+def test_a_stored_adaptive_shard_of_another_attacker_registry_is_recomputed(tmp_path):
+    """An adaptive shard holds the rows of the code that ran it: resumed with another attacker registry (or
+    stored before shards recorded it), it is not reused, so a matrix never mixes rows of two registries."""
+    budgets = {"original": {"whitebox_l2": 0.1}}
+    (shard,) = plan("m", ["original"], 4, 4, "adaptive", budgets, attackers=("naive", "pgd"))
+    with ShardStore(tmp_path / ".shards") as store:
+        store.put(shard, ShardResult([{"attacker": "pgd"}]))
+        assert store.get(shard).records == [{"attacker": "pgd"}]
+        assert Shard.from_json(shard.to_json()) == shard
+        assert store.get(dataclasses.replace(shard, attackers=("naive", "pgd", "apgd-dlr"))) is None
+        stored = tmp_path / ".shards" / f"{shard.id}.json"
+        payload = json.loads(stored.read_text())
+        del payload["shard"]["attackers"]  # written by code from before the registry was recorded
+        stored.write_text(json.dumps(payload))
+        assert store.get(shard) is None
+        assert store.get(dataclasses.replace(shard, attackers=())).records == [{"attacker": "pgd"}]

@@ -175,19 +175,21 @@ def test_a_cross_entropy_cell_counts_its_masked_photos_only_on_the_studys_pipeli
     (tmp_path / "masked_gradient" / "results.json").write_text(json.dumps({"seed": 0}))
     matrix = [{"method": "fake-gradient", "attacker": "pgd", "k": 2, "n": 3, "too_weak": False,
                "under_powered": False}]
-    for folder, bias, images in (("paper", "paper", photos), ("official", "official", photos),
-                                 ("fewer", "paper", photos[:2])):
+    study = {"bias": "paper", "scale": 20.0, "space": "pixel", "limit": None, "seed": 0}
+    for folder, changed, images in (("same", {}, photos), ("official", {"bias": "official"}, photos),
+                                    ("scale", {"scale": 5.0}, photos), ("seed", {"seed": 1}, photos),
+                                    ("fewer", {}, photos[:2])):
         write(tmp_path / folder / "attackers_per_image.csv",
               [{"model": "m", "method": "fake-gradient", "attacker": "pgd", "image": i, "defense_success": d}
                for i, d in zip(images, ["True", "False", "True"])])
         (tmp_path / folder / "results.json").write_text(json.dumps(
-            {"config": {"bias": bias, "seed": 0}, "adaptive": {"m": {"matrix": matrix, "key_recovery": {}}}}))
+            {"config": study | changed, "adaptive": {"m": {"matrix": matrix, "key_recovery": {}}}}))
     reports = render.Reports(tmp_path)
-    assert render.masked_defended(reports, "paper", "fake-gradient", "pgd") == 1  # a (zero) and c (not) defended
-    assert render.matrix_cell(reports, "paper", "fake-gradient", "pgd") == (
+    assert render.masked_defended(reports, "same", "fake-gradient", "pgd") == 1  # a (zero) and c (not) defended
+    assert render.matrix_cell(reports, "same", "fake-gradient", "pgd") == (
         "2/3 [21–94] (1 of them a zero gradient: masked)")
-    assert render.masked_defended(reports, "official", "fake-gradient", "pgd") is None
-    assert render.masked_defended(reports, "fewer", "fake-gradient", "pgd") is None
+    for other in ("official", "scale", "seed", "fewer"):  # other keys or photos than the study's
+        assert render.masked_defended(reports, other, "fake-gradient", "pgd") is None, other
     assert render.matrix_cell(reports, "official", "fake-gradient", "pgd") == "2/3 [21–94]"
 
 

@@ -26,6 +26,7 @@ class Shard:
     stop: int
     stage: str = "deepfool"
     budgets: tuple[tuple[str, float], ...] = ()  # an adaptive shard's budgets, from earlier shards
+    attackers: tuple[str, ...] = ()  # an adaptive shard's attacker registry: a stored shard of other code is redone
 
     @property
     def id(self) -> str:
@@ -45,7 +46,8 @@ class Shard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Shard:
-        return cls(**data | {"budgets": tuple((k, v) for k, v in data["budgets"])})
+        return cls(**data | {"budgets": tuple((k, v) for k, v in data["budgets"]),
+                             "attackers": tuple(data.get("attackers", ()))})
 
 
 @dataclass
@@ -59,10 +61,10 @@ class ShardResult:
 
 
 def plan(model: str, methods: list[str], n_images: int, shard_size: int, stage: str = "deepfool",
-         budgets: dict[str, dict[str, float]] | None = None) -> list[Shard]:
-    """Shards of ``shard_size`` images for each method; ``budgets[method]`` goes into its shards."""
+         budgets: dict[str, dict[str, float]] | None = None, attackers: tuple[str, ...] = ()) -> list[Shard]:
+    """Shards of ``shard_size`` images for each method; ``budgets[method]`` and ``attackers`` go into its shards."""
     return [Shard(model, method, start, min(start + shard_size, n_images), stage,
-                  tuple(sorted((budgets or {}).get(method, {}).items())))
+                  tuple(sorted((budgets or {}).get(method, {}).items())), attackers)
             for method in methods for start in range(0, n_images, shard_size)]
 
 

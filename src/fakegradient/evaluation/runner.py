@@ -66,8 +66,8 @@ def evaluate(config: EvaluationConfig, progress: bool = True, store: ShardStore 
     samples = load_samples(config)
     if config.adaptive:
         check_limits(config.images_per_attacker)  # before any work
-    if store is not None:  # the attacker registry too: a resumed shard holds the rows of the code that ran it
-        store.begin(config.to_dict() | {"attackers": list(ATTACKERS)})
+    if store is not None:
+        store.begin(config.to_dict())
     evaluations, skipped = [], []
     for spec in config.models:
         try:
@@ -119,7 +119,8 @@ def evaluate_model(name: str, pipeline: Normalized, images: torch.Tensor, sample
     if transfer_shards:
         budgets = adaptive_budgets(config, transfer)
         methods = list(config.methods)
-        adaptive_shards = plan(name, methods, n, config.batch_size, "adaptive", dict.fromkeys(methods, budgets))
+        adaptive_shards = plan(name, methods, n, config.batch_size, "adaptive", dict.fromkeys(methods, budgets),
+                               attackers=tuple(ATTACKERS))
         adaptive_results = run(adaptive_shards, f"adaptive {name}")
         adaptive = collect_adaptive(methods, records, transfer, list(zip(adaptive_shards, adaptive_results)), budgets)
         adaptive.device_cost = device_cost(bench, images[:1])

@@ -69,10 +69,9 @@ class ShardStore:
         elif run["settings"] != kept:
             stored = run["settings"]
             changed = sorted(k for k in kept.keys() | stored.keys() if kept.get(k) != stored.get(k))
-            how = ("finish it with the code that began it (its attacker registry differs), or rerun without "
-                   "--resume") if "attackers" in changed else "rerun with the same ones, or without --resume"
             raise FakeGradientError(f"--resume: the unfinished run in {self.folder.parent} used other "
-                                    f"settings ({', '.join(changed)}); {how}")
+                                    f"settings ({', '.join(changed)}); rerun with the same ones, or without "
+                                    "--resume")
 
     def seed(self, model: str, draw: Callable[[], int]) -> int:
         """The evaluation seed of ``model`` in this run: the stored one when resuming, else ``draw()``."""
