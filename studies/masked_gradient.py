@@ -6,10 +6,11 @@ softmax is exactly one-hot: the gradient is exactly zero and the attack never le
 gradient, Athalye et al. 2018), whatever the defense does to the real answer. Same models, photos, seed and
 schemes as the matrix (``fakegradient evaluate --adaptive``), one forward and backward pass per photo.
 
-Then the same APGD as the matrix's row (L2, the budget the matrix computes on these photos: twice the median
-DeepFool ‖r‖₂ on the original; its steps and random starts) with the cross-entropy and with Croce & Hein's difference-of-logits ratio, a loss that
-depends on ratios of logit differences and so cannot saturate, on the original and on the paper's scheme: does
-an attacker who only changes the loss get through, paired on the same photos and random starts?
+Then the matrix's APGD rows themselves (L2, the budget the matrix computes on these photos: twice the median
+DeepFool ‖r‖₂ on the original; its steps and random starts): ``apgd`` with the cross-entropy and ``apgd-dlr``
+with Croce & Hein's difference-of-logits ratio, a loss that depends on ratios of logit differences and so cannot
+saturate, on the original and on the paper's scheme: does an attacker who only changes the loss get through,
+paired on the same photos and random starts?
 
     python -m studies.masked_gradient --seed 0 --out reports/masked_gradient
     python -m studies.masked_gradient --from-stored --out reports/masked_gradient
@@ -20,12 +21,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -52,8 +51,9 @@ METHODS = ("original", "fake-gradient", "random-weight", "fake-gradient-hardened
 UNDERFLOW = 149 * math.log(2)  # exp(-x) below float32's smallest subnormal 2^-149: rounds to 0
 FIELDS = {"model": str, "method": str, "image": str, "lead": float, "gradient_max_abs": float,
           "gradient_zero": parse_bool}
-ATTACKED = ("original", "fake-gradient")  # the unprotected baseline and the scheme whose gradient is masked
-LOSSES = ("cross_entropy", "difference_logits_ratio")
+ORIGINAL, ATTACKED = "original", ("original", "fake-gradient")  # the baseline; with the masked scheme
+ROWS = {"cross_entropy": "apgd", "difference_logits_ratio": "apgd-dlr"}  # loss → the matrix's APGD row
+LOSSES = tuple(ROWS)
 ATTACK_FIELDS = {"model": str, "method": str, "loss": str, "image": str, "defended": parse_bool,
                  "served_top1_moved": parse_bool, "l2": float}
 
@@ -91,59 +91,53 @@ def measure(models: list[str], seed: int) -> tuple[list[dict], list[dict], dict[
                         rows.append({"model": spec, "method": method, "image": sample.path.name,
                                      "lead": float(lead[i]), "gradient_max_abs": float(gradient[i]),
                                      "gradient_zero": bool(gradient[i] == 0)})
-            budgets[spec] = whitebox_budget(bench)
+            budgets[spec] = whitebox_budget(bench, spec)
             attacks += apgd_rows(bench, spec, budgets[spec])
     return rows, attacks, budgets
 
 
-def slices(bench: Workbench) -> list[tuple[int, int]]:
-    """The matrix's image slices: [start, stop) of ``batch_size`` photos."""
-    n, size = len(bench.samples), bench.config.batch_size
-    return [(start, min(start + size, n)) for start in range(0, n, size)]
+def whitebox_budget(bench: Workbench, spec: str) -> float:
+    """The matrix's white-box L2 budget, by the matrix's own code: its transfer shards (DeepFool on the original)
+    and :func:`fakegradient.evaluation.summary.adaptive_budgets`."""
+    from fakegradient.evaluation.plan import plan
+    from fakegradient.evaluation.stages import transfer
+    from fakegradient.evaluation.summary import adaptive_budgets
 
-
-def whitebox_budget(bench: Workbench) -> float:
-    """The matrix's white-box L2 budget: ``budget_factor`` × the median ‖r‖₂ of DeepFool on the original
-    (:func:`fakegradient.evaluation.summary.adaptive_budgets`), per slice as the matrix runs it."""
-    from fakegradient.attacks.base import norms
-    from fakegradient.evaluation.workbench import deepfool
-
-    sizes = []
-    for start, stop in slices(bench):
-        images = bench.batch(start, stop)
-        sizes += norms(deepfool(bench.config)(bench.original, images).adversarial - images, images)["l2"].tolist()
-    return bench.config.budget_factor * statistics.median(sizes)
+    shards = plan(spec, [ORIGINAL], len(bench.samples), bench.config.batch_size, "transfer")
+    results = [transfer.run(bench, s, bench.batch(s.start, s.stop), bench.samples[s.start:s.stop]) for s in shards]
+    return adaptive_budgets(bench.config, results)["whitebox_l2"]
 
 
 def apgd_rows(bench: Workbench, spec: str, eps: float) -> list[dict]:
-    """APGD at ``eps`` with each loss on each of :data:`ATTACKED`, the matrix's steps and its random starts
-    (seeded by run seed, "apgd" and the slice's first photo, as the matrix's row): defended = the device's
-    real top-1 on the attacked photo is the original's clean top-1."""
-    from fakegradient.attacks.apgd import APGD
+    """The matrix's rows :data:`ROWS` at ``eps`` on each of :data:`ATTACKED`, slice by slice as the matrix runs
+    them (same steps and random starts): defended = the device's real top-1 on the attacked photo is the
+    original's clean top-1; ``served_top1_moved``: the attack reached its own goal."""
+    from fakegradient.attacks.base import norms
+    from fakegradient.evaluation.plan import plan
+    from fakegradient.evaluation.stages.adaptive import target
+    from fakegradient.evaluation.stages.attackers import ATTACKERS, Context
+    from fakegradient.evaluation.stages.common import decrypted_top1
 
     rows = []
-    for start, stop in slices(bench):
-        images = bench.batch(start, stop)
+    for shard in plan(spec, [ORIGINAL], len(bench.samples), bench.config.batch_size):
+        images = bench.batch(shard.start, shard.stop)
         with torch.no_grad():
             truth = bench.original(images).argmax(1)
         for method in ATTACKED:
-            served, secret = bench.served[method]
-
-            def device(x: torch.Tensor, served=served, secret=secret) -> torch.Tensor:
-                outputs = served(x)
-                return outputs if secret is None else secret.decrypt(outputs)
-
-            for loss in LOSSES:
-                attack = APGD(eps=eps, steps=bench.config.iterative_steps, loss=loss)
-                generator = np.random.default_rng([bench.seed, zlib.crc32(b"apgd"), start])
-                result = attack(served, images, judge=device, generator=generator)
+            scheme = target(bench, method)
+            with torch.no_grad():
+                clean = scheme.served(images).argmax(1)
+            for loss, row in ROWS.items():
+                context = Context(bench, scheme, images, shard.start, {"whitebox_l2": eps}, truth)
+                adversarial = ATTACKERS[row].run(context).adversarial
+                defended = decrypted_top1(scheme.served, scheme.secret, adversarial) == truth
                 with torch.no_grad():
-                    defended = device(result.adversarial).argmax(1) == truth
-                    moved = served(result.adversarial).argmax(1) != served(images).argmax(1)
-                for i, sample in enumerate(bench.samples[start:stop]):
+                    moved = scheme.served(adversarial).argmax(1) != clean
+                l2 = norms(adversarial - images, images)["l2"]
+                for i, sample in enumerate(bench.samples[shard.start:shard.stop]):
                     rows.append({"model": spec, "method": method, "loss": loss, "image": sample.path.name,
                                  "defended": bool(defended[i]), "served_top1_moved": bool(moved[i]),
-                                 "l2": float(result.l2[i])})
+                                 "l2": float(l2[i])})
     return rows
 
 
@@ -165,27 +159,22 @@ def summarise_attacks(rows: list[dict], attacks: list[dict], budgets: dict[str, 
     from fakegradient.evaluation.paired import paired_test
 
     zero = {(r["model"], r["method"], r["image"]) for r in rows if r["gradient_zero"]}
-    outcome: dict = {}
-    moved: dict = {}  # model → arm → defended photos whose served top-1 the attack did move (its own goal)
+    outcome: dict = {}  # model → arm → image → its APGD row
     for a in attacks:
-        arm = f"{a['method']}/{a['loss']}"
-        outcome.setdefault(a["model"], {}).setdefault(arm, {})[a["image"]] = a["defended"]
-        by = moved.setdefault(a["model"], {})
-        by[arm] = by.get(arm, 0) + (a["defended"] and a["served_top1_moved"])
+        outcome.setdefault(a["model"], {}).setdefault(f"{a['method']}/{a['loss']}", {})[a["image"]] = a
     out = {}
     for model, arms in outcome.items():
-        cells = {}
-        for arm, defended in arms.items():
-            method = arm.split("/")[0]
-            cells[arm] = {"k": sum(defended.values()), "n": len(defended),
-                          "defended_zero_gradient": sum(d and (model, method, i) in zero
-                                                        for i, d in defended.items()),
-                          "defended_served_moved": moved[model][arm]}
+        defended = {arm: {i: a["defended"] for i, a in mine.items()} for arm, mine in arms.items()}
+        cells = {arm: {"k": sum(a["defended"] for a in mine.values()), "n": len(mine),
+                       "defended_zero_gradient": sum(a["defended"] and (model, a["method"], i) in zero
+                                                     for i, a in mine.items()),
+                       "defended_served_moved": sum(a["defended"] and a["served_top1_moved"] for a in mine.values())}
+                 for arm, mine in arms.items()}
         pairs = [("fake-gradient/cross_entropy", "fake-gradient/difference_logits_ratio"),
                  ("fake-gradient/difference_logits_ratio", "original/difference_logits_ratio"),
                  ("fake-gradient/cross_entropy", "original/cross_entropy")]
-        tests = [{"a": a, "b": b, **asdict(paired_test(arms[a], arms[b]))} for a, b in pairs
-                 if a in arms and b in arms]
+        tests = [{"a": a, "b": b, **asdict(paired_test(defended[a], defended[b]))} for a, b in pairs
+                 if a in defended and b in defended]
         out[model] = {"whitebox_l2": budgets[model], "cells": cells, "paired": tests}
     return out
 
