@@ -1,8 +1,8 @@
 """Where the adaptive matrix's time goes: per attacker, wall time vs the forward/backward passes it ran.
 
     PYTHONPATH=src python benchmarks/matrix_speed.py [--model mobilenet_v2:IMAGENET1K_V1] [--data photos]
-        [--limit 2] [--attackers square,hopskipjump] [--queries 5000] [--threads 1,2] [--rounds 3]
-        [--variants before,reuse,after]
+        [--limit 2] [--attackers square,hopskipjump] [--attacker-images pgd=12,square=4] [--queries 5000]
+        [--threads 1,2] [--rounds 3] [--variants before,reuse,after] [--log runs/speed.jsonl]
 
 Each attacker of :data:`ATTACKERS` runs, as the adaptive stage does, on every scheme (one shard: the first
 ``--limit`` images, seed 0, the committed run's budgets for this model where ``reports/`` has them).
@@ -19,6 +19,12 @@ counter that keeps ART from that walk, ``after`` both (today's code). The memo i
 variants and attackers (the machine is shared); the table gives the median and range over rounds, and
 whether each attacker's per-image decisions (device top-1 = original clean top-1) and query counts agree
 between variants.
+
+``--attacker-images`` limits attackers to the first N images as the matrix's option does (the whole matrix at
+its committed settings: the committed run's value). ``--log`` appends each (round, threads, attacker, variant)
+result to a JSON-lines file as it finishes and, run again with the same settings, skips what it holds: a
+whole-matrix comparison of hours can span several sessions (a pair split by a restart is less paired: its two
+runs met different load). The ``whole matrix`` lines sum every attacker of the rounds that ran them all.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import glob
 import hashlib
 import json
+import os
 import statistics
 import time
 from collections import Counter
@@ -71,17 +78,72 @@ def use_variant(variant: str) -> None:
     square.QueryCounter = hopskipjump.QueryCounter = counter
 
 
-def committed_budgets(spec: str) -> dict[str, float] | None:
+def committed_budgets(spec: str, data: str, images: int) -> dict[str, float] | None:
+    """The budgets of a committed run of ``spec`` on the same ``images`` photos of ``data`` (its DeepFool median
+    is over those photos), or None."""
     for path in sorted(glob.glob(str(ROOT / "reports" / "*" / "results.json"))):
-        adaptive = json.loads(Path(path).read_text()).get("adaptive") or {}
-        if spec in adaptive and adaptive[spec].get("budgets"):
+        result = json.loads(Path(path).read_text())
+        adaptive, source = result.get("adaptive") or {}, result.get("data") or {}
+        if (spec in adaptive and adaptive[spec].get("budgets") and source.get("name") == data
+                and source.get("distinct_photos") == images):
             return dict(adaptive[spec]["budgets"])
     return None
 
 
+def attacker_limits(text: str, names: list[str]) -> dict[str, int]:
+    """``name=N,...`` → attacker → N (unnamed attackers: no limit)."""
+    limits = {}
+    for item in filter(None, text.split(",")):
+        name, _, count = item.partition("=")
+        if name not in names or not count.isdigit():
+            raise ValueError(f"--attacker-images: expected name=N with a name of --attackers, got {item!r}")
+        limits[name] = int(count)
+    return limits
+
+
+class Log:
+    """Results as JSON lines (a header of the settings, then one line per run), appended as they finish."""
+
+    def __init__(self, path: Path | None, settings: dict):
+        self.path, self.done, self.resumed = path, {}, False
+        if path is None:
+            return
+        if path.exists():
+            lines = path.read_text().splitlines()
+            header = json.loads(lines[0]) if lines else {}
+            if {**header, "budgets": None} != {**settings, "budgets": None}:
+                raise ValueError(f"--log {path}: written with other settings ({header}); use another file")
+            settings["budgets"] = header["budgets"]  # the logged runs' budgets, not a recomputation's
+            self.resumed = True
+            for line in lines[1:]:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: that run is redone
+                    continue
+                row["counts"] = Counter({(p, tuple(shape), k): n for p, shape, k, n in row["counts"]})
+                self.done[(row["round"], row["threads"], row["attacker"], row["variant"])] = row
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._append(settings)
+
+    def _append(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def add(self, key: tuple, result: dict) -> None:
+        if self.path is not None:
+            counts = [[p, list(shape), k, n] for (p, shape, k), n in result["counts"].items()]
+            self._append({**dict(zip(("round", "threads", "attacker", "variant"), key)), **result,
+                          "counts": counts})
+
+
 def run_attacker(bench: Workbench, name: str, images: torch.Tensor, budgets: dict, passes: Passes,
                  roofline: PassTimes) -> dict:
-    """``name`` on every scheme, as the adaptive stage; its wall time, passes, roofline and decisions."""
+    """``name`` on every scheme, as the adaptive stage; its wall time, passes, roofline and decisions.
+
+    images: (B, 3, H, W), the first B of the workbench's."""
     bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}  # keep only the traced head names
     with torch.no_grad():
         truth = bench.original(images).argmax(1)
@@ -128,6 +190,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", default="after", help=f"comma-separated, of {', '.join(VARIANTS)}; "
                         "speed-ups are against the first")
+    parser.add_argument("--attacker-images", default="", help="name=N,...: run these attackers on the first N images")
+    parser.add_argument("--log", type=Path, help="append each result here as JSON lines; resume from it")
     args = parser.parse_args()
 
     names = args.attackers.split(",")
@@ -136,12 +200,17 @@ def main() -> None:
         parser.error(f"unknown or round-1 attacker(s) {unknown}")
     if not set(args.variants.split(",")) <= set(VARIANTS):
         parser.error(f"--variants: each one of {', '.join(VARIANTS)}, got {args.variants!r}")
+    try:
+        limits = attacker_limits(args.attacker_images, names)
+    except ValueError as err:
+        parser.error(str(err))
+    names = [n for n in names if limits.get(n) != 0]
     config = EvaluationConfig(models=[args.model], methods=args.methods.split(","), data=args.data, limit=args.limit,
                               seed=0, adaptive=True, blackbox_queries=args.queries)
     with full_fp32():
         bench = Workbench.load(config, args.model, 0)
         images = bench.batch(0, len(bench.samples))
-        budgets = committed_budgets(args.model)
+        budgets = committed_budgets(args.model, args.data, len(images))
         source = "committed run"
         if budgets is None:
             adversarial = deepfool(config)(bench.original, images).adversarial
@@ -153,6 +222,14 @@ def main() -> None:
         pipelines = {m: served for m, (served, _) in bench.served.items()}
         passes = Passes(pipelines).__enter__()
         variants, threads = args.variants.split(","), [int(t) for t in args.threads.split(",")]
+        settings = {"model": args.model, "data": args.data, "images": len(images), "methods": args.methods,
+                    "attackers": names, "limits": limits, "queries": args.queries, "budgets": budgets,
+                    "variants": variants, "threads": threads}
+        try:
+            log = Log(args.log, settings)
+        except ValueError as err:
+            parser.error(str(err))
+        budgets, source = settings["budgets"], f"--log {args.log}" if log.resumed else source
         print(f"{args.model} on {len(images)} of --data {args.data}; schemes {args.methods}; budgets ({source}) "
               f"white-box L2 {budgets['whitebox_l2']:.3f}, black-box L2 {budgets['blackbox_l2']:.2f}, "
               f"{args.queries} queries/image; {args.rounds} rounds, interleaved", flush=True)
@@ -164,8 +241,11 @@ def main() -> None:
                 roofline = PassTimes(pipelines, layouts=(torch.contiguous_format, torch.channels_last))
                 for name in names:
                     for variant in variants if r % 2 == 0 else variants[::-1]:
-                        use_variant(variant)
-                        res = run_attacker(bench, name, images, budgets, passes, roofline)
+                        res = log.done.get((r, t, name, variant))
+                        if res is None:
+                            use_variant(variant)
+                            res = run_attacker(bench, name, images[:limits.get(name)], budgets, passes, roofline)
+                            log.add((r, t, name, variant), res)
                         results.setdefault((t, name, variant), []).append(res)
                         print(f"  round {r + 1} threads {t} {name:<24} {variant:<6} wall {res['wall']:7.1f} s  "
                               f"roofline {res['roof']:7.1f} s", flush=True)
@@ -190,6 +270,11 @@ def main() -> None:
                 print(f"{t:>3} {name:<24} {variant:<7} {span(walls, '7.1f'):>22} {span(roofs, '7.1f'):>22} "
                       f"{span(fractions, '4.2f'):>18} {span(rests, '6.1f'):>20}  {summary(runs[0]['counts']):<28} "
                       f"{'yes' if same else 'NO'}")
+        for variant in variants:
+            walls = [sum(results[(t, n, variant)][r]["wall"] for n in names) for r in range(args.rounds)]
+            roofs = [sum(results[(t, n, variant)][r]["roof"] for n in names) for r in range(args.rounds)]
+            print(f"{t:>3} {'whole matrix':<24} {variant:<7} {span(walls, '7.1f'):>22} {span(roofs, '7.1f'):>22} "
+                  f"{span([b / a for a, b in zip(walls, roofs)], '4.2f'):>18}")
     if len(variants) > 1:
         print(f"\nspeed-up against {variants[0]}: wall time, paired within each round (median [range]), and rows passed")
         for t in threads:
@@ -201,6 +286,10 @@ def main() -> None:
                             for v in (variants[0], variant)]
                     print(f"  threads {t} {name:<24} {variant:<7} wall {span(ratios, '4.2f')}x   "
                           f"rows {rows[0] / max(rows[1], 1):4.2f}x")
+            for variant in variants[1:]:
+                ratios = [sum(results[(t, n, variants[0])][r]["wall"] for n in names)
+                          / sum(results[(t, n, variant)][r]["wall"] for n in names) for r in range(args.rounds)]
+                print(f"  threads {t} {'whole matrix':<24} {variant:<7} wall {span(ratios, '4.2f')}x")
 
 if __name__ == "__main__":
     main()

@@ -77,3 +77,34 @@ def test_serving_recording_cost_reports_each_part_and_leaves_the_log_as_it_was()
     assert cost["mode"] == "recording-cost" and cost["calls"] == 200 and cost["repeats"] == 2
     assert cost["metrics_us"] > 0 and cost["writer_us"] > 0 and math.isfinite(cost["log_us"])
     assert logging.getLogger(ACCESS_LOGGER).handlers == before  # its own handler removed again
+
+
+def test_matrix_speed_log_resumes_what_it_holds_and_refuses_other_settings(tmp_path):
+    bench = _module("matrix_speed")
+    path = tmp_path / "speed.jsonl"
+    settings = {"model": "m", "images": 2, "limits": {"pgd": 1}, "budgets": {"whitebox_l2": 0.3}}
+    log = bench.Log(path, dict(settings))
+    assert not log.resumed and log.done == {}
+    counts = bench.Counter({("original", (1, 3, 8, 8), "fwd"): 5})
+    log.add((0, 1, "pgd", "before"), {"wall": 2.0, "roof": 1.0, "counts": counts, "decisions": {"original": [True]},
+                                      "queries": {}})
+    with path.open("a") as f:
+        f.write('{"round": 0, "threads": 1, "attac')  # a line cut by a kill
+
+    recomputed = {**settings, "budgets": {"whitebox_l2": 0.31}}
+    again = bench.Log(path, recomputed)
+    assert recomputed["budgets"] == {"whitebox_l2": 0.3}  # the logged runs' budget wins over a recomputation
+    assert again.resumed and list(again.done) == [(0, 1, "pgd", "before")]
+    row = again.done[(0, 1, "pgd", "before")]
+    assert row["counts"] == counts and row["decisions"] == {"original": [True]} and row["wall"] == 2.0
+    with pytest.raises(ValueError, match="other settings"):
+        bench.Log(path, {**settings, "limits": {"pgd": 2}})
+
+
+def test_matrix_speed_attacker_limits():
+    bench = _module("matrix_speed")
+    assert bench.attacker_limits("pgd=12,square=0", ["pgd", "square", "cw"]) == {"pgd": 12, "square": 0}
+    assert bench.attacker_limits("", ["pgd"]) == {}
+    for bad in ("nope=3", "pgd=x", "pgd"):
+        with pytest.raises(ValueError, match="--attacker-images"):
+            bench.attacker_limits(bad, ["pgd"])
