@@ -5,7 +5,8 @@
         [--threads 1,2] [--rounds 3] [--variants before,reuse,after] [--log runs/speed.jsonl]
 
 Each attacker of :data:`ATTACKERS` runs, as the adaptive stage does, on every scheme (one shard: the first
-``--limit`` images, seed 0, the committed run's budgets for this model where ``reports/`` has them).
+``--limit`` images, seed 0, the budgets of a committed run of this model on exactly these photos where
+``reports/`` has one, else DeepFool's on them, as the matrix computes them).
 Every call of a served pipeline is counted by hooks: forward passes (with or without a graph) and their rows,
 backward passes that reach the input and their rows. The **roofline** is those passes timed alone on the same
 batch shapes (the median of three, in the faster of two memory layouts), summed: the unavoidable work for the
@@ -24,7 +25,9 @@ between variants.
 its committed settings: the committed run's value). ``--log`` appends each (round, threads, attacker, variant)
 result to a JSON-lines file as it finishes and, run again with the same settings, skips what it holds: a
 whole-matrix comparison of hours can span several sessions (a pair split by a restart is less paired: its two
-runs met different load). The ``whole matrix`` lines sum every attacker of the rounds that ran them all.
+runs met different load). The ``all attackers (sum)`` lines add the attackers' own times: each pays its shared
+computations itself (the memo is cleared per attacker) and the round-1 rows (naive, transfer, sanity) are not
+attackers here, so the sum is not the report's "distinct computation"; before and after are summed alike.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from torch import nn
 
 from fakegradient.attacks import hopskipjump, square
 from fakegradient.attacks._adapters import QueryCounter
+from fakegradient.errors import FakeGradientError
 from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.roofline import Passes, PassTimes
 from fakegradient.evaluation.stages import reuse
@@ -91,13 +95,14 @@ def committed_budgets(spec: str, data: str, images: int) -> dict[str, float] | N
 
 
 def attacker_limits(text: str, names: list[str]) -> dict[str, int]:
-    """``name=N,...`` → attacker → N (unnamed attackers: no limit)."""
-    limits = {}
-    for item in filter(None, text.split(",")):
-        name, _, count = item.partition("=")
-        if name not in names or not count.isdigit():
-            raise ValueError(f"--attacker-images: expected name=N with a name of --attackers, got {item!r}")
-        limits[name] = int(count)
+    """``name=N,...`` → attacker → N (unnamed attackers: no limit), parsed as the matrix's option is."""
+    try:
+        limits = EvaluationConfig(attacker_images=tuple(filter(None, text.split(",")))).images_per_attacker
+    except FakeGradientError as err:
+        raise ValueError(f"--attacker-images: {err}") from None
+    unknown = sorted(set(limits) - set(names))
+    if unknown:
+        raise ValueError(f"--attacker-images: {unknown} not among --attackers")
     return limits
 
 
@@ -108,23 +113,31 @@ class Log:
         self.path, self.done, self.resumed = path, {}, False
         if path is None:
             return
-        if path.exists():
-            lines = path.read_text().splitlines()
-            header = json.loads(lines[0]) if lines else {}
-            if {**header, "budgets": None} != {**settings, "budgets": None}:
-                raise ValueError(f"--log {path}: written with other settings ({header}); use another file")
-            settings["budgets"] = header["budgets"]  # the logged runs' budgets, not a recomputation's
-            self.resumed = True
-            for line in lines[1:]:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill: that run is redone
-                    continue
+        text = path.read_text() if path.exists() else ""
+        if "\n" not in text:  # new, or killed before its header was whole
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(settings) + "\n")
+            return
+        if not text.endswith("\n"):  # a line cut by a kill: dropped, so the next result starts a line of its own
+            text = text[:text.rindex("\n") + 1]
+            with path.open("r+") as f:
+                f.truncate(len(text.encode()))
+        lines = text.splitlines()
+        try:
+            header = json.loads(lines[0])
+        except json.JSONDecodeError:
+            raise ValueError(f"--log {path}: its first line is not a settings header; use another file") from None
+        if {**header, "budgets": None} != {**settings, "budgets": None}:
+            raise ValueError(f"--log {path}: written with other settings ({header}); use another file")
+        settings["budgets"] = header["budgets"]  # the logged runs' budgets, not a recomputation's
+        self.resumed = True
+        for line in lines[1:]:
+            try:
+                row = json.loads(line)
                 row["counts"] = Counter({(p, tuple(shape), k): n for p, shape, k, n in row["counts"]})
                 self.done[(row["round"], row["threads"], row["attacker"], row["variant"])] = row
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._append(settings)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):  # not a result line: redone
+                continue
 
     def _append(self, row: dict) -> None:
         with self.path.open("a") as f:
@@ -205,6 +218,8 @@ def main() -> None:
     except ValueError as err:
         parser.error(str(err))
     names = [n for n in names if limits.get(n) != 0]
+    if not names:
+        parser.error("every attacker has --attacker-images 0: nothing to run")
     config = EvaluationConfig(models=[args.model], methods=args.methods.split(","), data=args.data, limit=args.limit,
                               seed=0, adaptive=True, blackbox_queries=args.queries)
     with full_fp32():
@@ -273,7 +288,7 @@ def main() -> None:
         for variant in variants:
             walls = [sum(results[(t, n, variant)][r]["wall"] for n in names) for r in range(args.rounds)]
             roofs = [sum(results[(t, n, variant)][r]["roof"] for n in names) for r in range(args.rounds)]
-            print(f"{t:>3} {'whole matrix':<24} {variant:<7} {span(walls, '7.1f'):>22} {span(roofs, '7.1f'):>22} "
+            print(f"{t:>3} {'all attackers (sum)':<24} {variant:<7} {span(walls, '7.1f'):>22} {span(roofs, '7.1f'):>22} "
                   f"{span([b / a for a, b in zip(walls, roofs)], '4.2f'):>18}")
     if len(variants) > 1:
         print(f"\nspeed-up against {variants[0]}: wall time, paired within each round (median [range]), and rows passed")
@@ -289,7 +304,7 @@ def main() -> None:
             for variant in variants[1:]:
                 ratios = [sum(results[(t, n, variants[0])][r]["wall"] for n in names)
                           / sum(results[(t, n, variant)][r]["wall"] for n in names) for r in range(args.rounds)]
-                print(f"  threads {t} {'whole matrix':<24} {variant:<7} wall {span(ratios, '4.2f')}x")
+                print(f"  threads {t} {'all attackers (sum)':<24} {variant:<7} wall {span(ratios, '4.2f')}x")
 
 if __name__ == "__main__":
     main()

@@ -832,6 +832,24 @@ def value_masked_gradient(reports: Reports) -> str:
                      for model, by in summary.items()) + " photos"
 
 
+VANISHING_MAX_ABS = 2.0 ** -75  # every |g_i| below it: each g_i² rounds to 0 in float32, so ‖g‖₂ = 0
+
+
+def value_masked_vanishing(reports: Reports) -> str:
+    """Per model, Fake Gradient's photos whose input gradient is not zero but below 2^-75 everywhere: the L2 norm
+    PGD and APGD divide their step by underflows to 0 in float32 and the step vanishes all the same."""
+    rows = reports.csv("masked_gradient", "per_image.csv")
+    counts: dict[str, int] = {}
+    leads = []
+    for row in rows:
+        if row["method"] == "fake-gradient":
+            tiny = row["gradient_zero"] == "False" and float(row["gradient_max_abs"]) < VANISHING_MAX_ABS
+            counts[row["model"]] = counts.get(row["model"], 0) + tiny
+            leads += [float(row["lead"])] * tiny
+    span = f" (a served top-1 lead of {min(leads):.0f}–{max(leads):.0f} logits)" if leads else ""
+    return ", ".join(f"{k} {model_name(model)}" for model, k in counts.items()) + " photos" + span
+
+
 def value_masked_dlr(reports: Reports) -> str:
     """Per model, Fake Gradient's photos defended against APGD with the difference-of-logits ratio, against the
     cross-entropy and against the original with that loss (p: exact McNemar on the same photos), and on how many
@@ -1207,6 +1225,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:mnist-classes": render_mnist_classes,
     "table:mnist-direction": render_mnist_direction,
     "value:keyrec-file-ms": value_keyrec_ms,
+    "value:masked-vanishing": value_masked_vanishing,
     "value:matrix-cost": value_matrix_cost,
     "value:noise-positions": value_noise_positions,
     "value:masked-gradient": value_masked_gradient,

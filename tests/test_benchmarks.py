@@ -100,11 +100,27 @@ def test_matrix_speed_log_resumes_what_it_holds_and_refuses_other_settings(tmp_p
     with pytest.raises(ValueError, match="other settings"):
         bench.Log(path, {**settings, "limits": {"pgd": 2}})
 
+    again.add((0, 1, "pgd", "after"), {"wall": 1.0, "roof": 1.0, "counts": counts, "decisions": {}, "queries": {}})
+    third = bench.Log(path, dict(settings))  # the result written after the cut line is whole
+    assert sorted(third.done) == [(0, 1, "pgd", "after"), (0, 1, "pgd", "before")]
+
+
+def test_matrix_speed_log_starts_afresh_where_no_header_is_whole_and_names_a_bad_one(tmp_path):
+    bench = _module("matrix_speed")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"model": "m", "ima')  # killed while writing its header
+    log = bench.Log(empty, {"model": "m", "budgets": {}})
+    assert not log.resumed and empty.read_text() == '{"model": "m", "budgets": {}}\n'
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(ValueError, match="bad.jsonl: its first line is not a settings header"):
+        bench.Log(bad, {"model": "m", "budgets": {}})
+
 
 def test_matrix_speed_attacker_limits():
     bench = _module("matrix_speed")
     assert bench.attacker_limits("pgd=12,square=0", ["pgd", "square", "cw"]) == {"pgd": 12, "square": 0}
     assert bench.attacker_limits("", ["pgd"]) == {}
-    for bad in ("nope=3", "pgd=x", "pgd"):
+    for bad in ("nope=3", "pgd=x", "pgd", "pgd=3,pgd=5"):
         with pytest.raises(ValueError, match="--attacker-images"):
             bench.attacker_limits(bad, ["pgd"])

@@ -296,3 +296,29 @@ def test_a_matrix_cell_names_its_paired_test_caveats_and_what_discovery_found(tm
     assert render.matrix_cell(reports, "adaptive", "fake-gradient", "query-only-square") == (
         "3/12 [9–53] (100.0 % of real rows from 8 noise queries, median 420 queries, p = 0.031)")
     assert render.matrix_cell(reports, "adaptive", "fake-gradient", "pgd") == "12/12 [76–100] (under-powered)"
+
+
+def test_a_vanishing_step_counts_only_tiny_nonzero_gradients_of_fake_gradient(tmp_path):
+    """Below 2^-75 every square underflows (the step vanishes); exactly 0 is counted elsewhere; other schemes not."""
+    folder = tmp_path / "masked_gradient"
+    folder.mkdir()
+    rows = [("m", "fake-gradient", "a", 60.0, 1e-24, False), ("m", "fake-gradient", "b", 200.0, 0.0, True),
+            ("m", "fake-gradient", "c", 45.0, 1e-20, False), ("m", "original", "a", 5.0, 1e-24, False),
+            ("m", "fake-gradient", "d", 90.0, 2.0 ** -75, False)]
+    with (folder / "per_image.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "method", "image", "lead", "gradient_max_abs", "gradient_zero"])
+        writer.writerows(rows)
+    text = render.value_masked_vanishing(render.Reports(tmp_path))
+    assert text == "1 m photos (a served top-1 lead of 60–60 logits)"
+
+
+def test_the_matrix_cost_names_each_models_photos_and_says_where_no_time_was_recorded():
+    reports = render.Reports(ROOT / "reports")
+    text = render.value_matrix_cost(reports)
+    for spec, folder in render.ADAPTIVE.items():
+        n = reports.cell(folder, "original", "naive")["n"]
+        seconds = reports.adaptive(folder).get("distinct_seconds")
+        cost = f"{seconds / 60:.0f} min of computation" if seconds else "run before per-row timing"
+        assert f"{render.model_name(spec)} n = {n}, {cost}" in text
+    assert text.count(" n = ") == len(render.ADAPTIVE)
