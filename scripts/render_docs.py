@@ -54,6 +54,7 @@ ADAPTIVE = {
     "efficientnet_lite2": "adaptive_efficientnet_lite2",
 }
 BLACKBOX = ("square", "hopskipjump")
+VANISHING_MAX_ABS = 2.0 ** -75  # every |g_i| below it: each g_i² rounds to 0 in float32, so ‖g‖₂ = 0 (no L2 step)
 QUERY_ONLY = ("query-only-square", "query-only-hopskipjump")  # the same attacks after a discovery from noise
 # the paper's Table 1 for MobileNet (Feng et al., MM 2021): the only model it shares with our reports
 PAPER_MOBILENET = {
@@ -181,16 +182,17 @@ STUDY_DEFAULTS = ("bias", "scale", "space", "limit")  # settings shaping the ser
 
 
 def masked_defended(reports: Reports, folder: str, method: str, attacker: str) -> int | None:
-    """Photos a cross-entropy row counts as defended whose input gradient is exactly 0 on the served outputs
-    (``reports/masked_gradient``); None unless the matrix ran on that study's pipelines: the default bias,
-    scale and space, its seed, and the same photos."""
+    """Photos a cross-entropy row counts as defended whose input gradient on the served outputs is exactly 0 or
+    below :data:`VANISHING_MAX_ABS` everywhere, so that the L2 step vanishes (``reports/masked_gradient``); None
+    unless the matrix ran on that study's pipelines: the default bias, scale and space, its seed, the same photos."""
     if not (reports.root / "masked_gradient" / "per_image.csv").is_file():
         return None
     config, default = reports.json(folder).get("config", {}), {f.name: f.default for f in fields(EvaluationConfig)}
     if any(config.get(name) != default[name] for name in STUDY_DEFAULTS) or (
             config.get("seed") != reports.json("masked_gradient")["seed"]):
         return None
-    zero = {(r["model"], r["method"], r["image"]): truthy(r["gradient_zero"])
+    zero = {(r["model"], r["method"], r["image"]):
+            truthy(r["gradient_zero"]) or float(r["gradient_max_abs"]) < VANISHING_MAX_ABS
             for r in reports.csv("masked_gradient", "per_image.csv")}
     mine = [r for r in reports.csv(folder, "attackers_per_image.csv") if r["method"] == method]
     photos = {(r["model"], r["image"]) for r in mine}
@@ -224,7 +226,7 @@ def matrix_cell(reports: Reports, folder: str, method: str, attacker: str) -> st
         extras.append("under-powered")
     masked = masked_defended(reports, folder, method, attacker) if attacker in CROSS_ENTROPY else None
     if masked:
-        extras.append(f"{masked} of them a zero gradient: masked")
+        extras.append(f"{masked} of them a zero or vanishing gradient: masked")
     return text + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -830,9 +832,6 @@ def value_masked_gradient(reports: Reports) -> str:
     summary = reports.json("masked_gradient")["summary"]
     return ", ".join(f"{by['fake-gradient']['zero_k']}/{by['fake-gradient']['n']} {model_name(model)}"
                      for model, by in summary.items()) + " photos"
-
-
-VANISHING_MAX_ABS = 2.0 ** -75  # every |g_i| below it: each g_i² rounds to 0 in float32, so ‖g‖₂ = 0
 
 
 def value_masked_vanishing(reports: Reports) -> str:

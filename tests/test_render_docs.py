@@ -158,9 +158,9 @@ def test_the_masked_gradient_count_is_rendered_from_its_report():
 
 
 def test_a_cross_entropy_cell_counts_its_masked_photos_only_on_the_studys_pipelines(tmp_path):
-    """PGD/APGD cells say how many defended photos had an exactly zero gradient in reports/masked_gradient, where
-    the matrix ran the study's pipelines (the paper's bias, its seed, its photos); another bias or other photos
-    say nothing."""
+    """PGD/APGD cells say how many defended photos had an exactly zero or vanishing gradient (below 2^-75
+    everywhere) in reports/masked_gradient, where the matrix ran the study's pipelines (the paper's bias, its seed,
+    its photos); another bias or other photos say nothing."""
     def write(path: Path, rows: list[dict]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
@@ -168,12 +168,13 @@ def test_a_cross_entropy_cell_counts_its_masked_photos_only_on_the_studys_pipeli
             writer.writeheader()
             writer.writerows(rows)
 
-    photos = ["a.jpg", "b.jpg", "c.jpg"]
+    photos = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    gradients = [("True", 0.0), ("False", 1e-30), ("False", 1e-3), ("True", 0.0)]  # zero, vanishing, a step, zero
     write(tmp_path / "masked_gradient" / "per_image.csv",
-          [{"model": "m", "method": "fake-gradient", "image": i, "gradient_zero": z}
-           for i, z in zip(photos, ["True", "True", "False"])])
+          [{"model": "m", "method": "fake-gradient", "image": i, "gradient_max_abs": g, "gradient_zero": z}
+           for i, (z, g) in zip(photos, gradients)])
     (tmp_path / "masked_gradient" / "results.json").write_text(json.dumps({"seed": 0}))
-    matrix = [{"method": "fake-gradient", "attacker": "pgd", "k": 2, "n": 3, "too_weak": False,
+    matrix = [{"method": "fake-gradient", "attacker": "pgd", "k": 3, "n": 4, "too_weak": False,
                "under_powered": False}]
     study = {"bias": "paper", "scale": 20.0, "space": "pixel", "limit": None, "seed": 0}
     for folder, changed, images in (("same", {}, photos), ("official", {"bias": "official"}, photos),
@@ -181,16 +182,16 @@ def test_a_cross_entropy_cell_counts_its_masked_photos_only_on_the_studys_pipeli
                                     ("fewer", {}, photos[:2])):
         write(tmp_path / folder / "attackers_per_image.csv",
               [{"model": "m", "method": "fake-gradient", "attacker": "pgd", "image": i, "defense_success": d}
-               for i, d in zip(images, ["True", "False", "True"])])
+               for i, d in zip(images, ["True", "True", "True", "False"])])
         (tmp_path / folder / "results.json").write_text(json.dumps(
             {"config": study | changed, "adaptive": {"m": {"matrix": matrix, "key_recovery": {}}}}))
     reports = render.Reports(tmp_path)
-    assert render.masked_defended(reports, "same", "fake-gradient", "pgd") == 1  # a (zero) and c (not) defended
+    assert render.masked_defended(reports, "same", "fake-gradient", "pgd") == 2  # a, b masked; c took steps
     assert render.matrix_cell(reports, "same", "fake-gradient", "pgd") == (
-        "2/3 [21–94] (1 of them a zero gradient: masked)")
+        "3/4 [30–95] (2 of them a zero or vanishing gradient: masked)")
     for other in ("official", "scale", "seed", "fewer"):  # other keys or photos than the study's
         assert render.masked_defended(reports, other, "fake-gradient", "pgd") is None, other
-    assert render.matrix_cell(reports, "official", "fake-gradient", "pgd") == "2/3 [21–94]"
+    assert render.matrix_cell(reports, "official", "fake-gradient", "pgd") == "3/4 [30–95]"
 
 
 def test_the_numbers_once_typed_by_hand_are_rendered_from_the_reports():
