@@ -267,6 +267,10 @@ def main() -> None:
         passes.__exit__()
         use_variant("after")
 
+    def total(threads: int, variant: str, key: str) -> list[float]:
+        """Per round, ``key`` ("wall" or "roof") summed over the attackers."""
+        return [sum(results[(threads, n, variant)][r][key] for n in names) for r in range(args.rounds)]
+
     print(f"\npasses: calls/rows of forward without graph, forward with graph, backward to the input "
           f"(summed over schemes, round 1); times in s, median [range] over {args.rounds} rounds")
     header = f"{'thr':>3} {'attacker':<24} {'variant':<7} {'wall s':>22} {'roofline s':>22} {'wall/roof':>18} " \
@@ -286,8 +290,7 @@ def main() -> None:
                       f"{span(fractions, '4.2f'):>18} {span(rests, '6.1f'):>20}  {summary(runs[0]['counts']):<28} "
                       f"{'yes' if same else 'NO'}")
         for variant in variants:
-            walls = [sum(results[(t, n, variant)][r]["wall"] for n in names) for r in range(args.rounds)]
-            roofs = [sum(results[(t, n, variant)][r]["roof"] for n in names) for r in range(args.rounds)]
+            walls, roofs = total(t, variant, "wall"), total(t, variant, "roof")
             print(f"{t:>3} {'all attackers (sum)':<24} {variant:<7} {span(walls, '7.1f'):>22} {span(roofs, '7.1f'):>22} "
                   f"{span([b / a for a, b in zip(walls, roofs)], '4.2f'):>18}")
     if len(variants) > 1:
@@ -302,8 +305,7 @@ def main() -> None:
                     print(f"  threads {t} {name:<24} {variant:<7} wall {span(ratios, '4.2f')}x   "
                           f"rows {rows[0] / max(rows[1], 1):4.2f}x")
             for variant in variants[1:]:
-                ratios = [sum(results[(t, n, variants[0])][r]["wall"] for n in names)
-                          / sum(results[(t, n, variant)][r]["wall"] for n in names) for r in range(args.rounds)]
+                ratios = [b / a for b, a in zip(total(t, variants[0], "wall"), total(t, variant, "wall"))]
                 print(f"  threads {t} {'all attackers (sum)':<24} {variant:<7} wall {span(ratios, '4.2f')}x")
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ ADAPTIVE = {
     "efficientnet_lite2": "adaptive_efficientnet_lite2",
 }
 BLACKBOX = ("square", "hopskipjump")
-VANISHING_MAX_ABS = 2.0 ** -75  # every |g_i| below it: each g_i² rounds to 0 in float32, so ‖g‖₂ = 0 (no L2 step)
 QUERY_ONLY = ("query-only-square", "query-only-hopskipjump")  # the same attacks after a discovery from noise
+VANISHING_MAX_ABS = 2.0 ** -75  # every |g_i| below it: each g_i² rounds to 0 in float32, so ‖g‖₂ = 0 (no L2 step)
 # the paper's Table 1 for MobileNet (Feng et al., MM 2021): the only model it shares with our reports
 PAPER_MOBILENET = {
     "fg_fake": 100.0,
@@ -181,6 +181,12 @@ CROSS_ENTROPY = ("pgd", "apgd")  # the rows that ascend the served top-1's cross
 STUDY_DEFAULTS = ("bias", "scale", "space", "limit")  # settings shaping the served outputs, at their defaults there
 
 
+def step_vanishes(row: dict[str, str]) -> bool:
+    """A ``masked_gradient/per_image.csv`` row whose L2 step vanishes: its gradient is 0, or below
+    :data:`VANISHING_MAX_ABS` everywhere."""
+    return float(row["gradient_max_abs"]) < VANISHING_MAX_ABS
+
+
 def masked_defended(reports: Reports, folder: str, method: str, attacker: str) -> int | None:
     """Photos a cross-entropy row counts as defended whose input gradient on the served outputs is exactly 0 or
     below :data:`VANISHING_MAX_ABS` everywhere, so that the L2 step vanishes (``reports/masked_gradient``); None
@@ -191,8 +197,7 @@ def masked_defended(reports: Reports, folder: str, method: str, attacker: str) -
     if any(config.get(name) != default[name] for name in STUDY_DEFAULTS) or (
             config.get("seed") != reports.json("masked_gradient")["seed"]):
         return None
-    zero = {(r["model"], r["method"], r["image"]):
-            truthy(r["gradient_zero"]) or float(r["gradient_max_abs"]) < VANISHING_MAX_ABS
+    zero = {(r["model"], r["method"], r["image"]): step_vanishes(r)
             for r in reports.csv("masked_gradient", "per_image.csv")}
     mine = [r for r in reports.csv(folder, "attackers_per_image.csv") if r["method"] == method]
     photos = {(r["model"], r["image"]) for r in mine}
@@ -842,7 +847,7 @@ def value_masked_vanishing(reports: Reports) -> str:
     leads = []
     for row in rows:
         if row["method"] == "fake-gradient":
-            tiny = row["gradient_zero"] == "False" and float(row["gradient_max_abs"]) < VANISHING_MAX_ABS
+            tiny = step_vanishes(row) and not truthy(row["gradient_zero"])
             counts[row["model"]] = counts.get(row["model"], 0) + tiny
             leads += [float(row["lead"])] * tiny
     span = f" (a served top-1 lead of {min(leads):.0f}–{max(leads):.0f} logits)" if leads else ""
