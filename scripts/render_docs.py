@@ -1222,6 +1222,8 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:serving-throughput": render_serving_throughput,
     "table:serving-overhead": render_serving_overhead,
     "table:serving-overhead-control": lambda r: render_serving_overhead(r, "overhead_control.json"),
+    "table:serving-overhead-grpc": lambda r: render_serving_overhead(r, "overhead_grpc.json"),
+    "table:serving-overhead-grpc-control": lambda r: render_serving_overhead(r, "overhead_grpc_control.json"),
     "value:access-log-cost": value_recording_cost,
     "table:ablations": render_ablations,
     "table:seven-mnist": render_seven_mnist,
