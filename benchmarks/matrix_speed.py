@@ -15,7 +15,8 @@ queries/iterations the attack ran. ``wall/roof`` is its fraction of the wall tim
 before issue 26 (every scheme attacked for real; ART's ``predict`` walks the served model's modules on each
 query), ``reuse`` adds only the reuse of the original's black-box run where
 :mod:`fakegradient.evaluation.stages.reuse` proves a scheme's scores equal, ``counter`` only the query
-counter that keeps ART from that walk, ``after`` both (today's code). The memo is cleared before each
+counter that keeps ART from that walk, ``flush`` only subnormals flushed to zero in the iterative white-box
+rows (:func:`fakegradient.evaluation.stages.adaptive.attack`), ``after`` all three (today's code). The memo is cleared before each
 (attacker, variant), so each attacker pays its own shared computations. Rounds interleave threads,
 variants and attackers (the machine is shared); the table gives the median and range over rounds, and
 whether each attacker's per-image decisions (device top-1 = original clean top-1) and query counts agree
@@ -50,7 +51,7 @@ from fakegradient.attacks._adapters import QueryCounter
 from fakegradient.errors import FakeGradientError
 from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.roofline import Passes, PassTimes
-from fakegradient.evaluation.stages import reuse
+from fakegradient.evaluation.stages import adaptive, reuse
 from fakegradient.evaluation.stages.adaptive import target
 from fakegradient.evaluation.stages.attackers import ATTACKERS, Context
 from fakegradient.evaluation.workbench import Workbench, deepfool, full_fp32
@@ -73,12 +74,13 @@ class CommittedCounter(QueryCounter):
         return hashlib.blake2b(row.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
 
 
-VARIANTS = {"before": (False, CommittedCounter), "reuse": (True, CommittedCounter),  # (reuse on, counter class)
-            "counter": (False, QueryCounter), "after": (True, QueryCounter)}
+VARIANTS = {"before": (False, CommittedCounter, False), "reuse": (True, CommittedCounter, False),  # (reuse on,
+            "counter": (False, QueryCounter, False), "flush": (False, CommittedCounter, True),  # counter class,
+            "after": (True, QueryCounter, True)}  # subnormals flushed in the iterative rows)
 
 
 def use_variant(variant: str) -> None:
-    reuse.ENABLED, counter = VARIANTS[variant]
+    reuse.ENABLED, counter, adaptive.FLUSH_SUBNORMALS = VARIANTS[variant]
     square.QueryCounter = hopskipjump.QueryCounter = counter
 
 
@@ -165,7 +167,7 @@ def run_attacker(bench: Workbench, name: str, images: torch.Tensor, budgets: dic
     begin = time.perf_counter()
     for method in bench.config.methods:
         scheme = target(bench, method)
-        attempt = ATTACKERS[name].run(Context(bench, scheme, images, 0, budgets, truth))
+        attempt = adaptive.attack(name, Context(bench, scheme, images, 0, budgets, truth))
         if attempt is None:
             continue
         with torch.no_grad():

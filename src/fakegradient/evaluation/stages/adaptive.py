@@ -15,9 +15,11 @@ from ...errors import ConfigError
 from ...methods import scheme
 from ..plan import Shard, ShardResult
 from ..roofline import Passes, PassTimes, summary
-from ..workbench import Workbench
+from ..workbench import Workbench, flush_subnormals
 from .attackers import ATTACKERS, Attempt, Context, Target, _head_name
 from .common import attacker_records
+
+FLUSH_SUBNORMALS = True  # off: IEEE subnormals in every row (benchmarks/matrix_speed.py compares both)
 
 
 def check_limits(limits: dict[str, int]) -> dict[str, int]:
@@ -101,5 +103,14 @@ def _attack(bench: Workbench, shard: Shard, scheme: Target, name: str, limit: in
         return None, None, 0.0
     ctx = Context(bench, scheme, images[:count], shard.start, budgets, truth[:count], row=f"{shard.method}/{name}")
     begin = time.perf_counter()
-    attempt = ATTACKERS[name].run(ctx)
-    return ctx, attempt, time.perf_counter() - begin
+    result = attack(name, ctx)
+    return ctx, result, time.perf_counter() - begin
+
+
+def attack(name: str, ctx: Context) -> Attempt | None:
+    """Attacker ``name`` on ``ctx``; the iterative white-box rows with subnormals flushed to zero where
+    :data:`FLUSH_SUBNORMALS` (their cross-entropy gradient on the paper's scheme can be subnormal everywhere: its L2
+    step vanishes either way, a backward pass through subnormals is ~10x slower), every other row with IEEE
+    arithmetic."""
+    with flush_subnormals(FLUSH_SUBNORMALS and ATTACKERS[name].iterative):
+        return ATTACKERS[name].run(ctx)

@@ -141,7 +141,8 @@ class Attacker:
     """One row of the matrix. ``run`` is None for the attackers computed in round 1 (naive, transfer);
     it returns None where the attack does not apply to a scheme. ``budget``: the key of its L2 budget in
     the run's budgets (None: a minimum-norm attack, unbounded). ``iterative``: a white-box iterative attack,
-    checked against what DeepFool finds within its budget (under-powered). ``--attacker-images name=N``
+    checked against what DeepFool finds within its budget (under-powered), run with subnormals flushed to zero
+    (:func:`..workbench.flush_subnormals`). ``--attacker-images name=N``
     limits an attacker to the first N images."""
 
     holds: str
