@@ -1,5 +1,5 @@
 """workbench.flush_subnormals and the matrix's use of it: the iterative white-box rows run with subnormals flushed
-(a backward pass through them is ~10x slower on x86), every other row with IEEE arithmetic, and the mode is
+(a backward pass through them is ~10x slower on Intel CPUs), every other row with IEEE arithmetic, and the mode is
 restored after each row however it ends."""
 
 import platform

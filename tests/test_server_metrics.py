@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 from typing import Any
@@ -26,7 +27,9 @@ from test_server_support import (
 
 from fakegradient.serving.dataplane import DataPlane
 from fakegradient.serving.metrics import (
+    ACCESS_FORMAT,
     ACCESS_LOGGER,
+    AccessLog,
     BufferedStderr,
     Metrics,
     RequestMetrics,
@@ -221,6 +224,41 @@ def test_the_default_access_log_writes_every_line_to_stderr_by_exit():
     lines = done.stderr.splitlines()
     assert done.returncode == 0 and len(lines) == 200
     assert lines[-1].endswith("peer grpc infer model199 OK 1.0ms")
+
+
+def test_a_line_kept_directly_reads_as_one_through_the_logger():
+    """While the access log's handler is the logger's only one, a line skips the logging module (no record on the
+    event loop); the writer makes the record the logger would have made: the same text, time and format. A handler
+    added later (an operator's) gets the lines through the logger again."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    others = logger.handlers[:]
+    for other in others:
+        logger.removeHandler(other)
+    stream = io.StringIO()
+    handler = BufferedStderr(stream, interval=3600)
+    handler.setFormatter(logging.Formatter(ACCESS_FORMAT))
+    logger.addHandler(handler)
+    extra = Lines()
+    try:
+        log = AccessLog(True)
+        assert log.direct is handler
+        log.write("grpc", "ModelInfer", "OK", 0.0123, "ipv4:127.0.0.1:1\n", "ModelInfer tiny")
+        assert handler.pending[0][0] is None  # kept without a record
+        logger.addHandler(extra)
+        log.write("rest", "ModelInfer", "200", 0.5, "peer", "/v2/models/tiny/infer")
+        assert handler.pending[1][0] is not None  # through the logger: a record, and the other handler has it
+        assert extra.lines == ["peer rest ModelInfer /v2/models/tiny/infer 200 500.0ms"]
+        handler.flush()
+        direct, logged = stream.getvalue().splitlines()
+        stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "  # logging's default asctime
+        assert re.fullmatch(stamp + r"ipv4:127\.0\.0\.1:1\\n grpc ModelInfer ModelInfer tiny OK 12\.3ms", direct)
+        assert re.fullmatch(stamp + r"peer rest ModelInfer /v2/models/tiny/infer 200 500\.0ms", logged)
+    finally:
+        logger.removeHandler(extra)
+        logger.removeHandler(handler)
+        handler.close()
+        for other in others:
+            logger.addHandler(other)
 
 
 def test_buffered_lines_wait_for_the_writer_in_order_and_bounded():

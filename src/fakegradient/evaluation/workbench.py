@@ -35,8 +35,9 @@ def full_fp32() -> Iterator[None]:
 def flush_subnormals(enabled: bool = True) -> Iterator[None]:
     """Subnormal floats read and written as 0 (x86 DAZ/FTZ) by this thread while open, where the CPU supports it;
     elsewhere, on other threads and on CUDA nothing changes (the matrix's Ray workers run one torch thread).
-    A backward pass through subnormal values runs about 10x slower on x86: a saturated cross-entropy on Fake
-    Gradient's served outputs gives such gradients, whose L2 step already vanishes (its float32 norm is 0)."""
+    A backward pass through subnormal values ran about 10x slower on an Intel Xeon (not on an AMD EPYC): a
+    saturated cross-entropy on Fake Gradient's served outputs gives such values, and an input gradient whose
+    L2 step vanishes either way (its float32 norm is 0)."""
     if not enabled or not torch.set_flush_denormal(True):
         yield
         return
