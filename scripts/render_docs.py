@@ -1021,9 +1021,9 @@ def render_serving_overhead(reports: Reports, name: str = "overhead.json") -> st
 
 def value_recording_cost(reports: Reports) -> str:
     """The access log's own work per request (reports/serving/recording_cost.json) as a share of the server's
-    CPU per image with metrics off (reports/serving/overhead.json)."""
+    CPU per image with metrics off (reports/serving/overhead_grpc_direct.json: the same code, quiet, one run)."""
     cost = reports.json("serving", "recording_cost.json")
-    overhead = reports.json("serving", "overhead.json")
+    overhead = reports.json("serving", "overhead_grpc_direct.json")
     off = statistics.median(c for r in overhead["server_cpu_seconds_per_image"] if r["server"] == "off"
                             for c in r["rounds"])
     log = (cost["log_us"] + cost["writer_us"]) * 1e-6
@@ -1224,6 +1224,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:serving-overhead-control": lambda r: render_serving_overhead(r, "overhead_control.json"),
     "table:serving-overhead-grpc": lambda r: render_serving_overhead(r, "overhead_grpc.json"),
     "table:serving-overhead-grpc-control": lambda r: render_serving_overhead(r, "overhead_grpc_control.json"),
+    "table:serving-overhead-grpc-direct": lambda r: render_serving_overhead(r, "overhead_grpc_direct.json"),
     "value:access-log-cost": value_recording_cost,
     "table:ablations": render_ablations,
     "table:seven-mnist": render_seven_mnist,
