@@ -15,8 +15,8 @@ queries/iterations the attack ran. ``wall/roof`` is its fraction of the wall tim
 before issue 26 (every scheme attacked for real; ART's ``predict`` walks the served model's modules on each
 query), ``reuse`` adds only the reuse of the original's black-box run where
 :mod:`fakegradient.evaluation.stages.reuse` proves a scheme's scores equal, ``counter`` only the query
-counter that keeps ART from that walk, ``flush`` only subnormals flushed to zero in the iterative white-box
-rows (:func:`fakegradient.evaluation.stages.adaptive.attack`), ``after`` all three (today's code). The memo is cleared before each
+counter that keeps ART from that walk, ``flush`` only subnormals flushed to zero in PGD, EOT-PGD, APGD and C&W
+(:func:`fakegradient.evaluation.stages.adaptive.attack`), ``after`` all three (today's code). The memo is cleared before each
 (attacker, variant), so each attacker pays its own shared computations. Rounds interleave threads,
 variants and attackers (the machine is shared); the table gives the median and range over rounds, and
 whether each attacker's per-image decisions (device top-1 = original clean top-1) and query counts agree
@@ -74,9 +74,10 @@ class CommittedCounter(QueryCounter):
         return hashlib.blake2b(row.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
 
 
-VARIANTS = {"before": (False, CommittedCounter, False), "reuse": (True, CommittedCounter, False),  # (reuse on,
-            "counter": (False, QueryCounter, False), "flush": (False, CommittedCounter, True),  # counter class,
-            "after": (True, QueryCounter, True)}  # subnormals flushed in the iterative rows)
+# variant → (reuse on, query counter class, subnormals flushed in the rows marked for it)
+VARIANTS = {"before": (False, CommittedCounter, False), "reuse": (True, CommittedCounter, False),
+            "counter": (False, QueryCounter, False), "flush": (False, CommittedCounter, True),
+            "after": (True, QueryCounter, True)}
 
 
 def use_variant(variant: str) -> None:

@@ -1,8 +1,7 @@
-"""workbench.flush_subnormals and the matrix's use of it: the iterative white-box rows run with subnormals flushed
-(a backward pass through them is ~10x slower on Intel CPUs), every other row with IEEE arithmetic, and the mode is
-restored after each row however it ends."""
+"""workbench.flush_subnormals and the matrix's use of it: the rows marked ``flushes_subnormals`` run with
+subnormals flushed (a backward pass through them can be much slower on Intel CPUs), every other row with IEEE
+arithmetic, and the mode before is restored after each row however it ends."""
 
-import platform
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,34 @@ from fakegradient.evaluation.stages.attackers import ATTACKERS, Attacker
 from fakegradient.evaluation.workbench import Workbench, flush_subnormals, served_pipelines
 from fakegradient.methods import ORIGINAL
 
-SUBNORMAL = 1e-40  # float32 subnormals lie below 2**-126 ≈ 1.2e-38
+SUPPORTED = torch.set_flush_denormal(True)  # the CPU has the mode (x86 with SSE3, AArch64)
+torch.set_flush_denormal(False)
 
 
 def kept() -> bool:
     """Whether this thread keeps a float32 subnormal (IEEE) rather than flushing it to 0."""
-    return (torch.tensor([SUBNORMAL * 1e10], dtype=torch.float32) * 1e-10).item() != 0.0
+    return (torch.tensor([2.0**-100], dtype=torch.float32) * 2.0**-40).item() != 0.0
 
 
 def test_flushed_inside_restored_after():
     assert kept()
     with flush_subnormals():
-        inside = kept()
+        assert kept() is not SUPPORTED
     assert kept()
     with flush_subnormals(enabled=False):
         assert kept()
-    assert inside is not _x86()  # x86 (the machine kind) has the mode; elsewhere the context changes nothing
+    assert kept()
+
+
+def test_nested_and_forced_modes_restore_what_was_there():
+    with flush_subnormals():
+        with flush_subnormals():
+            pass
+        assert kept() is not SUPPORTED  # the inner exit left the outer mode
+        with flush_subnormals(enabled=False):
+            assert kept()  # IEEE forced inside a flushing block
+        assert kept() is not SUPPORTED
+    assert kept()
 
 
 def test_restored_when_the_body_raises():
@@ -41,12 +52,12 @@ def test_restored_when_the_body_raises():
     assert kept()
 
 
-def _x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+def test_only_the_checked_rows_flush():
+    assert {n for n, a in ATTACKERS.items() if a.flushes_subnormals} == {"pgd", "pgd-eot", "apgd", "cw"}
 
 
 @pytest.mark.parametrize("flush", [True, False])
-def test_the_matrix_flushes_the_iterative_rows_only(digits_model, monkeypatch, flush):
+def test_the_matrix_flushes_the_marked_rows_only(digits_model, monkeypatch, flush):
     """Two stand-in attackers report the mode they ran in; the row's records do not matter here.
     ``FLUSH_SUBNORMALS`` off (matrix_speed's ``before``): no row flushed."""
     model, x, y = digits_model
@@ -58,7 +69,7 @@ def test_the_matrix_flushes_the_iterative_rows_only(digits_model, monkeypatch, f
         return run
 
     registry = {"white-box": Attacker("the served model", "probe", probe("white-box"), budget="whitebox_l2",
-                                      iterative=True),
+                                      iterative=True, flushes_subnormals=True),
                 "black-box": Attacker("the served outputs", "probe", probe("black-box"), budget="blackbox_l2"),
                 "pgd": ATTACKERS["pgd"]}
     monkeypatch.setattr(adaptive, "ATTACKERS", registry)
@@ -70,6 +81,6 @@ def test_the_matrix_flushes_the_iterative_rows_only(digits_model, monkeypatch, f
     budgets = {"base_l2": 0.5, "whitebox_l2": 1.0, "blackbox_l2": 2.0, "blackbox_queries": 10.0}
     result = adaptive.run(bench, Shard("digits", ORIGINAL, 0, 2, "adaptive", tuple(sorted(budgets.items()))),
                           x[:2], samples)
-    assert seen == {"white-box": not (flush and _x86()), "black-box": True}
+    assert seen == {"white-box": not (flush and SUPPORTED), "black-box": True}
     assert kept()  # restored after the rows
-    assert {r["attacker"] for r in result.records} == {"pgd"}  # a real iterative row still runs and records
+    assert {r["attacker"] for r in result.records} == {"pgd"}  # a real flushed row still runs and records

@@ -11,6 +11,7 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -259,6 +260,80 @@ def test_a_line_kept_directly_reads_as_one_through_the_logger():
         handler.close()
         for other in others:
             logger.addHandler(other)
+
+
+SILENCING = {
+    "logger level": lambda logger, handler: logger.setLevel(logging.WARNING),
+    "handler level": lambda logger, handler: handler.setLevel(logging.WARNING),
+    "logger filter": lambda logger, handler: logger.addFilter(lambda record: False),
+    "handler filter": lambda logger, handler: handler.addFilter(lambda record: False),
+    "logging.disable": lambda logger, handler: logging.disable(logging.INFO),
+}
+
+
+@pytest.mark.parametrize("silence", sorted(SILENCING))
+def test_what_silences_the_access_log_still_does(silence):
+    """Whatever an operator configures after the start that the logging module would act on takes the line
+    through the logger again: a level or filter that drops it drops it."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    others = logger.handlers[:]
+    for other in others:
+        logger.removeHandler(other)
+    stream = io.StringIO()
+    handler = BufferedStderr(stream, interval=3600)
+    logger.addHandler(handler)
+    try:
+        log = AccessLog(True)
+        assert log._direct()
+        SILENCING[silence](logger, handler)
+        assert not log._direct()
+        log.write("grpc", "ModelInfer", "OK", 0.01, "peer", "tiny")
+        handler.flush()
+        assert stream.getvalue() == ""
+    finally:
+        logging.disable(logging.NOTSET)
+        logger.filters.clear()
+        logger.setLevel(logging.INFO)
+        logger.removeHandler(handler)
+        handler.close()
+        for other in others:
+            logger.addHandler(other)
+
+
+def test_flush_never_waits_for_the_handlers_lock():
+    """logging.shutdown (run by logging.config, so by uvicorn's start) holds the handler's lock while it calls
+    flush; a writer that waited for that lock inside flush deadlocked with it."""
+    stream = io.StringIO()
+    handler = BufferedStderr(stream, interval=3600)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(logging.LogRecord("x", logging.INFO, __file__, 0, "kept", None, None))
+    with handler.lock:  # as logging.shutdown holds it
+        writer = threading.Thread(target=handler.flush)
+        writer.start()
+        writer.join(timeout=60)
+        assert not writer.is_alive()  # it wrote without the lock
+    handler.close()
+    assert stream.getvalue() == "kept\n"
+
+
+def test_a_failing_formatter_does_not_stop_the_writer(capsys):
+    """An operator's formatter that raises: logging's usual report for that line, the others written."""
+    stream = io.StringIO()
+    handler = BufferedStderr(stream, interval=3600)
+
+    class Picky(logging.Formatter):
+        def format(self, record):
+            if "bad" in record.getMessage():
+                raise ValueError("cannot format")
+            return record.getMessage()
+
+    handler.setFormatter(Picky())
+    for text in ("good 1", "bad", "good 2"):
+        handler.handle(logging.LogRecord("x", logging.INFO, __file__, 0, text, None, None))
+    handler.flush()
+    handler.close()
+    assert stream.getvalue().splitlines() == ["good 1", "good 2"]
+    assert "cannot format" in capsys.readouterr().err
 
 
 def test_buffered_lines_wait_for_the_writer_in_order_and_bounded():

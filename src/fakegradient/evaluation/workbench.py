@@ -30,21 +30,29 @@ def full_fp32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
-
 @contextlib.contextmanager
 def flush_subnormals(enabled: bool = True) -> Iterator[None]:
-    """Subnormal floats read and written as 0 (x86 DAZ/FTZ) by this thread while open, where the CPU supports it;
-    elsewhere, on other threads and on CUDA nothing changes (the matrix's Ray workers run one torch thread).
-    A backward pass through subnormal values ran about 10x slower on an Intel Xeon (not on an AMD EPYC): a
-    saturated cross-entropy on Fake Gradient's served outputs gives such values, and an input gradient whose
-    L2 step vanishes either way (its float32 norm is 0)."""
-    if not enabled or not torch.set_flush_denormal(True):
+    """This thread's float32 subnormals flushed to zero (``enabled``; CPU DAZ/FTZ, where torch supports it: x86
+    with SSE3, AArch64) or kept (IEEE) while open, the mode before restored after. Other threads keep theirs
+    (torch's intra-op threads too: with more than one, part of a computation keeps IEEE subnormals; the matrix's
+    Ray workers run one), a thread started inside inherits it, CUDA is untouched. A backward pass through
+    subnormal values can be much slower on Intel CPUs (an earlier session measured about 10x on a Xeon; none on
+    an AMD EPYC, ``reports/flush_subnormals/``): a saturated cross-entropy on Fake Gradient's served outputs
+    makes such values, on the way to an input gradient whose L2 step vanishes either way."""
+    before = _flushing()
+    if enabled == before or not torch.set_flush_denormal(enabled):  # nothing to change, or no such mode here
         yield
         return
     try:
         yield
     finally:
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(before)
+
+
+def _flushing() -> bool:
+    """Whether this thread flushes float32 subnormals to zero now (2**-100 * 2**-40 is subnormal)."""
+    return (torch.tensor([2.0**-100]) * 2.0**-40).item() == 0.0
+
 
 def deepfool(config: EvaluationConfig) -> DeepFool:
     """The configured DeepFool (naive, transfer, key-recovery and sanity attackers all use it)."""

@@ -24,6 +24,7 @@ REST transport has no ``/metrics`` route (404). :func:`recorder` picks one from 
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import re
 import sys
@@ -73,18 +74,19 @@ def printable(text: str, limit: int = 200) -> str:
 
 
 class BufferedStderr(logging.Handler):
-    """A handler that only keeps records (under its lock, in the emitting thread: the event loop) and writes
-    them from a thread of its own every ``interval`` seconds, formatted and joined into one write to ``stream``
-    (default: ``sys.stderr`` at the time of writing). The writer wakes a few times a second, not once per
-    request: a thread woken per line competes for the GIL and, on a busy machine, for a core. At most
-    ``capacity`` records wait; more are dropped and counted (one line says how many). Closing (and the exit of
-    the process) writes what is left; the writer thread starts with the first record."""
+    """A handler that only keeps records (in the emitting thread: the event loop) and writes them from a thread
+    of its own every ``interval`` seconds, formatted and joined into one write to ``stream`` (default:
+    ``sys.stderr`` at the time of writing). The writer wakes a few times a second, not once per request: a thread
+    woken per line competes for the GIL and, on a busy machine, for a core. At most ``capacity`` records wait;
+    more are dropped and counted (one line says how many). Closing (and the exit of the process) writes what is
+    left; the writer thread starts with the first record."""
 
     def __init__(self, stream: TextIO | None = None, interval: float = 0.25, capacity: int = 10_000) -> None:
         super().__init__()
         self.stream, self.interval, self.capacity = stream, interval, capacity
-        self.pending: list[tuple[logging.LogRecord | None, tuple | None]] = []  # (record, or its parts)
-        self.dropped = 0
+        # (record, or its parts); appended under the handler's lock, taken from the left by flush() alone
+        self.pending: collections.deque[tuple[logging.LogRecord | None, tuple | None]] = collections.deque()
+        self.dropped = self.dropped_told = 0  # lines dropped so far (under the lock), of them told by a line
         self.writing = threading.Lock()  # one writer at a time: lines stay in order
         self.writer: tuple[threading.Thread, threading.Event] | None = None
         atexit.register(self.close)
@@ -115,18 +117,26 @@ class BufferedStderr(logging.Handler):
             self.flush()
 
     def flush(self) -> None:
+        """Write what waits, in order. Never takes the handler's lock: ``logging.shutdown`` (which
+        ``logging.config`` runs) holds it while calling this, and a writer waiting for it would deadlock."""
         with self.writing:
-            with self.lock:  # type: ignore[union-attr]  # logging.Handler creates it
-                records, self.pending = self.pending, []
-                dropped, self.dropped = self.dropped, 0
-            if not records and not dropped:
+            items = [self.pending.popleft() for _ in range(len(self.pending))]
+            dropped = self.dropped - self.dropped_told  # the count only grows: read once, no lock needed
+            self.dropped_told += dropped
+            if not items and not dropped:
                 return
-            text = "".join(self.format(record or _record(*parts)) + "\n" for record, parts in records)
+            lines = []
+            for record, parts in items:
+                record = record or _record(*parts)
+                try:
+                    lines.append(self.format(record) + "\n")
+                except Exception:  # noqa: BLE001 - an operator's formatter failed: logging's report, the writer goes on
+                    self.handleError(record)
             if dropped:
-                text += f"{dropped} access-log lines dropped: more than {self.capacity} waited to be written\n"
+                lines.append(f"{dropped} access-log lines dropped: more than {self.capacity} waited to be written\n")
             stream = self.stream or sys.stderr
             try:
-                stream.write(text)
+                stream.write("".join(lines))
                 stream.flush()
             except (OSError, ValueError):  # stderr closed or broken: an access log never stops the server
                 pass
@@ -145,17 +155,20 @@ class BufferedStderr(logging.Handler):
 
 
 def _record(created: float, msg: str, args: tuple) -> logging.LogRecord:
-    """The INFO record of :data:`ACCESS_LOGGER` that ``logger.info(msg, *args)`` would have made at ``created``."""
+    """An INFO record of :data:`ACCESS_LOGGER` for ``logger.info(msg, *args)`` at ``created`` (as the logger's own
+    for the message and the time; made in the writer thread, so thread and caller fields are the writer's)."""
     record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, msg, args, None)
+    record.relativeCreated -= (record.created - created) * 1000  # made later than the event
     record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
     return record
 
 
 class AccessLog:
     """One line per answered request on the :data:`ACCESS_LOGGER` logger, when ``on``; without a handler of
-    the operator's, a :class:`BufferedStderr` is added. While that handler is the logger's only one, a line goes
-    to it directly (:meth:`BufferedStderr.keep`): the event loop makes no record (measured: the logging module's
-    record and caller lookup were 5 % of the gRPC event loop's time); otherwise through the logger."""
+    the operator's, a :class:`BufferedStderr` is added. While that handler is the logger's only one and nothing
+    else is configured (:meth:`_direct`), a line goes to it directly (:meth:`BufferedStderr.keep`): the event loop
+    makes no record (the logging module's record and caller lookup showed in a profile of the gRPC event loop);
+    otherwise through the logger."""
 
     def __init__(self, on: bool) -> None:
         self.on = on
@@ -167,7 +180,7 @@ class AccessLog:
                 handler.setFormatter(logging.Formatter(ACCESS_FORMAT))
                 self.log.addHandler(handler)
             only = self.log.handlers[0] if len(self.log.handlers) == 1 else None
-            self.direct = only if callable(getattr(only, "keep", None)) else None
+            self.direct = only if isinstance(only, BufferedStderr) else None
             self.log.setLevel(logging.INFO)
             self.log.propagate = False
 
@@ -175,11 +188,18 @@ class AccessLog:
         if not self.on:
             return
         args = (printable(peer, 64), transport, method, printable(target), code, seconds * 1000)
-        handlers = self.log.handlers
-        if len(handlers) == 1 and handlers[0] is self.direct and not self.log.disabled:
-            self.direct.keep(time.time(), ACCESS_MESSAGE, args)
-        else:  # another handler added since, or the logger reconfigured: the logging module decides
+        if self._direct():
+            self.direct.keep(time.time(), ACCESS_MESSAGE, args)  # type: ignore[union-attr]  # _direct checked it
+        else:  # configured since (another handler, a level, a filter): the logging module decides
             self.log.info(ACCESS_MESSAGE, *args)
+
+    def _direct(self) -> bool:
+        """Whether a line may skip the logging module: what it would decide is known (only our handler, no filter,
+        no propagation, INFO enabled on the logger and the handler)."""
+        log, handler = self.log, self.direct
+        return (handler is not None and len(log.handlers) == 1 and log.handlers[0] is handler and not log.filters
+                and not handler.filters and not log.propagate and handler.level <= logging.INFO
+                and log.isEnabledFor(logging.INFO))
 
 
 class Metrics:

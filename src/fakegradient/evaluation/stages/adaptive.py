@@ -108,9 +108,8 @@ def _attack(bench: Workbench, shard: Shard, scheme: Target, name: str, limit: in
 
 
 def attack(name: str, ctx: Context) -> Attempt | None:
-    """Attacker ``name`` on ``ctx``; the iterative white-box rows with subnormals flushed to zero where
-    :data:`FLUSH_SUBNORMALS` (the cross-entropy's backward pass on the paper's scheme can run through subnormals,
-    ~10x slower on an Intel Xeon, to a gradient whose L2 step vanishes either way; the decisions were checked
-    identical), every other row with IEEE arithmetic."""
-    with flush_subnormals(FLUSH_SUBNORMALS and ATTACKERS[name].iterative):
+    """Attacker ``name`` on ``ctx``: the rows marked ``flushes_subnormals`` (PGD, EOT-PGD, APGD with the
+    cross-entropy, C&W) with subnormals flushed to zero where :data:`FLUSH_SUBNORMALS`, every other row with IEEE
+    arithmetic (see :func:`..workbench.flush_subnormals`)."""
+    with flush_subnormals(FLUSH_SUBNORMALS and ATTACKERS[name].flushes_subnormals):
         return ATTACKERS[name].run(ctx)

@@ -141,9 +141,10 @@ class Attacker:
     """One row of the matrix. ``run`` is None for the attackers computed in round 1 (naive, transfer);
     it returns None where the attack does not apply to a scheme. ``budget``: the key of its L2 budget in
     the run's budgets (None: a minimum-norm attack, unbounded). ``iterative``: a white-box iterative attack,
-    checked against what DeepFool finds within its budget (under-powered), run with subnormals flushed to zero
-    (:func:`..workbench.flush_subnormals`). ``--attacker-images name=N``
-    limits an attacker to the first N images."""
+    checked against what DeepFool finds within its budget (under-powered). ``flushes_subnormals``: run with
+    subnormals flushed to zero (:func:`..workbench.flush_subnormals`), where that was checked to give the same
+    decisions (``reports/flush_subnormals/``). ``--attacker-images name=N`` limits an attacker to the first N
+    images."""
 
     holds: str
     threat: str
@@ -151,6 +152,7 @@ class Attacker:
     key_recovery: bool = False
     budget: str | None = None
     iterative: bool = False
+    flushes_subnormals: bool = False
 
 
 # --- key recovery ---------------------------------------------------------------------------------------
@@ -588,17 +590,18 @@ ATTACKERS: dict[str, Attacker] = {
                       "photos (the scheme's design says whether fakes win), then DeepFool on the believed-real rows",
                       _key_recovery("blind"), key_recovery=True),
     "pgd": Attacker("the served model", "L2 PGD (foolbox) on the served outputs' clean top-1", _pgd,
-                   budget="whitebox_l2", iterative=True),
+                   budget="whitebox_l2", iterative=True, flushes_subnormals=True),
     "pgd-eot": Attacker("the served model file", "L2 PGD on the summed loss over "
                         f"{defaults.EOT_CANDIDATES} candidate real-row sets (one row of each pair the file reveals, "
-                        "else random halves)", _pgd_eot, budget="whitebox_l2", iterative=True),
+                        "else random halves)", _pgd_eot, budget="whitebox_l2", iterative=True,
+                        flushes_subnormals=True),
     "apgd": Attacker("the served model", "L2 Auto-PGD (ART) on the served outputs", _apgd("cross_entropy"),
-                    budget="whitebox_l2", iterative=True),
+                    budget="whitebox_l2", iterative=True, flushes_subnormals=True),
     "apgd-dlr": Attacker("the served model", "the same APGD with Croce & Hein's difference-of-logits ratio, a loss "
                          "that cannot saturate where the cross-entropy's gradient underflows (same random starts)",
                          _apgd("difference_logits_ratio"), budget="whitebox_l2", iterative=True),
     "cw": Attacker("the served model", "Carlini & Wagner L2 (foolbox), minimum norm, success within the budget",
-                   _cw, budget="whitebox_l2", iterative=True),
+                   _cw, budget="whitebox_l2", iterative=True, flushes_subnormals=True),
     "feature-space": Attacker("the served model minus its head", "L2 PGD pushing the trunk's features away from "
                               "the clean ones, with random restarts (needs no key)", _feature_space,
                               budget="whitebox_l2"),
