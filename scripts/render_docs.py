@@ -1225,6 +1225,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:serving-overhead-grpc": lambda r: render_serving_overhead(r, "overhead_grpc.json"),
     "table:serving-overhead-grpc-control": lambda r: render_serving_overhead(r, "overhead_grpc_control.json"),
     "table:serving-overhead-grpc-direct": lambda r: render_serving_overhead(r, "overhead_grpc_direct.json"),
+    "table:serving-overhead-direct": lambda r: render_serving_overhead(r, "overhead_direct.json"),
     "value:access-log-cost": value_recording_cost,
     "table:ablations": render_ablations,
     "table:seven-mnist": render_seven_mnist,
