@@ -120,20 +120,33 @@ class SecondPlaceFakes(ExactReals):
         return out
 
 
-def test_fakes_that_come_second_are_not_reused_for_square_but_are_for_hopskipjump(digits_model):
-    """Fakes above the second score (Square reads that margin) but below the first (all HopSkipJump reads):
-    Square's run is not reused, HopSkipJump's is. The real rows are the original's by construction (Random
-    Weight's own head can be an ulp off, CPU by CPU: see the batch-1 check below)."""
+def digits_random_weight(digits_model) -> tuple:
+    """Random Weight on digits at batch ``N``: (original, bench, its head's name, Random Weight's served pipeline,
+    its secret, images)."""
     model, x, _ = digits_model
     config = EvaluationConfig(models=["digits"], methods=[ORIGINAL, "random-weight"], seed=0)
     original = Normalized(model, (0.0,), (1.0,)).eval()
     served = served_pipelines(original, config, 0, x[:1])
     bench = Workbench(config, original, served, [], 0, x[:N])
-    head, (pipeline, secret) = _head_name(bench, original), served["random-weight"]
-    between = copy.deepcopy(pipeline)
-    name = _head_name(bench, between)
-    replace_module(between, name, SecondPlaceFakes(between.get_submodule(name), original.get_submodule(head),
-                                                   secret.class_positions()))
+    pipeline, secret = served["random-weight"]
+    return original, bench, _head_name(bench, original), pipeline, secret, x
+
+
+def with_head(bench, original, head: str, pipeline, secret, kind: type[ExactReals]) -> tuple[Normalized, str]:
+    """A copy of ``pipeline`` whose head is ``kind`` over its own and the original's head: (copy, head's name)."""
+    served = copy.deepcopy(pipeline)
+    name = _head_name(bench, served)
+    replace_module(served, name, kind(served.get_submodule(name), original.get_submodule(head),
+                                      secret.class_positions()))
+    return served, name
+
+
+def test_fakes_that_come_second_are_not_reused_for_square_but_are_for_hopskipjump(digits_model):
+    """Fakes above the second score (Square reads that margin) but below the first (all HopSkipJump reads):
+    Square's run is not reused, HopSkipJump's is. The real rows are the original's by construction (Random
+    Weight's own head can be an ulp off, CPU by CPU: see the next test)."""
+    original, bench, head, pipeline, secret, x = digits_random_weight(digits_model)
+    between, name = with_head(bench, original, head, pipeline, secret, SecondPlaceFakes)
     with torch.no_grad():
         fakes_max = between(x[:N]).index_fill(1, torch.as_tensor(secret.class_positions()), -torch.inf).amax(1)
         top2 = original(x[:N]).topk(2, dim=1).values
@@ -161,18 +174,10 @@ def test_an_ulp_off_real_row_is_not_reused(digits_model):
     """Random Weight's real rows are a 20-row product, the original's a 10-row one: they can differ by an ulp, CPU
     by CPU and batch by batch. A head whose real rows are the original's is reused; one a single ulp off in one
     class is not."""
-    model, x, _ = digits_model
-    config = EvaluationConfig(models=["digits"], methods=[ORIGINAL, "random-weight"], seed=0)
-    original = Normalized(model, (0.0,), (1.0,)).eval()
-    served = served_pipelines(original, config, 0, x[:1])
-    bench = Workbench(config, original, served, [], 0, x[:N])
-    head, (pipeline, secret) = _head_name(bench, original), served["random-weight"]
+    original, bench, head, pipeline, secret, x = digits_random_weight(digits_model)
     verdicts = []
     for kind in (ExactReals, OneUlpOff):
-        served_copy = copy.deepcopy(pipeline)
-        name = _head_name(bench, served_copy)
-        replace_module(served_copy, name, kind(served_copy.get_submodule(name), original.get_submodule(head),
-                                               secret.class_positions()))
+        served_copy, name = with_head(bench, original, head, pipeline, secret, kind)
         schemes = {"random-weight": (served_copy, name, secret.class_positions(), None)}
         with reuse.SameScores(original, head, schemes, top1_only=True) as watch, torch.no_grad():
             original(x[:N])
