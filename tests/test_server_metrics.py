@@ -5,6 +5,7 @@ no payload and no token; with metrics off both transports serve, nothing is coun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -221,32 +223,48 @@ def test_the_default_access_log_writes_every_line_to_stderr_by_exit():
               "log = AccessLog(True)\n"
               "for i in range(200):\n"
               "    log.write('grpc', 'infer', 'OK', 0.001, 'peer', f'model{i}')\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     lines = done.stderr.splitlines()
     assert done.returncode == 0 and len(lines) == 200
     assert lines[-1].endswith("peer grpc infer model199 OK 1.0ms")
+
+
+@contextlib.contextmanager
+def only_access_handler(handler: logging.Handler) -> Iterator[logging.Logger]:
+    """The access logger with ``handler`` as its only handler for the block; closed and the logger's own handlers
+    back afterwards."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    others = logger.handlers[:]
+    for other in others:
+        logger.removeHandler(other)
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        for other in others:
+            logger.addHandler(other)
 
 
 def test_a_line_kept_directly_reads_as_one_through_the_logger():
     """While the access log's handler is the logger's only one, a line skips the logging module (no record on the
     event loop); the writer makes the record the logger would have made: the same text, time and format. A handler
     added later (an operator's) gets the lines through the logger again."""
-    logger = logging.getLogger(ACCESS_LOGGER)
-    others = logger.handlers[:]
-    for other in others:
-        logger.removeHandler(other)
     stream = io.StringIO()
     handler = BufferedStderr(stream, interval=3600)
     handler.setFormatter(logging.Formatter(ACCESS_FORMAT))
-    logger.addHandler(handler)
     extra = Lines()
-    try:
+    with only_access_handler(handler) as logger:
         log = AccessLog(True)
         assert log.direct is handler
         log.write("grpc", "ModelInfer", "OK", 0.0123, "ipv4:127.0.0.1:1\n", "ModelInfer tiny")
         assert handler.pending[0][0] is None  # kept without a record
         logger.addHandler(extra)
-        log.write("rest", "ModelInfer", "200", 0.5, "peer", "/v2/models/tiny/infer")
+        try:
+            log.write("rest", "ModelInfer", "200", 0.5, "peer", "/v2/models/tiny/infer")
+        finally:
+            logger.removeHandler(extra)
         assert handler.pending[1][0] is not None  # through the logger: a record, and the other handler has it
         assert extra.lines == ["peer rest ModelInfer /v2/models/tiny/infer 200 500.0ms"]
         handler.flush()
@@ -254,12 +272,6 @@ def test_a_line_kept_directly_reads_as_one_through_the_logger():
         stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "  # logging's default asctime
         assert re.fullmatch(stamp + r"ipv4:127\.0\.0\.1:1\\n grpc ModelInfer ModelInfer tiny OK 12\.3ms", direct)
         assert re.fullmatch(stamp + r"peer rest ModelInfer /v2/models/tiny/infer 200 500\.0ms", logged)
-    finally:
-        logger.removeHandler(extra)
-        logger.removeHandler(handler)
-        handler.close()
-        for other in others:
-            logger.addHandler(other)
 
 
 SILENCING = {
@@ -275,29 +287,21 @@ SILENCING = {
 def test_what_silences_the_access_log_still_does(silence):
     """Whatever an operator configures after the start that the logging module would act on takes the line
     through the logger again: a level or filter that drops it drops it."""
-    logger = logging.getLogger(ACCESS_LOGGER)
-    others = logger.handlers[:]
-    for other in others:
-        logger.removeHandler(other)
     stream = io.StringIO()
     handler = BufferedStderr(stream, interval=3600)
-    logger.addHandler(handler)
-    try:
-        log = AccessLog(True)
-        assert log._direct()
-        SILENCING[silence](logger, handler)
-        assert not log._direct()
-        log.write("grpc", "ModelInfer", "OK", 0.01, "peer", "tiny")
-        handler.flush()
-        assert stream.getvalue() == ""
-    finally:
-        logging.disable(logging.NOTSET)
-        logger.filters.clear()
-        logger.setLevel(logging.INFO)
-        logger.removeHandler(handler)
-        handler.close()
-        for other in others:
-            logger.addHandler(other)
+    with only_access_handler(handler) as logger:
+        try:
+            log = AccessLog(True)
+            assert log._direct()
+            SILENCING[silence](logger, handler)
+            assert not log._direct()
+            log.write("grpc", "ModelInfer", "OK", 0.01, "peer", "tiny")
+            handler.flush()
+            assert stream.getvalue() == ""
+        finally:
+            logging.disable(logging.NOTSET)
+            logger.filters.clear()
+            logger.setLevel(logging.INFO)
 
 
 def test_flush_never_waits_for_the_handlers_lock():
