@@ -55,7 +55,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import shlex
 import socket
@@ -79,6 +78,7 @@ import torch
 from fakegradient import defaults, models, protect
 from fakegradient.atomic import write_bytes_atomic
 from fakegradient.bundle import PREFIX
+from fakegradient.evaluation.runner import cpu_model
 from fakegradient.integrity import seal_file
 from fakegradient.modelfile import write_bundle
 from fakegradient.serving.onnx_model import RuntimeOptions, load_model_dir
@@ -751,10 +751,8 @@ def main() -> None:
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     """``result`` with the command, the machine and the time, as JSON (atomically): what docs render."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     payload = {"command": "python benchmarks/serving.py " + shlex.join(sys.argv[1:]),
-               "machine": {"cpu": cpu, "cores": usable_cores(), "load_average_after": os.getloadavg()},
+               "machine": {"cpu": cpu_model(), "cores": usable_cores(), "load_average_after": os.getloadavg()},
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} | result
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())

@@ -1,6 +1,7 @@
 """Evaluation: metrics from per-image records (known answers), skipped models, a small end-to-end run."""
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.records import ImageRecord, aggregate, aggregate_by, fake_class_table
 from fakegradient.evaluation.report import write_report
-from fakegradient.evaluation.runner import EvaluationResult, environment, evaluate, evaluate_model
+from fakegradient.evaluation.runner import EvaluationResult, cpu_model, environment, evaluate, evaluate_model
 
 
 def record(**overrides):
@@ -121,3 +122,13 @@ def test_report_without_the_original_method(digits_model, tmp_path):
     write_report(EvaluationResult(config, [evaluation], [], environment()), tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "## Figures 7 and 8" in report and report.count("| digits | ") >= 2
+
+
+def test_the_environment_names_the_cpu(tmp_path):
+    """Floats and timings depend on the CPU: every run records its model name (the first in cpuinfo), or what
+    platform knows where there is no cpuinfo."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC 7B13"
+    assert cpu_model(tmp_path / "absent") == platform.processor()
+    assert environment()["cpu"] == cpu_model()

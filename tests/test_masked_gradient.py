@@ -1,6 +1,7 @@
 """studies/masked_gradient.py: the served top-1's lead and whether the cross-entropy PGD and APGD ascend has an
 input gradient at all; its committed report rebuilds from its per-photo CSV."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -83,28 +84,39 @@ def test_the_apgd_summary_counts_masked_photos_and_pairs_the_losses():
     assert (ce_vs_original["only_a"], ce_vs_original["only_b"], ce_vs_original["p"]) == (3, 0, 0.25)
 
 
+# Photos whose APGD decision depends on the CPU, not on the code: the study ran on an Intel Xeon, the Lite1 matrix
+# on an AMD EPYC. Rerun on the EPYC (the matrix's code path, subnormals flushed and not, at both budgets) APGD breaks
+# it each time (served gradient at most 5e-10); on the Xeon it returned the clean photo.
+CPU_DEPENDENT = {("efficientnet_lite1", "fake-gradient", "imagenet_02_438.jpg")}
+
+
 def test_the_committed_apgd_reproduces_the_matrix_and_backs_the_prose():
     """The study's cross-entropy APGD is the matrix's row (same budget, steps, random starts): on every model whose
-    committed matrix ran the study's 29 photos (MobileNetV2, EfficientNet-Lite0) it defends what the matrix records;
-    and what docs/security.md says in words holds on every model: the loss that cannot saturate gets through on
-    more photos (p < 0.05), Fake Gradient still defends more than the original with it (p < 0.05), and on most
-    photos it defends the served top-1 moved."""
+    committed matrix ran the study's 29 photos it defends the photos the matrix records, photo by photo, but for
+    :data:`CPU_DEPENDENT`; and what docs/security.md says in words holds on every model: the loss that cannot
+    saturate gets through on more photos (p < 0.05), Fake Gradient still defends more than the original with it
+    (p < 0.05), and on most photos it defends the served top-1 moved."""
     results = json.loads((ROOT / "reports" / "masked_gradient" / "results.json").read_text())
-    compared = 0
+    study = {(row["model"], row["method"], row["image"]): row["defended"]
+             for row in csv.DictReader((ROOT / "reports" / "masked_gradient" / "attacks.csv").open())
+             if row["loss"] == "cross_entropy"}
+    compared, differ = 0, set()
     for folder in ("adaptive", "adaptive_efficientnet_lite0", "adaptive_efficientnet_lite1",
                    "adaptive_efficientnet_lite2"):
         matrix = json.loads((ROOT / "reports" / folder / "results.json").read_text())
         ((spec, adaptive),) = matrix["adaptive"].items()
         if matrix["data"]["distinct_photos"] != 29 or matrix["config"]["bias"] != "paper":
             continue  # an older matrix on 23 photos: another budget
-        apgd = results["apgd"][spec]
-        assert apgd["whitebox_l2"] == pytest.approx(adaptive["budgets"]["whitebox_l2"], rel=1e-6)
-        for row in adaptive["matrix"]:
+        # DeepFool's median ‖r‖₂ on the two CPUs differs by 2e-6 of itself
+        assert results["apgd"][spec]["whitebox_l2"] == pytest.approx(adaptive["budgets"]["whitebox_l2"], rel=1e-5)
+        for row in csv.DictReader((ROOT / "reports" / folder / "attackers_per_image.csv").open()):
             if row["attacker"] == "apgd" and row["method"] in masked_gradient.ATTACKED:
-                cell = apgd["cells"][f"{row['method']}/cross_entropy"]
-                assert (row["k"], row["n"]) == (cell["k"], cell["n"]), (folder, row["method"])
+                key = (spec, row["method"], row["image"])
+                if study[key] != row["defense_success"]:
+                    differ.add(key)
                 compared += 1
-    assert compared >= 4  # MobileNetV2 and Lite0, original and Fake Gradient each
+    assert compared >= 4 * 29  # MobileNetV2, Lite0 and Lite1, original and Fake Gradient each
+    assert differ <= CPU_DEPENDENT, differ - CPU_DEPENDENT
     for entry in results["apgd"].values():
         tests = {(t["a"], t["b"]): t for t in entry["paired"]}
         fewer = tests["fake-gradient/cross_entropy", "fake-gradient/difference_logits_ratio"]

@@ -8,6 +8,7 @@ import secrets
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,17 @@ def _run_round(executor: Executor, bench: Workbench, store: ShardStore, shards: 
     return [results[shard] for shard in shards]
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (Linux's ``cpuinfo``, else ``platform.processor()``): timings and, through the BLAS
+    kernels it picks, the last bits of every float depend on it."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor()
+
+
 def environment() -> dict[str, str]:
     """Versions and hardware the numbers were measured with."""
     import torchvision
@@ -176,6 +188,7 @@ def environment() -> dict[str, str]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cpu_threads": str(torch.get_num_threads()),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
     }
