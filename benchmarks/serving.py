@@ -78,8 +78,8 @@ import torch
 from fakegradient import defaults, models, protect
 from fakegradient.atomic import write_bytes_atomic
 from fakegradient.bundle import PREFIX
-from fakegradient.evaluation.runner import cpu_model
 from fakegradient.integrity import seal_file
+from fakegradient.machine import cpu_model
 from fakegradient.modelfile import write_bundle
 from fakegradient.serving.onnx_model import RuntimeOptions, load_model_dir
 from fakegradient.serving.settings import usable_cores

@@ -12,7 +12,8 @@ from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.records import ImageRecord, aggregate, aggregate_by, fake_class_table
 from fakegradient.evaluation.report import write_report
-from fakegradient.evaluation.runner import EvaluationResult, cpu_model, environment, evaluate, evaluate_model
+from fakegradient.machine import cpu_model
+from fakegradient.evaluation.runner import EvaluationResult, environment, evaluate, evaluate_model
 
 
 def record(**overrides):
@@ -125,10 +126,12 @@ def test_report_without_the_original_method(digits_model, tmp_path):
 
 
 def test_the_environment_names_the_cpu(tmp_path):
-    """Floats and timings depend on the CPU: every run records its model name (the first in cpuinfo), or what
-    platform knows where there is no cpuinfo."""
+    """Floats and timings depend on the CPU: every evaluation records its model name (the first in cpuinfo), or
+    what platform knows where cpuinfo has none (ARM) or there is no cpuinfo."""
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n\nprocessor\t: 1\nmodel name\t: Other\n")
     assert cpu_model(cpuinfo) == "AMD EPYC 7B13"
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")
+    assert cpu_model(cpuinfo) == platform.processor()
     assert cpu_model(tmp_path / "absent") == platform.processor()
     assert environment()["cpu"] == cpu_model()

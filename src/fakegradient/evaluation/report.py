@@ -223,7 +223,8 @@ def _markdown(result: EvaluationResult, aggregates: dict, title: str) -> str:
         lines += ["", "## Skipped models", ""] + [f"- `{s['model']}`: {s['reason']}" for s in result.skipped]
     env = result.environment
     lines += ["", f"Environment: torch {env['torch']}, torchvision {env['torchvision']}, "
-                  f"Python {env['python']}, {env['cpu_threads']} CPU threads, CUDA: {env['cuda']}.",
+                  f"Python {env['python']}, {env['cpu_threads']} CPU threads, CPU: {env.get('cpu', 'not recorded')}, "
+                  f"CUDA: {env['cuda']}.",
               "Files: `results.json` (config, versions, aggregates), `per_image.csv`, "
               "`fig6_*.png`, `fig7_size.png`, `fig8_time.png`.", ""]
     return "\n".join(lines)

@@ -8,7 +8,6 @@ import secrets
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data import Sample, load_batch
 from ..errors import FakeGradientError
+from ..machine import cpu_model
 from ..methods import ORIGINAL
 from .config import EvaluationConfig, load_samples
 from .executors import Executor, LocalExecutor
@@ -166,17 +166,6 @@ def _run_round(executor: Executor, bench: Workbench, store: ShardStore, shards: 
             bar.set_postfix_str(f"{finished}/{len(shards)} shards, last: {shard.stage} {shard.method}")
             bar.update(len(shard))
     return [results[shard] for shard in shards]
-
-
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name (Linux's ``cpuinfo``, else ``platform.processor()``): timings and, through the BLAS
-    kernels it picks, the last bits of every float depend on it."""
-    try:
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor()
 
 
 def environment() -> dict[str, str]:
