@@ -33,6 +33,7 @@ import numpy as np
 from fakegradient.atomic import write_bytes_atomic
 from fakegradient.errors import FakeGradientError
 from fakegradient.evaluation.intervals import Rate
+from fakegradient.machine import cpu_model
 
 from .kit import command_line, markdown_table, rate_text, read_csv, run_study, study_parser, write_csv
 
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = study_parser(__doc__.split("\n\n")[0], MODULE, Path("reports/file_only"),
                           "rebuild report.md, results.json and the figure from per_key.csv and run.json")
     parser.add_argument("--keys", type=int, default=3, help="keys per model and scheme (default 3)")
-    parser.add_argument("--machine", default=f"{platform.machine()}, {platform.processor() or 'cpu'}",
+    parser.add_argument("--machine", default=f"{platform.machine()}, {cpu_model() or 'cpu'}",
                         help="how the machine is described in the report")
     args = parser.parse_args(argv)
     args.command = command_line(MODULE, argv)
