@@ -231,16 +231,20 @@ def test_the_default_access_log_writes_every_line_to_stderr_by_exit():
 
 @contextlib.contextmanager
 def only_access_handler(handler: logging.Handler) -> Iterator[logging.Logger]:
-    """The access logger with ``handler`` as its only handler for the block; closed and the logger's own handlers
-    back afterwards."""
+    """The access logger with ``handler`` as its only handler for the block; afterwards ``handler`` closed and the
+    logger as it was: its own handlers, level and filters, and logging's ``disable`` level."""
     logger = logging.getLogger(ACCESS_LOGGER)
-    others = logger.handlers[:]
+    others, level, filters = logger.handlers[:], logger.level, logger.filters[:]
+    disabled = logging.root.manager.disable
     for other in others:
         logger.removeHandler(other)
     logger.addHandler(handler)
     try:
         yield logger
     finally:
+        logging.disable(disabled)
+        logger.filters[:] = filters
+        logger.setLevel(level)
         logger.removeHandler(handler)
         handler.close()
         for other in others:
@@ -290,18 +294,13 @@ def test_what_silences_the_access_log_still_does(silence):
     stream = io.StringIO()
     handler = BufferedStderr(stream, interval=3600)
     with only_access_handler(handler) as logger:
-        try:
-            log = AccessLog(True)
-            assert log._direct()
-            SILENCING[silence](logger, handler)
-            assert not log._direct()
-            log.write("grpc", "ModelInfer", "OK", 0.01, "peer", "tiny")
-            handler.flush()
-            assert stream.getvalue() == ""
-        finally:
-            logging.disable(logging.NOTSET)
-            logger.filters.clear()
-            logger.setLevel(logging.INFO)
+        log = AccessLog(True)
+        assert log._direct()
+        SILENCING[silence](logger, handler)
+        assert not log._direct()
+        log.write("grpc", "ModelInfer", "OK", 0.01, "peer", "tiny")
+        handler.flush()
+        assert stream.getvalue() == ""
 
 
 def test_flush_never_waits_for_the_handlers_lock():
