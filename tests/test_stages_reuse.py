@@ -2,6 +2,7 @@
 provably the original's on every query; the reused rows equal those of attacking the scheme for real."""
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from fakegradient.attacks import hopskipjump
 from fakegradient.attacks.hopskipjump import HopSkipJump
 from fakegradient.attacks.square import SquareAttack
 from fakegradient.data import Sample
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def bench(digits_model):
     """The digits model on 32x32 images (pooled to 8x8 inside): ART's L2 Square sends NaN
     images on 8x8 ones (1-pixel stripes) and where clipping at 0 or 1 zeroes a window's perturbation (a
-    0/0: all-NaN outputs, which the reuse accepts only for Square)."""
+    0/0: all-NaN outputs, which the reuse accepts for Square where the scheme's are all NaN too)."""
     model, x, y = digits_model
     config = EvaluationConfig(models=["digits"], methods=SCHEMES, seed=0, adaptive=True, blackbox_queries=100)
     original = Normalized(nn.Sequential(nn.AvgPool2d(4), model), (0.0,), (1.0,)).eval()
@@ -51,8 +53,9 @@ class ExactReals(nn.Linear):
     """A served head whose real rows are the original head's output itself, and whose fakes sit 100 below.
 
     On 8x8 digits, Random Weight's real rows differ from the original's by one ulp at batch 1 (a 20-row vs
-    a 10-row product) and its fakes can come second: the reuse rightly refuses both (tests below). This
-    head has neither, as the ImageNet models' schemes measured (benchmarks/matrix_speed.py)."""
+    a 10-row product) and its fakes can come second: the reuse rightly refuses both for Square, which reads
+    the scores (tests below; HopSkipJump, which reads only decisions, accepts both where no decision changes).
+    This head has neither, as the ImageNet models' schemes measured (benchmarks/matrix_speed.py)."""
 
     def __init__(self, served: nn.Linear, original: nn.Linear, positions: np.ndarray):
         super().__init__(served.in_features, served.out_features)
@@ -152,9 +155,9 @@ def test_fakes_that_come_second_are_not_reused_for_square_but_are_for_hopskipjum
         top2 = original(x[:N]).topk(2, dim=1).values
     assert (fakes_max > top2[:, 1]).all() and (fakes_max < top2[:, 0]).all()  # the premise
     verdicts = []
-    for top1_only in (False, True):
+    for labels in (None, attackers._labels(original, x[:N])):
         schemes = {"random-weight": (between, name, secret.class_positions(), None)}
-        with reuse.SameScores(original, head, schemes, top1_only) as watch, torch.no_grad():
+        with reuse.SameScores(original, head, schemes, labels) as watch, torch.no_grad():
             original(x[:N])
         verdicts.append(watch.verdict())
     assert verdicts == [set(), {"random-weight"}]
@@ -170,19 +173,81 @@ class OneUlpOff(ExactReals):
         return out
 
 
-def test_an_ulp_off_real_row_is_not_reused(digits_model):
+def test_an_ulp_off_real_row_is_not_reused_where_the_attack_reads_scores(digits_model):
     """Random Weight's real rows are a 20-row product, the original's a 10-row one: they can differ by an ulp, CPU
     by CPU and batch by batch. A head whose real rows are the original's is reused; one a single ulp off in one
-    class is not."""
+    class is not for an attack reading scores (Square), and is for one reading only its decisions (HopSkipJump),
+    which the ulp does not change here."""
     original, bench, head, pipeline, secret, x = digits_random_weight(digits_model)
+    labels = attackers._labels(original, x[:N])
     verdicts = []
     for kind in (ExactReals, OneUlpOff):
         served_copy, name = with_head(bench, original, head, pipeline, secret, kind)
         schemes = {"random-weight": (served_copy, name, secret.class_positions(), None)}
-        with reuse.SameScores(original, head, schemes, top1_only=True) as watch, torch.no_grad():
+        for read in (None, labels):
+            with reuse.SameScores(original, head, schemes, read) as watch, torch.no_grad():
+                assert torch.equal(served_copy(x[:N]).argmax(1), torch.as_tensor(secret.class_positions())[
+                    original(x[:N]).argmax(1)])  # the premise: the ulp moves no top-1
+            verdicts.append(watch.verdict())
+    assert verdicts == [{"random-weight"}, {"random-weight"}, set(), {"random-weight"}]
+
+
+class WinningFake(ExactReals):
+    """:class:`ExactReals` with one fake output 100 above every real one: the served top-1 on every input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        fake = min(set(range(self.out_features)) - set(self.positions.tolist()))
+        out[:, fake] = out[:, self.positions].amax(dim=1) + 100.0
+        return out
+
+
+def test_a_winning_fake_is_the_same_decision_only_where_no_label_is_on_top(digits_model):
+    """HopSkipJump asks one question per query: is the top-1 the image's label? A fake on top answers "no", as
+    the original does where its top-1 is none of the labels; where it is one, the answers differ."""
+    original, bench, head, pipeline, secret, x = digits_random_weight(digits_model)
+    winning, name = with_head(bench, original, head, pipeline, secret, WinningFake)
+    schemes = {"random-weight": (winning, name, secret.class_positions(), None)}
+    with torch.no_grad():
+        top1 = original(x[:N]).argmax(1)
+    others = torch.as_tensor(sorted(set(range(10)) - set(top1.tolist())))
+    verdicts = []
+    for labels in (others, top1[:1]):
+        with reuse.SameScores(original, head, schemes, labels) as watch, torch.no_grad():
             original(x[:N])
         verdicts.append(watch.verdict())
-    assert verdicts == [{"random-weight"}, set()]
+    assert len(others) > 0 and verdicts == [{"random-weight"}, set()]
+
+
+def test_the_labels_are_those_hopskipjump_compares_against(bench, monkeypatch):
+    """The decision check is exact only if every image's label is among ``_labels``: record the label the
+    wrapper computes for each image (its first adversarial search receives it) and compare."""
+    seen = []
+    first = hopskipjump._first_adversarial
+    monkeypatch.setattr(hopskipjump, "_first_adversarial",
+                        lambda counter, x, label, *a: seen.append(int(label)) or first(counter, x, label, *a))
+    HopSkipJump(queries=20)(bench.original, bench.images)
+    assert seen == attackers._labels(bench.original, bench.images).tolist() and len(seen) == N
+
+
+def test_hopskipjump_on_a_head_an_ulp_off_is_the_originals_run(digits_model):
+    """End to end: with one class an ulp off, Random Weight's HopSkipJump row reuses the original's run and
+    equals attacking it for real (images, queries, decisions); its Square row is attacked for real."""
+    original, bench, head, pipeline, secret, _ = digits_random_weight(digits_model)
+    bench.config = replace(bench.config, blackbox_queries=300)
+    bench.served["random-weight"] = (with_head(bench, original, head, pipeline, secret, OneUlpOff)[0], secret)
+    order = [ORIGINAL, "random-weight"]
+    for name, reused in (("hopskipjump", True), ("square", False)):
+        real = run_matrix_row(bench, name, enabled=False, order=order)
+        fast = run_matrix_row(bench, name, enabled=True, order=order)
+        verdict = next(v for k, v in bench.memo.items() if k[0] == "same-scores" and k[1] == name)
+        assert ("random-weight" in verdict) is reused, name
+        assert any(not torch.equal(a, b) for a, b in zip(fast[ORIGINAL][0], bench.images)), name  # it moved
+        for method in order:
+            assert fast[method][1] == real[method][1] and fast[method][2] == real[method][2], (name, method)
+            assert torch.allclose(fast[method][0], real[method][0], rtol=0, atol=1e-6), (name, method)
+        if reused:
+            assert fast["random-weight"][1] == fast[ORIGINAL][1]
 
 
 def test_the_same_row_is_the_originals_query_for_query(bench):
@@ -320,10 +385,16 @@ def _head(weight: list, bias: list) -> nn.Linear:
     return head
 
 
-@pytest.mark.parametrize("top1_only", [False, True])
-def test_tied_top_scores_are_reused_only_where_the_key_keeps_their_order(top1_only):
+SWAPPED = {"swapped", "swapped, real outputs only"}
+
+
+@pytest.mark.parametrize(("labels", "also"), [(None, set()), (torch.tensor([0]), set()), (torch.tensor([1]), set()),
+                                              (torch.tensor([2]), SWAPPED)])
+def test_tied_top_scores_are_reused_only_where_the_key_keeps_their_order(labels, also):
     """Logits [1, 1, 0]: argmax is class 0 of the tie. Served at positions (0, 2, 4), class 0 still comes
-    first; at (2, 0, 4) class 1 does, and an attack reading the top-1 would see the other class."""
+    first; at (2, 0, 4) class 1 does, and an attack reading the top-1 would see the other class. One that
+    reads only "is the top-1 the label?" sees the same answer where the label is neither tied class (a tie
+    HopSkipJump met at batch 1 on EfficientNet-Lite0's photos)."""
     original = nn.Sequential(nn.Flatten(), _head([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]], [0.0, 0.0, 0.0])).eval()
     rows = {0: [1.0, 0.0], 1: [1.0, 0.0], 2: [0.0, 0.0]}
 
@@ -335,6 +406,7 @@ def test_tied_top_scores_are_reused_only_where_the_key_keeps_their_order(top1_on
     (kept, kept_at), (swapped, swapped_at) = served((0, 2, 4)), served((2, 0, 4))
     schemes = {"kept": (kept, "1", kept_at, None), "swapped": (swapped, "1", swapped_at, None),
                "swapped, real outputs only": (swapped, "1", swapped_at, np.array([0, 2, 4]))}
-    with reuse.SameScores(original, "1", schemes, top1_only) as watch, torch.no_grad():
+    with reuse.SameScores(original, "1", schemes, labels) as watch, torch.no_grad():
         assert original(torch.tensor([[[1.0, 0.0]]])).tolist() == [[1.0, 1.0, 0.0]]
-    assert watch.verdict() == {"kept"}
+        assert original(torch.full((1, 1, 2), torch.nan)).isnan().all()  # argmax: the first NaN, on every side
+    assert watch.verdict() == {"kept"} | also

@@ -485,13 +485,21 @@ def _black_box(ctx: Context, name: str, attack: Callable, top1_only: bool = Fals
     if not reuse.ENABLED or served is None or hopeless:  # fakes that win: never the original's scores
         return compute(ctx.target)
     if ctx.target.secret is None:
-        with reuse.SameScores(served, _head_name(ctx.bench, served), _candidates(ctx.bench), top1_only) as watch:
+        labels = _labels(served, ctx.images) if top1_only else None
+        with reuse.SameScores(served, _head_name(ctx.bench, served), _candidates(ctx.bench), labels) as watch:
             attempt = compute(ctx.target)
         ctx.bench.memo[_verdict_key(ctx, name)] = watch.verdict()
         return attempt
     reused = _originals_run(ctx, name, ctx.target.method, lambda c: c.cached(
         (name, ORIGINAL), lambda: _black_box(c, name, attack, top1_only)))
     return compute(ctx.target) if reused is None else reused
+
+
+@torch.no_grad()
+def _labels(served: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B,) the top-1 a decision-based attack compares its queries against: ``served`` on each image alone,
+    as :class:`~fakegradient.attacks.hopskipjump.HopSkipJump` computes its label (tests/test_stages_reuse.py)."""
+    return torch.cat([served(images[i:i + 1]).flatten(1).argmax(dim=1) for i in range(len(images))])
 
 
 def _candidates(bench: Workbench) -> dict[str, tuple[nn.Module, str, np.ndarray, np.ndarray | None]]:

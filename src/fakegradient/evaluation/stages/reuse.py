@@ -3,20 +3,26 @@
 A score- or decision-based attack (Square, HopSkipJump) reads the served outputs only through the top-1
 position, the label's score and the second-largest score. A scheme whose served outputs are, on every
 query the attack sent, the original's logits bit for bit at the real positions, with every fake output
-below the second-largest real one (the largest, for an attack that reads only the top-1) and its top-1
-at the served position of the original's top-1 (with tied top scores, argmax picks the first of each order:
-the same class only if the key keeps their order), makes all of those the same, so the attack on it sends
-the same queries and makes the same decisions: its images and query counts are the original's. A query
-whose outputs are all NaN on the original must be all NaN on the scheme; Square reads such a query only
-through its margin (NaN on both: the candidate is rejected on both), an attack reading the top-1 alone
-gets no such allowance (the argmax of a NaN row is position 0, not the same class). Random Weight and the
-hardened scheme are such schemes on natural and attacked images (their fakes never win); the paper's scheme
-(fakes win) is not.
+below the second-largest real one and its top-1 at the served position of the original's top-1 (with tied
+top scores, argmax picks the first of each order: the same class only if the key keeps their order), makes
+all of those the same, so the attack on it sends the same queries and makes the same decisions: its images
+and query counts are the original's. A query whose outputs are all NaN on the original must be all NaN on
+the scheme; Square reads such a query only through its margin (NaN on both: the candidate is rejected on
+both). Random Weight and the hardened scheme are such schemes on natural and attacked images (their fakes
+never win); the paper's scheme (fakes win) is not.
 
 The same holds for an attacker that found exactly a scheme's real positions (the query-only attacker of
 the paper's scheme, say) and attacks those outputs alone: it reads a permutation of the original's logits,
 and Square and HopSkipJump read only values and the top-1's identity, which a permutation maps one to one
 (checked as above where top scores tie). :func:`real_outputs` names that candidate; its fakes are not read.
+
+A decision-based attack (HopSkipJump) reads even less: whether each query's top-1 is its image's label. A
+query row makes the same decision on both when its top-1 is the same class (the values may differ:
+Random Weight's real rows, a product twice as wide as the original's, can be an ulp off), or when neither
+top-1 is any of the labels the attack compares against (the original's top-1 on each clean image, at
+batch 1, as the attack computes it): a fake that wins on a noise image is "not the label" as surely as
+the original's own class. The watcher takes the argmax the attack takes (the first NaN, else the first
+maximum), so a NaN row is checked like any other.
 
 :class:`SameScores` watches the original's head while the original is attacked and keeps, for each
 candidate scheme, whether that held on every query, computing the scheme's served outputs from the
@@ -41,11 +47,13 @@ class SameScores:
     """While active, watches ``original`` (a pipeline ending at its head ``head``) and checks each candidate
     of ``schemes`` (name → (served pipeline, its head's name, (N,) served position of each class, and the
     (M,) served positions the attack reads, ascending, or None: all of them)).
-    ``top1_only``: the attack reads only the top-1 (HopSkipJump): fakes need only stay below the top score."""
+    ``labels`` (L,): the attack reads only whether each query's top-1 is its image's label, one of these
+    classes (HopSkipJump): each row needs only the same decision. None: it reads the scores (Square)."""
 
     def __init__(self, original: nn.Module, head: str,
-                 schemes: dict[str, tuple[nn.Module, str, np.ndarray, np.ndarray | None]], top1_only: bool = False):
-        self.original, self.head, self.rank = original, head, 0 if top1_only else 1
+                 schemes: dict[str, tuple[nn.Module, str, np.ndarray, np.ndarray | None]],
+                 labels: torch.Tensor | None = None):
+        self.original, self.head, self.labels = original, head, labels
         self.schemes = {m: (served, served.get_submodule(name), *_read(positions, read))
                         for m, (served, name, positions, read) in schemes.items()}
         self.alive = {m for m, (_, module, *_) in self.schemes.items() if module is not original.get_submodule(head)}
@@ -70,19 +78,25 @@ class SameScores:
         if not self.alive:
             return
         features, logits = inputs[0].detach(), output.detach().flatten(1)
+        heads: dict[int, torch.Tensor] = {}  # the scheme's served outputs: its head, same batch shape
+
+        def served(method: str) -> torch.Tensor:
+            _, module, _, read = self.schemes[method]
+            if id(module) not in heads:
+                heads[id(module)] = module(features).flatten(1)
+            return heads[id(module)] if read is None else heads[id(module)][:, read]
+
+        if self.labels is not None:  # decisions only
+            self.alive = {m for m in self.alive if _same_decision(served(m), logits, self.schemes[m][2], self.labels)}
+            return
         void = logits.isnan().all(dim=1)  # ART's L2 Square sends NaN images (a 0/0 in its update)
-        if logits.shape[1] < 2 or (void.any() and self.rank == 0) or logits[~void].isnan().any():
+        if logits.shape[1] < 2 or logits[~void].isnan().any():
             self.alive.clear()
             return
         top2, top1 = logits[~void].topk(2, dim=1).values, logits[~void].argmax(dim=1)
-        heads: dict[int, torch.Tensor] = {}  # the scheme's served outputs: its head, same batch shape
         for method in sorted(self.alive):
-            _, module, positions, read = self.schemes[method]
-            if id(module) not in heads:
-                heads[id(module)] = module(features).flatten(1)
-            served = heads[id(module)] if read is None else heads[id(module)][:, read]
-            if not (bool(served[void].isnan().all())
-                    and _same_top(served[~void], logits[~void], positions, top2[:, self.rank], top1)):
+            out, positions = served(method), self.schemes[method][2]
+            if not (bool(out[void].isnan().all()) and _same_top(out[~void], logits[~void], positions, top2[:, 1], top1)):
                 self.alive.discard(method)
 
     @torch.no_grad()
@@ -132,6 +146,18 @@ def _same_top(served: torch.Tensor, logits: torch.Tensor, positions: torch.Tenso
     fake = torch.ones(served.shape[1], dtype=torch.bool, device=served.device)
     fake[positions] = False
     return not bool(fake.any()) or bool((served[:, fake].amax(dim=1) < bound).all())
+
+
+def _same_decision(served: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor,
+                   labels: torch.Tensor) -> bool:
+    """Each row of served (b, M) and logits (b, N) tells "top-1 is the label" alike for every label in
+    ``labels`` (L,): the same class on top, or neither top-1 one of the labels."""
+    positions, labels = positions.to(served.device), labels.to(served.device)
+    if len(positions) != logits.shape[1] or int(positions.max()) >= served.shape[1]:
+        return False
+    top1, top = logits.argmax(dim=1), served.argmax(dim=1)
+    neither = ~torch.isin(top1, labels) & ~torch.isin(top, positions[labels])
+    return bool(((top == positions[top1]) | neither).all())
 
 
 def _head_io(pipeline: nn.Module, head: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
