@@ -393,8 +393,8 @@ SWAPPED = {"swapped", "swapped, real outputs only"}
 def test_tied_top_scores_are_reused_only_where_the_key_keeps_their_order(labels, also):
     """Logits [1, 1, 0]: argmax is class 0 of the tie. Served at positions (0, 2, 4), class 0 still comes
     first; at (2, 0, 4) class 1 does, and an attack reading the top-1 would see the other class. One that
-    reads only "is the top-1 the label?" sees the same answer where the label is neither tied class (a tie
-    HopSkipJump met at batch 1 on EfficientNet-Lite0's photos)."""
+    reads only "is the top-1 the label?" sees the same answer where the label is neither tied class; a tie
+    with the label (HopSkipJump's boundary search met one on EfficientNet-Lite0's photos) stays refused."""
     original = nn.Sequential(nn.Flatten(), _head([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]], [0.0, 0.0, 0.0])).eval()
     rows = {0: [1.0, 0.0], 1: [1.0, 0.0], 2: [0.0, 0.0]}
 

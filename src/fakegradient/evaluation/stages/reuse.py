@@ -22,7 +22,9 @@ Random Weight's real rows, a product twice as wide as the original's, can be an 
 top-1 is any of the labels the attack compares against (the original's top-1 on each clean image, at
 batch 1, as the attack computes it): a fake that wins on a noise image is "not the label" as surely as
 the original's own class. The watcher takes the argmax the attack takes (the first NaN, else the first
-maximum), so a NaN row is checked like any other.
+maximum), so a NaN row is checked like any other. HopSkipJump's boundary search can reach a query where the
+label and another class tie exactly; the key orders them differently from the class index, so the two runs
+part there (measured on EfficientNet-Lite0's photos) and the scheme is attacked for real.
 
 :class:`SameScores` watches the original's head while the original is attacked and keeps, for each
 candidate scheme, whether that held on every query, computing the scheme's served outputs from the
