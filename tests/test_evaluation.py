@@ -12,8 +12,8 @@ from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.records import ImageRecord, aggregate, aggregate_by, fake_class_table
 from fakegradient.evaluation.report import write_report
-from fakegradient.machine import cpu_model
 from fakegradient.evaluation.runner import EvaluationResult, environment, evaluate, evaluate_model
+from fakegradient.machine import cpu_model
 
 
 def record(**overrides):

@@ -142,12 +142,17 @@ def _same_top(served: torch.Tensor, logits: torch.Tensor, positions: torch.Tenso
     """served (b, M) equals logits (b, N) at ``positions``, is below ``bound`` (b,) elsewhere, and its argmax
     is the served position of ``top1`` (b,), the argmax of ``logits``."""
     positions = positions.to(served.device)
-    if len(positions) != logits.shape[1] or int(positions.max()) >= served.shape[1] \
-            or not torch.equal(served[:, positions], logits) or not torch.equal(served.argmax(dim=1), positions[top1]):
+    if not _fits(served, logits, positions) or not torch.equal(served[:, positions], logits) \
+            or not torch.equal(served.argmax(dim=1), positions[top1]):
         return False
     fake = torch.ones(served.shape[1], dtype=torch.bool, device=served.device)
     fake[positions] = False
     return not bool(fake.any()) or bool((served[:, fake].amax(dim=1) < bound).all())
+
+
+def _fits(served: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor) -> bool:
+    """``positions`` names one served column of served (b, M) for each class of logits (b, N)."""
+    return len(positions) == logits.shape[1] and int(positions.max()) < served.shape[1]
 
 
 def _same_decision(served: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor,
@@ -155,7 +160,7 @@ def _same_decision(served: torch.Tensor, logits: torch.Tensor, positions: torch.
     """Each row of served (b, M) and logits (b, N) tells "top-1 is the label" alike for every label in
     ``labels`` (L,): the same class on top, or neither top-1 one of the labels."""
     positions, labels = positions.to(served.device), labels.to(served.device)
-    if len(positions) != logits.shape[1] or int(positions.max()) >= served.shape[1]:
+    if not _fits(served, logits, positions):
         return False
     top1, top = logits.argmax(dim=1), served.argmax(dim=1)
     neither = ~torch.isin(top1, labels) & ~torch.isin(top, positions[labels])
