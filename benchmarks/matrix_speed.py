@@ -16,7 +16,9 @@ before issue 26 (every scheme attacked for real; ART's ``predict`` walks the ser
 query), ``reuse`` adds only the reuse of the original's black-box run where
 :mod:`fakegradient.evaluation.stages.reuse` proves a scheme's scores equal, ``counter`` only the query
 counter that keeps ART from that walk, ``flush`` only subnormals flushed to zero in PGD, EOT-PGD, APGD and C&W
-(:func:`fakegradient.evaluation.stages.adaptive.attack`), ``after`` all three (today's code). The memo is cleared before each
+(:func:`fakegradient.evaluation.stages.adaptive.attack`), ``after`` all three (today's code), ``channels-last``
+``after`` with every pipeline's weights in the channels-last layout (the roofline's faster layout; another
+float computation, so its decisions are compared, not assumed). The memo is cleared before each
 (attacker, variant), so each attacker pays its own shared computations. Rounds interleave threads,
 variants and attackers (the machine is shared); the table gives the median and range over rounds, and
 whether each attacker's per-image decisions (device top-1 = original clean top-1) and query counts agree
@@ -29,6 +31,8 @@ whole-matrix comparison of hours can span several sessions (a pair split by a re
 runs met different load). The ``all attackers (sum)`` lines add the attackers' own times: each pays its shared
 computations itself (the memo is cleared per attacker) and the round-1 rows (naive, transfer, sanity) are not
 attackers here, so the sum is not the report's "distinct computation"; before and after are summed alike.
+A committed ``reports/matrix_speed_*/report.md`` table is rendered from every log in its folder
+(``scripts/render_docs.py``), so several processes may split the attackers, each with its own log.
 """
 
 from __future__ import annotations
@@ -74,15 +78,22 @@ class CommittedCounter(QueryCounter):
         return hashlib.blake2b(row.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
 
 
-# variant → (reuse on, query counter class, subnormals flushed in the rows marked for it)
-VARIANTS = {"before": (False, CommittedCounter, False), "reuse": (True, CommittedCounter, False),
-            "counter": (False, QueryCounter, False), "flush": (False, CommittedCounter, True),
-            "after": (True, QueryCounter, True)}
+# variant → (reuse on, query counter class, subnormals flushed in the rows marked for it, weights' layout)
+VARIANTS = {"before": (False, CommittedCounter, False, torch.contiguous_format),
+            "reuse": (True, CommittedCounter, False, torch.contiguous_format),
+            "counter": (False, QueryCounter, False, torch.contiguous_format),
+            "flush": (False, CommittedCounter, True, torch.contiguous_format),
+            "after": (True, QueryCounter, True, torch.contiguous_format),
+            "channels-last": (True, QueryCounter, True, torch.channels_last)}
 
 
-def use_variant(variant: str) -> None:
-    reuse.ENABLED, counter, adaptive.FLUSH_SUBNORMALS = VARIANTS[variant]
+def use_variant(variant: str, pipelines: dict[str, nn.Module]) -> None:
+    """Sets the variant's switches; puts every pipeline's 4-d weights in its layout, in place, values unchanged
+    (a convolution with channels-last weights runs in channels-last whatever its input's layout)."""
+    reuse.ENABLED, counter, adaptive.FLUSH_SUBNORMALS, layout = VARIANTS[variant]
     square.QueryCounter = hopskipjump.QueryCounter = counter
+    for pipeline in pipelines.values():
+        pipeline.to(memory_format=layout)
 
 
 def committed_budgets(spec: str, data: str, images: int) -> dict[str, float] | None:
@@ -255,20 +266,23 @@ def main() -> None:
         for r in range(args.rounds):
             for t in threads if r % 2 == 0 else threads[::-1]:
                 torch.set_num_threads(t)
-                # timed afresh each round, under that round's load, in the faster of two memory layouts
-                roofline = PassTimes(pipelines, layouts=(torch.contiguous_format, torch.channels_last))
+                # timed afresh each round, under that round's load, in the faster of two input layouts, one
+                # timer per variant (its weights' layout is part of what is timed)
+                rooflines = {v: PassTimes(pipelines, layouts=(torch.contiguous_format, torch.channels_last))
+                             for v in variants}
                 for name in names:
                     for variant in variants if r % 2 == 0 else variants[::-1]:
                         res = log.done.get((r, t, name, variant))
                         if res is None:
-                            use_variant(variant)
-                            res = run_attacker(bench, name, images[:limits.get(name)], budgets, passes, roofline)
+                            use_variant(variant, pipelines)
+                            res = run_attacker(bench, name, images[:limits.get(name)], budgets, passes,
+                                               rooflines[variant])
                             log.add((r, t, name, variant), res)
                         results.setdefault((t, name, variant), []).append(res)
                         print(f"  round {r + 1} threads {t} {name:<24} {variant:<6} wall {res['wall']:7.1f} s  "
                               f"roofline {res['roof']:7.1f} s", flush=True)
         passes.__exit__()
-        use_variant("after")
+        use_variant("after", pipelines)
 
     def total(threads: int, variant: str, key: str) -> list[float]:
         """Per round, ``key`` ("wall" or "roof") summed over the attackers."""

@@ -1,4 +1,5 @@
-"""Render the result tables of README.md and docs/*.md from reports/ (stdlib only, outside the wheel).
+"""Render the result tables of README.md, docs/*.md and reports/matrix_speed_*/report.md from reports/
+(stdlib only, outside the wheel).
 
 A rendered region is marked in the Markdown source:
 
@@ -87,6 +88,20 @@ class Reports:
 
     def csv(self, folder: str, name: str) -> list[dict[str, str]]:
         return self._load(folder, name, lambda path: list(csv.DictReader(path.open(newline=""))))
+
+    def jsonl(self, folder: str, name: str) -> list[dict]:
+        """A ``--log`` of benchmarks/matrix_speed.py: its settings header, then one dict per run."""
+        def read(path: Path) -> list[dict]:
+            lines = path.read_text().splitlines()
+            for number, line in enumerate(lines, 1):
+                try:
+                    lines[number - 1] = json.loads(line)
+                except json.JSONDecodeError:
+                    raise RenderError(f"{path}: line {number} is not JSON (cut by a kill? rerun to complete "
+                                      "it)") from None
+            return lines
+
+        return self._load(folder, name, read)
 
     def _load(self, folder: str, name: str, read: Callable[[Path], object]):
         key = (folder, name)
@@ -505,6 +520,56 @@ def claims_rows(reports: Reports, folder: str, models: list[str]) -> list[list[s
 
 def table1_models(reports: Reports, folder: str) -> list[str]:
     return list(dict.fromkeys(entry["model"] for entry in reports.json(folder)["aggregates"]))
+
+
+def speed_logs(reports: Reports, folder: str) -> tuple[dict, list[str], dict[tuple[str, str], dict]]:
+    """(the settings every log shares, its attackers' image limits merged, the attackers in their logs' order,
+    (attacker, variant) → its round-1, one-thread run) of every ``reports/FOLDER/*.jsonl`` (benchmarks/matrix_speed.py's ``--log``; a process per
+    log, each with its own attackers and variants; the last run logged for a key wins)."""
+    paths = sorted((reports.root / folder).glob("*.jsonl"))
+    if not paths:
+        raise RenderError(f"reports/{folder}: no matrix_speed log (*.jsonl)")
+    shared, names, runs, limits = None, [], {}, {}
+    for path in paths:
+        header, *rows = reports.jsonl(folder, path.name)
+        settings = {k: v for k, v in header.items() if k not in ("attackers", "variants", "limits")}
+        own = header.get("limits", {})
+        if (shared is not None and settings != shared) or any(limits.get(a, n) != n for a, n in own.items()):
+            raise RenderError(f"reports/{folder}: {path.name} was run with other settings than {paths[0].name}")
+        shared = settings
+        limits.update(own)
+        names += [name for name in header["attackers"] if name not in names]
+        runs.update({(row["attacker"], row["variant"]): row for row in rows
+                     if row["round"] == 0 and row["threads"] == 1})
+    return {**shared, "limits": limits}, names, runs
+
+
+def render_matrix_speed(reports: Reports, folder: str, base: str = "before", new: str = "after") -> str:
+    """Per attacker: wall time of ``base`` and ``new`` (benchmarks/matrix_speed.py, one round, one thread each),
+    their ratio, each one's roofline fraction, and whether their per-image decisions and queries agree."""
+    _, order, runs = speed_logs(reports, folder)
+    names = [name for name in order if (name, base) in runs and (name, new) in runs]
+    if not names:
+        raise RenderError(f"reports/{folder}: no attacker run in both {base} and {new}")
+    rows = []
+    for name in names:
+        b, a = runs[(name, base)], runs[(name, new)]
+        same = b["decisions"] == a["decisions"] and b["queries"] == a["queries"]
+        rows.append([name, f"{b['wall']:.1f}", f"{a['wall']:.1f}", f"{a['wall'] / b['wall']:.2f}",
+                     f"{b['roof'] / b['wall']:.2f}", f"{a['roof'] / a['wall']:.2f}", "yes" if same else "**no**"])
+    total_b, total_a = (sum(runs[(n, v)]["wall"] for n in names) for v in (base, new))
+    rows.append([f"all run in both (sum of {len(names)})", f"{total_b:.1f}", f"{total_a:.1f}",
+                 f"{total_a / total_b:.2f}", "", "", ""])
+    return table(["attacker", f"wall s {base}", f"wall s {new}", f"{new} / {base}", f"roofline / wall {base}",
+                  f"roofline / wall {new}", "same decisions and queries"], rows)
+
+
+def render_speed_budgets(reports: Reports, folder: str) -> str:
+    """The budgets the matrix_speed logs ran at (their header: the committed run's, or DeepFool's on its photos)."""
+    settings, _, _ = speed_logs(reports, folder)
+    budgets = settings["budgets"]
+    return (f"white-box L2 {budgets['whitebox_l2']:.3f}, black-box L2 {budgets['blackbox_l2']:.2f}, "
+            f"{settings['queries']} queries")
 
 
 def render_table1(reports: Reports, folder: str) -> str:
@@ -1214,6 +1279,15 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:fake-gradient-by-model": render_models,
     "table:blackbox-runs": render_blackbox_runs,
     "table:blackbox-losses": render_blackbox_losses,
+    "table:matrix-speed-mobilenet_v2": lambda r: render_matrix_speed(r, "matrix_speed_mobilenet_v2"),
+    "value:matrix-speed-budgets-mobilenet_v2": lambda r: render_speed_budgets(r, "matrix_speed_mobilenet_v2"),
+    "table:matrix-speed-efficientnet_lite0": lambda r: render_matrix_speed(r, "matrix_speed_efficientnet_lite0"),
+    "table:matrix-speed-mobilenet_v2-channels-last":
+        lambda r: render_matrix_speed(r, "matrix_speed_mobilenet_v2_channels_last", "after", "channels-last"),
+    "value:matrix-speed-budgets-mobilenet_v2-channels-last":
+        lambda r: render_speed_budgets(r, "matrix_speed_mobilenet_v2_channels_last"),
+    "value:matrix-speed-budgets-efficientnet_lite0":
+        lambda r: render_speed_budgets(r, "matrix_speed_efficientnet_lite0"),
     "table:table1": lambda r: render_table1(r, "table1"),
     "table:table1-official": lambda r: render_table1(r, "table1_official"),
     "table:table1-losses": render_table1_losses,
@@ -1306,13 +1380,15 @@ def render_text(text: str, reports: Reports, where: str = "") -> tuple[str, list
 
 
 def documents(root: Path) -> list[Path]:
-    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    """README.md, docs/**/*.md and the reports written by hand around rendered tables (the matrix's speed)."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md")),
+            *sorted((root / "reports").glob("matrix_speed_*/report.md"))]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a region disagrees")
-    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout (README.md, docs/)")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout (README.md, docs/, reports/matrix_speed_*/report.md)")
     parser.add_argument("--reports", type=Path, help="the reports folder (default: ROOT/reports)")
     args = parser.parse_args(argv)
     reports = Reports(args.reports or args.root / "reports")
@@ -1332,7 +1408,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     problems += [
-        f"region {name} is rendered nowhere in README.md or docs/" for name in sorted(set(RENDERERS) - used)
+        f"region {name} is rendered nowhere in README.md, docs/ or reports/matrix_speed_*/report.md"
+        for name in sorted(set(RENDERERS) - used)
     ]
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)

@@ -95,6 +95,32 @@ def test_query_counter_counts_distinct_images():
     assert counter.queries == 2 and calls == [2]
 
 
+def test_query_counter_reset_forgets_what_it_was_asked():
+    counter = QueryCounter(lambda x: x.flatten(1)[:, :3])
+    a = torch.zeros(1, 1, 2, 2)
+    counter(a)
+    counter.reset()
+    counter(a)
+    assert counter.queries == 1  # asked again after the reset: counted again
+
+
+@pytest.mark.parametrize("name", sorted(BLACK_BOX))
+def test_a_black_box_attack_counts_every_distinct_image_it_sent_the_clean_one_included(digits_model, name):
+    """One image broken within eps (HopSkipJump stops there; out of budget it reports only the queries up to the
+    last point it kept): the queries reported are the distinct images the model was asked about, the clean
+    image once, though art_classifier's probe asked it first."""
+    model, x, _ = digits_model
+    seen = set()
+
+    def watched(images: torch.Tensor) -> torch.Tensor:
+        seen.update(QueryCounter.digest(row) for row in images.float())
+        return model(images)
+
+    result = ATTACKS[name]()(watched, x[:1], judge=model, generator=np.random.default_rng(0))  # judged apart
+    assert result.success.item()
+    assert result.queries.item() == len(seen)
+
+
 def test_query_counter_keeps_art_from_walking_the_model(digits_model):
     """ART's predict sets its model's mode on every call; the counter puts the model in eval mode once and
     holds it outside the module tree, so that walk skips the model's modules. Same answers as the model."""

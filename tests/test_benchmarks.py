@@ -124,3 +124,21 @@ def test_matrix_speed_attacker_limits():
     for bad in ("nope=3", "pgd=x", "pgd", "pgd=3,pgd=5"):
         with pytest.raises(ValueError, match="--attacker-images"):
             bench.attacker_limits(bad, ["pgd"])
+
+
+def test_matrix_speed_channels_last_variant_changes_the_weights_layout_not_their_values():
+    bench = _module("matrix_speed")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        bench.use_variant("channels-last", {"original": model})
+        conv = model[0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        assert bench.adaptive.FLUSH_SUBNORMALS and bench.reuse.ENABLED  # otherwise "after"
+        x = torch.rand(2, 3, 8, 8)
+        assert model[0](x).is_contiguous(memory_format=torch.channels_last)  # runs in that layout
+        bench.use_variant("before", {"original": model})
+        assert model[0].weight.is_contiguous() and not bench.reuse.ENABLED
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy, values unchanged
+    finally:
+        bench.use_variant("after", {"original": model})

@@ -38,10 +38,16 @@ def check(root: Path, reports: Path | None = None) -> subprocess.CompletedProces
 
 @pytest.fixture
 def copy(tmp_path: Path) -> Path:
-    """README.md and docs/ in a scratch checkout whose reports/ is the real one (read only)."""
+    """README.md and docs/ in a scratch checkout whose reports/ links to the real ones (read only), except the
+    reports that are rendered documents themselves (matrix_speed_*), which are copies."""
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
-    (tmp_path / "reports").symlink_to(ROOT / "reports")
+    (tmp_path / "reports").mkdir()
+    for folder in (ROOT / "reports").iterdir():
+        if folder.name.startswith("matrix_speed_"):
+            shutil.copytree(folder, tmp_path / "reports" / folder.name)
+        else:
+            (tmp_path / "reports" / folder.name).symlink_to(folder)
     return tmp_path
 
 
@@ -323,3 +329,50 @@ def test_the_matrix_cost_names_each_models_photos_and_says_where_no_time_was_rec
         cost = f"{seconds / 60:.0f} min of computation" if seconds else "run before per-row timing"
         assert f"{render.model_name(spec)} n = {n}, {cost}" in text
     assert text.count(" n = ") == len(render.ADAPTIVE)
+
+
+def test_the_matrix_speed_table_compares_two_logged_variants(tmp_path):
+    """benchmarks/matrix_speed.py's logs: wall times, their ratio, roofline fractions, and a disagreement flagged."""
+    folder = tmp_path / "matrix_speed_m"
+    folder.mkdir()
+    header = {"model": "m", "attackers": ["pgd", "square", "cw"], "queries": 5000,
+              "budgets": {"whitebox_l2": 0.2534, "blackbox_l2": 5.071}}
+    runs = {"before": {"pgd": (10.0, 5.0, [True]), "square": (8.0, 4.0, [False]), "cw": (3.0, 1.0, [True])},
+            "after": {"pgd": (5.0, 4.0, [True]), "square": (8.0, 2.0, [True])}}  # cw: not run after
+    for variant, rows in runs.items():
+        lines = [header] + [{"round": 0, "threads": 1, "attacker": name, "variant": variant, "wall": wall,
+                             "roof": roof, "counts": [], "decisions": {"original": d}, "queries": {}}
+                            for name, (wall, roof, d) in rows.items()]
+        (folder / f"{variant}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = render.render_matrix_speed(render.Reports(tmp_path), "matrix_speed_m")
+    assert "| pgd | 10.0 | 5.0 | 0.50 | 0.50 | 0.80 | yes |" in text
+    assert "| square | 8.0 | 8.0 | 1.00 | 0.50 | 0.25 | **no** |" in text  # another decision
+    assert "cw" not in text and "| all run in both (sum of 2) | 18.0 | 13.0 | 0.72 |" in text
+    assert render.render_speed_budgets(render.Reports(tmp_path), "matrix_speed_m") == \
+        "white-box L2 0.253, black-box L2 5.07, 5000 queries"
+
+    after = (folder / "after.jsonl").read_text().splitlines()
+    (folder / "after.jsonl").write_text("\n".join([json.dumps({**header, "images": 4}), *after[1:]]) + "\n")
+    with pytest.raises(render.RenderError, match="jsonl was run with other settings"):  # not compared
+        render.render_matrix_speed(render.Reports(tmp_path), "matrix_speed_m")
+    (folder / "after.jsonl").write_text("\n".join(after) + '\n{"round": 0, "thr')  # cut by a kill
+    with pytest.raises(render.RenderError, match="after.jsonl: line 4 is not JSON"):
+        render.render_matrix_speed(render.Reports(tmp_path), "matrix_speed_m")
+
+
+def test_the_matrix_speed_table_merges_processes_that_split_the_attackers(tmp_path):
+    """Two processes, each running its own attackers in both variants: one table, in the logs' attacker order."""
+    folder = tmp_path / "matrix_speed_m"
+    folder.mkdir()
+    settings = {"model": "m", "queries": 5000, "budgets": {"whitebox_l2": 0.2, "blackbox_l2": 5.0}}
+    for log, names, limits in (("a.jsonl", ["pgd", "cw"], {"pgd": 12}), ("b.jsonl", ["square"], {"square": 4})):
+        lines = [{**settings, "attackers": names, "variants": ["after", "channels-last"], "limits": limits}]
+        lines += [{"round": 0, "threads": 1, "attacker": name, "variant": variant, "wall": wall, "roof": 1.0,
+                   "counts": [], "decisions": {}, "queries": {}}
+                  for name in names for variant, wall in (("after", 4.0), ("channels-last", 2.0))]
+        (folder / log).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = render.render_matrix_speed(render.Reports(tmp_path), "matrix_speed_m", "after", "channels-last")
+    assert [line.split(" | ")[0] for line in text.splitlines()[2:]] == \
+        ["| pgd", "| cw", "| square", "| all run in both (sum of 3)"]
+    assert "| all run in both (sum of 3) | 12.0 | 6.0 | 0.50 |" in text
+    assert render.speed_logs(render.Reports(tmp_path), "matrix_speed_m")[0]["limits"] == {"pgd": 12, "square": 4}

@@ -30,6 +30,12 @@ def check_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
         raise InvalidArgument(f"{owner} {name} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_bool(owner: str, name: str, value: Any) -> None:
+    """Raise :class:`InvalidArgument` unless ``value`` is True or False (not 0, 1 or a string)."""
+    if value is not True and value is not False:
+        raise InvalidArgument(f"{owner} {name} must be True or False, got {value!r}")
+
+
 def check_float(owner: str, name: str, value: Any, *, positive: bool = True, optional: bool = False) -> None:
     """Raise :class:`InvalidArgument` unless ``value`` is a finite number, > 0 if ``positive`` (>= 0 otherwise)."""
     if optional and value is None:
@@ -116,6 +122,12 @@ class QueryCounter(nn.Module):
         is contiguous on the CPU)."""
         array = np.ascontiguousarray(row.detach().cpu().numpy())
         return hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).digest()
+
+    def reset(self) -> None:
+        """Forget every query asked so far (e.g. the probe of :func:`art_classifier`, which would otherwise
+        answer the first image's clean query for free): the next ones are counted from 0."""
+        self.cache.clear()
+        self.queries = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()  # ART's HopSkipJump sends float64

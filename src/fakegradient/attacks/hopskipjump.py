@@ -67,7 +67,7 @@ class HopSkipJump:
             attack = ArtHopSkipJump(art_classifier(counter, images), norm=2, max_iter=1, max_eval=self.max_eval,
                                     init_eval=self.init_eval, init_size=self.init_size, batch_size=batch_size,
                                     verbose=False)
-            counter.queries = 0
+            counter.reset()  # the probe art_classifier sent is not the attack's
             x = images[i:i + 1].detach().cpu()
             label = counter(x).argmax(1)
             current = _first_adversarial(counter, x, label, self.init_size, generator)  # ART's own is unseeded

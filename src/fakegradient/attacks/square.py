@@ -44,7 +44,7 @@ class SquareAttack:
             counter = QueryCounter(model)
             attack = ArtSquare(art_classifier(counter, images), norm=2, eps=self.eps, p_init=self.p_init,
                                max_iter=self.queries - 2, nb_restarts=1, batch_size=1, verbose=False)
-            counter.queries = 0  # not the probe art_classifier sent
+            counter.reset()  # the probe art_classifier sent is not the attack's
             with seeded(generator):
                 adversarial[i] = to_tensor(attack.generate(images[i:i + 1].detach().cpu().numpy()), images)[0]
             used[i] = counter.queries

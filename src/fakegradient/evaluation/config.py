@@ -67,6 +67,9 @@ class EvaluationConfig:
                                             list=True)
     feature_steps: int = _opt(defaults.FEATURE_STEPS, "PGD steps of the feature-space attack")
     feature_restarts: int = _opt(defaults.FEATURE_RESTARTS, "random restarts of the feature-space attack")
+    channels_last: bool = _opt(False, "every model's convolution weights in the channels-last memory layout: faster "
+                                      "on CPU (reports/matrix_speed_mobilenet_v2_channels_last/), but another "
+                                      "rounding, so a borderline attack decision can differ from a run without it")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here

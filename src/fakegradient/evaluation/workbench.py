@@ -62,14 +62,18 @@ def deepfool(config: EvaluationConfig) -> DeepFool:
 def served_pipelines(original: Normalized, config: EvaluationConfig, seed: int,
                      probe: torch.Tensor) -> dict[str, tuple[Normalized, Secret | None]]:
     """method → (served pipeline, what the device holds), the original served as is. ``probe`` (1, C, H, W)
-    is image 0."""
+    is image 0. With ``config.channels_last`` every pipeline's weights, the original's too, go channels-last."""
     def build(method: str) -> tuple[Normalized, Secret | None]:
         if method == ORIGINAL:
             return original, None
         return protected_pipeline(original, method, scale=config.scale, seed=seed, probe=probe, bias=config.bias)
 
     with full_fp32():
-        return {method: build(method) for method in config.methods}
+        served = {method: build(method) for method in config.methods}
+    if config.channels_last:  # in place, values unchanged: each convolution then runs channels-last
+        for pipeline in (original, *(p for p, _ in served.values())):
+            pipeline.to(memory_format=torch.channels_last)
+    return served
 
 
 @dataclass
