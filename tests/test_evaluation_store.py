@@ -98,3 +98,21 @@ def test_a_stored_adaptive_shard_of_another_attacker_registry_is_recomputed(tmp_
         stored.write_text(json.dumps(payload))
         assert store.get(shard) is None
         assert store.get(dataclasses.replace(shard, attackers=())).records == [{"attacker": "pgd"}]
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_at_its_default_only(tmp_path):
+    """An upgrade that adds a setting (e.g. channels_last) keeps an unfinished run resumable at the new setting's
+    default, which is the old behaviour; any other value is another run."""
+    from fakegradient.evaluation.config import EvaluationConfig
+
+    config = EvaluationConfig(models=["m"], methods=["original"], seed=0)
+    settings, defaults = config.to_dict(), EvaluationConfig.defaults()
+    assert defaults["channels_last"] is False
+    with ShardStore(tmp_path / ".shards") as store:
+        store.begin({k: v for k, v in settings.items() if k != "channels_last"}, defaults)  # the older run
+    with ShardStore(tmp_path / ".shards", resume=True) as store:
+        store.begin(settings, defaults)  # resumed at the default: the same run
+        with pytest.raises(FakeGradientError, match=r"other settings \(channels_last\)"):
+            store.begin({**settings, "channels_last": True}, defaults)
+        with pytest.raises(FakeGradientError, match=r"other settings \(channels_last\)"):
+            store.begin(settings)  # without the defaults, an absent setting is a difference

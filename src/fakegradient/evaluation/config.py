@@ -7,7 +7,7 @@ from these fields, so defaults and help live here and in :mod:`fakegradient.defa
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,11 @@ class EvaluationConfig:
             parts.append(flag if isinstance(value, bool) else
                          f"{flag} {','.join(value) if isinstance(value, tuple) else value}")
         return " ".join(parts)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Each setting that has a default → that default (what a run recorded before the setting existed did)."""
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings (results.json, Ray workers, --resume)."""

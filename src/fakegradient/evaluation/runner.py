@@ -68,7 +68,7 @@ def evaluate(config: EvaluationConfig, progress: bool = True, store: ShardStore 
     if config.adaptive:
         check_limits(config.images_per_attacker)  # before any work
     if store is not None:
-        store.begin(config.to_dict())
+        store.begin(config.to_dict(), EvaluationConfig.defaults())
     evaluations, skipped = [], []
     for spec in config.models:
         try:

@@ -58,16 +58,20 @@ class ShardStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def begin(self, settings: dict[str, Any]) -> None:
-        """A fresh run records its settings; a resumed run must have the same ones."""
+    def begin(self, settings: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+        """A fresh run records its settings; a resumed run must have the same ones. A setting a run recorded
+        before the setting existed is taken to be at its value in ``defaults`` (a new setting's default keeps
+        the old behaviour), so an unfinished run survives an upgrade that adds one."""
         if self.folder is None:
             return
         kept = {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in RESUMABLE_CHANGES}
         run = self._run()
         if run is None:
             self._write_run({"settings": kept, "seeds": {}})
-        elif run["settings"] != kept:
-            stored = run["settings"]
+            return
+        absent = {k: v for k, v in json.loads(json.dumps(defaults or {})).items() if k in kept}
+        stored = {**absent, **run["settings"]}
+        if stored != kept:
             changed = sorted(k for k in kept.keys() | stored.keys() if kept.get(k) != stored.get(k))
             raise FakeGradientError(f"--resume: the unfinished run in {self.folder.parent} used other "
                                     f"settings ({', '.join(changed)}); rerun with the same ones, or without "
