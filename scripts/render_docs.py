@@ -92,14 +92,14 @@ class Reports:
     def jsonl(self, folder: str, name: str) -> list[dict]:
         """A ``--log`` of benchmarks/matrix_speed.py: its settings header, then one dict per run."""
         def read(path: Path) -> list[dict]:
-            lines = path.read_text().splitlines()
-            for number, line in enumerate(lines, 1):
+            rows = []
+            for number, line in enumerate(path.read_text().splitlines(), 1):
                 try:
-                    lines[number - 1] = json.loads(line)
+                    rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     raise RenderError(f"{path}: line {number} is not JSON (cut by a kill? rerun to complete "
                                       "it)") from None
-            return lines
+            return rows
 
         return self._load(folder, name, read)
 
@@ -524,8 +524,9 @@ def table1_models(reports: Reports, folder: str) -> list[str]:
 
 def speed_logs(reports: Reports, folder: str) -> tuple[dict, list[str], dict[tuple[str, str], dict]]:
     """(the settings every log shares, its attackers' image limits merged, the attackers in their logs' order,
-    (attacker, variant) → its round-1, one-thread run) of every ``reports/FOLDER/*.jsonl`` (benchmarks/matrix_speed.py's ``--log``; a process per
-    log, each with its own attackers and variants; the last run logged for a key wins)."""
+    (attacker, variant) → its round-1, one-thread run) of every ``reports/FOLDER/*.jsonl``
+    (benchmarks/matrix_speed.py's ``--log``; a process per log, each with its own attackers and variants; the
+    last run logged for a key wins)."""
     paths = sorted((reports.root / folder).glob("*.jsonl"))
     if not paths:
         raise RenderError(f"reports/{folder}: no matrix_speed log (*.jsonl)")
@@ -1388,7 +1389,8 @@ def documents(root: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a region disagrees")
-    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout (README.md, docs/, reports/matrix_speed_*/report.md)")
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="the checkout (README.md, docs/, reports/matrix_speed_*/report.md)")
     parser.add_argument("--reports", type=Path, help="the reports folder (default: ROOT/reports)")
     args = parser.parse_args(argv)
     reports = Reports(args.reports or args.root / "reports")
