@@ -12,13 +12,16 @@ backward passes that reach the input and their rows. The **roofline** is those p
 batch shapes (the median of three, in the faster of two memory layouts), summed: the unavoidable work for the
 queries/iterations the attack ran. ``wall/roof`` is its fraction of the wall time, ``rest`` the difference
 (ART/foolbox/Python bookkeeping, query hashing, numpy). Variants (:data:`VARIANTS`): ``before`` is the path
-before issue 26 (every scheme attacked for real; ART's ``predict`` walks the served model's modules on each
-query), ``reuse`` adds only the reuse of the original's black-box run where
+before issue 26 (every scheme attacked for real; ART's ``predict`` walks the served model's modules and
+standardises, (x − 0) / 1, each query), ``reuse`` adds only the reuse of the original's black-box run where
 :mod:`fakegradient.evaluation.stages.reuse` proves a scheme's scores equal, ``counter`` only the query
 counter that keeps ART from that walk, ``flush`` only subnormals flushed to zero in PGD, EOT-PGD, APGD and C&W
-(:func:`fakegradient.evaluation.stages.adaptive.attack`), ``after`` all three (today's code), ``channels-last``
+(:func:`fakegradient.evaluation.stages.adaptive.attack`) — each of these three keeps ``before``'s ART
+standardisation — ``after`` all three and without it (today's code), ``channels-last``
 ``after`` with every pipeline's weights in the channels-last layout (the roofline's faster layout; another
-float computation, so its decisions are compared, not assumed). The memo is cleared before each
+float computation, so its decisions are compared, not assumed), ``onnxruntime`` ``after`` with every call
+without a graph answered by ONNX Runtime (:mod:`fakegradient.evaluation.runtimes`: the trunk's export, the head
+in torch; again another float computation), ``channels-last-onnxruntime`` both. The memo is cleared before each
 (attacker, variant), so each attacker pays its own shared computations. Rounds interleave threads,
 variants and attackers (the machine is shared); the table gives the median and range over rounds, and
 whether each attacker's per-image decisions (device top-1 = original clean top-1) and query counts agree
@@ -38,6 +41,7 @@ A committed ``reports/matrix_speed_*/report.md`` table is rendered from every lo
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import hashlib
 import json
@@ -46,15 +50,17 @@ import statistics
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from fakegradient.attacks import hopskipjump, square
+from fakegradient.attacks import _adapters, apgd, hopskipjump, square
 from fakegradient.attacks._adapters import QueryCounter
 from fakegradient.errors import FakeGradientError
 from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.roofline import Passes, PassTimes
+from fakegradient.evaluation.runtimes import answer_with
 from fakegradient.evaluation.stages import adaptive, reuse
 from fakegradient.evaluation.stages.adaptive import target
 from fakegradient.evaluation.stages.attackers import ATTACKERS, Context
@@ -78,22 +84,53 @@ class CommittedCounter(QueryCounter):
         return hashlib.blake2b(row.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
 
 
-# variant → (reuse on, query counter class, subnormals flushed in the rows marked for it, weights' layout)
-VARIANTS = {"before": (False, CommittedCounter, False, torch.contiguous_format),
-            "reuse": (True, CommittedCounter, False, torch.contiguous_format),
-            "counter": (False, QueryCounter, False, torch.contiguous_format),
-            "flush": (False, CommittedCounter, True, torch.contiguous_format),
-            "after": (True, QueryCounter, True, torch.contiguous_format),
-            "channels-last": (True, QueryCounter, True, torch.channels_last)}
+class Variant(NamedTuple):
+    reuse: bool  # the original's black-box run reused where a scheme provably serves its scores
+    counter: type  # the query counter
+    flush: bool  # subnormals flushed in the rows marked for it
+    layout: torch.memory_format  # the weights' layout
+    runtime: str  # what answers the calls without a graph (evaluation/runtimes.py)
+    standardised: bool = False  # ART's default (x − 0) / 1 on every query (exact; skipped since issue 26)
 
 
-def use_variant(variant: str, pipelines: dict[str, nn.Module]) -> None:
+VARIANTS = {"before": Variant(False, CommittedCounter, False, torch.contiguous_format, "torch", True),
+            "reuse": Variant(True, CommittedCounter, False, torch.contiguous_format, "torch", True),
+            "counter": Variant(False, QueryCounter, False, torch.contiguous_format, "torch", True),
+            "flush": Variant(False, CommittedCounter, True, torch.contiguous_format, "torch", True),
+            "after": Variant(True, QueryCounter, True, torch.contiguous_format, "torch"),
+            "channels-last": Variant(True, QueryCounter, True, torch.channels_last, "torch"),
+            "onnxruntime": Variant(True, QueryCounter, True, torch.contiguous_format, "onnxruntime"),
+            "channels-last-onnxruntime": Variant(True, QueryCounter, True, torch.channels_last, "onnxruntime")}
+
+
+# ``art_classifier`` before issue 26: ART's default preprocessing, (x − 0) / 1, on every query
+standardised_classifier = functools.partial(_adapters.art_classifier, preprocessing=(0.0, 1.0))
+
+
+def use_variant(variant: str, pipelines: dict[str, nn.Module], example: torch.Tensor,
+                answers: dict | None = None) -> None:
     """Sets the variant's switches; puts every pipeline's 4-d weights in its layout, in place, values unchanged
-    (a convolution with channels-last weights runs in channels-last whatever its input's layout)."""
-    reuse.ENABLED, counter, adaptive.FLUSH_SUBNORMALS, layout = VARIANTS[variant]
-    square.QueryCounter = hopskipjump.QueryCounter = counter
+    (a convolution with channels-last weights runs in channels-last whatever its input's layout), and has
+    its runtime answer the calls without a graph, with torch's thread count now (``answers`` keeps each
+    (runtime, threads)'s answers, so each pipeline is exported once per thread count)."""
+    chosen = VARIANTS[variant]
+    reuse.ENABLED, adaptive.FLUSH_SUBNORMALS = chosen.reuse, chosen.flush
+    square.QueryCounter = hopskipjump.QueryCounter = chosen.counter
+    classifier = standardised_classifier if chosen.standardised else _adapters.art_classifier
+    square.art_classifier = hopskipjump.art_classifier = apgd.art_classifier = classifier
     for pipeline in pipelines.values():
-        pipeline.to(memory_format=layout)
+        pipeline.answer = None
+        pipeline.to(memory_format=chosen.layout)
+    runtime = chosen.runtime
+    if runtime == "torch":
+        return
+    answers = {} if answers is None else answers
+    key = (runtime, torch.get_num_threads())
+    if key not in answers:
+        answer_with(runtime, pipelines.values(), example, torch.get_num_threads())
+        answers[key] = {name: pipeline.answer for name, pipeline in pipelines.items()}
+    for name, pipeline in pipelines.items():
+        pipeline.answer = answers[key][name]
 
 
 def committed_budgets(spec: str, data: str, images: int) -> dict[str, float] | None:
@@ -263,6 +300,7 @@ def main() -> None:
               f"white-box L2 {budgets['whitebox_l2']:.3f}, black-box L2 {budgets['blackbox_l2']:.2f}, "
               f"{args.queries} queries/image; {args.rounds} rounds, interleaved", flush=True)
         results: dict = {}
+        answers: dict = {}  # (runtime, threads) → each pipeline's answer, exported once
         for r in range(args.rounds):
             for t in threads if r % 2 == 0 else threads[::-1]:
                 torch.set_num_threads(t)
@@ -274,7 +312,7 @@ def main() -> None:
                     for variant in variants if r % 2 == 0 else variants[::-1]:
                         res = log.done.get((r, t, name, variant))
                         if res is None:
-                            use_variant(variant, pipelines)
+                            use_variant(variant, pipelines, images[:1], answers)
                             res = run_attacker(bench, name, images[:limits.get(name)], budgets, passes,
                                                rooflines[variant])
                             log.add((r, t, name, variant), res)
@@ -282,7 +320,7 @@ def main() -> None:
                         print(f"  round {r + 1} threads {t} {name:<24} {variant:<6} wall {res['wall']:7.1f} s  "
                               f"roofline {res['roof']:7.1f} s", flush=True)
         passes.__exit__()
-        use_variant("after", pipelines)
+        use_variant("after", pipelines, images[:1])
 
     def total(threads: int, variant: str, key: str) -> list[float]:
         """Per round, ``key`` ("wall" or "roof") summed over the attackers."""

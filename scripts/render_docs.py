@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import re
@@ -555,14 +556,32 @@ def render_matrix_speed(reports: Reports, folder: str, base: str = "before", new
     rows = []
     for name in names:
         b, a = runs[(name, base)], runs[(name, new)]
-        same = b["decisions"] == a["decisions"] and b["queries"] == a["queries"]
         rows.append([name, f"{b['wall']:.1f}", f"{a['wall']:.1f}", f"{a['wall'] / b['wall']:.2f}",
-                     f"{b['roof'] / b['wall']:.2f}", f"{a['roof'] / a['wall']:.2f}", "yes" if same else "**no**"])
+                     f"{b['roof'] / b['wall']:.2f}", f"{a['roof'] / a['wall']:.2f}", speed_differences(b, a)])
     total_b, total_a = (sum(runs[(n, v)]["wall"] for n in names) for v in (base, new))
     rows.append([f"all run in both (sum of {len(names)})", f"{total_b:.1f}", f"{total_a:.1f}",
                  f"{total_a / total_b:.2f}", "", "", ""])
     return table(["attacker", f"wall s {base}", f"wall s {new}", f"{new} / {base}", f"roofline / wall {base}",
                   f"roofline / wall {new}", "same decisions and queries"], rows)
+
+
+def speed_differences(base: dict, new: dict) -> str:
+    """``yes`` where two runs' per-image decisions and query counts (scheme → a list, or None) all agree, else
+    how many of each differ."""
+    out = []
+    for key, what in (("decisions", "decisions"), ("queries", "query counts")):
+        pairs = [(x, y) for scheme in sorted(set(base[key]) | set(new[key]))
+                 for x, y in _paired(base[key].get(scheme), new[key].get(scheme))]
+        differ = sum(x != y for x, y in pairs)
+        if differ:
+            out.append(f"{differ} of {len(pairs)} {what}")
+    return f"**no**: {', '.join(out)} differ" if out else "yes"
+
+
+def _paired(base: list | None, new: list | None) -> list[tuple]:
+    """Per image (base, new); an image one run lacks (a scheme missing, or a shorter list) pairs as a difference."""
+    missing = object()
+    return list(itertools.zip_longest(base or [], new or [], fillvalue=missing))
 
 
 def render_speed_budgets(reports: Reports, folder: str) -> str:
@@ -1289,6 +1308,14 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
         lambda r: render_speed_budgets(r, "matrix_speed_mobilenet_v2_channels_last"),
     "value:matrix-speed-budgets-efficientnet_lite0":
         lambda r: render_speed_budgets(r, "matrix_speed_efficientnet_lite0"),
+    **{f"table:matrix-speed-{model}-onnxruntime": (lambda r, m=model: render_matrix_speed(
+        r, f"matrix_speed_{m}_onnxruntime", "after", "onnxruntime")) for model in ("mobilenet_v2", "efficientnet_lite0")},
+    **{f"value:matrix-speed-budgets-{model}-onnxruntime": (lambda r, m=model: render_speed_budgets(
+        r, f"matrix_speed_{m}_onnxruntime")) for model in ("mobilenet_v2", "efficientnet_lite0")},
+    "table:matrix-speed-mobilenet_v2-channels-last-onnxruntime": lambda r: render_matrix_speed(
+        r, "matrix_speed_mobilenet_v2_channels_last_onnxruntime", "before", "channels-last-onnxruntime"),
+    "value:matrix-speed-budgets-mobilenet_v2-channels-last-onnxruntime":
+        lambda r: render_speed_budgets(r, "matrix_speed_mobilenet_v2_channels_last_onnxruntime"),
     "table:table1": lambda r: render_table1(r, "table1"),
     "table:table1-official": lambda r: render_table1(r, "table1_official"),
     "table:table1-losses": render_table1_losses,

@@ -5,6 +5,8 @@ protected model mean nothing. Then the three targets on a protected model: the s
 key recovery named real, and the EOT-style sum over candidate real rows.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,22 @@ def test_budget_cap_projects_float_rounding_and_rejects_the_rest():
     assert 0.2 * (1 - 1e-5) <= result.l2[0] <= 0.2
     assert result.l2[1] == 0 and not result.success[1]  # beyond the budget: the clean image, a failure
     torch.testing.assert_close(result.l2[2], torch.tensor(0.1))
+
+
+@pytest.mark.parametrize("name", ["apgd", "square", "hopskipjump"])
+def test_skipping_art_s_identity_standardisation_changes_nothing(digits_model, monkeypatch, name):
+    """x − 0 and x / 1 are exact: without them (a copy of every query batch) the ART attacks send the same
+    queries and return the same images, bit for bit."""
+    from fakegradient.attacks import _adapters, apgd, hopskipjump, square
+
+    model, x, _ = digits_model
+    images = x[:3]
+    standardised = functools.partial(_adapters.art_classifier, preprocessing=(0.0, 1.0))  # ART's default
+    assert _adapters.art_classifier(model, images).preprocessing_operations == []
+    assert standardised(model, images).preprocessing_operations != []
+    today = ATTACKS[name]()(model, images, generator=np.random.default_rng(1))
+    for module in (apgd, hopskipjump, square):
+        monkeypatch.setattr(module, "art_classifier", standardised)
+    before = ATTACKS[name]()(model, images, generator=np.random.default_rng(1))
+    assert torch.equal(today.adversarial, before.adversarial)
+    assert (today.queries is None and before.queries is None) or torch.equal(today.queries, before.queries)

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from fakegradient.errors import FakeGradientError
+from fakegradient.evaluation.pipeline import Normalized
+from fakegradient.evaluation.runtimes import OnnxRuntime
 from fakegradient.integrity import seal_file
 from fakegradient.serving.onnx_model import load_model_dir
 
@@ -129,16 +131,37 @@ def test_matrix_speed_attacker_limits():
 def test_matrix_speed_channels_last_variant_changes_the_weights_layout_not_their_values():
     bench = _module("matrix_speed")
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+    pipelines = {"original": Normalized(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).eval()}
+    example = torch.rand(1, 3, 8, 8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     try:
-        bench.use_variant("channels-last", {"original": model})
+        bench.use_variant("channels-last", pipelines, example)
         conv = model[0].weight
         assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
         assert bench.adaptive.FLUSH_SUBNORMALS and bench.reuse.ENABLED  # otherwise "after"
         x = torch.rand(2, 3, 8, 8)
         assert model[0](x).is_contiguous(memory_format=torch.channels_last)  # runs in that layout
-        bench.use_variant("before", {"original": model})
+        assert bench.square.art_classifier is bench._adapters.art_classifier
+        bench.use_variant("before", pipelines, example)
         assert model[0].weight.is_contiguous() and not bench.reuse.ENABLED
+        assert bench.apgd.art_classifier is bench.standardised_classifier  # ART's (x - 0) / 1, as committed
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy, values unchanged
     finally:
-        bench.use_variant("after", {"original": model})
+        bench.use_variant("after", pipelines, example)
+
+
+def test_matrix_speed_onnxruntime_variant_answers_calls_without_a_graph_once_exported():
+    bench = _module("matrix_speed")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+    pipelines = {"original": Normalized(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).eval()}
+    example, answers = torch.rand(1, 3, 8, 8), {}
+    try:
+        bench.use_variant("onnxruntime", pipelines, example, answers)
+        first = pipelines["original"].answer
+        assert isinstance(first, OnnxRuntime) and bench.reuse.ENABLED
+        bench.use_variant("after", pipelines, example, answers)
+        assert pipelines["original"].answer is None
+        bench.use_variant("onnxruntime", pipelines, example, answers)
+        assert pipelines["original"].answer is first  # exported once per thread count
+    finally:
+        bench.use_variant("after", pipelines, example)

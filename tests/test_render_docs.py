@@ -346,7 +346,7 @@ def test_the_matrix_speed_table_compares_two_logged_variants(tmp_path):
         (folder / f"{variant}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     text = render.render_matrix_speed(render.Reports(tmp_path), "matrix_speed_m")
     assert "| pgd | 10.0 | 5.0 | 0.50 | 0.50 | 0.80 | yes |" in text
-    assert "| square | 8.0 | 8.0 | 1.00 | 0.50 | 0.25 | **no** |" in text  # another decision
+    assert "| square | 8.0 | 8.0 | 1.00 | 0.50 | 0.25 | **no**: 1 of 1 decisions differ |" in text  # another decision
     assert "cw" not in text and "| all run in both (sum of 2) | 18.0 | 13.0 | 0.72 |" in text
     assert render.render_speed_budgets(render.Reports(tmp_path), "matrix_speed_m") == \
         "white-box L2 0.253, black-box L2 5.07, 5000 queries"
@@ -376,3 +376,14 @@ def test_the_matrix_speed_table_merges_processes_that_split_the_attackers(tmp_pa
         ["| pgd", "| cw", "| square", "| all run in both (sum of 3)"]
     assert "| all run in both (sum of 3) | 12.0 | 6.0 | 0.50 |" in text
     assert render.speed_logs(render.Reports(tmp_path), "matrix_speed_m")[0]["limits"] == {"pgd": 12, "square": 4}
+
+
+def test_the_matrix_speed_table_counts_the_decisions_and_queries_that_differ():
+    base = {"decisions": {"original": [True, False, True], "fake-gradient": [True, True, True]},
+            "queries": {"original": [10, 20, 30], "fake-gradient": None}}
+    assert render.speed_differences(base, base) == "yes"
+    new = {"decisions": {"original": [True, True, True], "fake-gradient": [True, True, True]},
+           "queries": {"original": [10, 20, 31], "fake-gradient": None}}
+    assert render.speed_differences(base, new) == "**no**: 1 of 6 decisions, 1 of 3 query counts differ"
+    cut = {"decisions": {"original": [True, False]}, "queries": {}}  # a scheme missing, another cut short
+    assert render.speed_differences(base, cut) == "**no**: 4 of 6 decisions, 3 of 3 query counts differ"

@@ -17,6 +17,7 @@ from fakegradient.data import Sample
 from fakegradient.evaluation.config import EvaluationConfig
 from fakegradient.evaluation.pipeline import Normalized
 from fakegradient.evaluation.plan import Shard
+from fakegradient.evaluation.runtimes import OnnxRuntime
 from fakegradient.evaluation.stages import adaptive, attackers, reuse
 from fakegradient.evaluation.stages.adaptive import target
 from fakegradient.evaluation.stages.attackers import ATTACKERS, Context, _head_name
@@ -410,3 +411,30 @@ def test_tied_top_scores_are_reused_only_where_the_key_keeps_their_order(labels,
         assert original(torch.tensor([[[1.0, 0.0]]])).tolist() == [[1.0, 1.0, 0.0]]
         assert original(torch.full((1, 1, 2), torch.nan)).isnan().all()  # argmax: the first NaN, on every side
     assert watch.verdict() == {"kept"} | also
+
+
+def test_queries_answered_by_onnxruntime_are_watched_and_those_the_head_did_not_see_prove_nothing(bench):
+    """``--query-runtime onnxruntime`` runs each trunk in ONNX Runtime and each head in torch: the head sees every
+    query and the scheme is reused as with torch (the two trunks: the same export of the same weights, the
+    same computation). An answer that bypasses the head proves nothing: no scheme reuses the run."""
+    method = "random-weight"
+    served = bench.served[method][0]
+    schemes = {method: (served, _head_name(bench, served), bench.served[method][1].class_positions(), None)}
+    original = bench.original
+
+    def verdict() -> set[str]:
+        with reuse.SameScores(original, _head_name(bench, original), schemes) as watch, torch.no_grad():
+            original(bench.images)
+            original(torch.rand(3, *bench.images.shape[1:]))
+        return watch.verdict()
+
+    assert verdict() == {method}
+    bypass = copy.deepcopy(original).eval()  # the same outputs, but the original's head sees nothing
+    try:
+        for pipeline in (original, served):
+            pipeline.answer = OnnxRuntime(pipeline, bench.images[:1])
+        assert verdict() == {method}
+        original.answer = lambda images: bypass(images)  # a callable: a module would become a submodule
+        assert verdict() == set()
+    finally:
+        original.answer = served.answer = None

@@ -141,14 +141,17 @@ class QueryCounter(nn.Module):
         return torch.stack([self.cache[k] for k in keys])
 
 
-def art_classifier(model: nn.Module, images: torch.Tensor, loss: nn.Module | None = None) -> Any:
-    """An ART ``PyTorchClassifier`` over ``model`` for images like ``images`` (B, C, H, W) in [0, 1]."""
+def art_classifier(model: nn.Module, images: torch.Tensor, loss: nn.Module | None = None,
+                   preprocessing: tuple[float, float] | None = None) -> Any:
+    """An ART ``PyTorchClassifier`` over ``model`` for images like ``images`` (B, C, H, W) in [0, 1]. No
+    ``preprocessing`` by default: ART's own default, (x − 0) / 1, is exact, so skipping it changes no value, and it
+    copied every query batch (tests/test_attacks_library.py)."""
     from art.estimators.classification import PyTorchClassifier
 
     with torch.no_grad():
         n_outputs = model(images[:1]).shape[1]
     return PyTorchClassifier(model=model, loss=loss or nn.CrossEntropyLoss(), input_shape=tuple(images.shape[1:]),
-                             nb_classes=n_outputs, clip_values=(0.0, 1.0),
+                             nb_classes=n_outputs, clip_values=(0.0, 1.0), preprocessing=preprocessing,
                              device_type="gpu" if images.is_cuda else "cpu")
 
 

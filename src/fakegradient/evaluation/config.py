@@ -6,18 +6,21 @@ from these fields, so defaults and help live here and in :mod:`fakegradient.defa
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .. import defaults
+from .._lazy import missing_message
 from ..data import Sample, bundled_photos, foolbox_imagenet, image_folder
 from ..errors import ConfigError, InvalidArgument
 from ..methods import METHODS, ORIGINAL, PAPER_METHODS
 
 BIASES = ("paper", "official")  # b_F = b_o (the paper's text) | S_a (max b - |b|) sign(b) (the released code)
 SPACES = ("pixel", "normalized")  # where the naive DeepFool runs: [0, 1] pixels | the normalised tensor
+RUNTIMES = ("torch", "onnxruntime")  # what answers forward passes without a graph (evaluation/runtimes.py)
 PHOTOS_DATA = "photos"  # the 20 labelled foolbox photos + the unlabelled photos bundled in installed packages
 
 
@@ -70,6 +73,10 @@ class EvaluationConfig:
     channels_last: bool = _opt(False, "every model's convolution weights in the channels-last memory layout: faster "
                                       "on CPU (reports/matrix_speed_mobilenet_v2_channels_last/), but another "
                                       "rounding, so a borderline attack decision can differ from a run without it")
+    query_runtime: str = _opt("torch", "what answers every forward pass made without a graph (black-box queries, "
+                                       "success judgements, timings): torch, or onnxruntime (each pipeline's trunk "
+                                       "exported to ONNX and run on the CPU, as an inference server runs it, its head "
+                                       "in torch: faster, another rounding); gradients always come from torch")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -91,9 +98,13 @@ class EvaluationConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 why = " (a median and an IQR)" if name == "timing_repeats" else ""
                 raise ConfigError(name, f"{name} must be an integer >= {low}{why}, got {value!r}")
-        for name, choices in (("bias", BIASES), ("space", SPACES)):
+        for name, choices in (("bias", BIASES), ("space", SPACES), ("query_runtime", RUNTIMES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(name, f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.query_runtime == "onnxruntime" and self.device != "cpu":
+            raise ConfigError("query_runtime", f"query_runtime onnxruntime runs on the CPU; --device is {self.device}")
+        if self.query_runtime == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+            raise ConfigError("query_runtime", missing_message("query_runtime onnxruntime", "eval"))
         if self.clip and self.space == "normalized":
             raise ConfigError("clip", "clip works in pixel space only: DeepFool's clip is one (low, high) for all "
                                   "channels, the normalised tensor's bounds differ per channel")

@@ -13,15 +13,23 @@ from ..schemes.base import Secret
 
 
 class Normalized(nn.Module):
-    """``model((x - mean) / std)`` for pixel images x (B, C, H, W) in [0, 1]."""
+    """``model((x - mean) / std)`` for pixel images x (B, C, H, W) in [0, 1].
+
+    ``answer``, where set (a callable, not a module), answers every call made without a graph
+    (``torch.no_grad()``: queries, judges), e.g. ONNX Runtime running this pipeline's trunk, then its head
+    (:mod:`.runtimes`); a call building a graph always runs ``model``. Forward hooks on this module see every
+    call; hooks inside ``model`` only the parts the answer runs in torch (its head, for :mod:`.runtimes`)."""
 
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.answer: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.answer is not None and not torch.is_grad_enabled():
+            return self.answer(x)
         return self.model((x - self.mean) / self.std)
 
 

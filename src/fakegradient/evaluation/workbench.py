@@ -16,6 +16,7 @@ from ..methods import ORIGINAL
 from ..schemes.base import Secret
 from .config import EvaluationConfig, load_samples
 from .pipeline import Normalized, load_pipeline, protected_pipeline
+from .runtimes import answer_with
 
 
 @contextlib.contextmanager
@@ -62,7 +63,8 @@ def deepfool(config: EvaluationConfig) -> DeepFool:
 def served_pipelines(original: Normalized, config: EvaluationConfig, seed: int,
                      probe: torch.Tensor) -> dict[str, tuple[Normalized, Secret | None]]:
     """method → (served pipeline, what the device holds), the original served as is. ``probe`` (1, C, H, W)
-    is image 0. With ``config.channels_last`` every pipeline's weights, the original's too, go channels-last."""
+    is image 0. With ``config.channels_last`` every pipeline's weights, the original's too, go channels-last; each
+    pipeline's calls without a graph are answered by ``config.query_runtime`` (its threads: torch's now)."""
     def build(method: str) -> tuple[Normalized, Secret | None]:
         if method == ORIGINAL:
             return original, None
@@ -73,6 +75,7 @@ def served_pipelines(original: Normalized, config: EvaluationConfig, seed: int,
     if config.channels_last:  # in place, values unchanged: each convolution then runs channels-last
         for pipeline in (original, *(p for p, _ in served.values())):
             pipeline.to(memory_format=torch.channels_last)
+    answer_with(config.query_runtime, (original, *(p for p, _ in served.values())), probe, torch.get_num_threads())
     return served
 
 

@@ -31,7 +31,8 @@ candidate scheme, whether that held on every query, computing the scheme's serve
 original's head input with the scheme's own head at the same batch shape (a matrix product per query,
 not a forward pass). It then checks, on one recorded input of each batch shape, that the scheme's trunk
 gives the original's head input bit for bit and that its served output is its head's output. Any
-failure: the scheme is attacked for real.
+failure, or a call of the original that its head did not see (an answer that bypasses it, see
+:mod:`..runtimes`): the scheme is attacked for real.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class SameScores:
                         for m, (served, name, positions, read) in schemes.items()}
         self.alive = {m for m, (_, module, *_) in self.schemes.items() if module is not original.get_submodule(head)}
         self.inputs: dict[tuple[int, ...], torch.Tensor] = {}  # one pipeline input per batch shape
+        self.calls = self.seen = 0  # calls of the pipeline, and of its head: equal if every query was watched
         self._handles: list = []
 
     def __enter__(self) -> Self:
@@ -73,10 +75,12 @@ class SameScores:
         self._handles = []
 
     def _input(self, _module, inputs) -> None:
+        self.calls += 1
         self.inputs.setdefault(tuple(inputs[0].shape), inputs[0].detach().clone())
 
     @torch.no_grad()
     def _scores(self, _module, inputs, output) -> None:
+        self.seen += 1
         if not self.alive:
             return
         features, logits = inputs[0].detach(), output.detach().flatten(1)
@@ -105,6 +109,8 @@ class SameScores:
     def verdict(self) -> set[str]:
         """The schemes whose attack is the original's: the per-query condition held and, on one recorded
         input per batch shape, the trunks agree bit for bit and each pipeline ends at its head."""
+        if self.seen != self.calls:  # a query the head did not see (an answer that bypasses it)
+            return set()
         same = set(self.alive)
         for x in self.inputs.values():
             features, logits = _head_io(self.original, self.original.get_submodule(self.head), x)
