@@ -121,13 +121,12 @@ def use_variant(variant: str, pipelines: dict[str, nn.Module], example: torch.Te
     for pipeline in pipelines.values():
         pipeline.answer = None
         pipeline.to(memory_format=chosen.layout)
-    runtime = chosen.runtime
-    if runtime == "torch":
+    if chosen.runtime == "torch":
         return
     answers = {} if answers is None else answers
-    key = (runtime, torch.get_num_threads())
+    key = (chosen.runtime, torch.get_num_threads())
     if key not in answers:
-        answer_with(runtime, pipelines.values(), example, torch.get_num_threads())
+        answer_with(chosen.runtime, pipelines.values(), example, torch.get_num_threads())
         answers[key] = {name: pipeline.answer for name, pipeline in pipelines.items()}
     for name, pipeline in pipelines.items():
         pipeline.answer = answers[key][name]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._lazy import missing_message
 from ..errors import FakeGradientError, HeadNotFound
 from ..head import replace_module, trace_head
 from .config import RUNTIMES
@@ -65,8 +66,6 @@ class OnnxRuntime:
         try:
             import onnxruntime as ort
         except ModuleNotFoundError:
-            from .._lazy import missing_message
-
             raise FakeGradientError(missing_message("--query-runtime onnxruntime", "eval")) from None
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
@@ -132,5 +131,5 @@ def answer_with(runtime: str, pipelines: Iterable[Normalized], example: torch.Te
     without a graph; ``torch``: by itself."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    for pipeline in {id(p): p for p in pipelines}.values():
+    for pipeline in {id(p): p for p in pipelines}.values():  # the original may also be served as a method
         pipeline.answer = None if runtime == "torch" else OnnxRuntime(pipeline, example, threads)

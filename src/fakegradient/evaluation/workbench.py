@@ -72,10 +72,11 @@ def served_pipelines(original: Normalized, config: EvaluationConfig, seed: int,
 
     with full_fp32():
         served = {method: build(method) for method in config.methods}
+    pipelines = list({id(p): p for p in (original, *(p for p, _ in served.values()))}.values())  # each once
     if config.channels_last:  # in place, values unchanged: each convolution then runs channels-last
-        for pipeline in (original, *(p for p, _ in served.values())):
+        for pipeline in pipelines:
             pipeline.to(memory_format=torch.channels_last)
-    answer_with(config.query_runtime, (original, *(p for p, _ in served.values())), probe, torch.get_num_threads())
+    answer_with(config.query_runtime, pipelines, probe, torch.get_num_threads())
     return served
 
 
