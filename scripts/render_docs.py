@@ -1312,10 +1312,11 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
         r, f"matrix_speed_{m}_onnxruntime", "after", "onnxruntime")) for model in ("mobilenet_v2", "efficientnet_lite0")},
     **{f"value:matrix-speed-budgets-{model}-onnxruntime": (lambda r, m=model: render_speed_budgets(
         r, f"matrix_speed_{m}_onnxruntime")) for model in ("mobilenet_v2", "efficientnet_lite0")},
-    "table:matrix-speed-mobilenet_v2-channels-last-onnxruntime": lambda r: render_matrix_speed(
-        r, "matrix_speed_mobilenet_v2_channels_last_onnxruntime", "before", "channels-last-onnxruntime"),
-    "value:matrix-speed-budgets-mobilenet_v2-channels-last-onnxruntime":
-        lambda r: render_speed_budgets(r, "matrix_speed_mobilenet_v2_channels_last_onnxruntime"),
+    **{f"table:matrix-speed-{model}-channels-last-onnxruntime": (lambda r, m=model: render_matrix_speed(
+        r, f"matrix_speed_{m}_channels_last_onnxruntime", "before", "channels-last-onnxruntime"))
+       for model in ("mobilenet_v2", "efficientnet_lite0")},
+    **{f"value:matrix-speed-budgets-{model}-channels-last-onnxruntime": (lambda r, m=model: render_speed_budgets(
+        r, f"matrix_speed_{m}_channels_last_onnxruntime")) for model in ("mobilenet_v2", "efficientnet_lite0")},
     "table:table1": lambda r: render_table1(r, "table1"),
     "table:table1-official": lambda r: render_table1(r, "table1_official"),
     "table:table1-losses": render_table1_losses,

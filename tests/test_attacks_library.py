@@ -97,6 +97,18 @@ def test_query_counter_counts_distinct_images():
     assert counter.queries == 2 and calls == [2]
 
 
+def test_query_counter_keys_tell_rows_one_ulp_apart_and_ignore_the_layout():
+    """The cache key is the row's float32 bytes' hash: one value moved by one ulp is another query; the same
+    values in the channels-last layout (a strided view) are the same query."""
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    nudged = x.clone()
+    nudged[1, 2, 7, 7] = torch.nextafter(nudged[1, 2, 7, 7], torch.tensor(2.0))
+    keys = [QueryCounter.digest(row) for row in torch.cat([x, nudged])]
+    assert len(set(keys)) == 4 and keys[3] == keys[0] and keys[5] == keys[2] and keys[4] != keys[1]
+    strided = x.contiguous(memory_format=torch.channels_last)
+    assert [QueryCounter.digest(row) for row in strided] == keys[:3]
+
+
 def test_query_counter_reset_forgets_what_it_was_asked():
     counter = QueryCounter(lambda x: x.flatten(1)[:, :3])
     a = torch.zeros(1, 1, 2, 2)

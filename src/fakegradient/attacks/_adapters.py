@@ -7,7 +7,6 @@ to logits (B, K) and returns an :class:`~fakegradient.attacks.base.AttackResult`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import random
 import warnings
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 from torch import nn
 
 from ..errors import InvalidArgument
@@ -118,10 +118,10 @@ class QueryCounter(nn.Module):
 
     @staticmethod
     def digest(row: torch.Tensor) -> bytes:
-        """The cache key of one query row: the 16-byte BLAKE2b of its float32 bytes (hashed in place where it
-        is contiguous on the CPU)."""
+        """The cache key of one query row: the 128-bit XXH3 of its float32 bytes (hashed in place where it is
+        contiguous on the CPU; much cheaper than BLAKE2b, and no adversary chooses these bytes to collide)."""
         array = np.ascontiguousarray(row.detach().cpu().numpy())
-        return hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).digest()
+        return xxhash.xxh3_128_digest(memoryview(array).cast("B"))
 
     def reset(self) -> None:
         """Forget every query asked so far (e.g. the probe of :func:`art_classifier`, which would otherwise
