@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -165,3 +168,46 @@ def test_matrix_speed_onnxruntime_variant_answers_calls_without_a_graph_once_exp
         assert pipelines["original"].answer is first  # exported once per thread count
     finally:
         bench.use_variant("after", pipelines, example)
+
+
+def _matrix_folder(folder: Path, decisions: dict, queries: dict, seconds: dict) -> Path:
+    """A minimal evaluate --adaptive folder: 4 photos in shards of 2, one scheme, Square (queries) and PGD."""
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"config": {"models": ["m"], "data": "photos", "batch_size": 2}}))
+    photos = [f"p{i}.jpg" for i in range(4)]
+    with open(folder / "per_image.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "image", "defense_success"])
+        w.writerows(["original", p, "False"] for p in photos)
+    with open(folder / "attackers_per_image.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "attacker", "image", "defense_success", "queries"])
+        for attacker, decided in decisions.items():
+            w.writerows(["original", attacker, p, d, q]
+                        for p, d, q in zip(photos, decided, queries.get(attacker, [""] * 4)))
+    with open(folder / "attackers.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["attacker", "method", "own_seconds"])
+        w.writerows([a, "original", s] for a, s in seconds.items())
+    return folder
+
+
+def test_compare_matrices_counts_decisions_tells_the_counter_fix_apart_and_sums_shared_attackers(tmp_path):
+    """+1 on a shard's first photo is the counter fix; any other moved count or decision is listed; an attacker
+    only in the regenerated run is timed apart, not summed."""
+    committed = _matrix_folder(tmp_path / "old", {"square": ["True", "False", "True", "True"],
+                                                  "pgd": ["False"] * 4},
+                               {"square": ["10", "20", "30", "40"]}, {"square": 100.0, "pgd": 50.0})
+    regenerated = _matrix_folder(tmp_path / "new", {"square": ["True", "False", "True", "True"],
+                                                    "pgd": ["False", "True", "False", "False"],
+                                                    "apgd-dlr": ["False"] * 4},
+                                 {"square": ["11", "21", "31", "40"]}, {"square": 20.0, "pgd": 10.0, "apgd-dlr": 5.0})
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_matrices.py"), str(committed),
+                    str(regenerated), "--out", str(tmp_path)], check=True, capture_output=True)
+    text = (tmp_path / "compare.txt").read_text()
+    assert "decisions that differ: 1 of 8" in text and "original / pgd / photo 1 (p1.jpg)" in text
+    # photos 0 and 2 open a shard: +1 there is the fix; +1 on photo 1 is not
+    assert "query counts that differ: 3 of 4; 2 of them are +1 on a shard's first image" in text
+    assert "original / square / photo 1: 20 -> 21" in text and "photo 0:" not in text.split("the others:")[1]
+    assert text.splitlines()[-2].split() == ["all", "150.0", "30.0", "0.20"]
+    assert "only in the regenerated run: apgd-dlr 5.0 s" in text and (tmp_path / "compare.png").stat().st_size > 0

@@ -1,0 +1,56 @@
+"""The regenerated matrix's differences from reports/adaptive/ that are not the counter fix, rerun with both speed
+options (as benchmarks/matrix_speed.py's variant `channels-last-onnxruntime`) at the committed run's budgets and at
+the regenerated run's (its DeepFool median moved the budgets by about 2e-6, relative), shard by shard as the matrix
+ran them (same first image, same seeds). Output: budget_check.txt.
+
+    PYTHONPATH=src python reports/matrix_speed_mobilenet_v2_regenerated/budget_check.py RUN_DIR
+"""
+import importlib.util
+import json
+import sys
+
+import torch
+
+spec = importlib.util.spec_from_file_location("ms", "benchmarks/matrix_speed.py")
+ms = importlib.util.module_from_spec(spec)
+sys.modules["ms"] = ms
+spec.loader.exec_module(ms)
+from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.stages import adaptive
+from fakegradient.evaluation.stages.adaptive import target
+from fakegradient.evaluation.stages.attackers import Context
+from fakegradient.evaluation.workbench import Workbench
+
+torch.set_num_threads(1)
+SPEC = "mobilenet_v2:IMAGENET1K_V1"
+
+
+def budgets(folder: str) -> dict:
+    with open(f"{folder}/results.json") as f:
+        return json.load(f)["adaptive"][SPEC]["budgets"]
+
+
+runs = {"committed": budgets("reports/adaptive"), "regenerated": budgets(sys.argv[1])}
+config = EvaluationConfig(models=[SPEC], methods=["original", "fake-gradient", "random-weight",
+                                                  "fake-gradient-hardened", "device-head"],
+                          data="photos", seed=0, adaptive=True)
+bench = Workbench.load(config, SPEC, 0)
+images = bench.batch(0, 29)
+pipelines = {m: s for m, (s, _) in bench.served.items()}
+ms.use_variant("channels-last-onnxruntime", pipelines, images[:1])
+with torch.no_grad():
+    truth = bench.original(images).argmax(1)
+CASES = [("square", "original", 4), ("square", "original", 8), ("hopskipjump", "device-head", 0),
+         ("apgd", "random-weight", 0)]  # (attacker, scheme, the shard's first image); shards of 4
+for name, method, start in CASES:
+    for run, budget in runs.items():
+        bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}
+        scheme = target(bench, method)
+        shard = slice(start, start + 4)
+        attempt = adaptive.attack(name, Context(bench, scheme, images[shard], start, budget, truth[shard]))
+        with torch.no_grad():
+            defended = (scheme.device(attempt.adversarial).argmax(1) == truth[shard]).tolist()
+        queries = None if attempt.queries is None else attempt.queries.tolist()
+        print(f"{name} on {method}, photos {start}-{start + 3}, {run} budgets (black-box L2 "
+              f"{budget['blackbox_l2']:.7f}, white-box {budget['whitebox_l2']:.8f}): defended {defended}, "
+              f"queries {queries}", flush=True)

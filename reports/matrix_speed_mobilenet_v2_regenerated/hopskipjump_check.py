@@ -1,0 +1,43 @@
+"""HopSkipJump on the device head, photos 0-3 (the matrix's first shard), at the committed run's budgets, under the
+benchmark's variants that change one thing at a time: which of today's options moves its query counts on photos 1
+and 3 (budget_check.txt: not the budget). Output: hopskipjump_check.txt.
+
+    PYTHONPATH=src python reports/matrix_speed_mobilenet_v2_regenerated/hopskipjump_check.py
+"""
+import importlib.util
+import json
+import sys
+
+import torch
+
+spec = importlib.util.spec_from_file_location("ms", "benchmarks/matrix_speed.py")
+ms = importlib.util.module_from_spec(spec)
+sys.modules["ms"] = ms
+spec.loader.exec_module(ms)
+from fakegradient.evaluation.config import EvaluationConfig
+from fakegradient.evaluation.stages import adaptive
+from fakegradient.evaluation.stages.adaptive import target
+from fakegradient.evaluation.stages.attackers import Context
+from fakegradient.evaluation.workbench import Workbench
+
+torch.set_num_threads(1)
+SPEC = "mobilenet_v2:IMAGENET1K_V1"
+with open("reports/adaptive/results.json") as f:
+    budget = json.load(f)["adaptive"][SPEC]["budgets"]
+config = EvaluationConfig(models=[SPEC], methods=["original", "fake-gradient", "random-weight",
+                                                  "fake-gradient-hardened", "device-head"],
+                          data="photos", seed=0, adaptive=True)
+bench = Workbench.load(config, SPEC, 0)
+images = bench.batch(0, 4)
+pipelines = {m: s for m, (s, _) in bench.served.items()}
+answers = {}
+for variant in ("before", "after", "channels-last", "onnxruntime", "channels-last-onnxruntime"):
+    ms.use_variant(variant, pipelines, images[:1], answers)
+    with torch.no_grad():
+        truth = bench.original(images).argmax(1)
+    bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}
+    scheme = target(bench, "device-head")
+    attempt = adaptive.attack("hopskipjump", Context(bench, scheme, images, 0, budget, truth))
+    with torch.no_grad():
+        defended = (scheme.device(attempt.adversarial).argmax(1) == truth).tolist()
+    print(f"{variant:<26} defended {defended} queries {attempt.queries.tolist()}", flush=True)
