@@ -1287,6 +1287,8 @@ def render_private_threats(reports: Reports, folder: str = "private") -> str:
     return table(["Scheme"] + [entry["threat"] for entry in data["decision"]], rows)
 
 
+SPEED_MODELS = ("mobilenet_v2", "efficientnet_lite0")  # the models with ONNX Runtime speed reports
+
 RENDERERS: dict[str, Callable[[Reports], str]] = {
     "table:decision": render_decision,
     "table:matrix-mobilenet_v2": lambda r: render_matrix(r, "adaptive"),
@@ -1309,14 +1311,14 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
     "value:matrix-speed-budgets-efficientnet_lite0":
         lambda r: render_speed_budgets(r, "matrix_speed_efficientnet_lite0"),
     **{f"table:matrix-speed-{model}-onnxruntime": (lambda r, m=model: render_matrix_speed(
-        r, f"matrix_speed_{m}_onnxruntime", "after", "onnxruntime")) for model in ("mobilenet_v2", "efficientnet_lite0")},
+        r, f"matrix_speed_{m}_onnxruntime", "after", "onnxruntime")) for model in SPEED_MODELS},
     **{f"value:matrix-speed-budgets-{model}-onnxruntime": (lambda r, m=model: render_speed_budgets(
-        r, f"matrix_speed_{m}_onnxruntime")) for model in ("mobilenet_v2", "efficientnet_lite0")},
+        r, f"matrix_speed_{m}_onnxruntime")) for model in SPEED_MODELS},
     **{f"table:matrix-speed-{model}-channels-last-onnxruntime": (lambda r, m=model: render_matrix_speed(
         r, f"matrix_speed_{m}_channels_last_onnxruntime", "before", "channels-last-onnxruntime"))
-       for model in ("mobilenet_v2", "efficientnet_lite0")},
+       for model in SPEED_MODELS},
     **{f"value:matrix-speed-budgets-{model}-channels-last-onnxruntime": (lambda r, m=model: render_speed_budgets(
-        r, f"matrix_speed_{m}_channels_last_onnxruntime")) for model in ("mobilenet_v2", "efficientnet_lite0")},
+        r, f"matrix_speed_{m}_channels_last_onnxruntime")) for model in SPEED_MODELS},
     "table:table1": lambda r: render_table1(r, "table1"),
     "table:table1-official": lambda r: render_table1(r, "table1_official"),
     "table:table1-losses": render_table1_losses,

@@ -170,44 +170,68 @@ def test_matrix_speed_onnxruntime_variant_answers_calls_without_a_graph_once_exp
         bench.use_variant("after", pipelines, example)
 
 
-def _matrix_folder(folder: Path, decisions: dict, queries: dict, seconds: dict) -> Path:
-    """A minimal evaluate --adaptive folder: 4 photos in shards of 2, one scheme, Square (queries) and PGD."""
+def _matrix_folder(folder: Path, decisions: dict, queries: dict, seconds: dict, table: list[str],
+                   shard: int = 2) -> Path:
+    """A minimal evaluate --adaptive folder: 4 photos, one model, scheme "original"; ``seconds`` (attacker →
+    [own seconds of each scheme's row])."""
     folder.mkdir()
-    (folder / "results.json").write_text(json.dumps({"config": {"models": ["m"], "data": "photos", "batch_size": 2}}))
+    config = {"models": ["m"], "data": "photos", "batch_size": shard}
+    (folder / "results.json").write_text(json.dumps({"config": config}))
     photos = [f"p{i}.jpg" for i in range(4)]
     with open(folder / "per_image.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "image", "defense_success"])
-        w.writerows(["original", p, "False"] for p in photos)
+        w.writerow(["model", "method", "image", "defense_success"])
+        w.writerows(["m", "original", p, d] for p, d in zip(photos, table))
     with open(folder / "attackers_per_image.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "attacker", "image", "defense_success", "queries"])
+        w.writerow(["model", "method", "attacker", "image", "defense_success", "queries"])
         for attacker, decided in decisions.items():
-            w.writerows(["original", attacker, p, d, q]
+            w.writerows(["m", "original", attacker, p, d, q]
                         for p, d, q in zip(photos, decided, queries.get(attacker, [""] * 4)))
     with open(folder / "attackers.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["attacker", "method", "own_seconds"])
-        w.writerows([a, "original", s] for a, s in seconds.items())
+        w.writerows([a, f"scheme{i}", s] for a, row in seconds.items() for i, s in enumerate(row))
     return folder
 
 
+def _compare(tmp_path: Path, committed: Path, regenerated: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "benchmarks" / "compare_matrices.py"), str(committed),
+               str(regenerated), "--out", str(tmp_path)]
+    return subprocess.run(command, check=False, capture_output=True, text=True)
+
+
 def test_compare_matrices_counts_decisions_tells_the_counter_fix_apart_and_sums_shared_attackers(tmp_path):
-    """+1 on a shard's first photo is the counter fix; any other moved count or decision is listed; an attacker
-    only in the regenerated run is timed apart, not summed."""
+    """+1 on a shard's first photo is the counter fix; any other moved count or decision is listed, and a
+    first photo without the +1; Table 1's decisions are compared; only attackers in both runs are summed."""
     committed = _matrix_folder(tmp_path / "old", {"square": ["True", "False", "True", "True"],
                                                   "pgd": ["False"] * 4},
-                               {"square": ["10", "20", "30", "40"]}, {"square": 100.0, "pgd": 50.0})
+                               {"square": ["10", "20", "30", "40"]},
+                               {"square": [60.0, 40.0], "pgd": [50.0], "blind": [7.0]},
+                               ["True", "True", "False", "False"])
     regenerated = _matrix_folder(tmp_path / "new", {"square": ["True", "False", "True", "True"],
                                                     "pgd": ["False", "True", "False", "False"],
                                                     "apgd-dlr": ["False"] * 4},
-                                 {"square": ["11", "21", "31", "40"]}, {"square": 20.0, "pgd": 10.0, "apgd-dlr": 5.0})
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_matrices.py"), str(committed),
-                    str(regenerated), "--out", str(tmp_path)], check=True, capture_output=True)
+                                 {"square": ["11", "21", "30", "40"]},
+                                 {"square": [15.0, 5.0], "pgd": [10.0], "apgd-dlr": [5.0]},
+                                 ["True", "False", "False", "False"])
+    assert _compare(tmp_path, committed, regenerated).returncode == 0
     text = (tmp_path / "compare.txt").read_text()
-    assert "decisions that differ: 1 of 8" in text and "original / pgd / photo 1 (p1.jpg)" in text
-    # photos 0 and 2 open a shard: +1 there is the fix; +1 on photo 1 is not
-    assert "query counts that differ: 3 of 4; 2 of them are +1 on a shard's first image" in text
-    assert "original / square / photo 1: 20 -> 21" in text and "photo 0:" not in text.split("the others:")[1]
-    assert text.splitlines()[-2].split() == ["all", "150.0", "30.0", "0.20"]
-    assert "only in the regenerated run: apgd-dlr 5.0 s" in text and (tmp_path / "compare.png").stat().st_size > 0
+    assert "decisions that differ: 1 of 8" in text and "m / original / pgd / photo 1 (p1.jpg)" in text
+    # photos 0 and 2 open a shard: +1 on photo 0 is the fix, +1 on photo 1 is not, photo 2 did not move
+    assert "query counts that differ: 2 of 4; 1 of them are +1 on a shard's first image" in text
+    assert "square / photo 1 (p1.jpg): 20 -> 21 (defended False -> False)" in text
+    assert "did not move (no +1): 1\n  m / original / square / photo 2 (p2.jpg): 30" in text
+    assert "Table 1 per-image decisions that differ: 1 of 4" in text
+    assert "all                             150.0         30.0   0.20" in text  # square 100 -> 20, pgd 50->10
+    assert "only in the regenerated run: apgd-dlr 5.0 s" in text
+    assert "only in the committed run: blind 7.0 s" in text
+    assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+def test_compare_matrices_refuses_runs_sharded_differently(tmp_path):
+    args = ({"square": ["True"] * 4}, {"square": ["1"] * 4}, {"square": [1.0]}, ["True"] * 4)
+    result = _compare(tmp_path, _matrix_folder(tmp_path / "old", *args),
+                      _matrix_folder(tmp_path / "new", *args, shard=4))
+    assert result.returncode != 0 and "shards differ (2 vs 4 images)" in result.stderr
+    assert "Traceback" not in result.stderr

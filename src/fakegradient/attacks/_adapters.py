@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import xxhash
 from torch import nn
 
 from ..errors import InvalidArgument
@@ -120,6 +119,8 @@ class QueryCounter(nn.Module):
     def digest(row: torch.Tensor) -> bytes:
         """The cache key of one query row: the 128-bit XXH3 of its float32 bytes (hashed in place where it is
         contiguous on the CPU; much cheaper than BLAKE2b, and no adversary chooses these bytes to collide)."""
+        import xxhash  # the eval extra's, as ART and foolbox are
+
         array = np.ascontiguousarray(row.detach().cpu().numpy())
         return xxhash.xxh3_128_digest(memoryview(array).cast("B"))
 
