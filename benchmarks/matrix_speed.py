@@ -63,7 +63,7 @@ from fakegradient.evaluation.roofline import Passes, PassTimes
 from fakegradient.evaluation.runtimes import answer_with
 from fakegradient.evaluation.stages import adaptive, reuse
 from fakegradient.evaluation.stages.adaptive import target
-from fakegradient.evaluation.stages.attackers import ATTACKERS, Context
+from fakegradient.evaluation.stages.attackers import ATTACKERS, Attempt, Context
 from fakegradient.evaluation.workbench import Workbench, deepfool, full_fp32
 
 METHODS = "original,fake-gradient,random-weight,fake-gradient-hardened,device-head"
@@ -202,24 +202,40 @@ class Log:
                           "counts": counts})
 
 
+def forget_attempts(bench: Workbench) -> None:
+    """Empties the workbench's memo but for the traced head names: the next attack computes afresh."""
+    bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}
+
+
+def attack_scheme(bench: Workbench, name: str, method: str, images: torch.Tensor, start: int, budgets: dict,
+                  truth: torch.Tensor) -> tuple[Attempt | None, list[bool] | None]:
+    """Attacker ``name`` on ``method``'s shard ``images`` (b, 3, H, W) whose first is photo ``start``, as the
+    adaptive stage runs it: the attempt (None: the attacker does not apply) and, per image, whether the device
+    still gives ``truth`` (b,)."""
+    scheme = target(bench, method)
+    attempt = adaptive.attack(name, Context(bench, scheme, images, start, budgets, truth))
+    if attempt is None:
+        return None, None
+    with torch.no_grad():
+        return attempt, (scheme.device(attempt.adversarial).argmax(1) == truth).tolist()
+
+
 def run_attacker(bench: Workbench, name: str, images: torch.Tensor, budgets: dict, passes: Passes,
                  roofline: PassTimes) -> dict:
     """``name`` on every scheme, as the adaptive stage; its wall time, passes, roofline and decisions.
 
     images: (B, 3, H, W), the first B of the workbench's."""
-    bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}  # keep only the traced head names
+    forget_attempts(bench)
     with torch.no_grad():
         truth = bench.original(images).argmax(1)
     passes.counts.clear()
     decisions, queries = {}, {}
     begin = time.perf_counter()
     for method in bench.config.methods:
-        scheme = target(bench, method)
-        attempt = adaptive.attack(name, Context(bench, scheme, images, 0, budgets, truth))
+        attempt, defended = attack_scheme(bench, name, method, images, 0, budgets, truth)
         if attempt is None:
             continue
-        with torch.no_grad():
-            decisions[method] = (scheme.device(attempt.adversarial).argmax(1) == truth).tolist()
+        decisions[method] = defended
         queries[method] = None if attempt.queries is None else attempt.queries.tolist()
     wall = time.perf_counter() - begin
     counts = Counter(passes.counts)

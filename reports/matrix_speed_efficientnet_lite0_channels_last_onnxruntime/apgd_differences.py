@@ -5,20 +5,16 @@ and how far apart the variants' adversarial images are. Output: apgd_differences
 
     PYTHONPATH=src python reports/matrix_speed_efficientnet_lite0_channels_last_onnxruntime/apgd_differences.py
 """
-import importlib.util
 import json
 import sys
 
 import torch
 
-spec = importlib.util.spec_from_file_location("ms", "benchmarks/matrix_speed.py")
-ms = importlib.util.module_from_spec(spec)
-sys.modules["ms"] = ms
-spec.loader.exec_module(ms)
+sys.path.insert(0, "benchmarks")
+import matrix_speed as ms
+
 from fakegradient.evaluation.config import EvaluationConfig
-from fakegradient.evaluation.stages import adaptive
 from fakegradient.evaluation.stages.adaptive import target
-from fakegradient.evaluation.stages.attackers import Context
 from fakegradient.evaluation.workbench import Workbench
 
 torch.set_num_threads(1)
@@ -38,11 +34,9 @@ for variant in VARIANTS:
     with torch.no_grad():
         truth = bench.original(images).argmax(1)
     for name, method in CASES:
-        bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}
-        scheme = target(bench, method)
-        attempt = adaptive.attack(name, Context(bench, scheme, images, 0, header["budgets"], truth))
-        with torch.no_grad():
-            decided[variant, name, method] = (scheme.device(attempt.adversarial).argmax(1) == truth).tolist()
+        ms.forget_attempts(bench)
+        attempt, decided[variant, name, method] = ms.attack_scheme(bench, name, method, images, 0,
+                                                                   header["budgets"], truth)
         adversarial[variant, name, method] = attempt.adversarial
         print(variant, name, method, "defended", decided[variant, name, method], flush=True)
 ms.use_variant("after", pipelines, images[:1])  # eager torch, contiguous: the margins below

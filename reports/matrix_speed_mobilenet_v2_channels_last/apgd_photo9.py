@@ -21,8 +21,8 @@ with full_fp32():
     with torch.no_grad():
         truth = bench.original(images).argmax(1)
     for variant in ("after", "channels-last"):
-        ms.use_variant(variant, pipelines)
-        bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}
+        ms.use_variant(variant, pipelines, images[:1])
+        ms.forget_attempts(bench)
         scheme = target(bench, "fake-gradient-hardened")
         att = adaptive.attack("apgd", Context(bench, scheme, images, 0, header["budgets"], truth))
         with torch.no_grad():
@@ -32,4 +32,4 @@ with full_fp32():
         print(variant, "img9 label", truth[i].item(), "top2", top2.indices.tolist(), top2.values.tolist(),
               "label logit", logits[i, truth[i]].item(), "r", (att.adversarial[i] - images[i]).norm().item(),
               "defended", (logits.argmax(1) == truth).tolist()[i], flush=True)
-    ms.use_variant("after", pipelines)
+    ms.use_variant("after", pipelines, images[:1])

@@ -5,20 +5,15 @@ ran them (same first image, same seeds). Output: budget_check.txt.
 
     PYTHONPATH=src python reports/matrix_speed_mobilenet_v2_regenerated/budget_check.py RUN_DIR
 """
-import importlib.util
 import json
 import sys
 
 import torch
 
-spec = importlib.util.spec_from_file_location("ms", "benchmarks/matrix_speed.py")
-ms = importlib.util.module_from_spec(spec)
-sys.modules["ms"] = ms
-spec.loader.exec_module(ms)
+sys.path.insert(0, "benchmarks")
+import matrix_speed as ms
+
 from fakegradient.evaluation.config import EvaluationConfig
-from fakegradient.evaluation.stages import adaptive
-from fakegradient.evaluation.stages.adaptive import target
-from fakegradient.evaluation.stages.attackers import Context
 from fakegradient.evaluation.workbench import Workbench
 
 torch.set_num_threads(1)
@@ -44,12 +39,9 @@ CASES = [("square", "original", 4), ("square", "original", 8), ("hopskipjump", "
          ("apgd", "random-weight", 0)]  # (attacker, scheme, the shard's first image); shards of 4
 for name, method, start in CASES:
     for run, budget in runs.items():
-        bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}
-        scheme = target(bench, method)
+        ms.forget_attempts(bench)
         shard = slice(start, start + 4)
-        attempt = adaptive.attack(name, Context(bench, scheme, images[shard], start, budget, truth[shard]))
-        with torch.no_grad():
-            defended = (scheme.device(attempt.adversarial).argmax(1) == truth[shard]).tolist()
+        attempt, defended = ms.attack_scheme(bench, name, method, images[shard], start, budget, truth[shard])
         queries = None if attempt.queries is None else attempt.queries.tolist()
         print(f"{name} on {method}, photos {start}-{start + 3}, {run} budgets (black-box L2 "
               f"{budget['blackbox_l2']:.7f}, white-box {budget['whitebox_l2']:.8f}): defended {defended}, "

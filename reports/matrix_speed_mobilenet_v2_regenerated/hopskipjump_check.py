@@ -4,20 +4,15 @@ and 3 (budget_check.txt: not the budget). Output: hopskipjump_check.txt.
 
     PYTHONPATH=src python reports/matrix_speed_mobilenet_v2_regenerated/hopskipjump_check.py
 """
-import importlib.util
 import json
 import sys
 
 import torch
 
-spec = importlib.util.spec_from_file_location("ms", "benchmarks/matrix_speed.py")
-ms = importlib.util.module_from_spec(spec)
-sys.modules["ms"] = ms
-spec.loader.exec_module(ms)
+sys.path.insert(0, "benchmarks")
+import matrix_speed as ms
+
 from fakegradient.evaluation.config import EvaluationConfig
-from fakegradient.evaluation.stages import adaptive
-from fakegradient.evaluation.stages.adaptive import target
-from fakegradient.evaluation.stages.attackers import Context
 from fakegradient.evaluation.workbench import Workbench
 
 torch.set_num_threads(1)
@@ -35,9 +30,6 @@ for variant in ("before", "after", "channels-last", "onnxruntime", "channels-las
     ms.use_variant(variant, pipelines, images[:1], answers)
     with torch.no_grad():
         truth = bench.original(images).argmax(1)
-    bench.memo = {k: v for k, v in bench.memo.items() if k[0] == "head"}
-    scheme = target(bench, "device-head")
-    attempt = adaptive.attack("hopskipjump", Context(bench, scheme, images, 0, budget, truth))
-    with torch.no_grad():
-        defended = (scheme.device(attempt.adversarial).argmax(1) == truth).tolist()
+    ms.forget_attempts(bench)
+    attempt, defended = ms.attack_scheme(bench, "hopskipjump", "device-head", images, 0, budget, truth)
     print(f"{variant:<26} defended {defended} queries {attempt.queries.tolist()}", flush=True)
