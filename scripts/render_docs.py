@@ -584,6 +584,55 @@ def _paired(base: list | None, new: list | None) -> list[tuple]:
     return list(itertools.zip_longest(base or [], new or [], fillvalue=missing))
 
 
+def regenerated_folder(spec: str) -> str:
+    """Where a model's committed matrix (ADAPTIVE), rerun with both speed options, lies (its evaluate --out)."""
+    return f"matrix_speed_{spec.split(':')[0]}_regenerated/run"
+
+
+def own_seconds(reports: Reports, folder: str) -> dict[str, float]:
+    """attacker → its own seconds (attackers.csv), summed over the schemes."""
+    seconds: dict[str, float] = defaultdict(float)
+    for row in reports.csv(folder, "attackers.csv"):
+        if row["own_seconds"]:
+            seconds[row["attacker"]] += float(row["own_seconds"])
+    return seconds
+
+
+def decisions_differ(reports: Reports, old: str, new: str, name: str, key: tuple[str, ...]) -> str:
+    """How many of the per-image decisions (``name``: a per-image CSV; rows keyed by ``key``) differ."""
+    before, after = ({tuple(r[k] for k in key): r["defense_success"] for r in reports.csv(folder, name)}
+                     for folder in (old, new))
+    both = before.keys() & after.keys()
+    return f"{sum(before[k] != after[k] for k in both)} of {len(both)}"
+
+
+def render_matrix_regenerated(reports: Reports) -> str:
+    """Per model: the committed matrix's attacker time against its regeneration with both speed options
+    (own seconds over the attackers both runs have) and how many per-image decisions differ; the total over the
+    models regenerated so far."""
+    rows, totals = [], [0.0, 0.0]
+    for spec, committed in ADAPTIVE.items():
+        before = own_seconds(reports, committed)
+        if not (reports.root / regenerated_folder(spec) / "attackers.csv").is_file():
+            rows.append([model_name(spec), f"{sum(before.values()) / 60:.0f}", "not regenerated", "", "", ""])
+            continue
+        after = own_seconds(reports, regenerated_folder(spec))
+        common = before.keys() & after.keys()
+        b, a = sum(before[n] for n in common), sum(after[n] for n in common)
+        totals = [totals[0] + b, totals[1] + a]
+        rows.append([model_name(spec), f"{b / 60:.0f}", f"{a / 60:.0f}", f"{a / b:.2f}",
+                     decisions_differ(reports, committed, regenerated_folder(spec), "attackers_per_image.csv",
+                                      ("model", "method", "attacker", "image")),
+                     decisions_differ(reports, committed, regenerated_folder(spec), "per_image.csv",
+                                      ("model", "method", "image"))])
+    if totals[0]:
+        regenerated = sum(row[2] != "not regenerated" for row in rows)
+        rows.append([f"models regenerated ({regenerated} of {len(rows)})", f"{totals[0] / 60:.0f}",
+                     f"{totals[1] / 60:.0f}", f"{totals[1] / totals[0]:.2f}", "", ""])
+    return table(["model", "committed own min", "regenerated own min", "ratio", "matrix decisions that differ",
+                  "Table 1 decisions that differ"], rows)
+
+
 def render_speed_budgets(reports: Reports, folder: str) -> str:
     """The budgets the matrix_speed logs ran at (their header: the committed run's, or DeepFool's on its photos)."""
     settings, _, _ = speed_logs(reports, folder)
@@ -1319,6 +1368,7 @@ RENDERERS: dict[str, Callable[[Reports], str]] = {
        for model in SPEED_MODELS},
     **{f"value:matrix-speed-budgets-{model}-channels-last-onnxruntime": (lambda r, m=model: render_speed_budgets(
         r, f"matrix_speed_{m}_channels_last_onnxruntime")) for model in SPEED_MODELS},
+    "table:matrix-regenerated": render_matrix_regenerated,
     "table:table1": lambda r: render_table1(r, "table1"),
     "table:table1-official": lambda r: render_table1(r, "table1_official"),
     "table:table1-losses": render_table1_losses,

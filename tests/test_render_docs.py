@@ -36,6 +36,15 @@ def check(root: Path, reports: Path | None = None) -> subprocess.CompletedProces
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """rows as a CSV with the first row's keys as its header (folders made as needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 @pytest.fixture
 def copy(tmp_path: Path) -> Path:
     """README.md and docs/ in a scratch checkout whose reports/ links to the real ones (read only), except the
@@ -167,16 +176,9 @@ def test_a_cross_entropy_cell_counts_its_masked_photos_only_on_the_studys_pipeli
     """PGD/APGD cells say how many defended photos had an exactly zero or vanishing gradient (below 2^-75
     everywhere) in reports/masked_gradient, where the matrix ran the study's pipelines (the paper's bias, its seed,
     its photos); another bias or other photos say nothing."""
-    def write(path: Path, rows: list[dict]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
     photos = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
     gradients = [("True", 0.0), ("False", 1e-30), ("False", 1e-3), ("True", 0.0)]  # zero, vanishing, a step, zero
-    write(tmp_path / "masked_gradient" / "per_image.csv",
+    write_csv(tmp_path / "masked_gradient" / "per_image.csv",
           [{"model": "m", "method": "fake-gradient", "image": i, "gradient_max_abs": g, "gradient_zero": z}
            for i, (z, g) in zip(photos, gradients)])
     (tmp_path / "masked_gradient" / "results.json").write_text(json.dumps({"seed": 0}))
@@ -186,7 +188,7 @@ def test_a_cross_entropy_cell_counts_its_masked_photos_only_on_the_studys_pipeli
     for folder, changed, images in (("same", {}, photos), ("official", {"bias": "official"}, photos),
                                     ("scale", {"scale": 5.0}, photos), ("seed", {"seed": 1}, photos),
                                     ("fewer", {}, photos[:2])):
-        write(tmp_path / folder / "attackers_per_image.csv",
+        write_csv(tmp_path / folder / "attackers_per_image.csv",
               [{"model": "m", "method": "fake-gradient", "attacker": "pgd", "image": i, "defense_success": d}
                for i, d in zip(images, ["True", "True", "True", "False"])])
         (tmp_path / folder / "results.json").write_text(json.dumps(
@@ -275,11 +277,7 @@ def test_the_private_scheme_comparisons_are_paired_and_say_when_not_significant(
             if scheme == "fake-gradient" or (scheme == "device-head" and image < 2):
                 row["apgd_defended"] = "True" if image < 10 else ""
             rows.append(row)
-    (tmp_path / "private").mkdir()
-    with open(tmp_path / "private" / "per_image.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(tmp_path / "private" / "per_image.csv", rows)
     text = render.value_private_pairs(render.Reports(tmp_path))
     # Fake Gradient 10/10 vs the device head 2/10: 8 discordant pairs one way, p = 2 / 2**8
     assert (f"against APGD on the served outputs `fake-gradient` {render.rate(10, 10)} vs `device-head` "
@@ -387,3 +385,29 @@ def test_the_matrix_speed_table_counts_the_decisions_and_queries_that_differ():
     assert render.speed_differences(base, new) == "**no**: 1 of 6 decisions, 1 of 3 query counts differ"
     cut = {"decisions": {"original": [True, False]}, "queries": {}}  # a scheme missing, another cut short
     assert render.speed_differences(base, cut) == "**no**: 4 of 6 decisions, 3 of 3 query counts differ"
+
+
+def _matrix(folder: Path, seconds: dict[str, float], attacked: list[str], table1: list[str]) -> None:
+    """A minimal evaluate --adaptive folder: attackers.csv (own seconds per attacker, split over two schemes), the
+    per-image decisions of attacker `pgd` on photos a, b and c, and Table 1's on the same photos."""
+    write_csv(folder / "attackers.csv", [{"attacker": name, "own_seconds": value / 2} for name, value in
+                                         seconds.items() for _ in range(2)] + [{"attacker": "naive", "own_seconds": ""}])
+    write_csv(folder / "attackers_per_image.csv", [
+        {"model": "m", "method": "original", "attacker": "pgd", "image": image, "defense_success": value}
+        for image, value in zip("abc", attacked)])
+    write_csv(folder / "per_image.csv", [{"model": "m", "method": "original", "image": image, "defense_success": value}
+                                         for image, value in zip("abc", table1)])
+
+
+def test_the_regenerated_matrices_table_sums_the_attackers_both_runs_have(tmp_path, monkeypatch):
+    """Minutes over the attackers in both runs (an attacker new in the regeneration is left out), decisions that
+    differ counted per CSV, a model without a regeneration named as such, and the total over those regenerated."""
+    monkeypatch.setattr(render, "ADAPTIVE", {"m:W": "committed_m", "n": "committed_n"})
+    _matrix(tmp_path / "committed_m", {"pgd": 600, "square": 1200}, ["True", "False", "True"], ["1", "1", "0"])
+    _matrix(tmp_path / "matrix_speed_m_regenerated" / "run", {"pgd": 300, "square": 300, "apgd-dlr": 6000},
+            ["True", "True", "True"], ["1", "1", "0"])
+    _matrix(tmp_path / "committed_n", {"pgd": 3000}, ["True"] * 3, ["1"] * 3)
+    text = render.render_matrix_regenerated(render.Reports(tmp_path))
+    assert "| m:W | 30 | 10 | 0.33 | 1 of 3 | 0 of 3 |" in text
+    assert "| n | 50 | not regenerated |  |  |  |" in text
+    assert "| models regenerated (1 of 2) | 30 | 10 | 0.33 |  |  |" in text

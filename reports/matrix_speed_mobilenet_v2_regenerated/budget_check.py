@@ -1,9 +1,10 @@
 """The regenerated matrix's differences from reports/adaptive/ that are not the counter fix, rerun with both speed
 options (as benchmarks/matrix_speed.py's variant `channels-last-onnxruntime`) at the committed run's budgets and at
 the regenerated run's (its DeepFool median moved the budgets by about 2e-6, relative), shard by shard as the matrix
-ran them (same first image, same seeds). Output: budget_check.txt.
+ran them (same first image, same seeds). Output: budget_check.txt (the default cases);
+budget_check_fake_gradient_square.txt (`square:fake-gradient:4:1`).
 
-    PYTHONPATH=src python reports/matrix_speed_mobilenet_v2_regenerated/budget_check.py RUN_DIR
+    PYTHONPATH=src python reports/matrix_speed_mobilenet_v2_regenerated/budget_check.py RUN_DIR [ATTACKER:SCHEME:START:N ...]
 """
 import json
 import sys
@@ -35,14 +36,15 @@ pipelines = {m: s for m, (s, _) in bench.served.items()}
 ms.use_variant("channels-last-onnxruntime", pipelines, images[:1])
 with torch.no_grad():
     truth = bench.original(images).argmax(1)
-CASES = [("square", "original", 4), ("square", "original", 8), ("hopskipjump", "device-head", 0),
-         ("apgd", "random-weight", 0)]  # (attacker, scheme, the shard's first image); shards of 4
-for name, method, start in CASES:
+CASES = [("square", "original", 4, 4), ("square", "original", 8, 4), ("hopskipjump", "device-head", 0, 4),
+         ("apgd", "random-weight", 0, 4)]  # (attacker, scheme, the shard's first image, images); shards of 4
+cases = [(a, m, int(s), int(n)) for a, m, s, n in (c.split(":") for c in sys.argv[2:])] or CASES
+for name, method, start, count in cases:
     for run, budget in runs.items():
         ms.forget_attempts(bench)
-        shard = slice(start, start + 4)
+        shard = slice(start, start + count)
         attempt, defended = ms.attack_scheme(bench, name, method, images[shard], start, budget, truth[shard])
         queries = None if attempt.queries is None else attempt.queries.tolist()
-        print(f"{name} on {method}, photos {start}-{start + 3}, {run} budgets (black-box L2 "
+        print(f"{name} on {method}, photos {start}-{start + count - 1}, {run} budgets (black-box L2 "
               f"{budget['blackbox_l2']:.7f}, white-box {budget['whitebox_l2']:.8f}): defended {defended}, "
               f"queries {queries}", flush=True)
