@@ -26,12 +26,13 @@ def per_image(folder: Path) -> dict[tuple[str, str, str, str], dict[str, str]]:
             for r in rows(folder, "attackers_per_image.csv")}
 
 
-def own_seconds(folder: Path) -> Counter:
-    """attacker → its own seconds summed over models and schemes (attackers.csv)."""
+def own_seconds(folder: Path, column: str = "own_seconds") -> Counter:
+    """attacker → its own seconds (``own_cpu_seconds``: own CPU seconds) summed over models and schemes
+    (attackers.csv; a run made before a column was measured has none)."""
     seconds: Counter = Counter()
     for r in rows(folder, "attackers.csv"):
-        if r["own_seconds"]:
-            seconds[r["attacker"]] += float(r["own_seconds"])
+        if r.get(column):
+            seconds[r["attacker"]] += float(r[column])
     return seconds
 
 
@@ -83,6 +84,10 @@ def compare(committed: Path, regenerated: Path) -> tuple[list[str], dict, dict]:
     lines += [f"{n:<26} {before[n]:10.1f} {after[n]:12.1f} {after[n] / before[n]:6.2f}" for n in names]
     total_before, total_after = sum(before[n] for n in names), sum(after[n] for n in names)
     lines.append(f"{'all':<26} {total_before:10.1f} {total_after:12.1f} {total_after / total_before:6.2f}")
+    for folder, run in ((committed, "committed"), (regenerated, "regenerated")):
+        cpu = own_seconds(folder, "own_cpu_seconds")
+        if cpu:  # every thread of the process: above the wall time where a row ran on several
+            lines.append(f"{run} run's own CPU seconds, same attackers: {sum(cpu[n] for n in names):.1f}")
     lines += [f"only in the regenerated run: {n} {after[n]:.1f} s" for n in after if n not in before]
     lines += [f"only in the committed run: {n} {before[n]:.1f} s" for n in before if n not in after]
     return lines, {n: before[n] for n in names}, {n: after[n] for n in names}

@@ -105,7 +105,8 @@ def test_the_matrix_csv_and_figures_are_written(matrix_run, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == sum(1 for r in evaluation.adaptive.matrix())
     assert {"k", "n", "rate_pct", "ci95_low_pct", "ci95_high_pct", "budget_l2", "median_queries", "baseline_k",
-            "too_weak", "seconds", "under_powered", "deepfool_within_k", "p_vs_original", "own_seconds", "reused",
+            "too_weak", "seconds", "under_powered", "deepfool_within_k", "p_vs_original", "own_seconds",
+            "own_cpu_seconds", "reused",
             "fwd_calls", "fwd_rows", "fwd_grad_calls", "fwd_grad_rows", "bwd_calls", "bwd_rows", "roofline_seconds",
             "roofline_fraction"} <= set(rows[0])
     for row in rows:  # round 2's rows: a fraction where the row ran passes; none where it reused all it needed

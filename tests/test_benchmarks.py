@@ -171,9 +171,10 @@ def test_matrix_speed_onnxruntime_variant_answers_calls_without_a_graph_once_exp
 
 
 def _matrix_folder(folder: Path, decisions: dict, queries: dict, seconds: dict, table: list[str],
-                   shard: int = 2) -> Path:
+                   shard: int = 2, cpu: float | None = None) -> Path:
     """A minimal evaluate --adaptive folder: 4 photos, one model, scheme "original"; ``seconds`` (attacker →
-    [own seconds of each scheme's row])."""
+    [own seconds of each scheme's row]); ``cpu``: each row's own CPU seconds are ``cpu`` × its own seconds
+    (None: a run made before they were measured, no column)."""
     folder.mkdir()
     config = {"models": ["m"], "data": "photos", "batch_size": shard}
     (folder / "results.json").write_text(json.dumps({"config": config}))
@@ -190,8 +191,9 @@ def _matrix_folder(folder: Path, decisions: dict, queries: dict, seconds: dict, 
                         for p, d, q in zip(photos, decided, queries.get(attacker, [""] * 4)))
     with open(folder / "attackers.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["attacker", "method", "own_seconds"])
-        w.writerows([a, f"scheme{i}", s] for a, row in seconds.items() for i, s in enumerate(row))
+        w.writerow(["attacker", "method", "own_seconds"] + ([] if cpu is None else ["own_cpu_seconds"]))
+        w.writerows([a, f"scheme{i}", s] + ([] if cpu is None else [cpu * s])
+                    for a, row in seconds.items() for i, s in enumerate(row))
     return folder
 
 
@@ -214,7 +216,7 @@ def test_compare_matrices_counts_decisions_tells_the_counter_fix_apart_and_sums_
                                                     "apgd-dlr": ["False"] * 4},
                                  {"square": ["11", "21", "30", "40"]},
                                  {"square": [15.0, 5.0], "pgd": [10.0], "apgd-dlr": [5.0]},
-                                 ["True", "False", "False", "False"])
+                                 ["True", "False", "False", "False"], cpu=1.5)
     assert _compare(tmp_path, committed, regenerated).returncode == 0
     text = (tmp_path / "compare.txt").read_text()
     assert "decisions that differ: 1 of 8" in text and "m / original / pgd / photo 1 (p1.jpg)" in text
@@ -224,6 +226,8 @@ def test_compare_matrices_counts_decisions_tells_the_counter_fix_apart_and_sums_
     assert "did not move (no +1): 1\n  m / original / square / photo 2 (p2.jpg): 30" in text
     assert "Table 1 per-image decisions that differ: 1 of 4" in text
     assert "all                             150.0         30.0   0.20" in text  # square 100 -> 20, pgd 50->10
+    assert "regenerated run's own CPU seconds, same attackers: 45.0" in text
+    assert "committed run's own CPU" not in text
     assert "only in the regenerated run: apgd-dlr 5.0 s" in text
     assert "only in the committed run: blind 7.0 s" in text
     assert (tmp_path / "compare.png").stat().st_size > 0

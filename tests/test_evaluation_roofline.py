@@ -104,6 +104,9 @@ def test_shared_computations_are_counted_once(matrix):
         assert rows[key]["reused"] == ""
     own = [r["own_seconds"] for r in rows.values()]
     assert result.distinct_seconds() == pytest.approx(sum(own))
+    cpu = [r["own_cpu_seconds"] for r in rows.values()]
+    assert result.distinct_seconds("own_cpu_s") == pytest.approx(sum(cpu))
+    assert rows[ORIGINAL, "feature-space"]["own_cpu_seconds"] > 0  # CPU time: no bound against wall time here
     shared = [rows[ORIGINAL, "pgd-eot"], rows["random-weight", "feature-space"]]
     # a reused row's seconds column repeats its owner's computation; its own time is the look-up
     assert all(r["own_seconds"] < r["seconds"] for r in shared)
@@ -117,7 +120,8 @@ def test_the_timing_table_shows_fractions_and_reuse(matrix):
     text = "\n".join(lines)
     assert "| pgd-eot | 0.0 s (reuses original/pgd) |" in text
     assert "of roofline" in text and "(reuses original/feature-space)" in text
-    assert f"Distinct computation, all rows: {result.distinct_seconds():.1f} s" in text
+    wall, cpu = result.distinct_seconds(), result.distinct_seconds("own_cpu_s")
+    assert f"all rows: {wall:.1f} s ({wall / 60:.1f} min), {cpu:.1f} s of CPU time" in text
     assert f"Timing the passes for the rooflines took {result.timing_overhead():.1f} s more." in text
     assert result.timing_overhead() > 0
 
@@ -151,4 +155,19 @@ def test_a_run_resumed_from_shards_stored_before_the_timing_has_none(matrix):
     resumed = collect_adaptive([ORIGINAL, "random-weight"], [], [], old, result.budgets)
     assert resumed.timing == {} and resumed.distinct_seconds() is None
     assert all(r["own_seconds"] is None for r in resumed.matrix())
+
+
+def test_a_run_resumed_from_shards_stored_before_cpu_seconds_has_no_cpu_total(matrix):
+    """Shards timed before ``own_cpu_s`` was measured: their rows have no CPU seconds and the run no CPU
+    total, while the wall-time total stays."""
+    parts, result = matrix
+    old = [(shard, ShardResult(part.records, None, {**part.values, "timing": {
+        a: {k: v for k, v in t.items() if k != "own_cpu_s"} for a, t in part.values["timing"].items()}}))
+        if i == 0 else (shard, part) for i, (shard, part) in enumerate(parts)]
+    resumed = collect_adaptive([ORIGINAL, "random-weight"], [], [], old, result.budgets)
+    assert resumed.distinct_seconds("own_cpu_s") is None
+    assert resumed.distinct_seconds() == pytest.approx(result.distinct_seconds())
+    rows = {(r["method"], r["attacker"]): r for r in resumed.matrix()}
+    assert rows[ORIGINAL, "pgd"]["own_cpu_seconds"] is None
+    assert rows["random-weight", "pgd"]["own_cpu_seconds"] > 0
     assert [r["k"] for r in resumed.matrix()] == [r["k"] for r in result.matrix()]

@@ -99,6 +99,7 @@ def _write_all(result: EvaluationResult, out: Path, title: str) -> list[Path]:
                               "privacy": e.adaptive.privacy(), "device_cost": e.adaptive.device_cost,
                               "budgets": e.adaptive.budgets, "curves": e.adaptive.curves,
                               "distinct_seconds": e.adaptive.distinct_seconds(),
+                              "distinct_cpu_seconds": e.adaptive.distinct_seconds("own_cpu_s"),
                               "roofline_timing_seconds": e.adaptive.timing_overhead(),
                               "threat_models": {a: {"holds": t.holds, "threat": t.threat, "budget": t.budget,
                                                     "key_recovery": t.key_recovery}
@@ -394,9 +395,12 @@ def _timing_table(adaptive: AdaptiveResult, rows: dict, methods: list[str], atta
             continue  # round 1 (naive, transfer): not timed per row
         total = sum(c["own_seconds"] or 0.0 for c in cells if c and c.get("own_seconds") is not None)
         lines.append(f"| {a} | " + " | ".join(_timing_cell(c) for c in cells) + f" | {total:.1f} |")
-    lines += ["", f"Distinct computation, all rows: {distinct:.1f} s ({distinct / 60:.1f} min); the `seconds` "
-              f"column of `attackers.csv`, which charges a shared computation to every row using it, sums to "
-              f"{charged:.1f} s. Timing the passes for the rooflines took {adaptive.timing_overhead():.1f} s more."]
+    cpu = adaptive.distinct_seconds("own_cpu_s")
+    cpu_text = "" if cpu is None else f", {cpu:.1f} s of CPU time (its process's, every thread)"
+    lines += ["", f"Distinct computation, all rows: {distinct:.1f} s ({distinct / 60:.1f} min){cpu_text}; "
+              "the `seconds` column of `attackers.csv`, which charges a shared computation to every row "
+              f"using it, sums to {charged:.1f} s. Timing the passes for the rooflines took "
+              f"{adaptive.timing_overhead():.1f} s more."]
     return lines
 
 

@@ -28,8 +28,8 @@ class AdaptiveResult:
     budgets: dict[str, float] = field(default_factory=dict)  # base_l2, whitebox_l2, blackbox_l2, ...
     key_recovery: dict[str, dict[str, dict]] = field(default_factory=dict)  # method → attacker → recovery
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # method → attacker → seconds
-    # method → attacker → own_s, roofline_s, passes (kind → [calls, rows]), reused (rows), summed over shards;
-    # empty for a run stored before it was measured
+    # method → attacker → own_s, own_cpu_s (None: a shard without it), roofline_s, passes
+    # (kind → [calls, rows]), reused (rows), summed over shards; empty for a run stored before it was measured
     timing: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # attacker → method → [(eps, defense success %)]
     curves: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
@@ -75,13 +75,15 @@ class AdaptiveResult:
 
     def timing_columns(self, method: str, attacker: str) -> dict[str, Any]:
         """The timing table's columns of one row: ``own_seconds`` (its own wall time: a memoised computation
-        counted once, at the row that ran it), ``reused`` (the rows whose computations it used, "; "-joined),
-        the passes it ran (``<kind>_calls``/``<kind>_rows``), ``roofline_seconds`` (those passes timed alone)
-        and ``roofline_fraction`` = roofline / own seconds (None where it ran no pass). All None where the run
-        predates the measurement."""
+        counted once, at the row that ran it), ``own_cpu_seconds`` (its process's CPU seconds meanwhile,
+        every thread; None in runs made before it was measured), ``reused`` (the rows whose computations it
+        used, "; "-joined), the passes it ran (``<kind>_calls``/``<kind>_rows``), ``roofline_seconds`` (those
+        passes timed alone) and ``roofline_fraction`` = roofline / own seconds (None where it ran no pass).
+        All None where the run predates the measurement."""
         t = self.timing.get(method, {}).get(attacker)
         passes = (t or {}).get("passes", {})
         out: dict[str, Any] = {"own_seconds": t["own_s"] if t else None,
+                               "own_cpu_seconds": t.get("own_cpu_s") if t else None,
                                "reused": "; ".join(t["reused"]) if t else None}
         for kind in KINDS:
             calls, rows = passes.get(kind, [None, None]) if t else (None, None)
@@ -93,10 +95,11 @@ class AdaptiveResult:
         """Seconds spent timing passes for the rooflines (outside every row's own seconds)."""
         return sum(t.get("timing_s", 0.0) for by in self.timing.values() for t in by.values())
 
-    def distinct_seconds(self) -> float | None:
-        """Σ own seconds over every row: each memoised computation once (None before it was measured)."""
-        values = [t["own_s"] for by in self.timing.values() for t in by.values()]
-        return sum(values) if values else None
+    def distinct_seconds(self, measure: str = "own_s") -> float | None:
+        """Σ own seconds (``own_cpu_s``: own CPU seconds) over every row: each memoised computation once (None
+        before it was measured)."""
+        values = [t.get(measure) for by in self.timing.values() for t in by.values()]
+        return sum(values) if values and None not in values else None
 
     def deepfool_within(self, attacker: str) -> int | None:
         """For an iterative white-box attacker: on the unprotected model, the images it ran on where DeepFool
@@ -167,9 +170,11 @@ def collect_adaptive(methods: list[str], naive: list[ImageRecord], transfer: lis
 
 def _add_timing(by_attacker: dict[str, dict[str, Any]], attacker: str, part: dict[str, Any]) -> None:
     """Sums one shard's timing of ``attacker`` into ``by_attacker`` (reused rows: their union)."""
-    total = by_attacker.setdefault(attacker, {"own_s": 0.0, "roofline_s": 0.0, "reused": [],
+    total = by_attacker.setdefault(attacker, {"own_s": 0.0, "own_cpu_s": 0.0, "roofline_s": 0.0, "reused": [],
                                               "passes": {kind: [0, 0] for kind in KINDS}})
     total["own_s"] += part["own_s"]
+    cpu = part.get("own_cpu_s")  # absent in shards stored before it was measured: then none for the row
+    total["own_cpu_s"] = None if cpu is None or total["own_cpu_s"] is None else total["own_cpu_s"] + cpu
     total["roofline_s"] += part["roofline_s"]
     total["timing_s"] = total.get("timing_s", 0.0) + part.get("timing_s", 0.0)
     total["reused"] = sorted(set(total["reused"]) | set(part["reused"]))

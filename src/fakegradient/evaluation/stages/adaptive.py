@@ -52,7 +52,8 @@ def pass_times(bench: Workbench) -> PassTimes:
 def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Sample]) -> ShardResult:
     """Records of every attacker that applies; values: ``seconds`` (attacker → seconds of the computation
     its images came from, a shared computation charged to each user), ``timing`` (attacker → ``own_s``: this
-    row's own wall time here, a memoised computation counted once, at the row that ran it; ``reused``: the
+    row's own wall time here, a memoised computation counted once, at the row that ran it; ``own_cpu_s``: the
+    CPU seconds of this process meanwhile, every thread; ``reused``: the
     rows whose computations it used; ``passes``: kind → [calls, rows] it ran; ``roofline_s``: those passes
     timed alone, see :mod:`..roofline`; ``timing_s``: the time that timing took, outside ``own_s``),
     ``key_recovery`` (attacker → what it recovered of this scheme), ``curves`` (attacker → [(eps, defended
@@ -72,14 +73,16 @@ def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Samp
             if attacker.run is None:
                 continue
             passes.counts.clear()
-            ctx, attempt, own = _attack(bench, shard, scheme, name, limits.get(name), images, budgets, truth)
+            ctx, attempt, own, own_cpu = _attack(bench, shard, scheme, name, limits.get(name), images,
+                                                 budgets, truth)
             if attempt is None:
                 continue
             counts = Counter(passes.counts)  # before judging: the device's forward passes are not the attack's
             with passes.paused():
                 begin = time.perf_counter()
                 roofline = times.seconds(counts)
-                timing[name] = {"own_s": own, "reused": sorted(ctx.reused), "passes": summary(counts),
+                timing[name] = {"own_s": own, "own_cpu_s": own_cpu, "reused": sorted(ctx.reused),
+                                "passes": summary(counts),
                                 "roofline_s": roofline, "timing_s": time.perf_counter() - begin}
             seconds[name] = attempt.seconds or own
             defended = scheme.device(attempt.adversarial).argmax(1) == ctx.truth
@@ -94,17 +97,18 @@ def run(bench: Workbench, shard: Shard, images: torch.Tensor, samples: list[Samp
 
 
 def _attack(bench: Workbench, shard: Shard, scheme: Target, name: str, limit: int | None, images: torch.Tensor,
-            budgets: dict, truth: torch.Tensor) -> tuple[Context | None, Attempt | None, float]:
+            budgets: dict, truth: torch.Tensor) -> tuple[Context | None, Attempt | None, float, float]:
     """Attacker ``name`` on its images of this shard (the first ``limit`` of the run, ``--attacker-images``;
     None: all): (its context, its attempt or None where it does not apply or has no image here, its wall
-    seconds)."""
+    seconds, this process's CPU seconds meanwhile: every thread, so a row on two torch threads may count two
+    per wall second)."""
     count = len(images) if limit is None else max(0, min(shard.stop, limit) - shard.start)
     if count == 0:
-        return None, None, 0.0
+        return None, None, 0.0, 0.0
     ctx = Context(bench, scheme, images[:count], shard.start, budgets, truth[:count], row=f"{shard.method}/{name}")
-    begin = time.perf_counter()
+    begin, begin_cpu = time.perf_counter(), time.process_time()
     result = attack(name, ctx)
-    return ctx, result, time.perf_counter() - begin
+    return ctx, result, time.perf_counter() - begin, time.process_time() - begin_cpu
 
 
 def attack(name: str, ctx: Context) -> Attempt | None:
