@@ -26,14 +26,26 @@ def per_image(folder: Path) -> dict[tuple[str, str, str, str], dict[str, str]]:
             for r in rows(folder, "attackers_per_image.csv")}
 
 
-def own_seconds(folder: Path, column: str = "own_seconds") -> Counter:
-    """attacker → its own seconds (``own_cpu_seconds``: own CPU seconds) summed over models and schemes
-    (attackers.csv; a run made before a column was measured has none)."""
+def own_seconds(table: list[dict[str, str]], column: str = "own_seconds") -> Counter | None:
+    """attacker → ``column`` (``own_seconds``, or ``own_cpu_seconds``: own CPU seconds) summed over the timed rows
+    of an attackers.csv ``table``, models and schemes together; None where a timed row lacks it (a run made, or
+    resumed over shards made, before it was measured): a partial sum would pass for the whole."""
+    timed = [r for r in table if r.get("own_seconds")]
+    if any(not r.get(column) for r in timed):
+        return None
     seconds: Counter = Counter()
-    for r in rows(folder, "attackers.csv"):
-        if r.get(column):
-            seconds[r["attacker"]] += float(r[column])
+    for r in timed:
+        seconds[r["attacker"]] += float(r[column])
     return seconds
+
+
+def differing(before: list[dict[str, str]], after: list[dict[str, str]], key: tuple[str, ...]
+              ) -> tuple[list[tuple], int, int]:
+    """Two per-image CSVs' decisions (``defense_success``) keyed by the columns ``key``: the keys in both whose
+    decisions differ, how many keys both have, and how many only one has."""
+    old, new = ({tuple(r[k] for k in key): r["defense_success"] for r in table} for table in (before, after))
+    both = old.keys() & new.keys()
+    return sorted(k for k in both if old[k] != new[k]), len(both), len(old.keys() ^ new.keys())
 
 
 def shard_size(folder: Path) -> int:
@@ -73,11 +85,11 @@ def compare(committed: Path, regenerated: Path) -> tuple[list[str], dict, dict]:
     unmoved = [k for k in first if k not in moved]
     lines.append(f"a shard's first image whose count did not move (no +1): {len(unmoved)}")
     lines += [f"  {where(k)}: {old[k]['queries']}" for k in unmoved]
-    tables = [{(r["model"], r["method"], r["image"]): r["defense_success"]
-               for r in rows(folder, "per_image.csv")} for folder in (committed, regenerated)]
-    lines.append(f"Table 1 per-image decisions that differ: "
-                 f"{sum(tables[0][k] != tables[1].get(k) for k in tables[0])} of {len(tables[0])}")
-    before, after = own_seconds(committed), own_seconds(regenerated)
+    table1, n, alone = differing(*(rows(f, "per_image.csv") for f in (committed, regenerated)),
+                                 ("model", "method", "image"))
+    lines.append(f"Table 1 per-image decisions that differ: {len(table1)} of {n}"
+                 + (f"; {alone} in one run only" if alone else ""))
+    before, after = (own_seconds(rows(f, "attackers.csv")) or Counter() for f in (committed, regenerated))
     names = sorted(before.keys() & after.keys(), key=before.get, reverse=True)
     lines.append("\nown seconds per attacker (attackers.csv, summed over schemes; attackers in both runs)")
     lines.append(f"{'attacker':<26} {'committed':>10} {'regenerated':>12} {'ratio':>6}")
@@ -85,9 +97,12 @@ def compare(committed: Path, regenerated: Path) -> tuple[list[str], dict, dict]:
     total_before, total_after = sum(before[n] for n in names), sum(after[n] for n in names)
     lines.append(f"{'all':<26} {total_before:10.1f} {total_after:12.1f} {total_after / total_before:6.2f}")
     for folder, run in ((committed, "committed"), (regenerated, "regenerated")):
-        cpu = own_seconds(folder, "own_cpu_seconds")
+        table = rows(folder, "attackers.csv")
+        cpu = own_seconds(table, "own_cpu_seconds")
         if cpu:  # every thread of the process: above the wall time where a row ran on several
             lines.append(f"{run} run's own CPU seconds, same attackers: {sum(cpu[n] for n in names):.1f}")
+        elif table and "own_cpu_seconds" in table[0]:
+            lines.append(f"{run} run's own CPU seconds: some rows lack them (resumed over older shards)")
     lines += [f"only in the regenerated run: {n} {after[n]:.1f} s" for n in after if n not in before]
     lines += [f"only in the committed run: {n} {before[n]:.1f} s" for n in before if n not in after]
     return lines, {n: before[n] for n in names}, {n: after[n] for n in names}

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import importlib.util
 import itertools
 import json
 import math
@@ -589,38 +591,41 @@ def regenerated_folder(spec: str) -> str:
     return f"matrix_speed_{spec.split(':')[0]}_regenerated/run"
 
 
-def own_seconds(reports: Reports, folder: str) -> dict[str, float]:
-    """attacker → its own seconds (attackers.csv), summed over the schemes."""
-    seconds: dict[str, float] = defaultdict(float)
-    for row in reports.csv(folder, "attackers.csv"):
-        if row["own_seconds"]:
-            seconds[row["attacker"]] += float(row["own_seconds"])
-    return seconds
+@functools.cache
+def compare_matrices():
+    """benchmarks/compare_matrices.py, whose sums and decision counts the regenerated-matrix table shows."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_matrices.py"
+    spec = importlib.util.spec_from_file_location("compare_matrices", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def decisions_differ(reports: Reports, old: str, new: str, name: str, key: tuple[str, ...]) -> str:
-    """How many of the per-image decisions (``name``: a per-image CSV; rows keyed by ``key``) differ."""
-    before, after = ({tuple(r[k] for k in key): r["defense_success"] for r in reports.csv(folder, name)}
-                     for folder in (old, new))
-    both = before.keys() & after.keys()
-    return f"{sum(before[k] != after[k] for k in both)} of {len(both)}"
+    """How many of the per-image decisions (``name``: a per-image CSV; rows keyed by ``key``) differ, and how
+    many rows only one run has."""
+    differ, both, alone = compare_matrices().differing(reports.csv(old, name), reports.csv(new, name), key)
+    return f"{len(differ)} of {both}" + (f" ({alone} in one run only)" if alone else "")
 
 
 def render_matrix_regenerated(reports: Reports) -> str:
     """Per model: the committed matrix's attacker time against its regeneration with both speed options
-    (own seconds over the attackers both runs have; each row's own seconds are wall time, so the torch
-    threads a row ran on are beside them) and how many per-image decisions differ; the total over the models
-    regenerated."""
+    (own seconds over the attackers both runs have; own seconds are wall time, so the driver's torch threads,
+    which are the rows' in a run without Ray, are beside them) and how many per-image decisions differ; the
+    total over the models regenerated."""
+    own_seconds = compare_matrices().own_seconds
     rows, totals = [], [0.0, 0.0]
     for spec, committed in ADAPTIVE.items():
-        before = own_seconds(reports, committed)
+        before = own_seconds(reports.csv(committed, "attackers.csv"))
         if not (reports.root / regenerated_folder(spec) / "attackers.csv").is_file():
             rows.append([model_name(spec), reports.json(committed)["environment"]["cpu_threads"],
                          f"{sum(before.values()) / 60:.0f}", "not regenerated", "", "", ""])
             continue
-        after = own_seconds(reports, regenerated_folder(spec))
+        after = own_seconds(reports.csv(regenerated_folder(spec), "attackers.csv"))
         common = before.keys() & after.keys()
         b, a = sum(before[n] for n in common), sum(after[n] for n in common)
+        if not b:
+            raise RenderError(f"reports/{committed}, reports/{regenerated_folder(spec)}: no attacker timed in both")
         totals = [totals[0] + b, totals[1] + a]
         threads = "{} → {}".format(*(reports.json(f)["environment"]["cpu_threads"]
                                      for f in (committed, regenerated_folder(spec))))
@@ -633,7 +638,7 @@ def render_matrix_regenerated(reports: Reports) -> str:
         regenerated = sum(row[3] != "not regenerated" for row in rows)
         rows.append([f"models regenerated ({regenerated} of {len(rows)})", "", f"{totals[0] / 60:.0f}",
                      f"{totals[1] / 60:.0f}", f"{totals[1] / totals[0]:.2f}", "", ""])
-    return table(["model", "torch threads per row", "committed own min", "regenerated own min", "ratio",
+    return table(["model", "driver's torch threads", "committed own min", "regenerated own min", "ratio",
                   "matrix decisions that differ", "Table 1 decisions that differ"], rows)
 
 

@@ -239,3 +239,23 @@ def test_compare_matrices_refuses_runs_sharded_differently(tmp_path):
                       _matrix_folder(tmp_path / "new", *args, shard=4))
     assert result.returncode != 0 and "shards differ (2 vs 4 images)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_compare_matrices_sums_cpu_seconds_only_where_every_timed_row_has_them():
+    """A run resumed over shards made before the CPU seconds: no partial sum; untimed rows (naive) are skipped."""
+    compare = _module("compare_matrices")
+    table = [{"attacker": "pgd", "own_seconds": "2.0", "own_cpu_seconds": "3.0"},
+             {"attacker": "pgd", "own_seconds": "1.0", "own_cpu_seconds": "1.5"},
+             {"attacker": "naive", "own_seconds": "", "own_cpu_seconds": ""}]
+    assert compare.own_seconds(table) == {"pgd": 3.0}
+    assert compare.own_seconds(table, "own_cpu_seconds") == {"pgd": 4.5}
+    table[1]["own_cpu_seconds"] = ""
+    assert compare.own_seconds(table, "own_cpu_seconds") is None
+    assert compare.own_seconds([{"attacker": "pgd", "own_seconds": "2.0"}], "own_cpu_seconds") is None
+
+
+def test_compare_matrices_counts_differing_decisions_and_rows_in_one_run_only():
+    compare = _module("compare_matrices")
+    old = [{"image": i, "defense_success": d} for i, d in (("a", "True"), ("b", "False"), ("c", "True"))]
+    new = [{"image": i, "defense_success": d} for i, d in (("a", "True"), ("b", "True"), ("d", "True"))]
+    assert compare.differing(old, new, ("image",)) == ([("b",)], 2, 2)

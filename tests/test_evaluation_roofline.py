@@ -155,19 +155,33 @@ def test_a_run_resumed_from_shards_stored_before_the_timing_has_none(matrix):
     resumed = collect_adaptive([ORIGINAL, "random-weight"], [], [], old, result.budgets)
     assert resumed.timing == {} and resumed.distinct_seconds() is None
     assert all(r["own_seconds"] is None for r in resumed.matrix())
+    assert [r["k"] for r in resumed.matrix()] == [r["k"] for r in result.matrix()]
 
 
-def test_a_run_resumed_from_shards_stored_before_cpu_seconds_has_no_cpu_total(matrix):
-    """Shards timed before ``own_cpu_s`` was measured: their rows have no CPU seconds and the run no CPU
-    total, while the wall-time total stays."""
+@pytest.mark.parametrize("older", [0, 1])
+def test_a_run_resumed_from_shards_stored_before_cpu_seconds_has_no_cpu_total(matrix, older):
+    """A shard timed before ``own_cpu_s`` was measured (first or last): its rows have no CPU seconds and the
+    run no CPU total, while the wall-time total stays."""
     parts, result = matrix
     old = [(shard, ShardResult(part.records, None, {**part.values, "timing": {
         a: {k: v for k, v in t.items() if k != "own_cpu_s"} for a, t in part.values["timing"].items()}}))
-        if i == 0 else (shard, part) for i, (shard, part) in enumerate(parts)]
+        if i == older else (shard, part) for i, (shard, part) in enumerate(parts)]
     resumed = collect_adaptive([ORIGINAL, "random-weight"], [], [], old, result.budgets)
     assert resumed.distinct_seconds("own_cpu_s") is None
     assert resumed.distinct_seconds() == pytest.approx(result.distinct_seconds())
     rows = {(r["method"], r["attacker"]): r for r in resumed.matrix()}
-    assert rows[ORIGINAL, "pgd"]["own_cpu_seconds"] is None
-    assert rows["random-weight", "pgd"]["own_cpu_seconds"] > 0
-    assert [r["k"] for r in resumed.matrix()] == [r["k"] for r in result.matrix()]
+    methods = [ORIGINAL, "random-weight"]
+    assert rows[methods[older], "pgd"]["own_cpu_seconds"] is None
+    assert rows[methods[1 - older], "pgd"]["own_cpu_seconds"] > 0
+
+
+def test_a_rows_cpu_seconds_are_the_process_time_its_attack_took(monkeypatch):
+    """_attack reads the process's CPU clock around the attack, beside the wall clock (fake clocks here)."""
+    clocks = {"perf_counter": iter([10.0, 10.5]), "process_time": iter([100.0, 101.25])}
+    monkeypatch.setattr(adaptive, "time", type("Clock", (), {n: staticmethod(lambda n=n: next(clocks[n]))
+                                                            for n in clocks}))
+    monkeypatch.setattr(adaptive, "attack", lambda name, ctx: "attempt")
+    shard = Shard("digits", ORIGINAL, 0, 2, "adaptive", ())
+    ctx, attempt, wall, cpu = adaptive._attack(None, shard, None, "pgd", None, torch.zeros(2, 1, 8, 8), {},
+                                               torch.zeros(2, dtype=torch.long))
+    assert (attempt, wall, cpu) == ("attempt", 0.5, 1.25) and ctx.row == "original/pgd"

@@ -2,9 +2,12 @@
 options (as benchmarks/matrix_speed.py's variant `channels-last-onnxruntime`) at the committed run's budgets and at
 the regenerated run's (its DeepFool median moved the budgets by about 2e-6, relative), shard by shard as the matrix
 ran them (same first image, same seeds). Output: budget_check.txt (the default cases);
-budget_check_fake_gradient_square.txt (`square:fake-gradient:4:1`).
+budget_check_fake_gradient_square.txt (`square:fake-gradient:4:1`: photo 4 alone, as the first image of its
+shard it gets the same probe and the same first draws of the shard's generator, and Square runs its images one at
+a time).
 
-    PYTHONPATH=src python reports/matrix_speed_mobilenet_v2_regenerated/budget_check.py RUN_DIR [ATTACKER:SCHEME:START:N ...]
+    PYTHONPATH=src python reports/matrix_speed_mobilenet_v2_regenerated/budget_check.py RUN_DIR \
+        [ATTACKER:SCHEME:START:N ...]
 """
 import json
 import sys
@@ -44,6 +47,8 @@ for name, method, start, count in cases:
         ms.forget_attempts(bench)
         shard = slice(start, start + count)
         attempt, defended = ms.attack_scheme(bench, name, method, images[shard], start, budget, truth[shard])
+        if attempt is None:
+            raise SystemExit(f"{name} does not apply to {method}")
         queries = None if attempt.queries is None else attempt.queries.tolist()
         print(f"{name} on {method}, photos {start}-{start + count - 1}, {run} budgets (black-box L2 "
               f"{budget['blackbox_l2']:.7f}, white-box {budget['whitebox_l2']:.8f}): defended {defended}, "
