@@ -34,18 +34,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("start", type=int, help="the shard's first photo (0-based, as the matrix ran it)")
     parser.add_argument("count", type=int, help="the shard's images")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--budgets-from", type=Path, help="another matrix folder (a regeneration) whose "
+                        "budgets to attack at instead: whether a moved budget, not an option, moved the result")
     parser.add_argument("--threads", type=int, help="torch threads (default: the committed run's, its "
                         "environment.cpu_threads; a regeneration's Ray workers run one)")
     args = parser.parse_args(argv)
     with open(args.committed / "results.json") as f:
         results = json.load(f)
     budgets = results["adaptive"][args.model]["budgets"]
+    if args.budgets_from is not None:
+        with open(args.budgets_from / "results.json") as f:
+            budgets = json.load(f)["adaptive"][args.model]["budgets"]
     known = {f.name for f in dataclasses.fields(EvaluationConfig)} - {"channels_last", "query_runtime"}
     settings = {k: v for k, v in results["config"].items() if k in known}  # the variant sets the options
     threads = args.threads or int(results["environment"]["cpu_threads"])
     torch.set_num_threads(threads)
-    print(f"{args.model}, {args.attacker} on {args.scheme}, photos {args.start}-{args.start + args.count - 1}, "
-          f"{threads} torch thread(s)", flush=True)
+    photos = f"photos {args.start}-{args.start + args.count - 1}"
+    print(f"{args.model}, {args.attacker} on {args.scheme}, {photos}, {threads} torch thread(s), budgets "
+          f"{budgets}", flush=True)
     config = EvaluationConfig(**{**settings, "models": [args.model]})
     bench = Workbench.load(config, args.model, 0)
     images = bench.batch(0, args.start + args.count)[args.start:]

@@ -610,16 +610,14 @@ def decisions_differ(reports: Reports, old: str, new: str, name: str, key: tuple
 
 def render_matrix_regenerated(reports: Reports) -> str:
     """Per model: the committed matrix's attacker time against its regeneration with both speed options
-    (own seconds over the attackers both runs have; own seconds are wall time, so the driver's torch threads,
-    which are the rows' in a run without Ray, are beside them) and how many per-image decisions differ; the
-    total over the models regenerated."""
+    (own seconds over the attackers both runs have) and how many per-image decisions differ; the total over the
+    models regenerated."""
     own_seconds = compare_matrices().own_seconds
     rows, totals = [], [0.0, 0.0]
     for spec, committed in ADAPTIVE.items():
         before = own_seconds(reports.csv(committed, "attackers.csv"))
         if not (reports.root / regenerated_folder(spec) / "attackers.csv").is_file():
-            rows.append([model_name(spec), reports.json(committed)["environment"]["cpu_threads"],
-                         f"{sum(before.values()) / 60:.0f}", "not regenerated", "", "", ""])
+            rows.append([model_name(spec), f"{sum(before.values()) / 60:.0f}", "not regenerated", "", "", ""])
             continue
         after = own_seconds(reports.csv(regenerated_folder(spec), "attackers.csv"))
         common = before.keys() & after.keys()
@@ -627,18 +625,16 @@ def render_matrix_regenerated(reports: Reports) -> str:
         if not b:
             raise RenderError(f"reports/{committed}, reports/{regenerated_folder(spec)}: no attacker timed in both")
         totals = [totals[0] + b, totals[1] + a]
-        threads = "{} → {}".format(*(reports.json(f)["environment"]["cpu_threads"]
-                                     for f in (committed, regenerated_folder(spec))))
-        rows.append([model_name(spec), threads, f"{b / 60:.0f}", f"{a / 60:.0f}", f"{a / b:.2f}",
+        rows.append([model_name(spec), f"{b / 60:.0f}", f"{a / 60:.0f}", f"{a / b:.2f}",
                      decisions_differ(reports, committed, regenerated_folder(spec), "attackers_per_image.csv",
                                       ("model", "method", "attacker", "image")),
                      decisions_differ(reports, committed, regenerated_folder(spec), "per_image.csv",
                                       ("model", "method", "image"))])
     if totals[0]:
-        regenerated = sum(row[3] != "not regenerated" for row in rows)
-        rows.append([f"models regenerated ({regenerated} of {len(rows)})", "", f"{totals[0] / 60:.0f}",
+        regenerated = sum(row[2] != "not regenerated" for row in rows)
+        rows.append([f"models regenerated ({regenerated} of {len(rows)})", f"{totals[0] / 60:.0f}",
                      f"{totals[1] / 60:.0f}", f"{totals[1] / totals[0]:.2f}", "", ""])
-    return table(["model", "driver's torch threads", "committed own min", "regenerated own min", "ratio",
+    return table(["model", "committed own min", "regenerated own min", "ratio",
                   "matrix decisions that differ", "Table 1 decisions that differ"], rows)
 
 
